@@ -1,0 +1,1 @@
+"""Primitives: small, pure optax gradient transformations shared by all recipes."""
