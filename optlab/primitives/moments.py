@@ -46,8 +46,8 @@ def safe_square(g: jax.Array) -> jax.Array:
 
 
 def bias_correction(decay: Any, count: jax.Array) -> jax.Array:
-  """1 - decay**count, in float32 (count is the 1-based step)."""
-  return 1.0 - jnp.asarray(decay, jnp.float32) ** count.astype(jnp.float32)
+  """1 - decay**count (count is the 1-based step), in the default float dtype."""
+  return 1.0 - decay ** count
 
 
 def _cast_like(tree: Any, like: Any) -> Any:

@@ -1,0 +1,48 @@
+"""Helpers shared by the test modules: running a transformation for a few steps."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+def reference_fn(recipe):
+  module, fn = recipe.reference.split(":")
+  return getattr(importlib.import_module(f"tests.reference.{module}"), fn)
+
+
+def extra_args_for(recipe, loss_fn, params, t) -> dict[str, Any]:
+  """The extra args a recipe declares, computed on the reference problem."""
+  extra = {}
+  if "value" in recipe.needs_extra_args:
+    extra["value"] = jnp.asarray(loss_fn(params, t))
+  return extra
+
+
+def run_jax(tx, params, grad_fn, steps, *, loss_fn=None, recipe=None):
+  """Runs `tx` on NumPy `grad_fn` for `steps` steps; returns the params after each."""
+  p = jax.tree.map(jnp.asarray, params)
+  state = tx.init(p)
+  step = jax.jit(lambda g, s, p, **kw: tx.update(g, s, p, **kw))
+  out = []
+  for t in range(steps):
+    np_p = jax.tree.map(np.asarray, p)
+    g = jax.tree.map(jnp.asarray, grad_fn(np_p, t))
+    extra = extra_args_for(recipe, loss_fn, np_p, t) if recipe is not None else {}
+    u, state = step(g, state, p, **extra)
+    p = optax.apply_updates(p, u)
+    out.append(jax.tree.map(np.asarray, p))
+  return out
+
+
+def assert_trajectories_close(got, want, rtol, atol, what=""):
+  assert len(got) == len(want)
+  for t, (a, b) in enumerate(zip(got, want)):
+    for k in b:
+      np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=atol,
+                                 err_msg=f"{what}: leaf {k!r} differs at step {t + 1}")
