@@ -29,3 +29,52 @@ def reference_problem(seed: int = 0):
                             + 0.3 * noise[t % 64][k] * np.asarray(p[k]))) for k in p)
 
   return params, grad_fn, loss_fn
+
+
+# ------------------------------------------------------------ convergence tasks
+# Each task: (params, loss(params) -> scalar, steps, passes(final, initial) -> bool).
+
+def _quadratic():
+  import jax.numpy as jnp
+  h = jnp.logspace(-3.0, 1.0, 20)  # condition number 1e4
+  params = {"x": jnp.ones(20, jnp.float32)}
+  loss = lambda p: 0.5 * jnp.sum(h * p["x"] ** 2)
+  return params, loss, 300, lambda final, initial: final <= 0.05 * initial
+
+
+def _rosenbrock():
+  import jax.numpy as jnp
+  params = {"x": jnp.full(10, -0.5, jnp.float32)}
+
+  def loss(p):
+    x = p["x"]
+    return jnp.sum(10.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+  return params, loss, 400, lambda final, initial: final <= 0.3 * initial
+
+
+@functools.lru_cache(maxsize=1)
+def digits_data():
+  from sklearn.datasets import load_digits
+  x, y = load_digits(return_X_y=True)
+  x = (x / 16.0).astype(np.float32)
+  return x[:768], y[:768].astype(np.int32)
+
+
+def _digits_mlp():
+  import jax
+  import jax.numpy as jnp
+  x, y = map(jnp.asarray, digits_data())
+  k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+  params = {"w1": jax.random.normal(k1, (64, 32)) / 8.0, "b1": jnp.zeros(32),
+            "w2": jax.random.normal(k2, (32, 10)) / jnp.sqrt(32.0), "b2": jnp.zeros(10)}
+
+  def loss(p):
+    h = jnp.tanh(x @ p["w1"] + p["b1"])
+    logits = h @ p["w2"] + p["b2"]
+    return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, y[:, None], 1)[:, 0])
+
+  return params, loss, 250, lambda final, initial: final <= 0.3 * initial
+
+
+TASKS = {"quadratic": _quadratic, "rosenbrock": _rosenbrock, "digits": _digits_mlp}

@@ -17,19 +17,20 @@ __all__ = ["sgd", "adam", "adamw"]
 
 
 def sgd(learning_rate: Any, momentum: Any = None, nesterov: bool = False,
-        weight_decay: Any = 0.0, mask: Any = None):
+        weight_decay: Any = None, mask: Any = None):
   """Stochastic gradient descent with optional heavy-ball or Nesterov momentum.
 
   Paper: "On the importance of initialization and momentum in deep learning"
   (Sutskever et al., ICML 2013; no arXiv id). m <- momentum * m + g;
   u = -lr * m, or -lr * (g + momentum * m) with Nesterov. Matches optax.sgd.
   Hyperparameters: learning_rate, momentum (None: no momentum), nesterov,
-  weight_decay (coupled L2: added to the gradient before momentum), mask.
+  weight_decay (None: none; else coupled L2 added to the gradient before
+  momentum), mask.
   """
   V.check_learning_rate("sgd", learning_rate)
   if momentum is not None:
     V.check_decay("sgd", "momentum", momentum)
-  steps = [add_decayed_weights(weight_decay, mask)] if weight_decay else []
+  steps = [add_decayed_weights(weight_decay, mask)] if weight_decay is not None else []
   if momentum is not None:
     steps.append(scale_by_moments(heavy_ball(momentum, nesterov), None))
   return recipe_chain("sgd", *steps, scale_by_learning_rate(learning_rate))
@@ -71,7 +72,7 @@ RECIPES = (
     Recipe("sgd", sgd, "adam",
            "On the importance of initialization and momentum in deep learning", "",
            reference="adam_family:sgd", optax=optax.sgd,
-           hparams={"learning_rate": 0.05, "momentum": 0.9},
+           hparams={"learning_rate": 0.01, "momentum": 0.9},
            cases=({"nesterov": True}, {"momentum": None})),
     Recipe("adam", adam, "adam", "Adam: A Method for Stochastic Optimization", "1412.6980",
            reference="adam_family:adam", optax=optax.adam, hparams={"learning_rate": 0.02},
