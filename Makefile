@@ -22,7 +22,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/step_time.py
 
 readme: $(STAMP)
-	$(PY) -m optlab.cli readme-table --write README.md
+	$(PY) -m optlab.cli catalog --write README.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache

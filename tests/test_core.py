@@ -1,0 +1,156 @@
+"""Core pieces: the basis protocol, input checks, skip_non_finite, catalogue, README."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optlab
+from optlab import _validate as V
+from optlab.docs_table import with_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------- basis protocol
+def _orthogonal(n, seed):
+  q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(n, n)))
+  return jnp.asarray(q, jnp.float32)
+
+
+class TwoSidedRotation:
+  """Old basis (L0, R0) -> new basis (L1, R1) for a dict of matrices; records calls."""
+
+  def __init__(self, old, new):
+    self.old, self.new, self.calls = old, new, []
+
+  def linear(self, tree):
+    self.calls.append("linear")
+    (l0, r0), (l1, r1) = self.old, self.new
+    return jax.tree.map(lambda m: l1.T @ (l0 @ m @ r0.T) @ r1, tree)
+
+  def second(self, tree):
+    self.calls.append("second")
+    return tree
+
+
+def _rotate(g, basis):
+  left, right = basis
+  return jax.tree.map(lambda x: left.T @ x @ right, g)
+
+
+def test_rebase_moves_first_moment_exactly():
+  old, new = (_orthogonal(4, 0), _orthogonal(3, 1)), (_orthogonal(4, 2), _orthogonal(3, 3))
+  grads = [{"w": jnp.asarray(np.random.default_rng(t).normal(size=(4, 3)), jnp.float32)}
+           for t in range(3)]
+  tx = optax.chain(optlab.scale_by_adam(), optlab.scale_by_learning_rate(0.1))
+
+  def accumulate(basis):
+    state = tx.init(grads[0])
+    for g in grads:
+      _, state = tx.update(_rotate(g, basis), state)
+    return state
+
+  change = TwoSidedRotation(old, new)
+  rebased = optlab.rebase_state(accumulate(old), change)
+  direct = accumulate(new)
+  np.testing.assert_allclose(rebased[0].mu["w"], direct[0].mu["w"], rtol=1e-5, atol=1e-6)
+  assert change.calls == ["linear", "second"]
+  assert int(rebased[0].count) == 3 and int(rebased[1].count) == 3  # invariant fields
+
+
+def test_rebase_handles_optax_states_and_rejects_undeclared():
+  params = {"w": jnp.ones((4, 3))}
+  basis = (_orthogonal(4, 0), _orthogonal(3, 1))
+  change = TwoSidedRotation(basis, basis)
+  state = optax.chain(optax.scale_by_adam(), optax.trace(0.9)).init(params)
+  optlab.rebase_state(state, change)
+  assert change.calls == ["linear", "second", "linear"]
+
+  class Undeclared(NamedTuple):
+    buf: dict
+
+  with pytest.raises(TypeError, match="declare_basis"):
+    optlab.rebase_state((Undeclared(params),), change)
+
+
+def test_declare_basis_validates():
+  class S(NamedTuple):
+    a: jax.Array
+
+  with pytest.raises(ValueError, match="kind"):
+    optlab.declare_basis(S, a="quadratic")
+  with pytest.raises(ValueError, match="no fields"):
+    optlab.declare_basis(S, b="linear")
+
+
+# --------------------------------------------------------------- input checks
+def test_check_range_names_the_argument_and_skips_schedules():
+  with pytest.raises(ValueError, match=r"optlab.f: b1 must be in \[0.0, 1.0\), got 1.0"):
+    V.check_decay("f", "b1", 1.0)
+  V.check_decay("f", "b1", lambda step: 0.9)  # schedules are not evaluated
+  jax.jit(lambda b: V.check_decay("f", "b1", b) or b)(2.0)  # nor tracers
+  with pytest.raises(ValueError, match="eps"):
+    V.check_nonneg("f", "eps", float("nan"))
+  with pytest.raises(TypeError, match="lr must be a number"):
+    V.check_nonneg("f", "lr", "fast")
+
+
+def test_require_extra_arg():
+  assert V.require_extra_arg("f", {"value": 3.0}, "value") == 3.0
+  with pytest.raises(TypeError, match="`obj_fn`"):
+    V.require_extra_arg("f", {}, "obj_fn")
+
+
+def test_nested_mismatch_is_named():
+  a = {"enc": {"w": jnp.ones(2)}, "dec": jnp.ones(3)}
+  b = {"enc": {"v": jnp.ones(2)}, "dec": jnp.ones(3)}
+  with pytest.raises(ValueError, match=r"\['enc'\]\['w'\]"):
+    V.check_same_tree("f", a, "updates", b, "params")
+
+
+# ------------------------------------------------------------ skip_non_finite
+def test_skip_non_finite_max_consecutive():
+  tx = optlab.skip_non_finite(optlab.sgd(0.1), max_consecutive=2)
+  params = {"w": jnp.ones(3)}
+  state = tx.init(params)
+  bad = {"w": jnp.array([1.0, jnp.inf, 0.0])}
+  u1, state = tx.update(bad, state, params)
+  u2, state = tx.update(bad, state, params)
+  assert np.all(np.asarray(u1["w"]) == 0) and np.all(np.asarray(u2["w"]) == 0)
+  u3, state = tx.update(bad, state, params)  # the third in a row is let through
+  assert not np.all(np.isfinite(np.asarray(u3["w"])))
+  assert int(state.total_skipped) == 2 and int(state.skipped) == 0
+
+
+# -------------------------------------------------------- catalogue and README
+def test_catalogue_metadata():
+  recipes = optlab.catalog()
+  assert len({r.name for r in recipes}) == len(recipes)
+  for r in recipes:
+    assert getattr(optlab, r.name) is r.factory, f"optlab.{r.name} is not the factory"
+    doc = inspect.getdoc(r.factory) or ""
+    assert r.arxiv in doc, f"{r.name}: docstring does not cite arXiv {r.arxiv}"
+    assert list(inspect.signature(r.factory).parameters)[0] == "learning_rate", r.name
+    assert r.family in optlab.catalog.__globals__["FAMILY_ORDER"]
+
+
+def test_readme_table_is_current():
+  text = (ROOT / "README.md").read_text()
+  assert with_table(text) == text, "README catalogue is stale: run `make readme`"
+
+
+def test_readme_usage_example_runs():
+  text = (ROOT / "README.md").read_text()
+  code = re.search(r"## Usage\n\n```python\n(.*?)```", text, re.S).group(1)
+  namespace: dict = {}
+  exec(compile(code, "README.md", "exec"), namespace)
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(namespace["params"]))
