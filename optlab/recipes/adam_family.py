@@ -1,4 +1,8 @@
-"""SGD and the Adam family."""
+"""SGD and the Adam family: Adam with every classic and recent moment rule.
+
+Each recipe is one `scale_by_moments` (or a sibling primitive from
+`optlab.primitives.moments`) plus decay and the learning rate.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,14 @@ from optlab import _validate as V
 from optlab._recipe import recipe_chain
 from optlab.catalog import Recipe
 from optlab.primitives.decay import add_decayed_weights
-from optlab.primitives.moments import heavy_ball, scale_by_adam, scale_by_moments
+from optlab.primitives.moments import (
+    abs_max, ademamix_alpha_warmup, ademamix_b3_warmup, belief, centered_ema_sq, dual_ema,
+    ema, ema_sq, heavy_ball, max_ema_sq, momentum_sq, scale_by_adam, scale_by_adopt,
+    scale_by_exadam, scale_by_fadam, scale_by_moments, sum_sq)
 from optlab.primitives.step_size import scale_by_learning_rate
 
-__all__ = ["sgd", "adam", "adamw"]
+__all__ = ["sgd", "adam", "adamw", "adagrad", "rmsprop", "adamax", "amsgrad", "nadam",
+           "adabelief", "laprop", "adopt", "ademamix", "exadam", "fadam", "adamomentum"]
 
 
 def sgd(learning_rate: Any, momentum: Any = None, nesterov: bool = False,
@@ -68,6 +76,272 @@ def adamw(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
                       scale_by_learning_rate(learning_rate))
 
 
+def _check(where: str, **decays: Any) -> None:
+  for name, value in decays.items():
+    V.check_decay(where, name, value)
+
+
+def adagrad(learning_rate: Any, initial_accumulator_value: Any = 0.1, eps: Any = 1e-7):
+  """Adagrad: "Adaptive Subgradient Methods for Online Learning and Stochastic
+  Optimization" (Duchi, Hazan & Singer, JMLR 2011; no arXiv id).
+
+  G <- G + g^2 (G_0 = initial_accumulator_value);  u = -lr * g / sqrt(G + eps).
+  Hyperparameters: learning_rate, initial_accumulator_value, eps. Matches
+  optax.adagrad: eps sits inside the root and G starts at 0.1; the paper's
+  diagonal variant uses diag(G)^(1/2) + delta with G starting at 0.
+  """
+  V.check_learning_rate("adagrad", learning_rate)
+  V.check_nonneg("adagrad", "initial_accumulator_value", initial_accumulator_value)
+  V.check_nonneg("adagrad", "eps", eps)
+  return recipe_chain("adagrad",
+                      scale_by_moments(None, sum_sq(initial_accumulator_value, eps), eps=0.0),
+                      scale_by_learning_rate(learning_rate))
+
+
+def rmsprop(learning_rate: Any, decay: Any = 0.9, eps: Any = 1e-8, initial_scale: Any = 0.0,
+            eps_in_sqrt: bool = True, centered: bool = False, momentum: Any = None,
+            nesterov: bool = False, bias_correction: bool = False):
+  """RMSProp: "Lecture 6.5 - rmsprop" (Tieleman & Hinton, Coursera 2012; no arXiv
+  id); the centred form is from Graves, arXiv:1308.0850.
+
+  v <- decay v + (1 - decay) g^2 (v_0 = initial_scale);  u = g / sqrt(v + eps)
+  (``eps_in_sqrt``) or g / (sqrt(v) + eps); ``centered`` uses v - E[g]^2;
+  ``bias_correction`` divides the EMAs by 1 - decay^t; with ``momentum`` a
+  heavy-ball (or ``nesterov``) trace follows. Hyperparameters: as optax.rmsprop,
+  which this matches. As in optax the trace runs after the learning-rate
+  scaling (the same as PyTorch's placement when the learning rate is constant).
+  """
+  V.check_learning_rate("rmsprop", learning_rate)
+  _check("rmsprop", decay=decay)
+  V.check_nonneg("rmsprop", "eps", eps)
+  V.check_nonneg("rmsprop", "initial_scale", initial_scale)
+  if momentum is not None:
+    V.check_decay("rmsprop", "momentum", momentum)
+  root_eps, outer_eps = (eps, 0.0) if eps_in_sqrt else (0.0, eps)
+  rule = (centered_ema_sq(decay, bias_correction, root_eps, initial_scale) if centered else
+          ema_sq(decay, bias_correction, root_eps, initial_scale))
+  trace = [scale_by_moments(heavy_ball(momentum, nesterov), None)] if momentum is not None else []
+  return recipe_chain("rmsprop", scale_by_moments(None, rule, eps=outer_eps),
+                      scale_by_learning_rate(learning_rate), *trace)
+
+
+def adamax(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8):
+  """Adamax: "Adam: A Method for Stochastic Optimization" (arXiv:1412.6980, Sec. 7.1).
+
+  m <- b1 m + (1 - b1) g;  u <- max(b2 u, |g| + eps);  step -lr * m_hat / u.
+  Hyperparameters: learning_rate, b1, b2, eps. Matches optax.adamax, which adds
+  eps inside the max (the paper's Algorithm 2 has no eps).
+  """
+  V.check_learning_rate("adamax", learning_rate)
+  _check("adamax", b1=b1, b2=b2)
+  V.check_nonneg("adamax", "eps", eps)
+  return recipe_chain("adamax", scale_by_moments(ema(b1), abs_max(b2, eps), eps=0.0),
+                      scale_by_learning_rate(learning_rate))
+
+
+def amsgrad(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
+            eps_root: Any = 0.0, mu_dtype: Any = None, bias_correction_mu: bool = True,
+            bias_correction_nu: bool = True):
+  """AMSGrad: "On the Convergence of Adam and Beyond" (arXiv:1904.09237).
+
+  v_max <- max(v_max, v_hat);  u = -lr * m_hat / (sqrt(v_max + eps_root) + eps).
+  Hyperparameters: as optax.amsgrad, which this matches (bias corrections on
+  by default). The paper's Algorithm 2 corrects neither moment and has no eps:
+  bias_correction_mu=False, bias_correction_nu=False, eps -> 0.
+  """
+  V.check_learning_rate("amsgrad", learning_rate)
+  _check("amsgrad", b1=b1, b2=b2)
+  V.check_nonneg("amsgrad", "eps", eps)
+  V.check_nonneg("amsgrad", "eps_root", eps_root)
+  return recipe_chain("amsgrad",
+                      scale_by_moments(ema(b1, bias_correction_mu, dtype=mu_dtype),
+                                       max_ema_sq(b2, bias_correction_nu, eps_root), eps=eps),
+                      scale_by_learning_rate(learning_rate))
+
+
+def nadam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
+          eps_root: Any = 0.0, mu_dtype: Any = None):
+  """NAdam: "Incorporating Nesterov Momentum into Adam" (Dozat, ICLR 2016
+  workshop; no arXiv id).
+
+  Adam with the look-ahead m_hat = b1 m_t / (1 - b1^(t+1)) + (1 - b1) g / (1 - b1^t).
+  Hyperparameters: as `adam`. Matches optax.nadam: a constant momentum (the
+  paper's mu_t schedule is not used) and no extra b2 factor on v_hat.
+  """
+  V.check_learning_rate("nadam", learning_rate)
+  V.check_nonneg("nadam", "eps", eps)
+  return recipe_chain("nadam", scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=True),
+                      scale_by_learning_rate(learning_rate))
+
+
+def adabelief(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-16,
+              eps_root: Any = 1e-16, *, nesterov: bool = False):
+  """AdaBelief: "AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed
+  Gradients" (arXiv:2010.07468).
+
+  s <- b2 s + (1 - b2) (g - m_t)^2 + eps_root;  u = -lr * m_hat / (sqrt(s_hat) + eps).
+  Hyperparameters: learning_rate, b1, b2, eps, eps_root, nesterov. Matches
+  optax.adabelief and the official code (eps=1e-16 added both inside s and
+  outside the root); the paper's text uses eps=1e-8 for both.
+  """
+  V.check_learning_rate("adabelief", learning_rate)
+  _check("adabelief", b1=b1, b2=b2)
+  V.check_nonneg("adabelief", "eps", eps)
+  V.check_nonneg("adabelief", "eps_root", eps_root)
+  return recipe_chain("adabelief",
+                      scale_by_moments(ema(b1, nesterov=nesterov), belief(b2, eps_root), eps=eps),
+                      scale_by_learning_rate(learning_rate))
+
+
+def laprop(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-15,
+           weight_decay: Any = 0.0, mask: Any = None, mu_dtype: Any = None):
+  """LaProp: "LaProp: Separating Momentum and Adaptivity in Adam" (arXiv:2002.04839).
+
+  Momentum of the normalised gradient: m <- b1 m + (1 - b1) g / (sqrt(v_hat) + eps),
+  u = -lr * (m / (1 - b1^t) + weight_decay * p). Hyperparameters: learning_rate,
+  b1, b2, eps (official default 1e-15), weight_decay, mask, mu_dtype.
+  Differences from the official code (Z-T-WANG/LaProp-Optimizer): it keeps the
+  learning rate inside the momentum and debiases with an EMA of past learning
+  rates, which equals this chain for a constant learning rate but not under a
+  schedule; its weight decay is not multiplied by the learning rate and is
+  applied after the step, here it is AdamW's decoupled decay (0 by default, as
+  there and in the paper); its amsgrad / centered options are not offered.
+  """
+  V.check_learning_rate("laprop", learning_rate)
+  _check("laprop", b1=b1, b2=b2)
+  V.check_nonneg("laprop", "eps", eps)
+  return recipe_chain("laprop",
+                      scale_by_moments(ema(b1, dtype=mu_dtype), ema_sq(b2), eps=eps,
+                                       order="laprop"),
+                      add_decayed_weights(weight_decay, mask),
+                      scale_by_learning_rate(learning_rate))
+
+
+def adopt(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.9999, eps: Any = 1e-6,
+          mu_dtype: Any = None, *, nesterov: bool = False, use_clipping: bool = True,
+          clip_value_fn: Any = lambda step: step ** 0.25):
+  """ADOPT: "ADOPT: Modified Adam Can Converge with Any beta_2 with the Optimal
+  Rate" (arXiv:2411.02853).
+
+  Step 1 only sets v = g^2. Then x = clip(g / max(sqrt(v_{t-1}), eps), (t-1)^0.25),
+  m <- b1 m + (1 - b1) x, u = -lr * m, and only then v <- b2 v + (1 - b2) g^2.
+  Hyperparameters: as optax.contrib.adopt, which this matches, and the current
+  official code (iShohei220/adopt, clip_lambda = step**0.25 of the 0-based
+  step). The paper's Algorithm 1 has no clipping (use_clipping=False); the
+  official code's weight_decay / decouple options are not offered (chain
+  `add_decayed_weights` for the decoupled form).
+  """
+  V.check_learning_rate("adopt", learning_rate)
+  V.check_nonneg("adopt", "eps", eps)
+  return recipe_chain("adopt",
+                      scale_by_adopt(b1, b2, eps, mu_dtype, nesterov=nesterov,
+                                     use_clipping=use_clipping, clip_value_fn=clip_value_fn),
+                      scale_by_learning_rate(learning_rate))
+
+
+def ademamix(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, b3: Any = 0.9999,
+             alpha: Any = 5.0, eps: Any = 1e-8, eps_root: Any = 0.0, mu_dtype: Any = None,
+             weight_decay: Any = 0.0, mask: Any = None, *, t_alpha_b3: Any = None):
+  """AdEMAMix: "The AdEMAMix Optimizer: Better, Faster, Older" (arXiv:2409.03350).
+
+  m1, m2: EMAs of g with b1 and b3;  u = -lr * ((m1_hat + alpha m2) /
+  (sqrt(v_hat + eps_root) + eps) + weight_decay * p). With ``t_alpha_b3`` (the
+  paper's T_{alpha,beta3}) alpha warms up linearly and b3 by a linear growth of
+  its half-life from b1 (the official schedulers), over that many steps;
+  ``alpha`` and ``b3`` may also be schedules of the 0-based step, as in optax.
+  Hyperparameters: as optax.contrib.ademamix plus t_alpha_b3. Matches optax,
+  except that ``mu_dtype`` here applies to m1 and m2 only (optax also stores v
+  in it). Official PyTorch default alpha is 2.0; 5.0 is optax's.
+  """
+  V.check_learning_rate("ademamix", learning_rate)
+  _check("ademamix", b1=b1, b2=b2, b3=b3)
+  V.check_nonneg("ademamix", "alpha", alpha)
+  V.check_nonneg("ademamix", "eps", eps)
+  V.check_nonneg("ademamix", "eps_root", eps_root)
+  alpha, b3 = _ademamix_schedules("ademamix", alpha, b3, b1, t_alpha_b3)
+  return recipe_chain("ademamix",
+                      scale_by_moments(dual_ema(b1, b3, alpha, dtype=mu_dtype),
+                                       ema_sq(b2, eps_root=eps_root), eps=eps),
+                      add_decayed_weights(weight_decay, mask),
+                      scale_by_learning_rate(learning_rate))
+
+
+def _ademamix_schedules(where, alpha, b3, b1, t_alpha_b3):
+  if t_alpha_b3 is None:
+    return alpha, b3
+  if callable(alpha) or callable(b3):
+    raise ValueError(f"optlab.{where}: give t_alpha_b3 or schedules for alpha / b3, not both")
+  return ademamix_alpha_warmup(alpha, t_alpha_b3), ademamix_b3_warmup(b3, b1, t_alpha_b3)
+
+
+def _optax_ademamix(t_alpha_b3=None, **kw):
+  alpha, b3 = _ademamix_schedules("ademamix", kw.pop("alpha", 5.0), kw.pop("b3", 0.9999),
+                                  kw.get("b1", 0.9), t_alpha_b3)
+  return optax.contrib.ademamix(alpha=alpha, b3=b3, **kw)
+
+
+def exadam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
+           weight_decay: Any = 0.0, mask: Any = None, *, dynamic_step_size: bool = True):
+  """EXAdam: "EXAdam: The Power of Adaptive Cross-Moments" (arXiv:2412.20302).
+
+  Cross-moment debiasing d1 = 1 + b2^t v / (v + eps), d2 = 1 + b1^t m^2 / (m^2 + eps);
+  gradient acceleration g~ = d1 g / (1 - b1^t) added to m~ = d1 m / (1 - b1^t);
+  u = -lr * (s_t (m~ + g~) / (sqrt(d2 v / (1 - b2^t)) + eps) + weight_decay * p),
+  with the step-size growth s_t = ln(sqrt(2 (t + 1))). Hyperparameters:
+  learning_rate, b1, b2, eps, weight_decay (decoupled, lr-scaled, not scaled
+  by s_t, as the official code), mask, dynamic_step_size. The growing step
+  size is the paper's v1 (the seed version) and the official code of v1; v2 of
+  the paper and the current official code drop it: dynamic_step_size=False.
+  """
+  V.check_learning_rate("exadam", learning_rate)
+  V.check_nonneg("exadam", "eps", eps)
+  return recipe_chain("exadam", scale_by_exadam(b1, b2, eps, dynamic_step_size=dynamic_step_size),
+                      add_decayed_weights(weight_decay, mask),
+                      scale_by_learning_rate(learning_rate))
+
+
+def fadam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
+          clip: Any = 1.0, p: Any = 0.5, weight_decay: Any = 0.001, mask: Any = None, *,
+          adaptive_eps: bool = True, mu_dtype: Any = None):
+  """FAdam: "FAdam: Adam is a natural gradient optimizer using diagonal empirical
+  Fisher information" (arXiv:2405.12807, Algorithm 1).
+
+  f = debiased EMA of g^2 (the paper's beta2_hat recursion); natural gradient
+  g_nat = clip(g / (f^p + eps_t)); m <- b1 m + (1 - b1) g_nat (momentum on the
+  natural gradient, not debiased); weight decay through the Fisher as well,
+  w_nat = clip(p / (f^p + eps_t)); u = -lr * (m + weight_decay * w_nat), where
+  clip(x) = x / max(1, rms(x) / clip) per tensor and eps_t = eps * min(1, rms(g))
+  (the later revisions' adaptive epsilon; adaptive_eps=False uses eps).
+  Hyperparameters: learning_rate, b1, b2, eps, clip, p, weight_decay, mask,
+  adaptive_eps, mu_dtype. There is no official code; the adaptive epsilon's
+  exact form follows the public re-implementations and could not be checked
+  against the paper's latest text here.
+  """
+  V.check_learning_rate("fadam", learning_rate)
+  return recipe_chain("fadam", scale_by_fadam(b1, b2, eps, clip, p, weight_decay, mask,
+                                              adaptive_eps=adaptive_eps, mu_dtype=mu_dtype),
+                      scale_by_learning_rate(learning_rate))
+
+
+def adamomentum(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
+                mu_dtype: Any = None):
+  """AdaMomentum: "Rethinking Adam: A Twofold Exponential Moving Average Approach"
+  (arXiv:2106.11514).
+
+  The second moment tracks the momentum, not the gradient:
+  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) m^2 + eps;  u = -lr * m_hat / sqrt(v_hat).
+  Hyperparameters: learning_rate, b1, b2, eps (accumulated inside v, with no
+  eps outside the root, as the paper's Algorithm), mu_dtype. Weight decay is
+  not part of the algorithm; chain `add_decayed_weights` for it.
+  """
+  V.check_learning_rate("adamomentum", learning_rate)
+  _check("adamomentum", b1=b1, b2=b2)
+  V.check_nonneg("adamomentum", "eps", eps)
+  return recipe_chain("adamomentum",
+                      scale_by_moments(ema(b1, dtype=mu_dtype), momentum_sq(b2, eps), eps=0.0),
+                      scale_by_learning_rate(learning_rate))
+
+
 RECIPES = (
     Recipe("sgd", sgd, "adam",
            "On the importance of initialization and momentum in deep learning", "",
@@ -81,4 +355,83 @@ RECIPES = (
            reference="adam_family:adamw", optax=optax.adamw,
            hparams={"learning_rate": 0.02, "weight_decay": 0.01},
            cases=({"weight_decay": 0.1, "b2": 0.95},)),
+    Recipe("adagrad", adagrad, "adam",
+           "Adaptive Subgradient Methods for Online Learning and Stochastic Optimization", "",
+           reference="adam_family:adagrad", optax=optax.adagrad,
+           hparams={"learning_rate": 0.3},
+           cases=({"initial_accumulator_value": 0.0, "eps": 1e-6},),
+           notes="Matches optax: eps inside the root, accumulator starts at 0.1 (the "
+                 "paper: delta outside the root, accumulator starts at 0)."),
+    Recipe("rmsprop", rmsprop, "adam",
+           "Lecture 6.5 - rmsprop: Divide the gradient by a running average of its recent "
+           "magnitude", "",
+           reference="adam_family:rmsprop", optax=optax.rmsprop,
+           hparams={"learning_rate": 0.01},
+           cases=({"centered": True}, {"momentum": 0.9, "nesterov": True},
+                  {"eps_in_sqrt": False, "bias_correction": True, "initial_scale": 0.1},
+                  {"centered": True, "eps_in_sqrt": False, "momentum": 0.5, "decay": 0.95}),
+           notes="Matches optax.rmsprop, momentum trace after the learning rate (as optax)."),
+    Recipe("adamax", adamax, "adam", "Adam: A Method for Stochastic Optimization", "1412.6980",
+           reference="adam_family:adamax", optax=optax.adamax,
+           hparams={"learning_rate": 0.02}, cases=({"b1": 0.8, "b2": 0.99, "eps": 1e-6},),
+           notes="Matches optax: eps inside the max (the paper has none)."),
+    Recipe("amsgrad", amsgrad, "adam", "On the Convergence of Adam and Beyond", "1904.09237",
+           reference="adam_family:amsgrad", optax=optax.amsgrad,
+           hparams={"learning_rate": 0.02},
+           cases=({"b2": 0.99, "eps_root": 1e-8},
+                  {"bias_correction_mu": False, "bias_correction_nu": False}),
+           notes="Matches optax (both bias corrections on by default); the paper's "
+                 "Algorithm 2 corrects neither (bias_correction_mu/nu=False)."),
+    Recipe("nadam", nadam, "adam", "Incorporating Nesterov Momentum into Adam", "",
+           reference="adam_family:nadam", optax=optax.nadam,
+           hparams={"learning_rate": 0.02}, cases=({"b1": 0.8, "b2": 0.99, "eps": 1e-6},),
+           notes="Matches optax.nadam: constant momentum (no mu_t schedule), no extra b2 "
+                 "factor on v_hat."),
+    Recipe("adabelief", adabelief, "adam",
+           "AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed Gradients",
+           "2010.07468", reference="adam_family:adabelief", optax=optax.adabelief,
+           hparams={"learning_rate": 0.02},
+           cases=({"nesterov": True}, {"eps": 1e-8, "eps_root": 1e-8, "b1": 0.8}),
+           notes="Matches optax and the official code (eps=1e-16 inside s and outside the "
+                 "root); the paper's text uses 1e-8."),
+    Recipe("laprop", laprop, "adam", "LaProp: Separating Momentum and Adaptivity in Adam",
+           "2002.04839", reference="adam_family:laprop", hparams={"learning_rate": 0.02},
+           cases=({"b1": 0.8, "b2": 0.99, "eps": 1e-8},),
+           notes="Official code keeps lr inside the momentum (same as this chain for a "
+                 "constant lr, not under a schedule) and decays weights by wd (not lr * wd) "
+                 "after the step; here weight_decay is AdamW's. No optax version."),
+    Recipe("adopt", adopt, "adam",
+           "ADOPT: Modified Adam Can Converge with Any \u03b2_2 with the Optimal Rate",
+           "2411.02853", reference="adam_family:adopt", optax=optax.contrib.adopt,
+           hparams={"learning_rate": 0.02},
+           cases=({"use_clipping": False}, {"nesterov": True, "b2": 0.99}),
+           notes="Matches optax.contrib.adopt and the current official code (clipping by "
+                 "step**0.25); the paper's Algorithm 1 has no clipping."),
+    Recipe("ademamix", ademamix, "adam", "The AdEMAMix Optimizer: Better, Faster, Older",
+           "2409.03350", reference="adam_family:ademamix", optax=_optax_ademamix,
+           hparams={"learning_rate": 0.01},
+           cases=({"t_alpha_b3": 10, "alpha": 8.0},
+                  {"weight_decay": 0.1, "b3": 0.999, "eps_root": 1e-8}),
+           notes="Matches optax.contrib.ademamix (t_alpha_b3 builds the official warm-up "
+                 "schedulers, which optax accepts as schedules); mu_dtype covers m1, m2 only."),
+    Recipe("exadam", exadam, "adam", "EXAdam: The Power of Adaptive Cross-Moments",
+           "2412.20302", reference="adam_family:exadam", hparams={"learning_rate": 0.01},
+           cases=({"dynamic_step_size": False}, {"weight_decay": 0.1, "b1": 0.8}),
+           notes="Follows arXiv v1 and its official code (growing step size "
+                 "ln(sqrt(2(t+1)))); v2 and the current code drop it: "
+                 "dynamic_step_size=False. No optax version."),
+    Recipe("fadam", fadam, "adam",
+           "FAdam: Adam is a natural gradient optimizer using diagonal empirical Fisher "
+           "information", "2405.12807", reference="adam_family:fadam",
+           hparams={"learning_rate": 0.02},
+           cases=({"adaptive_eps": False, "clip": 0.5}, {"p": 0.25, "weight_decay": 0.1,
+                                                         "b2": 0.99}),
+           notes="Paper's Algorithm 1 (no official code); adaptive eps = eps * min(1, rms(g)) "
+                 "as the public re-implementations. No optax version."),
+    Recipe("adamomentum", adamomentum, "adam",
+           "Rethinking Adam: A Twofold Exponential Moving Average Approach", "2106.11514",
+           reference="adam_family:adamomentum", hparams={"learning_rate": 0.02},
+           cases=({"b1": 0.8, "b2": 0.99, "eps": 1e-6},),
+           notes="Paper's algorithm: v tracks m^2 + eps, no eps outside the root. No optax "
+                 "version."),
 )

@@ -1,0 +1,289 @@
+"""Clipping: element-wise, by global or per-tensor norm, and spike-aware (SPAM).
+
+Norms here never overflow: they are accumulated in at least float32, whole
+tensors go through `normalize.tensor_norm` (safe at 1e30 and 1e-30 entries),
+a tree's norm is combined from those as m * ||n / m|| (m the largest tensor
+norm), and row norms fall back to m * ||x / m|| (m = max |x|) where the plain
+sum of squares is not a finite normal number. A zero tree has norm 0 and is
+never rescaled.
+
+SPAM's two stability devices (arXiv:2501.06842) live here too:
+`clip_spikes(inner)` clips gradient entries that are far above the running
+second moment of `inner`, and `with_momentum_reset(inner)` periodically zeroes
+the moments of `inner` and warms its step back up.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optlab import _validate as V
+from optlab.primitives.basis import SECOND, basis_declaration, rebase_state
+from optlab.primitives.normalize import accumulation_dtype, tensor_norm
+
+__all__ = [
+    "clip", "clip_by_global_norm", "clip_by_tensor_norm", "ClipSpikesState",
+    "clip_spikes", "MomentumResetState", "with_momentum_reset",
+]
+
+
+# ------------------------------------------------------------------ safe norms
+# Whole-tensor norms are normalize.tensor_norm (shared with the trust-ratio
+# methods); what is added here is the norm of a whole tree and norms per row.
+def _acc_dtype(dtype: Any) -> Any:
+  """The dtype norms are accumulated in: at least float32."""
+  return accumulation_dtype(dtype)
+
+
+def safe_norm(x: jax.Array, axis: Any = None, keepdims: bool = False) -> jax.Array:
+  """The 2-norm of `x` over `axis` (all axes by default) without overflow.
+
+  In at least float32. A full reduction is `tensor_norm`; along an axis, the
+  plain sum of squares is used where it is a finite normal number and the
+  norm is recomputed as m * ||x / m|| (m = max |x| of the row) elsewhere.
+  """
+  x = jnp.asarray(x)
+  if axis is None and not keepdims:
+    return tensor_norm(x)
+  dt = _acc_dtype(x.dtype)
+  x = x.astype(dt)
+  ss = jnp.sum(x * x, axis=axis, keepdims=keepdims)
+  if x.size == 0:
+    return ss
+  ok = jnp.isfinite(ss) & (ss >= jnp.finfo(dt).tiny)
+  m = jnp.max(jnp.abs(x), axis=axis, keepdims=True)
+  safe_m = jnp.where(m > 0, m, jnp.ones_like(m))
+  scaled = safe_m * jnp.sqrt(jnp.sum(jnp.square(x / safe_m), axis=axis, keepdims=True))
+  scaled = scaled if keepdims else jnp.squeeze(scaled, axis=axis)
+  return jnp.where(ok, jnp.sqrt(jnp.where(ok, ss, 0)), scaled)
+
+
+def safe_global_norm(tree: Any) -> jax.Array:
+  """The 2-norm of all leaves of `tree` together, without overflow (0 for no leaves).
+
+  From the per-tensor norms n_i: m * sqrt(sum (n_i / m)^2) with m = max n_i,
+  so it is finite whenever the result is.
+  """
+  norms = [tensor_norm(x) for x in jax.tree.leaves(tree)]
+  if not norms:
+    return jnp.zeros([], jnp.float32)
+  dt = jnp.result_type(*norms)
+  norms = jnp.stack([n.astype(dt) for n in norms])
+  m = jnp.max(norms)
+  safe_m = jnp.where(m > 0, m, jnp.ones_like(m))
+  return safe_m * jnp.sqrt(jnp.sum(jnp.square(norms / safe_m)))
+
+
+def clip_leaf_by_norm(x: jax.Array, max_norm: Any) -> jax.Array:
+  """x * min(1, max_norm / ||x||) for one array, in x's dtype (0 stays 0)."""
+  norm = safe_norm(x)
+  factor = max_norm / jnp.maximum(norm, max_norm)
+  return (x.astype(norm.dtype) * factor).astype(x.dtype)
+
+
+# ------------------------------------------------------------------ transforms
+def clip(max_delta: Any) -> optax.GradientTransformationExtraArgs:
+  """Element-wise clipping, u <- clip(u, -max_delta, max_delta)."""
+  V.check_nonneg("clip", "max_delta", max_delta)
+
+  def update(updates, state, params=None, **extra):
+    del params, extra
+    new = jax.tree.map(lambda u: jnp.clip(u, -max_delta, max_delta).astype(u.dtype), updates)
+    return new, state
+
+  return optax.GradientTransformationExtraArgs(lambda _: optax.EmptyState(), update)
+
+
+def clip_by_global_norm(max_norm: Any) -> optax.GradientTransformationExtraArgs:
+  """Rescales the whole update so that its global 2-norm is at most `max_norm`.
+
+  u <- u * max_norm / max(||u||, max_norm). The norm never overflows (see the
+  module docstring) and a zero update is left as it is. Under pmap, call it on
+  the already averaged gradients so that all replicas see the same norm.
+  """
+  V.check_positive("clip_by_global_norm", "max_norm", max_norm)
+
+  def update(updates, state, params=None, **extra):
+    del params, extra
+    norm = safe_global_norm(updates)
+    factor = max_norm / jnp.maximum(norm, max_norm)
+    new = jax.tree.map(lambda u: (u.astype(norm.dtype) * factor).astype(u.dtype), updates)
+    return new, state
+
+  return optax.GradientTransformationExtraArgs(lambda _: optax.EmptyState(), update)
+
+
+def clip_by_tensor_norm(max_norm: Any) -> optax.GradientTransformationExtraArgs:
+  """Rescales each leaf separately so that its 2-norm is at most `max_norm`.
+
+  u_i <- u_i * max_norm / max(||u_i||, max_norm) for every tensor u_i (the
+  clipping MARS applies to its corrected gradient, with max_norm = 1).
+  """
+  V.check_positive("clip_by_tensor_norm", "max_norm", max_norm)
+
+  def update(updates, state, params=None, **extra):
+    del params, extra
+    return jax.tree.map(lambda u: clip_leaf_by_norm(u, max_norm), updates), state
+
+  return optax.GradientTransformationExtraArgs(lambda _: optax.EmptyState(), update)
+
+
+# ---------------------------------------------------------- spike-aware (SPAM)
+def find_second_moment(state: Any, like: Any) -> Any:
+  """The first field declared SECOND in a (nested) state whose tree matches `like`."""
+  decl = basis_declaration(state)
+  if decl is not None:
+    for name, kind in decl.items():
+      value = getattr(state, name)
+      if kind == SECOND and jax.tree.structure(value) == jax.tree.structure(like):
+        return value
+  if isinstance(state, (tuple, list)):
+    for s in state:
+      found = find_second_moment(s, like)
+      if found is not None:
+        return found
+  if isinstance(state, dict):
+    for s in state.values():
+      found = find_second_moment(s, like)
+      if found is not None:
+        return found
+  return None
+
+
+def _is_zero(value: Any) -> bool:
+  """True for a concrete 0 (an int hyperparameter may arrive traced, from
+  optax.inject_hyperparams; then it is handled with jnp ops)."""
+  v = V._concrete(value)
+  return v is not None and v == 0
+
+
+def _steps_since_reset(count: jax.Array, period: Any) -> jax.Array:
+  """t % period for period > 0, else t (no resets)."""
+  if _is_zero(period):
+    return count
+  return jnp.where(jnp.asarray(period) > 0, count % jnp.maximum(period, 1), count)
+
+
+class ClipSpikesState(NamedTuple):
+  count: jax.Array   # [], int32: steps taken
+  inner_state: Any   # the wrapped transformation's state
+
+
+def clip_spikes(inner: optax.GradientTransformation, threshold: Any = 5000.0, *,
+                delay: int = 0, period: int = 0) -> optax.GradientTransformationExtraArgs:
+  """Spike-aware clipping (SPAM, arXiv:2501.06842), around a second-moment transform.
+
+  Before `inner` sees the gradient, every entry with g^2 > threshold * v is
+  replaced by sign(g) * sqrt(threshold * v), where v is `inner`'s running
+  second moment as it stands before this step (the first state field declared
+  SECOND with the gradient's tree, e.g. `scale_by_adam`'s nu, not bias
+  corrected). Both of `inner`'s moments then see the clipped gradient.
+
+  Args:
+    inner: a transformation with a SECOND-declared state field (Adam-like).
+    threshold: theta; 0 turns clipping off (as in the official code).
+    delay: no clipping during the first `delay` steps after each momentum
+      reset, when v starts again from zero (the official ``grad_accu_steps``).
+    period: the momentum-reset interval (SPAM's Delta T); 0 means no resets,
+      so clipping starts at step `delay` and stays on. With a period, clipping
+      is on at step t (1-based) when ``t % period >= delay``.
+  """
+  V.check_nonneg("clip_spikes", "threshold", threshold)
+  V.check_range("clip_spikes", "delay", delay, 0)
+  V.check_range("clip_spikes", "period", period, 0)
+  inner = optax.with_extra_args_support(inner)
+
+  def init(params):
+    return ClipSpikesState(jnp.zeros([], jnp.int32), inner.init(params))
+
+  def update(updates, state, params=None, **extra):
+    count = optax.safe_increment(state.count)
+    nu = find_second_moment(state.inner_state, updates)
+    if nu is None:
+      raise TypeError("optlab.clip_spikes: the inner transformation has no second-moment "
+                      "state (a field declared 'second' shaped like the updates); wrap an "
+                      "Adam-like transform such as optlab.scale_by_adam")
+    phase = _steps_since_reset(count, period)
+    active = (phase >= delay) & (jnp.asarray(threshold) > 0)
+
+    def clip_leaf(g, v):
+      dt = _acc_dtype(g.dtype)
+      g32, limit2 = g.astype(dt), threshold * v.astype(dt)
+      spike = active & (jnp.minimum(g32 * g32, jnp.finfo(dt).max) > limit2)
+      clipped = jnp.sign(g32) * jnp.sqrt(jnp.where(spike, limit2, 0))
+      return jnp.where(spike, clipped, g32).astype(g.dtype)
+
+    clipped = jax.tree.map(clip_leaf, updates, nu)
+    new, inner_state = inner.update(clipped, state.inner_state, params, **extra)
+    return new, ClipSpikesState(count, inner_state)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+class MomentumResetState(NamedTuple):
+  count: jax.Array   # [], int32: steps taken
+  inner_state: Any   # the wrapped transformation's state
+
+
+class _ZeroIf:
+  """A BasisChange that zeroes linear and second-moment fields when `flag` is set."""
+
+  def __init__(self, flag):
+    self.flag = flag
+
+  def _zero(self, tree):
+    return jax.tree.map(lambda x: jnp.where(self.flag, jnp.zeros_like(x), x), tree)
+
+  linear = second = _zero
+
+
+def with_momentum_reset(inner: optax.GradientTransformation, interval: int,
+                        warmup_steps: int = 0) -> optax.GradientTransformationExtraArgs:
+  """SPAM's momentum reset with cosine warm-up (arXiv:2501.06842, official code).
+
+  At every step t (1-based) with ``t % interval == 0`` the moment fields of
+  `inner` (every state field declared linear or second through
+  `declare_basis`) are set to zero before `inner` runs; step counters are
+  kept, so bias corrections continue from the global step, as in the official
+  code. After each reset the output of `inner` is multiplied by
+  ``1 - 0.99 * (1 + cos(pi * c / (warmup_steps + 1))) / 2`` for the
+  ``c = t % interval < warmup_steps`` steps since it (0.01 at the reset step,
+  close to 1 at its end; 1 before the first reset and afterwards).
+
+  Args:
+    inner: the transformation whose moments are reset.
+    interval: Delta T; 0 disables resets (and the warm-up).
+    warmup_steps: N, the length of the warm-up after each reset.
+  """
+  V.check_range("with_momentum_reset", "interval", interval, 0)
+  V.check_range("with_momentum_reset", "warmup_steps", warmup_steps, 0)
+  inner = optax.with_extra_args_support(inner)
+
+  def init(params):
+    return MomentumResetState(jnp.zeros([], jnp.int32), inner.init(params))
+
+  def update(updates, state, params=None, **extra):
+    count = optax.safe_increment(state.count)
+    inner_state = state.inner_state
+    if _is_zero(interval):
+      new, inner_state = inner.update(updates, inner_state, params, **extra)
+      return new, MomentumResetState(count, inner_state)
+    period = jnp.maximum(interval, 1)
+    reset = (jnp.asarray(interval) > 0) & (count % period == 0)
+    inner_state = rebase_state(inner_state, _ZeroIf(reset), "with_momentum_reset.inner")
+    new, inner_state = inner.update(updates, inner_state, params, **extra)
+    if not _is_zero(warmup_steps):
+      since = (count % period).astype(float)  # the default float dtype
+      warm = (count >= interval) & (since < warmup_steps)
+      factor = jnp.where(
+          warm, 1.0 - 0.99 * (1.0 + jnp.cos(math.pi * since / (warmup_steps + 1))) / 2, 1.0)
+      new = jax.tree.map(lambda u: (u * factor.astype(_acc_dtype(u.dtype))).astype(u.dtype),
+                         new)
+    return new, MomentumResetState(count, inner_state)
+
+  return optax.GradientTransformationExtraArgs(init, update)

@@ -1,0 +1,147 @@
+"""Variance reduction: MARS's corrected gradient; AdamP / SGDP's first-moment rules.
+
+MARS (Yuan et al., arXiv:2411.10438) replaces the stochastic gradient by a
+variance-reduced estimate before any moment sees it. In its approximate form
+(the official default, one gradient per step) that estimate needs only the
+previous step's gradient, so it is a stateful pre-transform that sits ahead of
+the moments:
+
+    optax.chain(add_mars_correction(b1, gamma), scale_by_adam(b1, b2), ...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optlab import _validate as V
+from optlab.primitives.basis import LINEAR, declare_basis
+from optlab.primitives.clipping import _acc_dtype, clip_leaf_by_norm
+from optlab.primitives.moments import bias_correction, tree_zeros_like
+
+__all__ = ["MarsState", "add_mars_correction", "nesterov_ema", "dampened_heavy_ball"]
+
+
+@declare_basis(prev_grad=LINEAR)
+class MarsState(NamedTuple):
+  prev_grad: Any  # param-shaped tree, param dtype: the gradient of the previous step (0 at first)
+
+
+def add_mars_correction(b1: Any = 0.95, gamma: Any = 0.025, max_norm: Optional[Any] = 1.0,
+                        *, matrices_only: bool = False) -> optax.GradientTransformationExtraArgs:
+  """MARS's corrected gradient (arXiv:2411.10438; official AGI-Arena/MARS, approximate form).
+
+  c_t = g_t + gamma * b1 / (1 - b1) * (g_t - g_{t-1}), then, per tensor,
+  c_t <- c_t * min(1, max_norm / ||c_t||) (the official code rescales c_t to
+  norm 1 when its norm exceeds 1). g_0 = 0, as in the official code, so the
+  first step gives (1 + gamma b1 / (1 - b1)) g_1 before clipping.
+
+  Args:
+    b1: the first-moment decay rate of the optimizer that follows (MARS scales
+      the correction with b1 / (1 - b1)).
+    gamma: strength of the correction (0 gives back the gradient, clipped).
+    max_norm: per-tensor clipping of c_t; None disables it.
+    matrices_only: correct (and clip) only 2-d tensors and pass the others
+      through unchanged; the official code does this when ``optimize_1d`` is
+      False. The previous gradient is stored for every tensor either way.
+  """
+  V.check_decay("add_mars_correction", "b1", b1)
+  V.check_nonneg("add_mars_correction", "gamma", gamma)
+  if max_norm is not None:
+    V.check_positive("add_mars_correction", "max_norm", max_norm)
+
+  def init(params):
+    return MarsState(prev_grad=tree_zeros_like(params))
+
+  def update(updates, state, params=None, **extra):
+    del params, extra
+    scale = gamma * b1 / (1.0 - b1)
+
+    def correct(g, prev):
+      if matrices_only and jnp.ndim(g) != 2:
+        return g
+      dt = _acc_dtype(g.dtype)
+      c = g.astype(dt) + scale * (g.astype(dt) - prev.astype(dt))
+      if max_norm is not None:
+        c = clip_leaf_by_norm(c, max_norm)
+      return c.astype(g.dtype)
+
+    new = jax.tree.map(correct, updates, state.prev_grad)
+    prev = jax.tree.map(lambda g, old: g.astype(old.dtype), updates, state.prev_grad)
+    return new, MarsState(prev_grad=prev)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+@dataclasses.dataclass(frozen=True)
+class nesterov_ema:
+  """A first-moment rule for `scale_by_moments`: AdamP's Nesterov option.
+
+  m <- b1 m + (1 - b1) g, returns (b1 m + (1 - b1) g) / (1 - b1^t) with the
+  new m (official clovaai/AdamP, ``nesterov=True``). This differs from
+  NAdam's look-ahead in `ema(nesterov=True)`, which corrects the two terms
+  with 1 - b1^(t+1) and 1 - b1^t separately.
+  """
+  b1: Any = 0.9
+  dtype: Any = None
+
+  def init(self, params):
+    return tree_zeros_like(params, self.dtype)
+
+  def update(self, mu, g, count):
+    b1 = self.b1
+    mu = jax.tree.map(lambda m, x: (b1 * m + (1 - b1) * x).astype(m.dtype), mu, g)
+    c = bias_correction(b1, count)
+    return mu, jax.tree.map(lambda m, x: (b1 * m + (1 - b1) * x) / c, mu, g)
+
+
+@dataclasses.dataclass(frozen=True)
+class dampened_heavy_ball:
+  """A first-moment rule for `scale_by_moments`: PyTorch-style SGD momentum.
+
+  buf <- momentum * buf + (1 - dampening) g; returns buf, or g + momentum * buf
+  with nesterov (the raw g, not dampened), as in SGDP's official code (which,
+  unlike torch.optim.SGD, allows nesterov with dampening). With dampening=0
+  this is `heavy_ball`.
+  """
+  momentum: Any = 0.0
+  dampening: Any = 0.0
+  nesterov: bool = False
+  dtype: Any = None
+
+  def init(self, params):
+    return tree_zeros_like(params, self.dtype)
+
+  def update(self, buf, g, count):
+    del count
+    mom, keep = self.momentum, 1 - self.dampening
+    buf = jax.tree.map(lambda b, x: (mom * b + keep * x).astype(b.dtype), buf, g)
+    if self.nesterov:
+      return buf, jax.tree.map(lambda b, x: x + mom * b, buf, g)
+    return buf, buf
+
+
+@dataclasses.dataclass(frozen=True)
+class unit_scale:
+  """A second-moment rule that scales by 1 and keeps an all-zero slot.
+
+  Gives a first-moment-only transformation the state layout of an Adam-like
+  one, so that both can share a state under `with_leaf_labels` (MARS-Lion's
+  matrices next to the AdamW that trains its other tensors; the official code
+  allocates that slot too).
+  """
+
+  def init(self, params):
+    return tree_zeros_like(params)
+
+  def scale(self, nu, count):
+    del count
+    return jax.tree.map(jnp.ones_like, nu)
+
+  def update(self, nu, g, count, mu=None):
+    del g, mu
+    return nu, self.scale(nu, count)

@@ -1,0 +1,252 @@
+"""Layer-wise adaptive methods: NovoGrad, LAMB, LARS, and MADGRAD."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import optax
+
+from optlab import _validate as V
+from optlab._recipe import recipe_chain
+from optlab.catalog import Recipe
+from optlab.primitives.decay import add_decayed_weights
+from optlab.primitives.layerwise import scale_by_layerwise_second_moment, scale_by_madgrad
+from optlab.primitives.moments import ema, heavy_ball, scale_by_adam, scale_by_moments
+from optlab.primitives.normalize import scale_by_trust_ratio
+from optlab.primitives.step_size import scale_by_learning_rate
+
+__all__ = ["novograd", "lamb", "lars", "madgrad"]
+
+
+def _check(where: str, learning_rate: Any, decays: dict[str, Any] = {},
+           nonneg: dict[str, Any] = {}) -> None:  # pylint: disable=dangerous-default-value
+  V.check_learning_rate(where, learning_rate)
+  for name, value in decays.items():
+    V.check_decay(where, name, value)
+  for name, value in nonneg.items():
+    V.check_nonneg(where, name, value)
+
+
+def _mask(mask: Any) -> Any:
+  """optax's `True` mask (every leaf) as add_decayed_weights' None."""
+  return None if mask is True else mask
+
+
+def novograd(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.25, eps: Any = 1e-6,
+             eps_root: Any = 0.0, weight_decay: Any = 0.0, mu_dtype: Any = None, *,
+             grad_averaging: bool = False):
+  """NovoGrad: "Stochastic Gradient Methods with Layer-wise Adaptive Moments for
+  Training of Deep Networks" (arXiv:1905.11286).
+
+  Per tensor (layer) l, with one scalar second moment v_l:
+    v_l <- b2 v_l + (1 - b2) ||g_l||^2   (v_l <- ||g_l||^2 at the first step),
+    m_l <- b1 m_l + (g_l / (sqrt(v_l + eps_root) + eps) + weight_decay * p_l),
+    u_l = -lr * m_l.
+  No bias correction (the first-step initialisation of v replaces it).
+
+  Hyperparameters: learning_rate (number or schedule), b1, b2, eps (outside
+  the root), eps_root (inside), weight_decay (applied to the normalised
+  gradient, inside the momentum, as in the paper), mu_dtype (storage of m),
+  grad_averaging (official option: m <- b1 m + (1 - b1) (...)). No extra args.
+
+  Defaults and differences:
+  * The defaults are optax's (b1=0.9, b2=0.25, eps=1e-6 outside the root), so
+    this is a drop-in for optax.novograd. The official code (NVIDIA
+    OpenSeq2Seq, NovoGrad2) uses b1=0.95, b2=0.98 and its epsilon 1e-8 INSIDE
+    the root: pass b1=0.95, b2=0.98, eps=0.0, eps_root=1e-8 (the catalog's
+    hparams do). The paper writes eps outside the root; both are available.
+  * v is initialised with ||g||^2 while it is still 0 (the official code's
+    test), not strictly at step 1 (paper, optax); they differ only for a
+    layer whose first gradients are exactly zero.
+  * v is kept as one vector of per-tensor scalars (float32 or wider), and the
+    squared norm saturates instead of overflowing (see
+    `scale_by_layerwise_second_moment`).
+  """
+  _check("novograd", learning_rate, {"b1": b1, "b2": b2},
+         {"eps": eps, "eps_root": eps_root, "weight_decay": weight_decay})
+  first = (ema(b1, debias=False, dtype=mu_dtype) if grad_averaging
+           else heavy_ball(b1, dtype=mu_dtype))
+  return recipe_chain("novograd", scale_by_layerwise_second_moment(b2, eps, eps_root),
+                      add_decayed_weights(weight_decay), scale_by_moments(first, None),
+                      scale_by_learning_rate(learning_rate))
+
+
+def lamb(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
+         eps_root: Any = 0.0, weight_decay: Any = 0.0, mask: Any = None, mu_dtype: Any = None):
+  """LAMB: "Large Batch Optimization for Deep Learning: Training BERT in 76
+  minutes" (arXiv:1904.00962), Algorithm 2.
+
+  r = m_hat / (sqrt(v_hat + eps_root) + eps) (Adam's bias-corrected ratio);
+  per tensor, d = r + weight_decay * p and u = -lr * (||p|| / ||d||) * d,
+  with the trust ratio 1 where ||p|| or ||d|| is 0.
+
+  Hyperparameters: learning_rate (number or schedule), b1, b2, eps, eps_root,
+  weight_decay, mask (which leaves are decayed; the trust ratio applies to
+  all), mu_dtype. No extra args. Matches optax.lamb (same defaults).
+
+  Differences from the paper: its scaling function phi(||p||) is the identity
+  (the paper allows clipping ||p|| to [gamma_l, gamma_u]); the zero-norm
+  guard (ratio 1) is not in the paper. There is no official code by the
+  authors; this follows the paper with optax's conventions.
+  """
+  _check("lamb", learning_rate, {"b1": b1, "b2": b2},
+         {"eps": eps, "eps_root": eps_root, "weight_decay": weight_decay})
+  return recipe_chain("lamb", scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
+                      add_decayed_weights(weight_decay, mask), scale_by_trust_ratio(),
+                      scale_by_learning_rate(learning_rate))
+
+
+def lars(learning_rate: Any, weight_decay: Any = 0.0, weight_decay_mask: Any = True,
+         trust_coefficient: Any = 0.001, eps: Any = 0.0, trust_ratio_mask: Any = True,
+         momentum: Any = 0.9, nesterov: bool = False):
+  """LARS: "Large Batch Training of Convolutional Networks" (arXiv:1708.03888).
+
+  Per tensor: d = g + weight_decay * p; local lr
+  lambda = trust_coefficient * ||p|| / (||d|| + eps) (1 where a norm is 0);
+  v <- momentum v + lr * lambda * d;  u = -v  (Nesterov: u = -(lr lambda d + momentum v)).
+
+  Hyperparameters (optax's names and defaults): learning_rate (number or
+  schedule; the paper's polynomial decay is a schedule), weight_decay,
+  weight_decay_mask, trust_coefficient (the paper's eta = 0.001), eps,
+  trust_ratio_mask (leaves that get the local lr; the others use lr alone),
+  momentum, nesterov. No extra args. Matches optax.lars.
+
+  Differences from the paper: the local lr divides by ||g + wd p|| (optax,
+  and the common LARS code) instead of the paper's ||g|| + wd ||p||; the two
+  agree without weight decay. The masks, eps, Nesterov and the zero-norm
+  guard are optax's additions. There is no official code by the authors.
+  """
+  _check("lars", learning_rate, {"momentum": momentum},
+         {"weight_decay": weight_decay, "trust_coefficient": trust_coefficient, "eps": eps})
+  trust = scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps)
+  if trust_ratio_mask is not True:
+    trust = optax.masked(trust, trust_ratio_mask)
+  return recipe_chain("lars", add_decayed_weights(weight_decay, _mask(weight_decay_mask)), trust,
+                      scale_by_learning_rate(learning_rate),
+                      scale_by_moments(heavy_ball(momentum, nesterov), None))
+
+
+def madgrad(learning_rate: Any, momentum: Any = 0.9, weight_decay: Any = 0.0, eps: Any = 1e-6,
+            *, decouple_decay: bool = False):
+  """MADGRAD: "Adaptivity without Compromise: A Momentumized, Adaptive, Dual
+  Averaged Gradient Method for Stochastic Optimization" (arXiv:2101.11075).
+
+  With the 0-based step k and lambda_k = (lr_k + eps) sqrt(k + 1):
+  s <- s + lambda_k g;  nu <- nu + lambda_k g^2;  z = x0 - s / (cbrt(nu) + eps);
+  x <- momentum x + (1 - momentum) z  (x0: the initial params).
+
+  Hyperparameters (official names and defaults): learning_rate (number or
+  schedule, evaluated at k), momentum, weight_decay, eps, decouple_decay. No
+  extra args. The chain has no `scale_by_learning_rate`: the learning rate
+  enters through lambda_k, so `scale_by_madgrad` returns the change of x.
+
+  Follows the official code (facebookresearch/madgrad) where it differs from
+  the paper: eps is added to the learning rate in lambda_k (not when lr is 0);
+  weight_decay is an L2 term added to the gradient (the paper has no decay);
+  decouple_decay=True is the official AdamW-style mode,
+  x <- x_new - (lr + eps) weight_decay x_old. Differences from
+  optax.contrib.madgrad (which otherwise agrees): optax always adds eps to
+  the learning rate (so it moves with lr = 0), has no decoupled decay, and
+  keeps its state in the params' dtype (here float32 for 16-bit params, as
+  in the official code).
+  """
+  _check("madgrad", learning_rate, {"momentum": momentum},
+         {"weight_decay": weight_decay, "eps": eps})
+  if decouple_decay:
+    return recipe_chain("madgrad", scale_by_madgrad(learning_rate, momentum, eps, weight_decay))
+  return recipe_chain("madgrad", add_decayed_weights(weight_decay),
+                      scale_by_madgrad(learning_rate, momentum, eps))
+
+
+# ------------------------------------------------------------- optax adapters
+def _optax_novograd(learning_rate, *, grad_averaging=False, mu_dtype=None, **kw):
+  """optax.novograd has no grad_averaging; with it m is (1 - b1) times optax's m."""
+  del mu_dtype
+  if grad_averaging:
+    c, lr = 1.0 - kw.get("b1", 0.9), learning_rate
+    learning_rate = (lambda t: c * lr(t)) if callable(lr) else c * lr
+  return optax.novograd(learning_rate, **kw)
+
+
+def _optax_lamb(learning_rate, *, mu_dtype=None, **kw):
+  del mu_dtype
+  return optax.lamb(learning_rate, **kw)
+
+
+def _with_float_count(tx):
+  """Runs optax's MADGRAD step on a float copy of its int32 step count.
+
+  optax evaluates sqrt(count + 1) on the int32 count, which JAX computes in
+  float32 even with x64 enabled; with a float count the float64 comparison
+  measures the algorithm rather than that rounding. Nothing else changes.
+  """
+  def update(updates, state, params=None):
+    count = state.count
+    updates, state = tx.update(
+        updates, state._replace(count=count.astype(jnp.result_type(float))), params)
+    return updates, state._replace(count=optax.safe_increment(count))
+
+  return optax.GradientTransformation(tx.init, update)
+
+
+def _optax_madgrad(learning_rate, momentum=0.9, weight_decay=0.0, eps=1e-6, *,
+                   decouple_decay=False):
+  """optax.contrib.madgrad (= add_decayed_weights + scale_by_madgrad), with a float count;
+  the decoupled mode as optax's step minus (lr + eps) * weight_decay * p."""
+  step = _with_float_count(optax.contrib.scale_by_madgrad(learning_rate, momentum, eps))
+  if not decouple_decay:
+    return optax.chain(optax.add_decayed_weights(weight_decay), step)
+  assert not callable(learning_rate) and momentum != 0  # exact only in this case
+  return optax.chain(step, optax.add_decayed_weights(-(learning_rate + eps) * weight_decay))
+
+
+def _decaying_lr(count):
+  """A schedule for the tests: 0.05 / (1 + 0.1 k)."""
+  return 0.05 / (1.0 + 0.1 * count)
+
+
+_SOME = {"w1": True, "b1": False, "w2": True, "scale": False}  # the test problems' leaves
+
+RECIPES = (
+    Recipe("novograd", novograd, "layerwise",
+           "Stochastic Gradient Methods with Layer-wise Adaptive Moments for Training of "
+           "Deep Networks", "1905.11286",
+           reference="layerwise:novograd", optax=_optax_novograd,
+           hparams={"learning_rate": 0.05, "b1": 0.95, "b2": 0.98, "eps": 0.0, "eps_root": 1e-8},
+           cases=({"weight_decay": 0.01},
+                  {"grad_averaging": True, "weight_decay": 0.001},
+                  {"b1": 0.9, "b2": 0.25, "eps": 1e-6, "eps_root": 0.0},
+                  {"learning_rate": _decaying_lr}),
+           notes="Defaults are optax's; the catalog hparams are the official code's "
+                 "(b1=0.95, b2=0.98, eps 1e-8 inside the root). v is initialised while it is "
+                 "0 (official), not at step 1 (optax)."),
+    Recipe("lamb", lamb, "layerwise",
+           "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes",
+           "1904.00962", reference="layerwise:lamb", optax=_optax_lamb,
+           hparams={"learning_rate": 0.05},
+           cases=({"weight_decay": 0.01, "mask": _SOME},
+                  {"b1": 0.8, "b2": 0.99, "eps": 1e-8, "eps_root": 1e-12})),
+    Recipe("lars", lars, "layerwise", "Large Batch Training of Convolutional Networks",
+           "1708.03888", reference="layerwise:lars", optax=optax.lars,
+           hparams={"learning_rate": 1.0, "trust_coefficient": 0.02},
+           cases=({"nesterov": True},
+                  {"weight_decay": 1e-3, "weight_decay_mask": _SOME,
+                   "trust_ratio_mask": {"w1": True, "b1": False, "w2": True, "scale": True}},
+                  {"momentum": 0.0, "eps": 1e-9, "trust_coefficient": 0.001}),
+           notes="The local lr divides by ||g + wd p|| (optax) rather than the paper's "
+                 "||g|| + wd ||p||."),
+    Recipe("madgrad", madgrad, "layerwise",
+           "Adaptivity without Compromise: A Momentumized, Adaptive, Dual Averaged Gradient "
+           "Method for Stochastic Optimization", "2101.11075",
+           reference="layerwise:madgrad", optax=_optax_madgrad,
+           hparams={"learning_rate": 0.05},
+           cases=({"momentum": 0.0}, {"weight_decay": 0.01},
+                  {"weight_decay": 0.01, "decouple_decay": True}, {"eps": 0.0},
+                  {"learning_rate": _decaying_lr}),
+           notes="Follows the official code: lr + eps in lambda_k (not when lr = 0), L2 decay "
+                 "or decouple_decay; float32 state for 16-bit params. optax.contrib.madgrad "
+                 "always adds eps and has no decoupled mode (the test adapter emulates it); the "
+                 "adapter gives optax a float step count, as optax takes sqrt of the int32 "
+                 "count in float32 even under x64."),
+)

@@ -1,0 +1,332 @@
+"""Lion and the methods that compare the update with the raw gradient or the weights.
+
+Lion, the cautious optimizers, Grams, MARS, SPAM and AdamP / SGDP. The
+gradient-aware pieces are wrappers (`cautious`, `with_grams`,
+`with_radial_projection`, `clip_spikes`, `with_momentum_reset`) around the
+shared moment primitives, and MARS is a pre-transform ahead of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import optax
+
+from optlab import _validate as V
+from optlab._recipe import recipe_chain
+from optlab.catalog import Recipe
+from optlab.primitives.clipping import clip_spikes, with_momentum_reset
+from optlab.primitives.decay import add_decayed_weights
+from optlab.primitives.masks import (cautious, with_grams, with_leaf_labels,
+                                     with_radial_projection)
+from optlab.primitives.moments import (ema, ema_sq, scale_by_adam,
+                                       scale_by_lion_momentum, scale_by_moments)
+from optlab.primitives.normalize import scale_by_sign
+from optlab.primitives.step_size import scale_by_learning_rate
+from optlab.primitives.variance_reduction import (add_mars_correction, dampened_heavy_ball,
+                                                  nesterov_ema, unit_scale)
+
+__all__ = ["lion", "cautious_adamw", "cautious_lion", "grams", "mars_adamw", "mars_lion",
+           "spam", "adamp", "sgdp"]
+
+
+def _check(where: str, learning_rate: Any, **decays: Any) -> None:
+  V.check_learning_rate(where, learning_rate)
+  for name, value in decays.items():
+    V.check_decay(where, name, value)
+
+
+# ------------------------------------------------------------------------ Lion
+def lion(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.99, mu_dtype: Any = None,
+         weight_decay: Any = 1e-3, mask: Any = None):
+  """Lion: "Symbolic Discovery of Optimization Algorithms" (arXiv:2302.06675).
+
+  u = -lr * (sign(b1 m + (1 - b1) g) + weight_decay * p);  m <- b2 m + (1 - b2) g.
+  Hyperparameters: learning_rate, b1, b2, mu_dtype, weight_decay, mask.
+  Matches optax.lion, including its default weight_decay=1e-3 (the paper's
+  code defaults to 0).
+  """
+  _check("lion", learning_rate)
+  V.check_nonneg("lion", "weight_decay", weight_decay)
+  return recipe_chain("lion", scale_by_lion_momentum(b1, b2, mu_dtype),
+                      add_decayed_weights(weight_decay, mask),
+                      scale_by_learning_rate(learning_rate))
+
+
+# ------------------------------------------------------------------- cautious
+def cautious_adamw(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
+                   mu_dtype: Any = None, weight_decay: Any = 0.0, mask: Any = None):
+  """C-AdamW: "Cautious Optimizers: Improving Training with One Line of Code" (arXiv:2411.16085).
+
+  u = Adam's m_hat / (sqrt(v_hat) + eps); phi = 1[u * g > 0];
+  update = -lr * (u * phi / max(mean(phi), 1e-3) + weight_decay * p), the mean
+  taken per tensor. Hyperparameters: learning_rate, b1, b2, eps, mu_dtype,
+  weight_decay, mask; defaults are the official code's (eps=1e-6, no decay).
+  Follows the official ``c_adamw.py`` where it differs from the paper's
+  algorithm: strict mask (> 0), mask / max(mean, 1e-3) instead of
+  n / (nnz + 1), decay from the weights before the step (AdamW's order).
+  Deliberate difference: eps is added to sqrt(v_hat) (paper, optax), whereas
+  the official code adds it to sqrt(v) before bias correction, i.e. uses
+  eps / sqrt(1 - b2^t); the two differ only by that effective eps.
+  """
+  _check("cautious_adamw", learning_rate)
+  V.check_nonneg("cautious_adamw", "eps", eps)
+  return recipe_chain("cautious_adamw",
+                      cautious(scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype), "mean"),
+                      add_decayed_weights(weight_decay, mask),
+                      scale_by_learning_rate(learning_rate))
+
+
+def cautious_lion(learning_rate: Any, b1: Any = 0.95, b2: Any = 0.98, mu_dtype: Any = None,
+                  weight_decay: Any = 0.0, mask: Any = None):
+  """C-Lion: "Cautious Optimizers: Improving Training with One Line of Code" (arXiv:2411.16085).
+
+  u = sign(b1 m + (1 - b1) g); phi = 1[u * g > 0];
+  update = -lr * (u * phi * n / (sum(phi) + 1) + weight_decay * p), n the
+  tensor's size;  m <- b2 m + (1 - b2) g. Hyperparameters: learning_rate, b1,
+  b2, mu_dtype, weight_decay, mask; defaults are the official ``c_lion.py``'s
+  (b1=0.95, b2=0.98, no decay), which also gives the n / (nnz + 1) rescaling
+  used here (C-AdamW's code uses the mean instead).
+  """
+  _check("cautious_lion", learning_rate)
+  V.check_nonneg("cautious_lion", "weight_decay", weight_decay)
+  return recipe_chain("cautious_lion",
+                      cautious(scale_by_lion_momentum(b1, b2, mu_dtype), "count"),
+                      add_decayed_weights(weight_decay, mask),
+                      scale_by_learning_rate(learning_rate))
+
+
+def grams(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
+          mu_dtype: Any = None, weight_decay: Any = 0.0, mask: Any = None):
+  """Grams-Adam: "Grams: Gradient Descent with Adaptive Momentum Scaling" (arXiv:2412.17107).
+
+  u = sign(g) * |m_hat / (sqrt(v_hat) + eps)|; update = -lr * (u + weight_decay * p).
+  Hyperparameters: learning_rate, b1, b2, eps, mu_dtype, weight_decay, mask;
+  defaults are the official code's (eps=1e-6, no decay). The decay uses the
+  weights before the step, as in the official code. Deliberate difference:
+  eps is added to sqrt(v_hat) as in the paper's algorithm, whereas the
+  official code adds it to sqrt(v) before bias correction (eps / sqrt(1 - b2^t)).
+  """
+  _check("grams", learning_rate)
+  V.check_nonneg("grams", "eps", eps)
+  return recipe_chain("grams", with_grams(scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype)),
+                      add_decayed_weights(weight_decay, mask),
+                      scale_by_learning_rate(learning_rate))
+
+
+# ----------------------------------------------------------------------- MARS
+def _matrix_label(leaf):
+  return "matrix" if jnp.ndim(leaf) == 2 else "other"
+
+
+def _mars(where, learning_rate, matrix_rule, b1, gamma, max_norm, weight_decay, mask,
+          optimize_1d, lr_1d_factor, b1_1d, b2_1d, eps, weight_decay_1d):
+  _check(where, learning_rate, b1=b1, b1_1d=b1_1d, b2_1d=b2_1d)
+  for name, value in (("eps", eps), ("weight_decay", weight_decay),
+                      ("weight_decay_1d", weight_decay_1d), ("lr_1d_factor", lr_1d_factor)):
+    V.check_nonneg(where, name, value)
+  correction = add_mars_correction(b1, gamma, max_norm, matrices_only=not optimize_1d)
+  if optimize_1d:
+    body = optax.chain(*matrix_rule, add_decayed_weights(weight_decay, mask))
+  else:  # the official code trains every non-2-d tensor with plain AdamW
+    body = with_leaf_labels({
+        "matrix": optax.chain(*matrix_rule, add_decayed_weights(weight_decay, mask),
+                              optax.scale(1.0)),
+        "other": optax.chain(scale_by_adam(b1_1d, b2_1d, eps),
+                             *[optax.identity()] * (len(matrix_rule) - 1),
+                             add_decayed_weights(weight_decay_1d, mask),
+                             optax.scale(lr_1d_factor)),
+    }, _matrix_label)
+  return recipe_chain(where, correction, body, scale_by_learning_rate(learning_rate))
+
+
+def mars_adamw(learning_rate: Any, b1: Any = 0.95, b2: Any = 0.99, eps: Any = 1e-8,
+               weight_decay: Any = 0.0, mask: Any = None, gamma: Any = 0.025,
+               max_norm: Any = 1.0, optimize_1d: bool = False, lr_1d_factor: Any = 1.0,
+               b1_1d: Any = 0.9, b2_1d: Any = 0.95, weight_decay_1d: Any = 0.1):
+  """MARS-AdamW: "MARS: Unleashing the Power of Variance Reduction for Training Large
+  Models" (arXiv:2411.10438), approximate form, as in the official AGI-Arena/MARS code.
+
+  c = g + gamma * b1 / (1 - b1) * (g - g_prev), clipped to norm max_norm per
+  tensor; Adam on c: u = m_hat / (sqrt(v_hat) + eps) with m, v the EMAs of c
+  and c^2; update = -lr * (u + weight_decay * p).
+  Hyperparameters (defaults: the official ``MARS`` class): learning_rate, b1,
+  b2, eps, weight_decay, mask, gamma, max_norm (None: no clipping),
+  optimize_1d, lr_1d_factor, b1_1d, b2_1d, weight_decay_1d. As in the official
+  code with ``optimize_1d=False``, every tensor that is not 2-d (biases,
+  norms, scalars, also conv kernels) is trained by plain AdamW with (b1_1d,
+  b2_1d), weight_decay_1d and the learning rate times lr_1d_factor (the
+  official ``lr_1d / lr``, so it follows the same schedule); the previous
+  gradient is kept for them but unused. amsgrad and the exact (two-gradient)
+  form are not provided.
+  """
+  V.check_decay("mars_adamw", "b2", b2)
+  return _mars("mars_adamw", learning_rate, (scale_by_adam(b1, b2, eps),), b1, gamma,
+               max_norm, weight_decay, mask, optimize_1d, lr_1d_factor, b1_1d, b2_1d, eps,
+               weight_decay_1d)
+
+
+def mars_lion(learning_rate: Any, b1: Any = 0.95, weight_decay: Any = 0.0, mask: Any = None,
+              gamma: Any = 0.025, max_norm: Any = 1.0, optimize_1d: bool = False,
+              lr_1d_factor: Any = 1.0, b1_1d: Any = 0.9, b2_1d: Any = 0.95, eps: Any = 1e-8,
+              weight_decay_1d: Any = 0.1):
+  """MARS-Lion: "MARS: Unleashing the Power of Variance Reduction for Training Large
+  Models" (arXiv:2411.10438), approximate form, as in the official AGI-Arena/MARS code.
+
+  c = g + gamma * b1 / (1 - b1) * (g - g_prev), clipped to norm max_norm per
+  tensor; m <- b1 m + (1 - b1) c; update = -lr * (sign(m) + weight_decay * p).
+  Unlike Lion, the official MARS-Lion takes the sign of the updated momentum
+  itself (one rate, b1; the official b2 is unused, so there is none here).
+  Hyperparameters: as `mars_adamw` without b2; eps only serves the AdamW that
+  trains the non-2-d tensors when ``optimize_1d=False`` (see `mars_adamw`).
+  """
+  # unit_scale: no second moment, but the AdamW state layout (see `_mars`).
+  rule = (scale_by_moments(ema(b1, debias=False), unit_scale()), scale_by_sign())
+  return _mars("mars_lion", learning_rate, rule, b1, gamma, max_norm, weight_decay, mask,
+               optimize_1d, lr_1d_factor, b1_1d, b2_1d, eps, weight_decay_1d)
+
+
+# ----------------------------------------------------------------------- SPAM
+def spam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
+         weight_decay: Any = 0.0, mask: Any = None, threshold: Any = 5000.0,
+         delta_t: int = 500, warmup_steps: int = 150, clip_delay: int = 20):
+  """SPAM: "SPAM: Spike-Aware Adam with Momentum Reset for Stable LLM Training"
+  (arXiv:2501.06842), as in the official TianjinYellow/SPAM-Optimizer code.
+
+  Every delta_t steps (t % delta_t == 0) Adam's m and v are reset to zero
+  (the step count, hence the bias correction, carries on). Gradient entries
+  with g^2 > threshold * v are clipped to sign(g) sqrt(threshold * v), except
+  in the first clip_delay steps after a reset. After each reset Adam's step is
+  scaled by a cosine warm-up from 0.01 back to 1 over warmup_steps steps.
+  update = -lr * (warmup * m_hat / (sqrt(v_hat) + eps) + weight_decay * p).
+  Hyperparameters (official defaults): learning_rate, b1, b2, eps=1e-6,
+  weight_decay, mask, threshold (theta; 0 disables clipping), delta_t (Delta T,
+  official ``DeltaT``; 0 disables resets), warmup_steps (N), clip_delay
+  (official ``grad_accu_steps``).
+  Deliberate differences: eps is added to sqrt(v_hat) (paper, optax), not to
+  sqrt(v) before bias correction as in the official code; the decay uses the
+  weights before the step (AdamW's order) where the official code decays
+  after it, a difference of order lr^2 * weight_decay; the sparse-momentum
+  option (``density``) is not provided.
+  """
+  _check("spam", learning_rate)
+  V.check_nonneg("spam", "eps", eps)
+  V.check_nonneg("spam", "weight_decay", weight_decay)
+  adam = clip_spikes(scale_by_adam(b1, b2, eps), threshold, delay=clip_delay, period=delta_t)
+  return recipe_chain("spam", with_momentum_reset(adam, delta_t, warmup_steps),
+                      add_decayed_weights(weight_decay, mask),
+                      scale_by_learning_rate(learning_rate))
+
+
+# --------------------------------------------------------------- AdamP / SGDP
+def adamp(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
+          weight_decay: Any = 0.0, delta: Any = 0.1, wd_ratio: Any = 0.1,
+          nesterov: bool = False):
+  """AdamP: "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
+  Scale-invariant Weights" (arXiv:2006.08217), as in the official clovaai/AdamP code.
+
+  u = m_hat / (sqrt(v_hat) + eps) (with nesterov, (b1 m + (1 - b1) g) / (1 - b1^t)
+  in place of m_hat); for tensors whose gradient is nearly orthogonal to the
+  weights (|cos| < delta / sqrt(dim), per channel or per tensor) the radial
+  part of u is removed and the decay is scaled by wd_ratio;
+  update = -lr * (u + weight_decay * ratio * p).
+  Hyperparameters (official defaults): learning_rate, b1, b2, eps,
+  weight_decay, delta, wd_ratio, nesterov. The decay is part of the
+  projection wrapper, so there is no `mask` (use optax.partition).
+  """
+  _check("adamp", learning_rate)
+  V.check_nonneg("adamp", "eps", eps)
+  V.check_nonneg("adamp", "weight_decay", weight_decay)
+  first = nesterov_ema(b1) if nesterov else ema(b1)
+  for name, value in (("b1", b1), ("b2", b2)):
+    V.check_decay("adamp", name, value)
+  inner = scale_by_moments(first, ema_sq(b2), eps=eps)
+  return recipe_chain("adamp", with_radial_projection(inner, delta, wd_ratio, weight_decay, eps),
+                      scale_by_learning_rate(learning_rate))
+
+
+def sgdp(learning_rate: Any, momentum: Any = 0.0, dampening: Any = 0.0,
+         weight_decay: Any = 0.0, nesterov: bool = False, eps: Any = 1e-8, delta: Any = 0.1,
+         wd_ratio: Any = 0.1):
+  """SGDP: "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
+  Scale-invariant Weights" (arXiv:2006.08217), as in the official clovaai/AdamP code.
+
+  buf <- momentum * buf + (1 - dampening) g; d = buf, or g + momentum * buf
+  with nesterov; AdamP's projection of d (see `adamp`), and
+  update = -lr * (d + weight_decay * ratio / (1 - momentum) * p) -- the
+  official code divides the decay by 1 - momentum.
+  Hyperparameters (official defaults): learning_rate, momentum, dampening,
+  weight_decay, nesterov, eps, delta, wd_ratio. As in the official code (and
+  unlike torch.optim.SGD), nesterov with dampening is allowed; the Nesterov
+  term uses the raw gradient.
+  """
+  _check("sgdp", learning_rate, momentum=momentum)
+  V.check_range("sgdp", "dampening", dampening, 0.0, 1.0)
+  V.check_nonneg("sgdp", "weight_decay", weight_decay)
+  V.check_nonneg("sgdp", "eps", eps)
+  inner = scale_by_moments(dampened_heavy_ball(momentum, dampening, nesterov), None)
+  decay = weight_decay / (1.0 - momentum)
+  return recipe_chain("sgdp", with_radial_projection(inner, delta, wd_ratio, decay, eps),
+                      scale_by_learning_rate(learning_rate))
+
+
+_CAUTIOUS = "Cautious Optimizers: Improving Training with One Line of Code"
+_MARS = "MARS: Unleashing the Power of Variance Reduction for Training Large Models"
+_ADAMP = ("AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant "
+          "Weights")
+_HF_EPS = ("eps is added to sqrt(v_hat) (paper, optax); the official code adds it to sqrt(v) "
+           "before bias correction, i.e. uses eps / sqrt(1 - b2^t).")
+
+RECIPES = (
+    Recipe("lion", lion, "sign", "Symbolic Discovery of Optimization Algorithms", "2302.06675",
+           reference="sign_family:lion", optax=optax.lion,
+           hparams={"learning_rate": 0.003, "weight_decay": 0.01},
+           cases=({"b1": 0.95, "b2": 0.98, "weight_decay": 0.0},),
+           notes="Default weight_decay is optax's 1e-3 (the paper's code: 0)."),
+    Recipe("cautious_adamw", cautious_adamw, "sign", _CAUTIOUS, "2411.16085",
+           reference="sign_family:cautious_adamw",
+           hparams={"learning_rate": 0.02},
+           cases=({"b1": 0.8, "b2": 0.99, "eps": 1e-8, "weight_decay": 0.1},),
+           notes="Official c_adamw.py mask normalisation (1 / max(mean, 1e-3)). " + _HF_EPS),
+    Recipe("cautious_lion", cautious_lion, "sign", _CAUTIOUS, "2411.16085",
+           reference="sign_family:cautious_lion",
+           hparams={"learning_rate": 0.003},
+           cases=({"b1": 0.9, "b2": 0.99, "weight_decay": 0.1},),
+           notes="Official c_lion.py mask normalisation (n / (nnz + 1)) and defaults."),
+    Recipe("grams", grams, "sign", "Grams: Gradient Descent with Adaptive Momentum Scaling",
+           "2412.17107", reference="sign_family:grams",
+           hparams={"learning_rate": 0.02},
+           cases=({"b1": 0.8, "b2": 0.99, "eps": 1e-8, "weight_decay": 0.1},),
+           notes=_HF_EPS),
+    Recipe("mars_adamw", mars_adamw, "sign", _MARS, "2411.10438",
+           reference="sign_family:mars_adamw",
+           hparams={"learning_rate": 0.02},
+           cases=({"optimize_1d": True, "weight_decay": 0.1},
+                  {"gamma": 0.1, "max_norm": None, "lr_1d_factor": 0.5, "b1": 0.9,
+                   "b2": 0.95, "weight_decay_1d": 0.0}),
+           notes="Non-2-d tensors use AdamW (official optimize_1d=False)."),
+    Recipe("mars_lion", mars_lion, "sign", _MARS, "2411.10438",
+           reference="sign_family:mars_lion",
+           hparams={"learning_rate": 0.003},
+           cases=({"optimize_1d": True, "weight_decay": 0.1},
+                  {"gamma": 0.1, "max_norm": 2.0, "lr_1d_factor": 0.5}),
+           notes="Non-2-d tensors use AdamW (official optimize_1d=False); no b2."),
+    Recipe("spam", spam, "sign",
+           "SPAM: Spike-Aware Adam with Momentum Reset for Stable LLM Training", "2501.06842",
+           reference="sign_family:spam",
+           hparams={"learning_rate": 0.02},
+           cases=({"delta_t": 7, "warmup_steps": 3, "clip_delay": 2, "threshold": 2.0},
+                  {"delta_t": 0, "clip_delay": 3, "threshold": 1.5, "weight_decay": 0.1},
+                  {"delta_t": 10, "warmup_steps": 0, "threshold": 0.0}),
+           notes=_HF_EPS + " Decay from the weights before the step (official: after)."),
+    Recipe("adamp", adamp, "sign", _ADAMP, "2006.08217", reference="sign_family:adamp",
+           hparams={"learning_rate": 0.02},
+           cases=({"delta": 3.0, "weight_decay": 0.1},
+                  {"delta": 1.0, "wd_ratio": 0.5, "weight_decay": 0.1, "nesterov": True})),
+    Recipe("sgdp", sgdp, "sign", _ADAMP, "2006.08217", reference="sign_family:sgdp",
+           hparams={"learning_rate": 0.02, "momentum": 0.9},
+           cases=({"delta": 3.0, "weight_decay": 0.1, "dampening": 0.1},
+                  {"delta": 1.0, "weight_decay": 0.1, "nesterov": True, "dampening": 0.2},
+                  {"momentum": 0.0})),
+)
