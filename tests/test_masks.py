@@ -161,3 +161,46 @@ def test_cautious_weight_decay_by_hand():
   _close(out["x"], [2.0, 0.5, -0.5, 0.0])
   with pytest.raises(ValueError, match="params"):
     tx.update(u, tx.init(p))
+
+
+# ---------------------------------------------------------- with_leaf_labels
+def _labels_tx():
+  return optlab.with_leaf_labels(
+      {"matrix": optax.chain(optax.trace(0.5), optax.scale(2.0)),
+       "other": optax.chain(optax.trace(0.0), optax.scale(-1.0))},
+      lambda x: "matrix" if x.ndim == 2 else "other")
+
+
+def test_leaf_labels_pick_update_and_state_per_leaf():
+  tx = _labels_tx()
+  p = {"w": jnp.zeros((2, 2)), "b": jnp.zeros(2)}
+  g = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+  state = tx.init(p)
+  step = jax.jit(tx.update)
+  u, state = step(g, state)
+  u, state = step(g, state)
+  # matrix: trace 1 + 0.5 * 1 = 1.5, scaled by 2; other: trace 1, scaled by -1.
+  _close(u["w"], np.full((2, 2), 3.0))
+  _close(u["b"], [-1.0, -1.0])
+  _close(state[0].trace["w"], np.full((2, 2), 1.5))
+  _close(state[0].trace["b"], [1.0, 1.0])
+
+
+def test_leaf_labels_state_works_with_tree_map_params_and_extra_trees():
+  tx = _labels_tx()
+  p = {"w": jnp.zeros((2, 2)), "b": jnp.zeros(2)}
+  state = tx.init(p)
+  specs = {"w": "W", "b": "B"}
+  mapped = optax.tree_map_params(tx, lambda _, s: s, state, specs,
+                                 transform_non_params=lambda _: "N")
+  assert mapped[0].trace == {"w": "W", "b": "B"}
+
+
+def test_leaf_labels_rejects_mismatched_layouts_and_unknown_labels():
+  bad = optlab.with_leaf_labels({"a": optax.trace(0.5), "b": optax.scale_by_adam()},
+                                lambda x: "a")
+  with pytest.raises(ValueError, match="one layout"):
+    bad.init({"w": jnp.zeros(2)})
+  tx = optlab.with_leaf_labels({"a": optax.identity()}, lambda x: "zzz")
+  with pytest.raises(ValueError, match="zzz"):
+    tx.update({"w": jnp.zeros(2)}, tx.init({"w": jnp.zeros(2)}))

@@ -12,8 +12,8 @@ are the configurations listed in `PRIMITIVES` plus every exported factory that
 can be built from the names in `_FILL` (so new ``scale_by_*`` / ``clip_*`` /
 wrapper factories with defaults are picked up too).
 
-Each recipe / primitive is jitted once per dtype (init plus `STEPS` steps in a
-`lax.scan`) and reused across examples.
+Each recipe / primitive's update is jitted once per dtype and reused across
+examples (compilation is most of this file's run time).
 """
 
 from __future__ import annotations
@@ -94,38 +94,41 @@ def _obj_fn(params):
 
 # ------------------------------------------------------------------ the run
 def _make_run(tx: optax.GradientTransformation, extra_names: tuple[str, ...]) -> Callable:
-  """jit(params, grads[STEPS], values[STEPS]) -> (updates[STEPS], states[STEPS]), via lax.scan."""
+  """(params, grads[STEPS], values[STEPS]) -> [(updates, state)] after each step.
+
+  `init` runs eagerly and the update is jitted once (compiling only the step,
+  not an init + scan program, halves the compile time that dominates this file).
+  """
   tx = optax.with_extra_args_support(tx)
+
+  @jax.jit
+  def step(params, state, grads, value):
+    extra = {}
+    if "value" in extra_names:
+      extra["value"] = value
+    if "obj_fn" in extra_names:
+      extra["obj_fn"] = _obj_fn
+    updates, state = tx.update(grads, state, params, **extra)
+    return optax.apply_updates(params, updates), updates, state
 
   def run(params, grads, values):
     state = tx.init(params)
+    out = []
+    for t in range(STEPS):
+      params, updates, state = step(params, state, jax.tree.map(lambda g: g[t], grads), values[t])
+      out.append((updates, state))
+    return out
 
-    def step(carry, xs):
-      p, s = carry
-      g, value = xs
-      extra = {}
-      if "value" in extra_names:
-        extra["value"] = value
-      if "obj_fn" in extra_names:
-        extra["obj_fn"] = _obj_fn
-      u, s = tx.update(g, s, p, **extra)
-      return (optax.apply_updates(p, u), s), (u, s)
-
-    _, (updates, states) = jax.lax.scan(step, (params, state), (grads, values))
-    return updates, states
-
-  return jax.jit(run)
+  return run
 
 
-def _non_finite(tree: Any) -> list[str]:
-  """'path (step k)' for every floating leaf of a step-stacked tree with a NaN/Inf."""
+def _non_finite(tree: Any, step: int) -> list[str]:
+  """'path (step k)' for every floating leaf of `tree` with a NaN or an Inf."""
   bad = []
   for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    if not hasattr(x, "dtype") or not jnp.issubdtype(x.dtype, jnp.inexact):
-      continue
-    x = np.asarray(x, np.float32) if x.dtype == jnp.bfloat16 else np.asarray(x)
-    ok = np.isfinite(x).reshape(x.shape[0], -1).all(axis=1) if x.ndim else [np.isfinite(x)]
-    bad += [f"{jax.tree_util.keystr(path)} (step {t + 1})" for t, good in enumerate(ok) if not good]
+    if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact):
+      if not np.all(np.isfinite(np.asarray(x, np.float32))):
+        bad.append(f"{jax.tree_util.keystr(path)} (step {step})")
   return bad
 
 
@@ -133,8 +136,10 @@ def _check(run, dtype, grads, params, values, what):
   params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
   grads = jax.tree.map(lambda x: jnp.asarray(x, dtype), grads)
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(grads))
-  updates, states = run(params, grads, jnp.asarray(values))
-  bad_u, bad_s = _non_finite(updates), _non_finite(states)
+  bad_u, bad_s = [], []
+  for t, (updates, state) in enumerate(run(params, grads, jnp.asarray(values)), 1):
+    bad_u += _non_finite(updates, t)
+    bad_s += _non_finite(state, t)
   assert not (bad_u or bad_s), (
       f"{what}: non-finite output from finite input\n  updates: {bad_u}\n  state: {bad_s}\n"
       f"  grads: {jax.tree.map(np.asarray, grads)}\n  params: {jax.tree.map(np.asarray, params)}"
@@ -162,7 +167,7 @@ def test_every_extra_arg_is_supplied():
 
 def _recipe_test(dtype_name):
   @pytest.mark.parametrize("name", [r.name for r in RECIPES])
-  @settings(max_examples=EXAMPLES[dtype_name], deadline=None, derandomize=False,
+  @settings(max_examples=EXAMPLES[dtype_name], deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
   @_with_examples
   @given(grads=grad_seqs, params=param_trees, values=value_seqs)

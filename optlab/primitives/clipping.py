@@ -242,8 +242,8 @@ class _ZeroIf:
   linear = second = _zero
 
 
-def with_momentum_reset(inner: optax.GradientTransformation, interval: int,
-                        warmup_steps: int = 0) -> optax.GradientTransformationExtraArgs:
+def with_momentum_reset(inner: optax.GradientTransformation, interval: int = 500,
+                        warmup_steps: int = 150) -> optax.GradientTransformationExtraArgs:
   """SPAM's momentum reset with cosine warm-up (arXiv:2501.06842, official code).
 
   At every step t (1-based) with ``t % interval == 0`` the moment fields of
@@ -257,8 +257,10 @@ def with_momentum_reset(inner: optax.GradientTransformation, interval: int,
 
   Args:
     inner: the transformation whose moments are reset.
-    interval: Delta T; 0 disables resets (and the warm-up).
-    warmup_steps: N, the length of the warm-up after each reset.
+    interval: Delta T; 0 disables resets (and the warm-up). Default: the
+      official 500.
+    warmup_steps: N, the length of the warm-up after each reset; 0 for none.
+      Default: the official 150.
   """
   V.check_range("with_momentum_reset", "interval", interval, 0)
   V.check_range("with_momentum_reset", "warmup_steps", warmup_steps, 0)

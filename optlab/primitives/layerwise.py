@@ -139,13 +139,14 @@ def scale_by_madgrad(learning_rate: Any, momentum: Any = 0.9, eps: Any = 1e-6,
   V.check_nonneg(where, "eps", eps)
   V.check_nonneg(where, "decoupled_weight_decay", decoupled_weight_decay)
   decay = not _is_zero(decoupled_weight_decay)
+  eps_may_be_zero = not (V._concrete(eps) or 0.0) > 0  # pylint: disable=protected-access
 
   def init(params):
     wide = lambda p: jnp.zeros_like(p, dtype=accumulation_dtype(p.dtype))
     return ScaleByMadgradState(
         count=jnp.zeros([], jnp.int32), s=jax.tree.map(wide, params),
         nu=jax.tree.map(wide, params),
-        x0=jax.tree.map(lambda p: jnp.asarray(p, accumulation_dtype(p.dtype)), params))
+        x0=jax.tree.map(lambda p: jnp.array(p, accumulation_dtype(p.dtype), copy=True), params))
 
   def update(updates, state, params=None, **extra):
     del extra
@@ -161,12 +162,18 @@ def scale_by_madgrad(learning_rate: Any, momentum: Any = 0.9, eps: Any = 1e-6,
       dt = s.dtype
       lam = lr.astype(dt) * jnp.sqrt((k + 1).astype(dt))
       g, p = g.astype(dt), p.astype(dt)
-      big = jnp.finfo(dt).max  # saturate rather than overflow
-      nu = jnp.minimum(nu + lam * safe_square(g), big)
-      s = jnp.clip(s + lam * g, -big, big)
+      # Saturate rather than overflow. The increments are clipped, not the sums:
+      # with min(sum, max) XLA (CPU) re-derives the new sums inside the step's
+      # fusion and copies the donated state buffers.
+      big = jnp.finfo(dt).max
+      nu = nu + jnp.minimum(lam * safe_square(g), big - nu)
+      s = s + jnp.clip(lam * g, -big - s, big - s)
       rms = jnp.cbrt(nu) + eps
-      ok = rms > 0
-      step = jnp.where(ok, s / jnp.where(ok, rms, jnp.ones_like(rms)), jnp.zeros_like(s))
+      if eps_may_be_zero:  # then rms is 0 where nu is: no step there (official code)
+        ok = rms > 0
+        step = jnp.where(ok, s / jnp.where(ok, rms, jnp.ones_like(rms)), jnp.zeros_like(s))
+      else:
+        step = s / rms
       delta = (1 - momentum) * (x0 - step - p)
       if decay:
         delta = delta - lr * decoupled_weight_decay * p

@@ -129,8 +129,10 @@ def with_radial_projection(inner: optax.GradientTransformation, delta: Any = 0.1
   p_n = p / (||p|| + eps), and multiply the weight decay by `wd_ratio`.
   Then adds the decoupled decay, u <- u + weight_decay * ratio * p (ratio 1
   for tensors that were not projected, and for 0-d and 1-d tensors, which are
-  never projected). The cosine uses max(||.||, eps) for each norm, as
-  ``torch.nn.functional.cosine_similarity`` does. Needs `params`.
+  never projected). The cosine uses max(||.||, eps) for each norm, as recent
+  ``torch.nn.functional.cosine_similarity`` does (older PyTorch clamps the
+  product of the norms; the two differ only for norms below eps, where the
+  cosine is ~0 either way). Needs `params`.
   """
   for name, value in (("delta", delta), ("wd_ratio", wd_ratio),
                       ("weight_decay", weight_decay), ("eps", eps)):

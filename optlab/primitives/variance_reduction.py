@@ -136,7 +136,10 @@ class unit_scale:
   """
 
   def init(self, params):
-    return tree_zeros_like(params)
+    # The slot is never written, so it keeps its initial sharding; zeros
+    # computed from the params (0 where finite) follow the params' sharding
+    # under jit, where jnp.zeros_like would come out replicated.
+    return jax.tree.map(lambda p: jnp.where(jnp.isfinite(p), p - p, jnp.zeros_like(p)), params)
 
   def scale(self, nu, count):
     del count

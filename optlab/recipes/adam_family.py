@@ -219,7 +219,7 @@ def laprop(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-15,
 
 def adopt(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.9999, eps: Any = 1e-6,
           mu_dtype: Any = None, *, nesterov: bool = False, use_clipping: bool = True,
-          clip_value_fn: Any = lambda step: step ** 0.25):
+          clip_value_fn: Any = None):
   """ADOPT: "ADOPT: Modified Adam Can Converge with Any beta_2 with the Optimal
   Rate" (arXiv:2411.02853).
 
@@ -227,7 +227,8 @@ def adopt(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.9999, eps: Any = 1e-6,
   m <- b1 m + (1 - b1) x, u = -lr * m, and only then v <- b2 v + (1 - b2) g^2.
   Hyperparameters: as optax.contrib.adopt, which this matches, and the current
   official code (iShohei220/adopt, clip_lambda = step**0.25 of the 0-based
-  step). The paper's Algorithm 1 has no clipping (use_clipping=False); the
+  step; ``clip_value_fn=None`` means that default, so that
+  `optax.inject_hyperparams` does not mistake it for a schedule). The paper's Algorithm 1 has no clipping (use_clipping=False); the
   official code's weight_decay / decouple options are not offered (chain
   `add_decayed_weights` for the decoupled form).
   """
@@ -415,7 +416,7 @@ RECIPES = (
            notes="Matches optax.contrib.ademamix (t_alpha_b3 builds the official warm-up "
                  "schedulers, which optax accepts as schedules); mu_dtype covers m1, m2 only."),
     Recipe("exadam", exadam, "adam", "EXAdam: The Power of Adaptive Cross-Moments",
-           "2412.20302", reference="adam_family:exadam", hparams={"learning_rate": 0.01},
+           "2412.20302", reference="adam_family:exadam", hparams={"learning_rate": 0.003},
            cases=({"dynamic_step_size": False}, {"weight_decay": 0.1, "b1": 0.8}),
            notes="Follows arXiv v1 and its official code (growing step size "
                  "ln(sqrt(2(t+1)))); v2 and the current code drop it: "
@@ -430,7 +431,7 @@ RECIPES = (
                  "as the public re-implementations. No optax version."),
     Recipe("adamomentum", adamomentum, "adam",
            "Rethinking Adam: A Twofold Exponential Moving Average Approach", "2106.11514",
-           reference="adam_family:adamomentum", hparams={"learning_rate": 0.02},
+           reference="adam_family:adamomentum", hparams={"learning_rate": 0.005},
            cases=({"b1": 0.8, "b2": 0.99, "eps": 1e-6},),
            notes="Paper's algorithm: v tracks m^2 + eps, no eps outside the root. No optax "
                  "version."),

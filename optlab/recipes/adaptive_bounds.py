@@ -52,6 +52,8 @@ def radam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
       official code has a ``degenerated_to_sgd`` switch whose default (False)
       skips those steps entirely, weight decay included; that option is not
       offered.
+    * A threshold below 4 can select steps where r_t is undefined (2 < rho_t
+      < 4): they give a zero update here, NaN in optax.
   """
   V.check_learning_rate("radam", learning_rate)
   V.check_nonneg("radam", "eps", eps)
@@ -84,7 +86,9 @@ _ADABOUND_DOC = """{title}: "Adaptive Gradient Methods with Dynamic Bound of Lea
   Hyperparameters: learning_rate, b1, b2, eps (optax's names for the official
   betas / eps), final_lr, gamma, weight_decay, mask, mu_dtype, base_lr (the
   learning rate final_lr refers to; default: learning_rate, or a schedule's
-  value at step 0 -- pass it for a schedule that starts at 0).
+  value at step 0 -- pass it for a schedule that starts at 0). Under
+  optax.inject_hyperparams the injected learning rate is also the base, so
+  changing it there does not move the bounds' target final_lr.
 
   Differences from the paper, following the official code:
     * the paper's bounds are 0.1 -/+ 0.1 / ((1 - b2) t (+1)) and the step is

@@ -28,9 +28,19 @@ def _check(where: str, learning_rate: Any, decays: dict[str, Any] = {},
     V.check_nonneg(where, name, value)
 
 
-def _mask(mask: Any) -> Any:
-  """optax's `True` mask (every leaf) as add_decayed_weights' None."""
-  return None if mask is True else mask
+def _decay(weight_decay: Any, mask: Any = None) -> list[Any]:
+  """[add_decayed_weights], or [] for a Python-number 0 (as optax skips it).
+
+  Adding 0 * p is not free: XLA does not fold it, and reading the params
+  there makes it copy the donated params and state on CPU. Only Python
+  numbers are skipped, so that the chain (and its state) has the same shape
+  when `optax.inject_hyperparams` passes the value as an array at init and as
+  a tracer at update. optax's `True` mask (every leaf) is add_decayed_weights'
+  None.
+  """
+  if isinstance(weight_decay, (int, float)) and weight_decay == 0:
+    return []
+  return [add_decayed_weights(weight_decay, None if mask is True else mask)]
 
 
 def novograd(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.25, eps: Any = 1e-6,
@@ -40,7 +50,7 @@ def novograd(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.25, eps: Any = 1e-6,
   Training of Deep Networks" (arXiv:1905.11286).
 
   Per tensor (layer) l, with one scalar second moment v_l:
-    v_l <- b2 v_l + (1 - b2) ||g_l||^2   (v_l <- ||g_l||^2 at the first step),
+    v_l <- b2 v_l + (1 - b2) ||g_l||^2   (v_l <- ||g_l||^2 while v_l is 0),
     m_l <- b1 m_l + (g_l / (sqrt(v_l + eps_root) + eps) + weight_decay * p_l),
     u_l = -lr * m_l.
   No bias correction (the first-step initialisation of v replaces it).
@@ -68,7 +78,7 @@ def novograd(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.25, eps: Any = 1e-6,
   first = (ema(b1, debias=False, dtype=mu_dtype) if grad_averaging
            else heavy_ball(b1, dtype=mu_dtype))
   return recipe_chain("novograd", scale_by_layerwise_second_moment(b2, eps, eps_root),
-                      add_decayed_weights(weight_decay), scale_by_moments(first, None),
+                      *_decay(weight_decay), scale_by_moments(first, None),
                       scale_by_learning_rate(learning_rate))
 
 
@@ -93,7 +103,7 @@ def lamb(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
   _check("lamb", learning_rate, {"b1": b1, "b2": b2},
          {"eps": eps, "eps_root": eps_root, "weight_decay": weight_decay})
   return recipe_chain("lamb", scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
-                      add_decayed_weights(weight_decay, mask), scale_by_trust_ratio(),
+                      *_decay(weight_decay, mask), scale_by_trust_ratio(),
                       scale_by_learning_rate(learning_rate))
 
 
@@ -122,7 +132,7 @@ def lars(learning_rate: Any, weight_decay: Any = 0.0, weight_decay_mask: Any = T
   trust = scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps)
   if trust_ratio_mask is not True:
     trust = optax.masked(trust, trust_ratio_mask)
-  return recipe_chain("lars", add_decayed_weights(weight_decay, _mask(weight_decay_mask)), trust,
+  return recipe_chain("lars", *_decay(weight_decay, weight_decay_mask), trust,
                       scale_by_learning_rate(learning_rate),
                       scale_by_moments(heavy_ball(momentum, nesterov), None))
 
@@ -149,13 +159,17 @@ def madgrad(learning_rate: Any, momentum: Any = 0.9, weight_decay: Any = 0.0, ep
   optax.contrib.madgrad (which otherwise agrees): optax always adds eps to
   the learning rate (so it moves with lr = 0), has no decoupled decay, and
   keeps its state in the params' dtype (here float32 for 16-bit params, as
-  in the official code).
+  in the official code). Also as in the official code: with momentum 0 and
+  decouple_decay the decay accumulates (the official code rebuilds x0 from
+  x each step; `scale_by_madgrad` shifts x0 instead), and with eps = 0
+  coordinates whose nu is 0 do not move (the official rebuild of x0 would
+  divide 0 by 0 there on the first step).
   """
   _check("madgrad", learning_rate, {"momentum": momentum},
          {"weight_decay": weight_decay, "eps": eps})
   if decouple_decay:
     return recipe_chain("madgrad", scale_by_madgrad(learning_rate, momentum, eps, weight_decay))
-  return recipe_chain("madgrad", add_decayed_weights(weight_decay),
+  return recipe_chain("madgrad", *_decay(weight_decay),
                       scale_by_madgrad(learning_rate, momentum, eps))
 
 
@@ -224,12 +238,12 @@ RECIPES = (
     Recipe("lamb", lamb, "layerwise",
            "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes",
            "1904.00962", reference="layerwise:lamb", optax=_optax_lamb,
-           hparams={"learning_rate": 0.05},
+           hparams={"learning_rate": 0.01},
            cases=({"weight_decay": 0.01, "mask": _SOME},
                   {"b1": 0.8, "b2": 0.99, "eps": 1e-8, "eps_root": 1e-12})),
     Recipe("lars", lars, "layerwise", "Large Batch Training of Convolutional Networks",
            "1708.03888", reference="layerwise:lars", optax=optax.lars,
-           hparams={"learning_rate": 1.0, "trust_coefficient": 0.02},
+           hparams={"learning_rate": 0.5, "trust_coefficient": 0.02},
            cases=({"nesterov": True},
                   {"weight_decay": 1e-3, "weight_decay_mask": _SOME,
                    "trust_ratio_mask": {"w1": True, "b1": False, "w2": True, "scale": True}},

@@ -174,7 +174,7 @@ def _projection(p, g, perturb, delta, wd_ratio, eps):
     return perturb, 1.0
   for rows in (lambda x: x.reshape(x.shape[0], -1), lambda x: x.reshape(1, -1)):
     pr, gr = rows(p), rows(g)
-    # torch.nn.functional.cosine_similarity: each norm clamped below at eps.
+    # torch.nn.functional.cosine_similarity (recent versions): each norm clamped at eps.
     pn_ = np.maximum(np.linalg.norm(pr, axis=1, keepdims=True), eps)
     gn_ = np.maximum(np.linalg.norm(gr, axis=1, keepdims=True), eps)
     cos = np.abs(np.sum((gr / gn_) * (pr / pn_), axis=1))
