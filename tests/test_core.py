@@ -154,3 +154,11 @@ def test_readme_usage_example_runs():
   namespace: dict = {}
   exec(compile(code, "README.md", "exec"), namespace)
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(namespace["params"]))
+
+
+def test_examples_run(capsys):
+  import runpy
+  module = runpy.run_path(str(ROOT / "examples" / "custom_chain.py"))
+  module["main"](steps=3)
+  out = capsys.readouterr().out
+  assert "adamw" in out and "cautious lion" in out

@@ -71,20 +71,27 @@ class ScaleByLearningRateState(NamedTuple):
 
 def scale_by_learning_rate(learning_rate: Any, *, flip_sign: bool = True
                            ) -> optax.GradientTransformationExtraArgs:
-  """u <- -lr * u; `learning_rate` is a number or a schedule ``step -> lr``."""
+  """u <- -lr * u; `learning_rate` is a number or a schedule ``step -> lr``.
+
+  Only a schedule keeps a step count in its state; a constant (or an array
+  injected by `optax.inject_hyperparams`) is stateless, as in optax.
+  """
   V.check_learning_rate("scale_by_learning_rate", learning_rate)
   sign = -1.0 if flip_sign else 1.0
+  scheduled = callable(learning_rate)
 
   def init(params):
     del params
-    return ScaleByLearningRateState(jnp.zeros([], jnp.int32))
+    return ScaleByLearningRateState(jnp.zeros([], jnp.int32)) if scheduled else optax.EmptyState()
 
   def update(updates, state, params=None, **extra):
     del params, extra
-    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    lr = learning_rate(state.count) if scheduled else learning_rate
     step = sign * jnp.asarray(lr)
     new = jax.tree.map(lambda u: (step * u).astype(u.dtype), updates)
-    return new, ScaleByLearningRateState(optax.safe_increment(state.count))
+    if scheduled:
+      state = ScaleByLearningRateState(optax.safe_increment(state.count))
+    return new, state
 
   return optax.GradientTransformationExtraArgs(init, update)
 
