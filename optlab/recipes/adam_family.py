@@ -228,9 +228,10 @@ def adopt(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.9999, eps: Any = 1e-6,
   Hyperparameters: as optax.contrib.adopt, which this matches, and the current
   official code (iShohei220/adopt, clip_lambda = step**0.25 of the 0-based
   step; ``clip_value_fn=None`` means that default, so that
-  `optax.inject_hyperparams` does not mistake it for a schedule). The paper's Algorithm 1 has no clipping (use_clipping=False); the
-  official code's weight_decay / decouple options are not offered (chain
-  `add_decayed_weights` for the decoupled form).
+  `optax.inject_hyperparams` does not mistake it for a schedule). The paper's
+  Algorithm 1 has no clipping (use_clipping=False); the official code's
+  weight_decay / decouple options are not offered (chain `add_decayed_weights`
+  for the decoupled form).
   """
   V.check_learning_rate("adopt", learning_rate)
   V.check_nonneg("adopt", "eps", eps)
