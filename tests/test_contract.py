@@ -269,18 +269,23 @@ def test_pmap_and_sharding_match_single_device(recipe):
   state = jax.jit(tx.init)(p_sh)
   expected = optax.tree_map_params(tx, lambda _, sh: sh, state, shardings,
                                    transform_non_params=lambda _: None)
+
+  def assert_state_keeps_sharding(state, when):
+    for (path, want), leaf in zip(
+        jax.tree_util.tree_leaves_with_path(expected, is_leaf=lambda x: x is None),
+        jax.tree.leaves(state, is_leaf=lambda x: x is None)):
+      if want is not None:
+        assert leaf.sharding.is_equivalent_to(want, leaf.ndim), (
+            f"{when}: state{jax.tree_util.keystr(path)} lost the params' sharding")
+
+  assert_state_keeps_sharding(state, "after init")
   step = jax.jit(lambda p, s, t: run_step(tx, recipe, p, s, t))
   for t in range(steps):
     p_sh, state = step(p_sh, state, t)
   assert_trees_close(p_sh, single, what="sharded ")
   for path, leaf in jax.tree_util.tree_leaves_with_path(p_sh):
     assert leaf.sharding.is_equivalent_to(shardings[path[0].key], leaf.ndim)
-  for (path, want), leaf in zip(
-      jax.tree_util.tree_leaves_with_path(expected, is_leaf=lambda x: x is None),
-      jax.tree.leaves(state, is_leaf=lambda x: x is None)):
-    if want is not None:
-      assert leaf.sharding.is_equivalent_to(want, leaf.ndim), (
-          f"state{jax.tree_util.keystr(path)} lost the params' sharding")
+  assert_state_keeps_sharding(state, f"after {steps} steps")
 
 
 def run_step(tx, recipe, p, s, t):

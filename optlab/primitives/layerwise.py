@@ -22,7 +22,7 @@ import optax
 
 from optlab import _validate as V
 from optlab.primitives.basis import INVARIANT, LINEAR, SECOND, declare_basis
-from optlab.primitives.moments import safe_square
+from optlab.primitives.moments import safe_square, zeros_like
 from optlab.primitives.normalize import accumulation_dtype, tensor_sq_norm
 
 __all__ = [
@@ -142,7 +142,7 @@ def scale_by_madgrad(learning_rate: Any, momentum: Any = 0.9, eps: Any = 1e-6,
   eps_may_be_zero = not (V._concrete(eps) or 0.0) > 0  # pylint: disable=protected-access
 
   def init(params):
-    wide = lambda p: jnp.zeros_like(p, dtype=accumulation_dtype(p.dtype))
+    wide = lambda p: zeros_like(p, accumulation_dtype(p.dtype))
     return ScaleByMadgradState(
         count=jnp.zeros([], jnp.int32), s=jax.tree.map(wide, params),
         nu=jax.tree.map(wide, params),

@@ -63,13 +63,31 @@ __all__ = [
 ]
 
 
+def full_like(p: jax.Array, value: Any, dtype: Any = None) -> jax.Array:
+  """A constant array shaped like `p` that keeps `p`'s sharding, also under jit.
+
+  Inside `jit`, ``jnp.full_like(p, v)`` is a bare constant that XLA places
+  unsharded (one device holds the whole optimizer state); computing it from
+  `p` (0 * finite(p) + v) lets sharding propagation give it `p`'s layout.
+  The extra read of `p` happens once, at init.
+  """
+  dtype = p.dtype if dtype is None else dtype
+  zero = jnp.where(jnp.isfinite(p), p, 0).astype(dtype) * 0
+  return zero + jnp.asarray(value, dtype)
+
+
+def zeros_like(p: jax.Array, dtype: Any = None) -> jax.Array:
+  """Zeros shaped like `p`, keeping its sharding (see `full_like`)."""
+  return full_like(p, 0, dtype)
+
+
 def tree_zeros_like(params: Any, dtype: Any = None) -> Any:
   """Zeros shaped like `params`, built by mapping over it (keeps sharding)."""
-  return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=dtype), params)
+  return jax.tree.map(lambda p: zeros_like(p, dtype), params)
 
 
 def _tree_full_like(params: Any, value: Any, dtype: Any = None) -> Any:
-  return jax.tree.map(lambda p: jnp.full_like(p, value, dtype=dtype), params)
+  return jax.tree.map(lambda p: full_like(p, value, dtype), params)
 
 
 def safe_square(g: jax.Array) -> jax.Array:
