@@ -35,11 +35,6 @@ __all__ = [
 # ------------------------------------------------------------------ safe norms
 # Whole-tensor norms are normalize.tensor_norm (shared with the trust-ratio
 # methods); what is added here is the norm of a whole tree and norms per row.
-def _acc_dtype(dtype: Any) -> Any:
-  """The dtype norms are accumulated in: at least float32."""
-  return accumulation_dtype(dtype)
-
-
 def safe_norm(x: jax.Array, axis: Any = None, keepdims: bool = False) -> jax.Array:
   """The 2-norm of `x` over `axis` (all axes by default) without overflow.
 
@@ -50,7 +45,7 @@ def safe_norm(x: jax.Array, axis: Any = None, keepdims: bool = False) -> jax.Arr
   x = jnp.asarray(x)
   if axis is None and not keepdims:
     return tensor_norm(x)
-  dt = _acc_dtype(x.dtype)
+  dt = accumulation_dtype(x.dtype)
   x = x.astype(dt)
   ss = jnp.sum(x * x, axis=axis, keepdims=keepdims)
   if x.size == 0:
@@ -212,7 +207,7 @@ def clip_spikes(inner: optax.GradientTransformation, threshold: Any = 5000.0, *,
     active = (phase >= delay) & (jnp.asarray(threshold) > 0)
 
     def clip_leaf(g, v):
-      dt = _acc_dtype(g.dtype)
+      dt = accumulation_dtype(g.dtype)
       g32, limit2 = g.astype(dt), threshold * v.astype(dt)
       spike = active & (jnp.minimum(g32 * g32, jnp.finfo(dt).max) > limit2)
       clipped = jnp.sign(g32) * jnp.sqrt(jnp.where(spike, limit2, 0))
@@ -284,7 +279,7 @@ def with_momentum_reset(inner: optax.GradientTransformation, interval: int = 500
       warm = (count >= interval) & (since < warmup_steps)
       factor = jnp.where(
           warm, 1.0 - 0.99 * (1.0 + jnp.cos(math.pi * since / (warmup_steps + 1))) / 2, 1.0)
-      new = jax.tree.map(lambda u: (u * factor.astype(_acc_dtype(u.dtype))).astype(u.dtype),
+      new = jax.tree.map(lambda u: (u * factor.astype(accumulation_dtype(u.dtype))).astype(u.dtype),
                          new)
     return new, MomentumResetState(count, inner_state)
 

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.clipping import _acc_dtype, safe_norm
+from optlab.primitives.clipping import safe_norm
+from optlab.primitives.normalize import accumulation_dtype
 
 __all__ = ["cautious", "with_grams", "with_radial_projection", "with_leaf_labels"]
 
@@ -55,7 +56,7 @@ def cautious(inner: optax.GradientTransformation, rescale: Optional[str] = "mean
   inner = optax.with_extra_args_support(inner)
 
   def mask_leaf(u, g):
-    dt = _acc_dtype(u.dtype)
+    dt = accumulation_dtype(u.dtype)
     phi = _agree(u, g).astype(dt)
     if rescale == "mean":
       phi = phi / jnp.maximum(jnp.mean(phi), 1e-3)
@@ -95,7 +96,7 @@ def _rows(x: jax.Array, view: str) -> jax.Array:
 
 def _project_leaf(u, g, p, delta, eps):
   """AdamP's projection of one tensor; returns (projected u, projected?)."""
-  dt = _acc_dtype(u.dtype)
+  dt = accumulation_dtype(u.dtype)
   u32, g32, p32 = u.astype(dt), g.astype(dt), p.astype(dt)
   out, hit = u32, jnp.zeros([], bool)
   # The official code tries the channel view, then the layer view, and uses
@@ -144,7 +145,7 @@ def with_radial_projection(inner: optax.GradientTransformation, delta: Any = 0.1
       u32, hit = _project_leaf(u, g, p, delta, eps)
       ratio = jnp.where(hit, wd_ratio, 1.0)
     else:
-      u32, ratio = u.astype(_acc_dtype(u.dtype)), 1.0
+      u32, ratio = u.astype(accumulation_dtype(u.dtype)), 1.0
     return (u32 + (weight_decay * ratio) * p.astype(u32.dtype)).astype(u.dtype)
 
   def update(updates, state, params=None, **extra):

@@ -20,7 +20,8 @@ import optax
 
 from optlab import _validate as V
 from optlab.primitives.basis import LINEAR, declare_basis
-from optlab.primitives.clipping import _acc_dtype, clip_leaf_by_norm
+from optlab.primitives.clipping import clip_leaf_by_norm
+from optlab.primitives.normalize import accumulation_dtype
 from optlab.primitives.moments import bias_correction, tree_zeros_like
 
 __all__ = ["MarsState", "add_mars_correction", "nesterov_ema", "dampened_heavy_ball"]
@@ -64,7 +65,7 @@ def add_mars_correction(b1: Any = 0.95, gamma: Any = 0.025, max_norm: Optional[A
     def correct(g, prev):
       if matrices_only and jnp.ndim(g) != 2:
         return g
-      dt = _acc_dtype(g.dtype)
+      dt = accumulation_dtype(g.dtype)
       c = g.astype(dt) + scale * (g.astype(dt) - prev.astype(dt))
       if max_norm is not None:
         c = clip_leaf_by_norm(c, max_norm)
