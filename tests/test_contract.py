@@ -57,20 +57,36 @@ def extra_for(recipe, params, loss=loss_fn):
   return extra
 
 
-def run(tx, recipe, params, steps, *, jit=True, state=None, start=0):
-  """Runs `steps` steps; returns (params, state, list of updates)."""
-  def step(p, s, t):
-    g = grads_at(p, t)
-    u, s = tx.update(g, s, p, **extra_for(recipe, p))
-    return optax.apply_updates(p, u), s, u
+_COMPILED: dict = {}
 
-  step = jax.jit(step) if jit else step
+
+def compiled_step(tx, recipe):
+  """One jitted (params, state, t) -> (params, state, updates) per transformation.
+
+  Shared by every run of the same `tx` within a test; the cache keeps `tx`
+  alive, so its id is never reused for another transformation."""
+  if id(tx) not in _COMPILED:
+    def step(p, s, t):
+      u, s = tx.update(grads_at(p, t), s, p, **extra_for(recipe, p))
+      return optax.apply_updates(p, u), s, u
+
+    _COMPILED[id(tx)] = (tx, jax.jit(step))
+  return _COMPILED[id(tx)][1]
+
+
+def run(tx, recipe, params, steps, *, state=None, start=0):
+  """Runs `steps` jitted steps; returns (params, state, list of updates)."""
+  step = compiled_step(tx, recipe)
   state = tx.init(params) if state is None else state
   updates = []
   for t in range(start, start + steps):
     params, state, u = step(params, state, t)
     updates.append(u)
   return params, state, updates
+
+
+def jitted_update(tx, recipe):
+  return jax.jit(lambda g, s, p: tx.update(g, s, p, **extra_for(recipe, p)))
 
 
 def assert_trees_close(a, b, rtol=1e-6, atol=1e-7, what=""):
@@ -155,14 +171,14 @@ def test_masked_and_partition(recipe, wrapper):
     tx = optax.partition({"opt": recipe.build(), "sgd": optax.sgd(0.1)}, labels)
 
   sub_tx = recipe.build()
+  update, sub_update = jitted_update(tx, recipe), jitted_update(sub_tx, recipe)
   p, s = params, tx.init(params)
   sub_p, sub_s = _subtree(params, inside), sub_tx.init(_subtree(params, inside))
   for t in range(3):
     g = grads_at(p, t)
-    u, s = tx.update(g, s, p, **extra_for(recipe, p))
+    u, s = update(g, s, p)
     sub_g = _subtree(grads_at({**p, **sub_p}, t), inside)  # the loss is separable per leaf
-    sub_u, sub_s = sub_tx.update(sub_g, sub_s, sub_p,
-                                 **extra_for(recipe, sub_p))
+    sub_u, sub_s = sub_update(sub_g, sub_s, sub_p)
     assert_trees_close(_subtree(u, inside), sub_u, what=f"{wrapper} step {t} ")
     outside = g["b1"] if wrapper == "masked" else -0.1 * g["b1"]
     assert_trees_close(u["b1"], outside, what=f"{wrapper} untouched leaf ")
@@ -175,15 +191,16 @@ def test_multisteps(recipe):
   params = make_params()
   tx = recipe.build()
   ms = optax.MultiSteps(recipe.build(), every_k_schedule=2)
+  ms_update, update = jitted_update(ms, recipe), jitted_update(tx, recipe)
   p_ms, s_ms = params, ms.init(params)
   p, s = params, tx.init(params)
   for t in range(3):
     g1, g2 = grads_at(p_ms, 2 * t), grads_at(p_ms, 2 * t + 1)
     for g in (g1, g2):
-      u, s_ms = ms.update(g, s_ms, p_ms, **extra_for(recipe, p_ms))
+      u, s_ms = ms_update(g, s_ms, p_ms)
       p_ms = optax.apply_updates(p_ms, u)
     mean = jax.tree.map(lambda a, b: (a + b) / 2, g1, g2)
-    u, s = tx.update(mean, s, p, **extra_for(recipe, p))
+    u, s = update(mean, s, p)
     p = optax.apply_updates(p, u)
   assert_trees_close(p_ms, p, rtol=1e-5, atol=1e-6, what="MultiSteps ")
 
@@ -279,18 +296,11 @@ def test_pmap_and_sharding_match_single_device(recipe):
             f"{when}: state{jax.tree_util.keystr(path)} lost the params' sharding")
 
   assert_state_keeps_sharding(state, "after init")
-  step = jax.jit(lambda p, s, t: run_step(tx, recipe, p, s, t))
-  for t in range(steps):
-    p_sh, state = step(p_sh, state, t)
+  p_sh, state, _ = run(tx, recipe, p_sh, steps, state=state)
   assert_trees_close(p_sh, single, what="sharded ")
   for path, leaf in jax.tree_util.tree_leaves_with_path(p_sh):
     assert leaf.sharding.is_equivalent_to(shardings[path[0].key], leaf.ndim)
   assert_state_keeps_sharding(state, f"after {steps} steps")
-
-
-def run_step(tx, recipe, p, s, t):
-  u, s = tx.update(grads_at(p, t), s, p, **extra_for(recipe, p))
-  return optax.apply_updates(p, u), s
 
 
 # -------------------------------------------------------- 8: save / restore
@@ -320,13 +330,14 @@ def test_rejects_mismatched_trees(recipe):
   state = tx.init(params)
   grads = grads_at(params, 0)
   missing = {k: v for k, v in grads.items() if k != "b1"}
+  trace = lambda g, p: jax.eval_shape(lambda: tx.update(g, state, p, **extra_for(recipe, params)))
   with pytest.raises(ValueError, match="b1"):
-    tx.update(missing, state, params, **extra_for(recipe, params))
+    trace(missing, params)
   with pytest.raises(ValueError, match="b1"):
-    tx.update(missing, state, None, **extra_for(recipe, params))
+    trace(missing, None)
   wrong = {**grads, "w1": grads["w1"].T}
   with pytest.raises(ValueError, match="w1"):
-    tx.update(wrong, state, params, **extra_for(recipe, params))
+    trace(wrong, params)
 
 
 BAD_VALUES = {"learning_rate": -1.0, "b1": 1.5, "b2": -0.5, "eps": -1.0,
@@ -348,15 +359,15 @@ def test_missing_extra_args_are_named(recipe):
   if not recipe.needs_extra_args:
     params = make_params()
     tx = recipe.build()
-    tx.update(grads_at(params, 0), tx.init(params), params)  # needs nothing extra
-    return
+    jax.eval_shape(lambda: tx.update(grads_at(params, 0), tx.init(params), params))
+    return  # traced without any extra arg: it needs none
   params = make_params()
   tx = recipe.build()
   state = tx.init(params)
   for name in recipe.needs_extra_args:
     extra = {k: v for k, v in extra_for(recipe, params).items() if k != name}
     with pytest.raises(TypeError, match=name):
-      tx.update(grads_at(params, 0), state, params, **extra)
+      jax.eval_shape(lambda: tx.update(grads_at(params, 0), state, params, **extra))
 
 
 @by_recipe
@@ -365,7 +376,7 @@ def test_skip_non_finite_keeps_state(recipe):
   p1, s1, _ = run(tx, recipe, params, 2)
   bad = grads_at(p1, 2)
   bad = {**bad, "w2": bad["w2"].at[1, 2].set(jnp.nan)}
-  u, s2 = jax.jit(lambda g, s, p: tx.update(g, s, p, **extra_for(recipe, p)))(bad, s1, p1)
+  u, s2 = jitted_update(tx, recipe)(bad, s1, p1)
   assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(u))
   for a, b in zip(jax.tree.leaves(s2.inner_state), jax.tree.leaves(s1.inner_state)):
     assert np.array_equal(np.asarray(a), np.asarray(b)), "a non-finite step changed the state"
