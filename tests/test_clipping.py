@@ -258,3 +258,36 @@ def test_adamp_first_moment_rules():
   tx = optlab.scale_by_moments(optlab.dampened_heavy_ball(0.5, 0.2, True), None)
   u, _ = _update(tx, {"x": jnp.array([2.0])})
   _close(u["x"], [2.8])
+
+
+# --------------------------------------------------- decay after the step
+def test_decay_after_step_scales_the_updated_weights():
+  p = {"w": jnp.array([2.0, -4.0]), "b": jnp.array(1.0)}
+  d = {"w": jnp.array([0.5, 1.0]), "b": jnp.array(-0.25)}
+  # with a learning rate: new weights are (p + d) * (1 - lr * wd)
+  tx = optlab.add_decayed_weights_after_step(0.1, 0.5)
+  out, _ = _update(tx, d, p)
+  for k in p:
+    _close(np.asarray(p[k]) + np.asarray(out[k]),
+           (np.asarray(p[k]) + np.asarray(d[k])) * (1 - 0.05))
+  # without one (LaProp): (p + d) * (1 - wd)
+  out, _ = _update(optlab.add_decayed_weights_after_step(0.1), d, p)
+  _close(np.asarray(p["w"]) + np.asarray(out["w"]), (np.array([2.5, -3.0])) * 0.9)
+  # masked leaves pass through
+  out, _ = _update(optlab.add_decayed_weights_after_step(0.1, 0.5, mask={"w": False, "b": True}),
+                   d, p)
+  _close(out["w"], d["w"])
+  _close(out["b"], -0.25 - 0.05 * 0.75)
+  with pytest.raises(ValueError, match="params"):
+    optlab.add_decayed_weights_after_step(0.1).update(d, optlab.add_decayed_weights_after_step(
+        0.1).init(p))
+
+
+def test_decay_after_step_follows_a_schedule_with_the_zero_based_step():
+  sched = lambda step: 0.1 * (step + 1)
+  tx = optlab.add_decayed_weights_after_step(1.0, sched)
+  p, d = {"w": jnp.array([1.0])}, {"w": jnp.array([0.0])}
+  state = tx.init(p)
+  for step in range(3):
+    out, state = tx.update(d, state, p)
+    _close(out["w"], [-0.1 * (step + 1)])

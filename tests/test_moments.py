@@ -354,3 +354,47 @@ def test_rules_compose_across_orders():
   (u,), _ = _run(M.scale_by_moments(M.ema(), M.max_ema_sq(), eps=0.0, order="laprop"),
                  [_vec(3.0, -0.5)])
   _close(u["w"], [1.0, -1.0], rtol=1e-4)
+
+
+# ------------------------------------------------ eps before the bias correction
+def test_ema_sq_eps_before_debias_scale_by_hand():
+  rule = M.ema_sq(0.9, eps_before_debias=0.5)
+  nu = {"a": jnp.array([0.0, 4.0])}
+  # count 2: c = sqrt(1 - 0.81) = sqrt(0.19); scale = (sqrt(v) + 0.5) / c
+  got = rule.scale(nu, jnp.asarray(2))["a"]
+  c = math.sqrt(1 - 0.81)
+  np.testing.assert_allclose(np.asarray(got), [0.5 / c, 2.5 / c], rtol=1e-6)
+  # without debiasing the eps is simply added to the root
+  got = M.ema_sq(0.9, debias=False, eps_before_debias=0.5).scale(nu, jnp.asarray(2))["a"]
+  np.testing.assert_allclose(np.asarray(got), [0.5, 2.5], rtol=1e-6)
+  # power != 1/2: ((v)^p + eps) / (1 - b2^t)^p
+  got = M.ema_sq(0.9, power=0.25, eps_before_debias=0.5).scale(nu, jnp.asarray(1))["a"]
+  np.testing.assert_allclose(np.asarray(got), [0.5 / 0.1 ** 0.25, (math.sqrt(2) + 0.5) / 0.1 ** 0.25],
+                             rtol=1e-6)
+
+
+def test_scale_by_adam_eps_before_debias_is_the_hf_adamw_form():
+  b1, b2, eps = 0.9, 0.99, 0.3
+  grads = [{"w": jnp.array([1.0, -2.0, 0.0])}, {"w": jnp.array([3.0, 0.5, 0.0])}]
+  outs, _ = _run(optlab.scale_by_adam(b1, b2, eps, eps_before_debias=True), grads)
+  paper, _ = _run(optlab.scale_by_adam(b1, b2, eps), grads)
+  m = v = np.zeros(3)
+  for t, (g, u, u_paper) in enumerate(zip(grads, outs, paper), start=1):
+    g = np.asarray(g["w"], np.float64)
+    m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+    step_size = math.sqrt(1 - b2 ** t) / (1 - b1 ** t)       # HF-transformers AdamW
+    np.testing.assert_allclose(np.asarray(u["w"]), step_size * m / (np.sqrt(v) + eps),
+                               rtol=1e-5)
+    # and it is not the paper's form (eps after the correction) for this large eps
+    assert not np.allclose(np.asarray(u["w"])[:2], np.asarray(u_paper["w"])[:2], rtol=1e-3)
+  # a zero gradient with eps = 0 gives a zero step, never NaN
+  zero, _ = _run(optlab.scale_by_adam(eps=0.0, eps_before_debias=True),
+                 [{"w": jnp.zeros(2)}] * 2)
+  assert np.all(np.asarray(zero[-1]["w"]) == 0)
+
+
+def test_ema_sq_eps_before_debias_stays_finite_at_huge_gradients():
+  tx = optlab.scale_by_adam(0.9, 0.999, 1e-8, eps_before_debias=True)
+  outs, state = _run(tx, [{"w": jnp.array([1e30, -1e30, 1.0], jnp.float32)}] * 3)
+  assert np.all(np.isfinite(np.asarray(outs[-1]["w"])))
+  assert np.all(np.isfinite(np.asarray(state.nu["w"])))

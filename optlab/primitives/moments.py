@@ -271,6 +271,13 @@ class ema_sq:
     init_first: start the EMA at the first sample, v_1 = g_1^2, instead of
       at ``initial`` (ADOPT); then no debiasing is needed.
     power: the root taken (1/2: Adam; FAdam's ``p``).
+    eps_before_debias: None (the default) or an eps added to the root of the
+      raw v *before* the bias correction: the scale becomes
+      ((v + eps_root)^power + eps_before_debias) / (1 - b2^t)^power. With
+      ``eps=0`` in `scale_by_moments` this is the HF-transformers AdamW form
+      used by several official codes (``denom = sqrt(v) + eps`` with
+      ``step_size = lr * sqrt(1 - b2^t) / (1 - b1^t)``), i.e. Adam with an
+      effective eps of eps / sqrt(1 - b2^t); see `scale_by_adam`.
   """
   b2: Any = 0.999
   debias: bool = True
@@ -278,6 +285,7 @@ class ema_sq:
   initial: Any = 0.0
   init_first: bool = False
   power: Any = 0.5
+  eps_before_debias: Any = None
 
   def init(self, params):
     if isinstance(self.initial, (int, float)) and self.initial == 0:
@@ -285,8 +293,24 @@ class ema_sq:
     return _tree_full_like(params, self.initial)
 
   def scale(self, nu, count):
+    if self.eps_before_debias is not None:
+      return self._scale_eps_before_debias(nu, count)
     nu = _debias(nu, self.b2, count, self.debias)
     return jax.tree.map(lambda v: _root(v + self.eps_root, self.power), nu)
+
+  def _scale_eps_before_debias(self, nu, count):
+    """((v + eps_root)^power + eps) / (1 - b2^t)^power, kept finite."""
+    if self.debias:
+      c = _root(bias_correction(self.b2, jnp.maximum(count, 1)), self.power)
+    else:
+      c = 1.0
+
+    def leaf(v):
+      top = jnp.finfo(v.dtype).max
+      s = (_root(v + self.eps_root, self.power) + self.eps_before_debias) / c
+      return jnp.clip(s, 0, top).astype(v.dtype)
+
+    return jax.tree.map(leaf, nu)
 
   def update(self, nu, g, count, mu=None):
     del mu
@@ -597,13 +621,25 @@ def _adopt_step(first, second, g, mu, nu, count, eps, clip_value_fn):
 
 
 def scale_by_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, eps_root: Any = 0.0,
-                  mu_dtype: Any = None, *, nesterov: bool = False):
-  """Adam's scaling, m_hat / (sqrt(v_hat + eps_root) + eps) (arXiv:1412.6980)."""
+                  mu_dtype: Any = None, *, nesterov: bool = False,
+                  eps_before_debias: bool = False):
+  """Adam's scaling, m_hat / (sqrt(v_hat + eps_root) + eps) (arXiv:1412.6980).
+
+  With ``eps_before_debias`` eps is added to sqrt(v + eps_root) before the
+  bias correction, m_hat / ((sqrt(v + eps_root) + eps) / sqrt(1 - b2^t)), as
+  the HF-transformers AdamW (``denom = sqrt(v) + eps``, step size
+  ``lr * sqrt(1 - b2^t) / (1 - b1^t)``) that several official codes build on;
+  the default is the paper's, torch.optim's and optax's form.
+  """
   for name, value in (("b1", b1), ("b2", b2)):
     V.check_decay("scale_by_adam", name, value)
   V.check_nonneg("scale_by_adam", "eps_root", eps_root)
-  return scale_by_moments(ema(b1, nesterov=nesterov, dtype=mu_dtype),
-                          ema_sq(b2, eps_root=eps_root), eps=eps)
+  first = ema(b1, nesterov=nesterov, dtype=mu_dtype)
+  if eps_before_debias:
+    V.check_nonneg("scale_by_adam", "eps", eps)
+    return scale_by_moments(first, ema_sq(b2, eps_root=eps_root, eps_before_debias=eps),
+                            eps=0.0)
+  return scale_by_moments(first, ema_sq(b2, eps_root=eps_root), eps=eps)
 
 
 def scale_by_lion_momentum(b1: Any = 0.9, b2: Any = 0.99, mu_dtype: Any = None):

@@ -13,6 +13,7 @@ import optax
 from optlab import _validate as V
 from optlab._recipe import recipe_chain
 from optlab.catalog import Recipe
+from optlab.primitives.clipping import add_decayed_weights_after_step
 from optlab.primitives.decay import add_decayed_weights
 from optlab.primitives.moments import (
     abs_max, ademamix_alpha_warmup, ademamix_b3_warmup, belief, centered_ema_sq, dual_ema,
@@ -198,14 +199,16 @@ def laprop(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-15,
   """LaProp: "LaProp: Separating Momentum and Adaptivity in Adam" (arXiv:2002.04839).
 
   Momentum of the normalised gradient: m <- b1 m + (1 - b1) g / (sqrt(v_hat) + eps),
-  u = -lr * (m / (1 - b1^t) + weight_decay * p). Hyperparameters: learning_rate,
+  p <- p - lr * m / (1 - b1^t), then p <- p - weight_decay * p (on the updated
+  weights, not scaled by the learning rate). Hyperparameters: learning_rate,
   b1, b2, eps (official default 1e-15), weight_decay, mask, mu_dtype.
-  Differences from the official code (Z-T-WANG/LaProp-Optimizer): it keeps the
-  learning rate inside the momentum and debiases with an EMA of past learning
-  rates, which equals this chain for a constant learning rate but not under a
-  schedule; its weight decay is not multiplied by the learning rate and is
-  applied after the step, here it is AdamW's decoupled decay (0 by default, as
-  there and in the paper); its amsgrad / centered options are not offered.
+  Follows the official code (Z-T-WANG/LaProp-Optimizer ``laprop.py``): eps
+  after the bias correction, as in the paper, and its weight decay
+  ``p -= wd * p`` after the step (0 by default; the paper does not specify
+  a decay). Remaining difference: the official code keeps the learning rate
+  inside the momentum and debiases with an EMA of past learning rates, which
+  equals this chain for a constant learning rate but not under a schedule;
+  its amsgrad / centered options are not offered.
   """
   V.check_learning_rate("laprop", learning_rate)
   _check("laprop", b1=b1, b2=b2)
@@ -213,8 +216,8 @@ def laprop(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-15,
   return recipe_chain("laprop",
                       scale_by_moments(ema(b1, dtype=mu_dtype), ema_sq(b2), eps=eps,
                                        order="laprop"),
-                      add_decayed_weights(weight_decay, mask),
-                      scale_by_learning_rate(learning_rate))
+                      scale_by_learning_rate(learning_rate),
+                      add_decayed_weights_after_step(weight_decay, None, mask))
 
 
 def adopt(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.9999, eps: Any = 1e-6,
@@ -398,10 +401,10 @@ RECIPES = (
                  "root); the paper's text uses 1e-8."),
     Recipe("laprop", laprop, "adam", "LaProp: Separating Momentum and Adaptivity in Adam",
            "2002.04839", reference="adam_family:laprop", hparams={"learning_rate": 0.02},
-           cases=({"b1": 0.8, "b2": 0.99, "eps": 1e-8},),
+           cases=({"b1": 0.8, "b2": 0.99, "eps": 1e-8}, {"weight_decay": 0.01, "eps": 0.1}),
            notes="Official code keeps lr inside the momentum (same as this chain for a "
-                 "constant lr, not under a schedule) and decays weights by wd (not lr * wd) "
-                 "after the step; here weight_decay is AdamW's. No optax version."),
+                 "constant lr, not under a schedule); weight decay as the official code, "
+                 "p -= wd * p after the step (not lr * wd). No optax version."),
     Recipe("adopt", adopt, "adam",
            "ADOPT: Modified Adam Can Converge with Any \u03b2_2 with the Optimal Rate",
            "2411.02853", reference="adam_family:adopt", optax=optax.contrib.adopt,

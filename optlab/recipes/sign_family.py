@@ -16,7 +16,8 @@ import optax
 from optlab import _validate as V
 from optlab._recipe import recipe_chain
 from optlab.catalog import Recipe
-from optlab.primitives.clipping import clip_spikes, with_momentum_reset
+from optlab.primitives.clipping import (add_decayed_weights_after_step, clip_spikes,
+                                        with_momentum_reset)
 from optlab.primitives.decay import add_decayed_weights
 from optlab.primitives.masks import (cautious, with_grams, with_leaf_labels,
                                      with_radial_projection)
@@ -56,24 +57,29 @@ def lion(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.99, mu_dtype: Any = None
 
 # ------------------------------------------------------------------- cautious
 def cautious_adamw(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
-                   mu_dtype: Any = None, weight_decay: Any = 0.0, mask: Any = None):
+                   mu_dtype: Any = None, weight_decay: Any = 0.0, mask: Any = None, *,
+                   eps_before_debias: bool = False):
   """C-AdamW: "Cautious Optimizers: Improving Training with One Line of Code" (arXiv:2411.16085).
 
   u = Adam's m_hat / (sqrt(v_hat) + eps); phi = 1[u * g > 0];
   update = -lr * (u * phi / max(mean(phi), 1e-3) + weight_decay * p), the mean
   taken per tensor. Hyperparameters: learning_rate, b1, b2, eps, mu_dtype,
-  weight_decay, mask; defaults are the official code's (eps=1e-6, no decay).
-  Follows the official ``c_adamw.py`` where it differs from the paper's
-  algorithm: strict mask (> 0), mask / max(mean, 1e-3) instead of
-  n / (nnz + 1), decay from the weights before the step (AdamW's order).
-  Deliberate difference: eps is added to sqrt(v_hat) (paper, optax), whereas
-  the official code adds it to sqrt(v) before bias correction, i.e. uses
-  eps / sqrt(1 - b2^t); the two differ only by that effective eps.
+  weight_decay, mask, eps_before_debias; defaults are the official code's
+  (eps=1e-6, no decay).
+  Follows the official kyleliang919/C-Optim ``c_adamw.py`` where it differs
+  from the paper's algorithm: strict mask (> 0), mask / max(mean, 1e-3)
+  instead of the paper's n / (nnz + 1), decay from the weights before the
+  step (AdamW's order). The official file has two paths that place eps
+  differently: its default ``foreach=True`` path (since Aug 2025) adds eps
+  to sqrt(v_hat), as the paper and optax do -- the default here; its
+  ``foreach=False`` loop (the only path in the code released with the paper,
+  copied from HF-transformers' AdamW) adds eps to sqrt(v) before the bias
+  correction, an effective eps / sqrt(1 - b2^t): ``eps_before_debias=True``.
   """
   _check("cautious_adamw", learning_rate)
   V.check_nonneg("cautious_adamw", "eps", eps)
-  return recipe_chain("cautious_adamw",
-                      cautious(scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype), "mean"),
+  adam = scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, eps_before_debias=eps_before_debias)
+  return recipe_chain("cautious_adamw", cautious(adam, "mean"),
                       add_decayed_weights(weight_decay, mask),
                       scale_by_learning_rate(learning_rate))
 
@@ -101,17 +107,20 @@ def grams(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
           mu_dtype: Any = None, weight_decay: Any = 0.0, mask: Any = None):
   """Grams-Adam: "Grams: Gradient Descent with Adaptive Momentum Scaling" (arXiv:2412.17107).
 
-  u = sign(g) * |m_hat / (sqrt(v_hat) + eps)|; update = -lr * (u + weight_decay * p).
+  u = sign(g) * |m_hat| / ((sqrt(v) + eps) / sqrt(1 - b2^t));
+  update = -lr * (u + weight_decay * p).
   Hyperparameters: learning_rate, b1, b2, eps, mu_dtype, weight_decay, mask;
-  defaults are the official code's (eps=1e-6, no decay). The decay uses the
-  weights before the step, as in the official code. Deliberate difference:
-  eps is added to sqrt(v_hat) as in the paper's algorithm, whereas the
-  official code adds it to sqrt(v) before bias correction (eps / sqrt(1 - b2^t)).
+  defaults are the official code's (eps=1e-6, no decay). Follows the official
+  Gunale0926/Grams ``grams.py`` (built on HF-transformers' AdamW): eps is
+  added to sqrt(v) before the bias correction (its ``denom = sqrt(v) + eps``
+  with step size lr * sqrt(1 - b2^t) / (1 - b1^t)), where the paper's
+  algorithm adds it to sqrt(v_hat); and the decay uses the weights before
+  the step. Its ``correct_bias=False`` option is not offered.
   """
   _check("grams", learning_rate)
   V.check_nonneg("grams", "eps", eps)
-  return recipe_chain("grams", with_grams(scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype)),
-                      add_decayed_weights(weight_decay, mask),
+  adam = scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, eps_before_debias=True)
+  return recipe_chain("grams", with_grams(adam), add_decayed_weights(weight_decay, mask),
                       scale_by_learning_rate(learning_rate))
 
 
@@ -150,7 +159,8 @@ def mars_adamw(learning_rate: Any, b1: Any = 0.95, b2: Any = 0.99, eps: Any = 1e
 
   c = g + gamma * b1 / (1 - b1) * (g - g_prev), clipped to norm max_norm per
   tensor; Adam on c: u = m_hat / (sqrt(v_hat) + eps) with m, v the EMAs of c
-  and c^2; update = -lr * (u + weight_decay * p).
+  and c^2 (eps after the bias correction, as the official ``update_fn``);
+  update = -lr * (u + weight_decay * p), decaying the weights before the step.
   Hyperparameters (defaults: the official ``MARS`` class): learning_rate, b1,
   b2, eps, weight_decay, mask, gamma, max_norm (None: no clipping),
   optimize_1d, lr_1d_factor, b1_1d, b2_1d, weight_decay_1d. As in the official
@@ -192,31 +202,34 @@ def spam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
          weight_decay: Any = 0.0, mask: Any = None, threshold: Any = 5000.0,
          delta_t: int = 500, warmup_steps: int = 150, clip_delay: int = 20):
   """SPAM: "SPAM: Spike-Aware Adam with Momentum Reset for Stable LLM Training"
-  (arXiv:2501.06842), as in the official TianjinYellow/SPAM-Optimizer code.
+  (arXiv:2501.06842), as in the official TianjinYellow/SPAM-Optimizer code
+  (``galore_torch/SPAM.py``, its ``AdamW`` class).
 
   Every delta_t steps (t % delta_t == 0) Adam's m and v are reset to zero
   (the step count, hence the bias correction, carries on). Gradient entries
   with g^2 > threshold * v are clipped to sign(g) sqrt(threshold * v), except
   in the first clip_delay steps after a reset. After each reset Adam's step is
   scaled by a cosine warm-up from 0.01 back to 1 over warmup_steps steps.
-  update = -lr * (warmup * m_hat / (sqrt(v_hat) + eps) + weight_decay * p).
+  p <- p - lr * warmup * m_hat / ((sqrt(v) + eps) / sqrt(1 - b2^t)), then
+  p <- p - lr * weight_decay * p on the updated weights.
   Hyperparameters (official defaults): learning_rate, b1, b2, eps=1e-6,
   weight_decay, mask, threshold (theta; 0 disables clipping), delta_t (Delta T,
   official ``DeltaT``; 0 disables resets), warmup_steps (N), clip_delay
   (official ``grad_accu_steps``).
-  Deliberate differences: eps is added to sqrt(v_hat) (paper, optax), not to
-  sqrt(v) before bias correction as in the official code; the decay uses the
-  weights before the step (AdamW's order) where the official code decays
-  after it, a difference of order lr^2 * weight_decay; the sparse-momentum
-  option (``density``) is not provided.
+  Follows the official code (built on HF-transformers' AdamW) where the
+  paper's Adam differs: eps is added to sqrt(v) before the bias correction
+  (``denom = sqrt(v) + eps``, step size lr * sqrt(1 - b2^t) / (1 - b1^t)),
+  not to sqrt(v_hat); the decay is applied after the step, to the updated
+  weights. Its sparse-momentum option (``density``) is not provided.
   """
   _check("spam", learning_rate)
   V.check_nonneg("spam", "eps", eps)
   V.check_nonneg("spam", "weight_decay", weight_decay)
-  adam = clip_spikes(scale_by_adam(b1, b2, eps), threshold, delay=clip_delay, period=delta_t)
+  adam = clip_spikes(scale_by_adam(b1, b2, eps, eps_before_debias=True), threshold,
+                     delay=clip_delay, period=delta_t)
   return recipe_chain("spam", with_momentum_reset(adam, delta_t, warmup_steps),
-                      add_decayed_weights(weight_decay, mask),
-                      scale_by_learning_rate(learning_rate))
+                      scale_by_learning_rate(learning_rate),
+                      add_decayed_weights_after_step(weight_decay, learning_rate, mask))
 
 
 # --------------------------------------------------------------- AdamP / SGDP
@@ -275,8 +288,9 @@ _CAUTIOUS = "Cautious Optimizers: Improving Training with One Line of Code"
 _MARS = "MARS: Unleashing the Power of Variance Reduction for Training Large Models"
 _ADAMP = ("AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant "
           "Weights")
-_HF_EPS = ("eps is added to sqrt(v_hat) (paper, optax); the official code adds it to sqrt(v) "
-           "before bias correction, i.e. uses eps / sqrt(1 - b2^t).")
+_HF_EPS = ("Official code (HF-transformers AdamW base) adds eps to sqrt(v) before the bias "
+           "correction, i.e. an effective eps / sqrt(1 - b2^t); followed here (the paper adds "
+           "it to sqrt(v_hat)).")
 
 RECIPES = (
     Recipe("lion", lion, "sign", "Symbolic Discovery of Optimization Algorithms", "2302.06675",
@@ -287,8 +301,11 @@ RECIPES = (
     Recipe("cautious_adamw", cautious_adamw, "sign", _CAUTIOUS, "2411.16085",
            reference="sign_family:cautious_adamw",
            hparams={"learning_rate": 0.02},
-           cases=({"b1": 0.8, "b2": 0.99, "eps": 1e-8, "weight_decay": 0.1},),
-           notes="Official c_adamw.py mask normalisation (1 / max(mean, 1e-3)). " + _HF_EPS),
+           cases=({"b1": 0.8, "b2": 0.99, "eps": 1e-8, "weight_decay": 0.1},
+                  {"eps_before_debias": True, "eps": 0.1, "weight_decay": 0.1}),
+           notes="Official c_adamw.py mask normalisation (1 / max(mean, 1e-3)). eps as its "
+                 "default foreach path and the paper (after bias correction); "
+                 "eps_before_debias=True gives its loop path (HF-transformers AdamW form)."),
     Recipe("cautious_lion", cautious_lion, "sign", _CAUTIOUS, "2411.16085",
            reference="sign_family:cautious_lion",
            hparams={"learning_rate": 0.01},
@@ -297,7 +314,8 @@ RECIPES = (
     Recipe("grams", grams, "sign", "Grams: Gradient Descent with Adaptive Momentum Scaling",
            "2412.17107", reference="sign_family:grams",
            hparams={"learning_rate": 0.02},
-           cases=({"b1": 0.8, "b2": 0.99, "eps": 1e-8, "weight_decay": 0.1},),
+           cases=({"b1": 0.8, "b2": 0.99, "eps": 1e-8, "weight_decay": 0.1},
+                  {"eps": 0.1, "weight_decay": 0.1}),
            notes=_HF_EPS),
     Recipe("mars_adamw", mars_adamw, "sign", _MARS, "2411.10438",
            reference="sign_family:mars_adamw",
@@ -318,8 +336,11 @@ RECIPES = (
            hparams={"learning_rate": 0.02},
            cases=({"delta_t": 7, "warmup_steps": 3, "clip_delay": 2, "threshold": 2.0},
                   {"delta_t": 0, "clip_delay": 3, "threshold": 1.5, "weight_decay": 0.1},
-                  {"delta_t": 10, "warmup_steps": 0, "threshold": 0.0}),
-           notes=_HF_EPS + " Decay from the weights before the step (official: after)."),
+                  {"delta_t": 10, "warmup_steps": 0, "threshold": 0.0},
+                  {"eps": 0.1, "weight_decay": 0.5, "delta_t": 9, "warmup_steps": 2,
+                   "clip_delay": 1, "threshold": 3.0}),
+           notes=_HF_EPS + " Weight decay applied to the updated weights, after the step, "
+                 "as the official code."),
     Recipe("adamp", adamp, "sign", _ADAMP, "2006.08217", reference="sign_family:adamp",
            hparams={"learning_rate": 0.02},
            cases=({"delta": 3.0, "weight_decay": 0.1},

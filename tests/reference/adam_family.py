@@ -174,10 +174,12 @@ def adabelief(params, grad_fn, steps, *, learning_rate, b1=0.9, b2=0.999, eps=1e
   return out
 
 
-def laprop(params, grad_fn, steps, *, learning_rate, b1=0.9, b2=0.999, eps=1e-15):
-  """The official LaProp code (Z-T-WANG/LaProp-Optimizer, laprop.py) without weight
-  decay: the learning rate enters the momentum and m is debiased by the EMA of the
-  learning rates (constant here)."""
+def laprop(params, grad_fn, steps, *, learning_rate, b1=0.9, b2=0.999, eps=1e-15,
+           weight_decay=0.0):
+  """The official LaProp code (Z-T-WANG/LaProp-Optimizer, laprop.py): the learning
+  rate enters the momentum and m is debiased by the EMA of the learning rates
+  (constant here); eps after the bias correction; after the step the weights
+  decay by p -= weight_decay * p (not scaled by the learning rate)."""
   p, m, v = _copy(params), _zeros(params), _zeros(params)
   lr_avg_1 = lr_avg_2 = 0.0
   out = []
@@ -190,6 +192,8 @@ def laprop(params, grad_fn, steps, *, learning_rate, b1=0.9, b2=0.999, eps=1e-15
       denom = np.sqrt(v[k] / lr_avg_2) + eps
       m[k] = b1 * m[k] + (1 - b1) * learning_rate * g[k] / denom
       p[k] = p[k] - m[k] / (lr_avg_1 / learning_rate)
+      if weight_decay != 0:
+        p[k] = p[k] - weight_decay * p[k]
     out.append(_copy(p))
   return out
 

@@ -4,7 +4,8 @@ Each follows the paper's algorithm and, where they differ, the official code
 (google/automl Lion, kyleliang919/C-Optim, Gunale0926/Grams, AGI-Arena/MARS,
 TianjinYellow/SPAM-Optimizer, clovaai/AdamP), step by step and per tensor.
 The deliberate differences that optlab documents are reproduced here and
-marked "optlab:".
+marked "optlab:". C-AdamW (loop path), Grams and SPAM build on HF-transformers'
+AdamW, which adds eps to sqrt(v) before the bias correction.
 """
 
 import math
@@ -35,24 +36,35 @@ def lion(params, grad_fn, steps, *, learning_rate, b1=0.9, b2=0.99, weight_decay
 
 
 # ----------------------------------------------------------------- cautious
-def _adam_step(m, v, g, b1, b2, t, eps):
+def _adam_step(m, v, g, b1, b2, t, eps, hf=False):
+  """One Adam step; returns (m, v, direction before the learning rate).
+
+  hf=False: torch.optim / paper form, m_hat / (sqrt(v_hat) + eps).
+  hf=True: HF-transformers AdamW, as the official C-AdamW loop path, Grams and
+  SPAM: denom = sqrt(v) + eps, step_size = sqrt(1 - b2^t) / (1 - b1^t).
+  """
   m = b1 * m + (1 - b1) * g
   v = b2 * v + (1 - b2) * g * g
+  if hf:
+    step_size = math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+    return m, v, step_size * m / (np.sqrt(v) + eps)
   m_hat, v_hat = m / (1 - b1 ** t), v / (1 - b2 ** t)
-  # optlab: eps outside the bias-corrected root (paper); the official C-AdamW,
-  # Grams and SPAM code add it to sqrt(v) before the correction.
   return m, v, m_hat / (np.sqrt(v_hat) + eps)
 
 
 def cautious_adamw(params, grad_fn, steps, *, learning_rate, b1=0.9, b2=0.999, eps=1e-6,
-                   weight_decay=0.0):
-  """C-Optim c_adamw.py (loop path): decay, Adam, mask m*g > 0 scaled by 1/max(mean, 1e-3)."""
+                   weight_decay=0.0, eps_before_debias=False):
+  """C-Optim c_adamw.py: decay, Adam, mask m*g > 0 scaled by 1/max(mean, 1e-3).
+
+  eps_before_debias=False: the default foreach path (eps after the bias
+  correction); True: the foreach=False loop path (HF-transformers AdamW).
+  """
   p, m, v, out = _copy(params), _zeros(params), _zeros(params), []
   for t in range(1, steps + 1):
     g = grad_fn(p, t - 1)
     for k in p:
       p[k] = p[k] - learning_rate * weight_decay * p[k]
-      m[k], v[k], u = _adam_step(m[k], v[k], g[k], b1, b2, t, eps)
+      m[k], v[k], u = _adam_step(m[k], v[k], g[k], b1, b2, t, eps, hf=eps_before_debias)
       mask = (m[k] * g[k] > 0).astype(np.float64)
       mask = mask / max(mask.mean(), 1e-3)
       p[k] = p[k] - learning_rate * u * mask
@@ -79,13 +91,14 @@ def cautious_lion(params, grad_fn, steps, *, learning_rate, b1=0.95, b2=0.98,
 
 def grams(params, grad_fn, steps, *, learning_rate, b1=0.9, b2=0.999, eps=1e-6,
           weight_decay=0.0):
-  """Grams (official grams.py): decay, then sign(g) * |m_hat| / (sqrt(v_hat) + eps)."""
+  """Grams (official grams.py, HF AdamW base): decay, then sign(g) |m| / (sqrt(v) + eps)
+  with step size lr * sqrt(1 - b2^t) / (1 - b1^t)."""
   p, m, v, out = _copy(params), _zeros(params), _zeros(params), []
   for t in range(1, steps + 1):
     g = grad_fn(p, t - 1)
     for k in p:
       p[k] = p[k] - learning_rate * weight_decay * p[k]
-      m[k], v[k], u = _adam_step(m[k], v[k], g[k], b1, b2, t, eps)
+      m[k], v[k], u = _adam_step(m[k], v[k], g[k], b1, b2, t, eps, hf=True)
       p[k] = p[k] - learning_rate * np.sign(g[k]) * np.abs(u)
     out.append(_copy(p))
   return out
@@ -156,9 +169,10 @@ def spam(params, grad_fn, steps, *, learning_rate, b1=0.9, b2=0.999, eps=1e-6,
           g[k] = np.where(spike, np.sign(g[k]) * np.sqrt(threshold * v[k]), g[k])
       m[k] = b1 * m[k] + (1 - b1) * g[k]
       v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
-      u = (m[k] / (1 - b1 ** step)) / (np.sqrt(v[k] / (1 - b2 ** step)) + eps)
-      # optlab: decay from the weights before the step (official: after it).
-      p[k] = p[k] - learning_rate * weight_decay * p[k] - learning_rate * scale * u
+      denom = np.sqrt(v[k]) + eps
+      step_size = learning_rate * math.sqrt(1 - b2 ** step) / (1 - b1 ** step)
+      p[k] = p[k] - step_size * scale * (m[k] / denom)
+      p[k] = p[k] - learning_rate * weight_decay * p[k]  # after the step, as official
     total_step += 1
     current_step += 1
     if delta_t and total_step != 0 and (total_step + 1) % delta_t == 0:
