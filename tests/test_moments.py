@@ -249,14 +249,14 @@ def test_ademamix_warmup_schedules():
 # --------------------------------------------------- EXAdam and FAdam by hand
 def test_exadam_first_step_by_hand():
   b1, b2, eps, g = 0.9, 0.99, 1e-8, 2.0
-  (u,), _ = _run(M.scale_by_exadam(b1, b2, eps), [_vec(g)])
+  (u,), _ = _run(M.scale_by_exadam(b1, b2, eps, dynamic_step_size=True), [_vec(g)])
   m, v = (1 - b1) * g, (1 - b2) * g * g
   d1 = 1 + v / (v + eps) * b2
   d2 = 1 + m * m / (m * m + eps) * b1
   num = (m + g) * d1 / (1 - b1)
   want = math.log(math.sqrt(2 * 2)) * num / (math.sqrt(v / (1 - b2) * d2) + eps)
   _close(u["w"], [want], rtol=1e-5)
-  (u,), _ = _run(M.scale_by_exadam(b1, b2, eps, dynamic_step_size=False), [_vec(g)])
+  (u,), _ = _run(M.scale_by_exadam(b1, b2, eps), [_vec(g)])  # default: s_t = 1
   _close(u["w"], [want / math.log(2.0)], rtol=1e-5)
 
 

@@ -10,15 +10,14 @@ never rescaled.
 SPAM's two stability devices (arXiv:2501.06842) live here too:
 `clip_spikes(inner)` clips gradient entries that are far above the running
 second moment of `inner`, and `with_momentum_reset(inner)` periodically zeroes
-the moments of `inner` and warms its step back up; so does the weight decay
-that SPAM's (and LaProp's) official code applies to the already-updated
-weights, `add_decayed_weights_after_step`.
+the moments of `inner` and warms its step back up. (SPAM's decay of the
+already-updated weights is `decay.add_decayed_weights_after_step`.)
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +30,6 @@ from optlab.primitives.normalize import accumulation_dtype, tensor_norm
 __all__ = [
     "clip", "clip_by_global_norm", "clip_by_tensor_norm", "ClipSpikesState",
     "clip_spikes", "MomentumResetState", "with_momentum_reset",
-    "DecayAfterStepState", "add_decayed_weights_after_step",
 ]
 
 
@@ -287,59 +285,3 @@ def with_momentum_reset(inner: optax.GradientTransformation, interval: int = 500
     return new, MomentumResetState(count, inner_state)
 
   return optax.GradientTransformationExtraArgs(init, update)
-
-
-# ------------------------------------------------- decay of the updated weights
-class DecayAfterStepState(NamedTuple):
-  count: jax.Array  # [], int32: steps taken (the learning-rate schedule's argument); unused
-                    # when the learning rate is a number or None
-
-
-def add_decayed_weights_after_step(weight_decay: Any = 0.0, learning_rate: Any = None,
-                                   mask: Optional[Union[Any, Callable[[Any], Any]]] = None
-                                   ) -> optax.GradientTransformationExtraArgs:
-  """Weight decay of the weights *after* the step: d <- d - c * (p + d).
-
-  Goes last in a chain, after `scale_by_learning_rate`, where d is the final
-  (already negated, lr-scaled) update; the new weights are then
-  (p + d) * (1 - c). With c = weight_decay * learning_rate this is the
-  official SPAM code's ``p -= lr * wd * p`` after ``p -= lr * step``; with
-  ``learning_rate=None``, c = weight_decay, the official LaProp code's
-  ``p -= wd * p`` (not scaled by the learning rate). It differs from
-  AdamW's decay of the weights before the step (`add_decayed_weights`) by
-  c * d, a term of order lr^2 * weight_decay.
-
-  Args:
-    weight_decay: the decay rate.
-    learning_rate: None, a number or a schedule of the 0-based step (the same
-      as given to `scale_by_learning_rate`).
-    mask: a tree of bools or a function of params selecting the leaves that
-      decay (as optax); all by default.
-  """
-  V.check_nonneg("add_decayed_weights_after_step", "weight_decay", weight_decay)
-  if learning_rate is not None:
-    V.check_learning_rate("add_decayed_weights_after_step", learning_rate)
-  scheduled = callable(learning_rate)
-
-  def init(params):
-    del params
-    return DecayAfterStepState(jnp.zeros([], jnp.int32))
-
-  def update(updates, state, params=None, **extra):
-    del extra
-    if params is None:
-      raise ValueError("optlab.add_decayed_weights_after_step: update() needs `params` "
-                       "(tx.update(grads, state, params))")
-    lr = learning_rate(state.count) if scheduled else learning_rate
-    rate = weight_decay if lr is None else weight_decay * jnp.asarray(lr)
-
-    def leaf(d, p):
-      dt = accumulation_dtype(d.dtype)
-      d32 = d.astype(dt)
-      return (d32 - rate * (p.astype(dt) + d32)).astype(d.dtype)
-
-    new = jax.tree.map(leaf, updates, params)
-    return new, DecayAfterStepState(optax.safe_increment(state.count))
-
-  tx = optax.GradientTransformationExtraArgs(init, update)
-  return optax.masked(tx, mask) if mask is not None else tx

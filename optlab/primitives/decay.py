@@ -3,15 +3,17 @@ variant (Chen et al., "Cautious Weight Decay", arXiv:2510.12402)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
+from optlab.primitives.normalize import accumulation_dtype
 
-__all__ = ["add_decayed_weights", "add_cautious_decayed_weights"]
+__all__ = ["add_decayed_weights", "add_cautious_decayed_weights", "DecayAfterStepState",
+           "add_decayed_weights_after_step"]
 
 MaskOrFn = Optional[Union[Any, Callable[[Any], Any]]]
 
@@ -64,4 +66,59 @@ def add_cautious_decayed_weights(weight_decay: Any = 0.0, mask: MaskOrFn = None
     return jax.tree.map(leaf, updates, params), state
 
   tx = optax.GradientTransformationExtraArgs(lambda _: optax.EmptyState(), update)
+  return optax.masked(tx, mask) if mask is not None else tx
+
+
+class DecayAfterStepState(NamedTuple):
+  count: jax.Array  # [], int32: steps taken (the learning-rate schedule's argument); unused
+                    # when the learning rate is a number or None
+
+
+def add_decayed_weights_after_step(weight_decay: Any = 0.0, learning_rate: Any = None,
+                                   mask: Optional[Union[Any, Callable[[Any], Any]]] = None
+                                   ) -> optax.GradientTransformationExtraArgs:
+  """Weight decay of the weights *after* the step: d <- d - c * (p + d).
+
+  Goes last in a chain, after `scale_by_learning_rate`, where d is the final
+  (already negated, lr-scaled) update; the new weights are then
+  (p + d) * (1 - c). With c = weight_decay * learning_rate this is the
+  official SPAM code's ``p -= lr * wd * p`` after ``p -= lr * step``; with
+  ``learning_rate=None``, c = weight_decay, the official LaProp code's
+  ``p -= wd * p`` (not scaled by the learning rate). It differs from
+  AdamW's decay of the weights before the step (`add_decayed_weights`) by
+  c * d, a term of order lr^2 * weight_decay.
+
+  Args:
+    weight_decay: the decay rate.
+    learning_rate: None, a number or a schedule of the 0-based step (the same
+      as given to `scale_by_learning_rate`).
+    mask: a tree of bools or a function of params selecting the leaves that
+      decay (as optax); all by default.
+  """
+  V.check_nonneg("add_decayed_weights_after_step", "weight_decay", weight_decay)
+  if learning_rate is not None:
+    V.check_learning_rate("add_decayed_weights_after_step", learning_rate)
+  scheduled = callable(learning_rate)
+
+  def init(params):
+    del params
+    return DecayAfterStepState(jnp.zeros([], jnp.int32))
+
+  def update(updates, state, params=None, **extra):
+    del extra
+    if params is None:
+      raise ValueError("optlab.add_decayed_weights_after_step: update() needs `params` "
+                       "(tx.update(grads, state, params))")
+    lr = learning_rate(state.count) if scheduled else learning_rate
+    rate = weight_decay if lr is None else weight_decay * jnp.asarray(lr)
+
+    def leaf(d, p):
+      dt = accumulation_dtype(d.dtype)
+      d32 = d.astype(dt)
+      return (d32 - rate * (p.astype(dt) + d32)).astype(d.dtype)
+
+    new = jax.tree.map(leaf, updates, params)
+    return new, DecayAfterStepState(optax.safe_increment(state.count))
+
+  tx = optax.GradientTransformationExtraArgs(init, update)
   return optax.masked(tx, mask) if mask is not None else tx

@@ -710,7 +710,7 @@ def ademamix_b3_warmup(b3: Any, b_start: Any, warmup_steps: int
 
 # -------------------------------------------------------------------- EXAdam
 def scale_by_exadam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, *,
-                    dynamic_step_size: bool = True) -> optax.GradientTransformationExtraArgs:
+                    dynamic_step_size: bool = False) -> optax.GradientTransformationExtraArgs:
   """EXAdam's scaling (arXiv:2412.20302, v1 and official code of v1).
 
   With raw EMAs m, v: d1 = 1 + b2^t v / (v + eps), d2 = 1 + b1^t m^2 / (m^2 + eps),

@@ -13,8 +13,7 @@ import optax
 from optlab import _validate as V
 from optlab._recipe import recipe_chain
 from optlab.catalog import Recipe
-from optlab.primitives.clipping import add_decayed_weights_after_step
-from optlab.primitives.decay import add_decayed_weights
+from optlab.primitives.decay import add_decayed_weights, add_decayed_weights_after_step
 from optlab.primitives.moments import (
     abs_max, ademamix_alpha_warmup, ademamix_b3_warmup, belief, centered_ema_sq, dual_ema,
     ema, ema_sq, heavy_ball, max_ema_sq, momentum_sq, scale_by_adam, scale_by_adopt,
@@ -286,17 +285,17 @@ def _optax_ademamix(t_alpha_b3=None, **kw):
 
 
 def exadam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
-           weight_decay: Any = 0.0, mask: Any = None, *, dynamic_step_size: bool = True):
+           weight_decay: Any = 0.0, mask: Any = None, *, dynamic_step_size: bool = False):
   """EXAdam: "EXAdam: The Power of Adaptive Cross-Moments" (arXiv:2412.20302).
 
   Cross-moment debiasing d1 = 1 + b2^t v / (v + eps), d2 = 1 + b1^t m^2 / (m^2 + eps);
   gradient acceleration g~ = d1 g / (1 - b1^t) added to m~ = d1 m / (1 - b1^t);
   u = -lr * (s_t (m~ + g~) / (sqrt(d2 v / (1 - b2^t)) + eps) + weight_decay * p),
-  with the step-size growth s_t = ln(sqrt(2 (t + 1))). Hyperparameters:
-  learning_rate, b1, b2, eps, weight_decay (decoupled, lr-scaled, not scaled
-  by s_t, as the official code), mask, dynamic_step_size. The growing step
-  size is the paper's v1 (the seed version) and the official code of v1; v2 of
-  the paper and the current official code drop it: dynamic_step_size=False.
+  with s_t = 1. Hyperparameters: learning_rate, b1, b2, eps, weight_decay
+  (decoupled, lr-scaled, not scaled by s_t, as the official code), mask,
+  dynamic_step_size. The default follows the current official code
+  (AhmedMostafa16/EXAdam) and arXiv v2; arXiv v1 and its code also grow the
+  step size, s_t = ln(sqrt(2 (t + 1))): ``dynamic_step_size=True``.
   """
   V.check_learning_rate("exadam", learning_rate)
   V.check_nonneg("exadam", "eps", eps)
@@ -421,10 +420,10 @@ RECIPES = (
                  "schedulers, which optax accepts as schedules); mu_dtype covers m1, m2 only."),
     Recipe("exadam", exadam, "adam", "EXAdam: The Power of Adaptive Cross-Moments",
            "2412.20302", reference="adam_family:exadam", hparams={"learning_rate": 0.003},
-           cases=({"dynamic_step_size": False}, {"weight_decay": 0.1, "b1": 0.8}),
-           notes="Follows arXiv v1 and its official code (growing step size "
-                 "ln(sqrt(2(t+1)))); v2 and the current code drop it: "
-                 "dynamic_step_size=False. No optax version."),
+           cases=({"dynamic_step_size": True}, {"weight_decay": 0.1, "b1": 0.8}),
+           notes="Follows the current official code and arXiv v2 (no growing step "
+                 "size); arXiv v1's ln(sqrt(2(t+1))) is dynamic_step_size=True. "
+                 "No optax version."),
     Recipe("fadam", fadam, "adam",
            "FAdam: Adam is a natural gradient optimizer using diagonal empirical Fisher "
            "information", "2405.12807", reference="adam_family:fadam",

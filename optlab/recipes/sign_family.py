@@ -16,9 +16,8 @@ import optax
 from optlab import _validate as V
 from optlab._recipe import recipe_chain
 from optlab.catalog import Recipe
-from optlab.primitives.clipping import (add_decayed_weights_after_step, clip_spikes,
-                                        with_momentum_reset)
-from optlab.primitives.decay import add_decayed_weights
+from optlab.primitives.clipping import clip_spikes, with_momentum_reset
+from optlab.primitives.decay import add_decayed_weights, add_decayed_weights_after_step
 from optlab.primitives.masks import (cautious, with_grams, with_leaf_labels,
                                      with_radial_projection)
 from optlab.primitives.moments import (ema, ema_sq, scale_by_adam,

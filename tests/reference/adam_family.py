@@ -257,10 +257,10 @@ def ademamix(params, grad_fn, steps, *, learning_rate, b1=0.9, b2=0.999, b3=0.99
 
 
 def exadam(params, grad_fn, steps, *, learning_rate, b1=0.9, b2=0.999, eps=1e-8,
-           weight_decay=0.0, dynamic_step_size=True):
-  """Algorithm 1 of arXiv:2412.20302v1 as the official code of that version
+           weight_decay=0.0, dynamic_step_size=False):
+  """Algorithm 1 of arXiv:2412.20302 as the current official code
   (AhmedMostafa16/EXAdam): decoupled decay lr * wd * p first, then the step with
-  step size lr * ln(sqrt(t + 1) * sqrt(2))."""
+  step size lr (v2), or lr * ln(sqrt(t + 1) * sqrt(2)) with dynamic_step_size (v1)."""
   p, m, v = _copy(params), _zeros(params), _zeros(params)
   out = []
   for t in range(1, steps + 1):
