@@ -117,6 +117,14 @@ def check_same_tree(where: str, a: Any, a_name: str, b: Any, b_name: str,
                          f"{b_name}{ks(path)} has shape {sb}")
 
 
+def require_params(where: str, params: Any) -> Any:
+  """Returns `params`, or raises a ValueError saying that `where` needs them."""
+  if params is None:
+    raise ValueError(f"optlab.{where}: update() needs `params` "
+                     "(tx.update(grads, state, params))")
+  return params
+
+
 def require_extra_arg(where: str, extra_args: dict, name: str,
                       help: str = "") -> Any:
   """Returns extra_args[name] or raises a TypeError naming the missing argument."""

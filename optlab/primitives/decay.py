@@ -29,9 +29,7 @@ def add_decayed_weights(weight_decay: Any = 0.0,
 
   def update(updates, state, params=None, **extra):
     del extra
-    if params is None:
-      raise ValueError("optlab.add_decayed_weights: update() needs `params` "
-                       "(tx.update(grads, state, params))")
+    V.require_params("add_decayed_weights", params)
     new = jax.tree.map(lambda u, p: (u + weight_decay * p).astype(u.dtype), updates, params)
     return new, state
 
@@ -60,9 +58,7 @@ def add_cautious_decayed_weights(weight_decay: Any = 0.0, mask: MaskOrFn = None
 
   def update(updates, state, params=None, **extra):
     del extra
-    if params is None:
-      raise ValueError("optlab.add_cautious_decayed_weights: update() needs `params` "
-                       "(tx.update(grads, state, params))")
+    V.require_params("add_cautious_decayed_weights", params)
     return jax.tree.map(leaf, updates, params), state
 
   tx = optax.GradientTransformationExtraArgs(lambda _: optax.EmptyState(), update)
@@ -106,9 +102,7 @@ def add_decayed_weights_after_step(weight_decay: Any = 0.0, learning_rate: Any =
 
   def update(updates, state, params=None, **extra):
     del extra
-    if params is None:
-      raise ValueError("optlab.add_decayed_weights_after_step: update() needs `params` "
-                       "(tx.update(grads, state, params))")
+    V.require_params("add_decayed_weights_after_step", params)
     lr = learning_rate(state.count) if scheduled else learning_rate
     rate = weight_decay if lr is None else weight_decay * jnp.asarray(lr)
 

@@ -150,9 +150,7 @@ def scale_by_madgrad(learning_rate: Any, momentum: Any = 0.9, eps: Any = 1e-6,
 
   def update(updates, state, params=None, **extra):
     del extra
-    if params is None:
-      raise ValueError(f"optlab.{where}: update() needs `params` "
-                       "(tx.update(grads, state, params))")
+    V.require_params(where, params)
     k = state.count
     lr = jnp.asarray(learning_rate(k) if callable(learning_rate) else learning_rate)
     lr = jnp.where(lr != 0, lr + eps, jnp.zeros_like(lr + eps))

@@ -149,9 +149,7 @@ def with_radial_projection(inner: optax.GradientTransformation, delta: Any = 0.1
     return (u32 + (weight_decay * ratio) * p.astype(u32.dtype)).astype(u.dtype)
 
   def update(updates, state, params=None, **extra):
-    if params is None:
-      raise ValueError("optlab.with_radial_projection: update() needs `params` "
-                       "(tx.update(grads, state, params))")
+    V.require_params("with_radial_projection", params)
     new, state = inner.update(updates, state, params, **extra)
     return jax.tree.map(leaf, new, updates, params), state
 

@@ -354,8 +354,25 @@ def _require_mu(where: str, mu: Any) -> Any:
   return mu
 
 
+class _ema_sq_of_moment:
+  """Shared by rules tracking v <- b2 v + (1 - b2) x^2 + eps_root, where x is
+  computed from the gradient and the first rule's updated EMA m_t (`source`);
+  scale sqrt(v / (1 - b2^t)). Needs a single-tree first-moment rule."""
+
+  def init(self, params):
+    return tree_zeros_like(params)
+
+  def scale(self, nu, count):
+    return jax.tree.map(jnp.sqrt, _debias(nu, self.b2, count, self.debias))
+
+  def update(self, nu, g, count, mu=None):
+    x = self.source(g, _require_mu(type(self).__name__, mu))
+    nu = _ema_sq_tree(nu, x, self.b2, self.eps_root)
+    return nu, self.scale(nu, count)
+
+
 @dataclasses.dataclass(frozen=True)
-class belief:
+class belief(_ema_sq_of_moment):
   """AdaBelief's second moment (arXiv:2010.07468): the EMA of (g - m)^2.
 
   s <- b2 s + (1 - b2) (g - m_t)^2 + eps_root (eps_root accumulates in s, as in
@@ -366,21 +383,12 @@ class belief:
   eps_root: Any = 1e-16
   debias: bool = True
 
-  def init(self, params):
-    return tree_zeros_like(params)
-
-  def scale(self, nu, count):
-    return jax.tree.map(jnp.sqrt, _debias(nu, self.b2, count, self.debias))
-
-  def update(self, nu, g, count, mu=None):
-    mu = _require_mu("belief", mu)
-    err = jax.tree.map(lambda x, m: x - m.astype(x.dtype), g, mu)
-    nu = _ema_sq_tree(nu, err, self.b2, self.eps_root)
-    return nu, self.scale(nu, count)
+  def source(self, g, mu):
+    return jax.tree.map(lambda x, m: x - m.astype(x.dtype), g, mu)
 
 
 @dataclasses.dataclass(frozen=True)
-class momentum_sq:
+class momentum_sq(_ema_sq_of_moment):
   """AdaMomentum's second moment (arXiv:2106.11514): the EMA of m^2, not of g^2.
 
   v <- b2 v + (1 - b2) m_t^2 + eps_root (eps_root accumulates in v, as in the
@@ -390,17 +398,9 @@ class momentum_sq:
   eps_root: Any = 1e-8
   debias: bool = True
 
-  def init(self, params):
-    return tree_zeros_like(params)
-
-  def scale(self, nu, count):
-    return jax.tree.map(jnp.sqrt, _debias(nu, self.b2, count, self.debias))
-
-  def update(self, nu, g, count, mu=None):
+  def source(self, g, mu):
     del g
-    mu = _require_mu("momentum_sq", mu)
-    nu = _ema_sq_tree(nu, mu, self.b2, self.eps_root)
-    return nu, self.scale(nu, count)
+    return mu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -789,9 +789,7 @@ def scale_by_fadam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, clip: Any = 
 
   def update(updates, state, params=None, **extra):
     del extra
-    if params is None:
-      raise ValueError("optlab.scale_by_fadam: update() needs `params` for FAdam's weight "
-                       "decay (tx.update(grads, state, params))")
+    V.require_params("scale_by_fadam", params)  # for FAdam's weight decay
     count = optax.safe_increment(state.count)
     nu, f_p = second.update(state.nu, updates, count)
 

@@ -173,9 +173,7 @@ def scale_by_trust_ratio(min_norm: Any = 0.0, trust_coefficient: Any = 1.0,
 
   def update(updates, state, params=None, **extra):
     del extra
-    if params is None:
-      raise ValueError("optlab.scale_by_trust_ratio: update() needs `params` "
-                       "(tx.update(grads, state, params))")
+    V.require_params("scale_by_trust_ratio", params)
     return jax.tree.map(one, updates, params), state
 
   return optax.GradientTransformationExtraArgs(lambda _: optax.EmptyState(), update)
