@@ -115,7 +115,7 @@ def _saturate(x: jax.Array) -> jax.Array:
   return jnp.where(x > top, top, x)
 
 
-def _safe_div(y: jax.Array, d: jax.Array) -> jax.Array:
+def safe_div(y: jax.Array, d: jax.Array) -> jax.Array:
   """y / d where d > 0, else 0 (so a zero scale never yields NaN or inf)."""
   ok = d > 0
   return jnp.where(ok, y / jnp.where(ok, d, jnp.ones_like(d)), jnp.zeros_like(y))
@@ -574,7 +574,7 @@ def scale_by_moments(first: Optional[Any], second: Optional[Any], *, eps: Any = 
       if second is None:
         return nu, x
       nu, scale = second.update(nu, updates, count, mu)
-      return nu, jax.tree.map(lambda y, s: _safe_div(y, s + eps), x, scale)
+      return nu, jax.tree.map(lambda y, s: safe_div(y, s + eps), x, scale)
 
     if order == "adam":
       if first is not None:
@@ -607,7 +607,7 @@ def _adopt_step(first, second, g, mu, nu, count, eps, clip_value_fn):
   x = g
   if second is not None:
     prev = second.scale(nu, count - 1)
-    x = jax.tree.map(lambda y, s: _safe_div(y, jnp.maximum(s, eps)), g, prev)
+    x = jax.tree.map(lambda y, s: safe_div(y, jnp.maximum(s, eps)), g, prev)
     nu, _ = second.update(nu, g, count, mu)
   if clip_value_fn is not None:
     bound = clip_value_fn(count - 1)
@@ -735,11 +735,11 @@ def scale_by_exadam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, *,
 
     def leaf(g, m, v):
       m_sq = safe_square(m)
-      d1 = 1.0 + _safe_div(v, v + eps) * b2t
-      d2 = 1.0 + _safe_div(m_sq, m_sq + eps) * b1t
+      d1 = 1.0 + safe_div(v, v + eps) * b2t
+      d2 = 1.0 + safe_div(m_sq, m_sq + eps) * b1t
       num = (m + g) * d1 / (1.0 - b1t)
       den = jnp.sqrt(v / (1.0 - b2t) * d2) + eps
-      return (step * _safe_div(num, den)).astype(g.dtype)
+      return (step * safe_div(num, den)).astype(g.dtype)
 
     return jax.tree.map(leaf, updates, mu, nu), MomentsState(count, mu, nu)
 
@@ -798,9 +798,9 @@ def scale_by_fadam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, clip: Any = 
       return s + e
 
     den = jax.tree.map(denominator, f_p, updates)
-    nat = jax.tree.map(lambda g, d: _clip_rms(_safe_div(g, d), clip), updates, den)
+    nat = jax.tree.map(lambda g, d: _clip_rms(safe_div(g, d), clip), updates, den)
     mu, m = first.update(state.mu, nat, count)
-    decay = jax.tree.map(lambda w, d: _clip_rms(_safe_div(w, d), clip), params, den)
+    decay = jax.tree.map(lambda w, d: _clip_rms(safe_div(w, d), clip), params, den)
     if mask is not None:
       keep = mask(params) if callable(mask) else mask
       decay = jax.tree.map(lambda k, w: jnp.where(k, w, jnp.zeros_like(w)), keep, decay)

@@ -35,7 +35,7 @@ import optax
 from optlab import _validate as V
 from optlab.primitives.basis import LINEAR, SECOND, declare_basis
 from optlab.primitives.moments import (
-    MomentsState, bias_correction, ema, ema_sq, max_ema_sq, tree_zeros_like)
+    MomentsState, bias_correction, ema, ema_sq, max_ema_sq, safe_div, tree_zeros_like)
 
 __all__ = [
     "ScaleByLearningRateState", "scale_by_learning_rate",
@@ -56,12 +56,6 @@ def _cast_like(tree: Any, like: Any) -> Any:
 
 def _positive_or_one(x: Any) -> jax.Array:
   return jnp.where(x > 0, x, 1.0)
-
-
-def _safe_div(y: Any, d: Any) -> jax.Array:
-  """y / d where d > 0, else 0: a zero denominator (eps = 0, no gradient yet)
-  gives a zero step, never NaN or inf."""
-  return jnp.where(d > 0, y / _positive_or_one(d), 0.0)
 
 
 # ---------------------------------------------------------------- learning rate
@@ -155,7 +149,7 @@ def scale_by_rectified_moments(first: Any, second: Any, *, b2: Any = None, eps: 
     nu, s = second.update(state.nu, updates, count, mu)
     rho, r = radam_rectification(b2, count)
     rectify = rho >= threshold
-    out = jax.tree.map(lambda x, y: jnp.where(rectify, _safe_div(r * x, y + eps), x), m, s)
+    out = jax.tree.map(lambda x, y: jnp.where(rectify, safe_div(r * x, y + eps), x), m, s)
     return _cast_like(out, updates), MomentsState(count, mu, nu)
 
   return optax.GradientTransformationExtraArgs(init, update)
@@ -313,7 +307,7 @@ def scale_by_bounded_step_size(bound: Optional[Any], b1: Any = 0.9, b2: Any = 0.
     else:
       (nu, s), nu_max = second.update(state.nu, updates, count), ()
     c = jnp.sqrt(bias_correction(b2, count)) / bias_correction(b1, count)
-    a = jax.tree.map(lambda y: _safe_div(c, y + eps), s)
+    a = jax.tree.map(lambda y: safe_div(c, y + eps), s)
     bound_state = state.bound
     if bound is not None:
       bound_state, a = bound.update(bound_state, a, count, lr, base_lr)
