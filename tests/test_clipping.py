@@ -254,8 +254,8 @@ def test_adamp_first_moment_rules():
   tx = optlab.scale_by_moments(optlab.nesterov_ema(0.5), None)
   u, _ = _update(tx, {"x": jnp.array([2.0])})
   _close(u["x"], [3.0])
-  # dampened_heavy_ball(0.5, 0.2, nesterov): buf = .8 g; out = g + .5 buf = 1.4 g.
-  tx = optlab.scale_by_moments(optlab.dampened_heavy_ball(0.5, 0.2, True), None)
+  # heavy_ball(0.5, nesterov, dampening=0.2): buf = .8 g; out = g + .5 buf = 1.4 g.
+  tx = optlab.scale_by_moments(optlab.heavy_ball(0.5, True, dampening=0.2), None)
   u, _ = _update(tx, {"x": jnp.array([2.0])})
   _close(u["x"], [2.8])
 

@@ -191,19 +191,26 @@ class ema:
 
 @dataclasses.dataclass(frozen=True)
 class heavy_ball:
-  """Heavy-ball trace (SGD momentum): m <- b1 m + g; Nesterov returns g + b1 m."""
+  """Heavy-ball trace (PyTorch-style SGD momentum).
+
+  m <- b1 m + (1 - dampening) g; returns m, or g + b1 m with Nesterov (the raw
+  g, not dampened: SGDP's official code allows Nesterov with dampening, unlike
+  torch.optim.SGD). With dampening=0 (the default) this is optax.trace.
+  """
   b1: Any = 0.9
   nesterov: bool = False
   dtype: Any = None
+  dampening: Any = 0.0
 
   def init(self, params):
     return tree_zeros_like(params, self.dtype)
 
   def update(self, mu, g, count):
     del count
-    mu = jax.tree.map(lambda m, x: (self.b1 * m + x).astype(m.dtype), mu, g)
+    b1, keep = self.b1, 1 - self.dampening
+    mu = jax.tree.map(lambda m, x: (b1 * m + keep * x).astype(m.dtype), mu, g)
     if self.nesterov:
-      return mu, jax.tree.map(lambda m, x: x + self.b1 * m, mu, g)
+      return mu, jax.tree.map(lambda m, x: x + b1 * m, mu, g)
     return mu, mu
 
 

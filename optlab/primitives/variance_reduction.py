@@ -24,7 +24,7 @@ from optlab.primitives.clipping import clip_leaf_by_norm
 from optlab.primitives.normalize import accumulation_dtype
 from optlab.primitives.moments import bias_correction, tree_zeros_like
 
-__all__ = ["MarsState", "add_mars_correction", "nesterov_ema", "dampened_heavy_ball"]
+__all__ = ["MarsState", "add_mars_correction", "nesterov_ema"]
 
 
 @declare_basis(prev_grad=LINEAR)
@@ -98,32 +98,6 @@ class nesterov_ema:
     mu = jax.tree.map(lambda m, x: (b1 * m + (1 - b1) * x).astype(m.dtype), mu, g)
     c = bias_correction(b1, count)
     return mu, jax.tree.map(lambda m, x: (b1 * m + (1 - b1) * x) / c, mu, g)
-
-
-@dataclasses.dataclass(frozen=True)
-class dampened_heavy_ball:
-  """A first-moment rule for `scale_by_moments`: PyTorch-style SGD momentum.
-
-  buf <- momentum * buf + (1 - dampening) g; returns buf, or g + momentum * buf
-  with nesterov (the raw g, not dampened), as in SGDP's official code (which,
-  unlike torch.optim.SGD, allows nesterov with dampening). With dampening=0
-  this is `heavy_ball`.
-  """
-  momentum: Any = 0.0
-  dampening: Any = 0.0
-  nesterov: bool = False
-  dtype: Any = None
-
-  def init(self, params):
-    return tree_zeros_like(params, self.dtype)
-
-  def update(self, buf, g, count):
-    del count
-    mom, keep = self.momentum, 1 - self.dampening
-    buf = jax.tree.map(lambda b, x: (mom * b + keep * x).astype(b.dtype), buf, g)
-    if self.nesterov:
-      return buf, jax.tree.map(lambda b, x: x + mom * b, buf, g)
-    return buf, buf
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,12 +20,11 @@ from optlab.primitives.clipping import clip_spikes, with_momentum_reset
 from optlab.primitives.decay import add_decayed_weights, add_decayed_weights_after_step
 from optlab.primitives.masks import (cautious, with_grams, with_leaf_labels,
                                      with_radial_projection)
-from optlab.primitives.moments import (ema, ema_sq, scale_by_adam,
+from optlab.primitives.moments import (ema, ema_sq, heavy_ball, scale_by_adam,
                                        scale_by_lion_momentum, scale_by_moments)
 from optlab.primitives.normalize import scale_by_sign
 from optlab.primitives.step_size import scale_by_learning_rate
-from optlab.primitives.variance_reduction import (add_mars_correction, dampened_heavy_ball,
-                                                  nesterov_ema, unit_scale)
+from optlab.primitives.variance_reduction import add_mars_correction, nesterov_ema, unit_scale
 
 __all__ = ["lion", "cautious_adamw", "cautious_lion", "grams", "mars_adamw", "mars_lion",
            "spam", "adamp", "sgdp"]
@@ -277,7 +276,7 @@ def sgdp(learning_rate: Any, momentum: Any = 0.0, dampening: Any = 0.0,
   V.check_range("sgdp", "dampening", dampening, 0.0, 1.0)
   V.check_nonneg("sgdp", "weight_decay", weight_decay)
   V.check_nonneg("sgdp", "eps", eps)
-  inner = scale_by_moments(dampened_heavy_ball(momentum, dampening, nesterov), None)
+  inner = scale_by_moments(heavy_ball(momentum, nesterov, dampening=dampening), None)
   decay = weight_decay / (1.0 - momentum)
   return recipe_chain("sgdp", with_radial_projection(inner, delta, wd_ratio, decay, eps),
                       scale_by_learning_rate(learning_rate))
