@@ -165,20 +165,22 @@ def test_every_extra_arg_is_supplied():
                        f"{unknown} to _make_run")
 
 
-def _recipe_test(dtype_name):
-  @pytest.mark.parametrize("name", [r.name for r in RECIPES])
+def _finite_test(keys, run_fn, dtype_name):
+  """A hypothesis test, parametrised over `keys`, that `run_fn(key, dtype)` stays finite."""
+  @pytest.mark.parametrize("key", keys)
   @settings(max_examples=EXAMPLES[dtype_name], deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
   @_with_examples
   @given(grads=grad_seqs, params=param_trees, values=value_seqs)
-  def test(name, grads, params, values):
-    _check(_recipe_run(name, dtype_name), DTYPES[dtype_name], grads, params, values,
-           f"optlab.{name} ({dtype_name})")
+  def test(key, grads, params, values):
+    _check(run_fn(key, dtype_name), DTYPES[dtype_name], grads, params, values,
+           f"optlab.{key} ({dtype_name})")
   return test
 
 
-test_recipe_finite_float32 = _recipe_test("float32")
-test_recipe_finite_bfloat16 = _recipe_test("bfloat16")
+RECIPE_NAMES = [r.name for r in RECIPES]
+test_recipe_finite_float32 = _finite_test(RECIPE_NAMES, _recipe_run, "float32")
+test_recipe_finite_bfloat16 = _finite_test(RECIPE_NAMES, _recipe_run, "bfloat16")
 
 
 # ---------------------------------------------------------------- primitives
@@ -254,17 +256,5 @@ def test_discovery_finds_the_core_primitives():
     assert expected in names, f"{expected} not discovered; found {sorted(PRIMITIVES)}"
 
 
-def _primitive_test(dtype_name):
-  @pytest.mark.parametrize("key", sorted(PRIMITIVES))
-  @settings(max_examples=EXAMPLES[dtype_name], deadline=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-  @_with_examples
-  @given(grads=grad_seqs, params=param_trees, values=value_seqs)
-  def test(key, grads, params, values):
-    _check(_primitive_run(key, dtype_name), DTYPES[dtype_name], grads, params, values,
-           f"optlab.{key} ({dtype_name})")
-  return test
-
-
-test_primitive_finite_float32 = _primitive_test("float32")
-test_primitive_finite_bfloat16 = _primitive_test("bfloat16")
+test_primitive_finite_float32 = _finite_test(sorted(PRIMITIVES), _primitive_run, "float32")
+test_primitive_finite_bfloat16 = _finite_test(sorted(PRIMITIVES), _primitive_run, "bfloat16")
