@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tests import extras
+
 
 def reference_fn(recipe):
   module, fn = recipe.reference.split(":")
@@ -17,11 +19,11 @@ def reference_fn(recipe):
 
 
 def extra_args_for(recipe, loss_fn, params, t) -> dict[str, Any]:
-  """The extra args a recipe declares, computed on the reference problem."""
-  extra = {}
-  if "value" in recipe.needs_extra_args:
-    extra["value"] = jnp.asarray(loss_fn(params, t))
-  return extra
+  """The extra args a recipe declares, computed on the reference problem at step t.
+
+  `loss_fn(params, t)` must be jax-traceable where a recipe differentiates it
+  (obj_fn); see `problems.reference_problem`."""
+  return extras.extra_args(recipe.needs_extra_args, lambda p: loss_fn(p, t), params)
 
 
 def run_jax(tx, params, grad_fn, steps, *, loss_fn=None, recipe=None):

@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import optlab
-from tests import problems
+from tests import extras, problems
 
 RECIPES = optlab.catalog()
 by_recipe = pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
@@ -49,12 +49,7 @@ def grads_at(params, t):
 
 def extra_for(recipe, params, loss=loss_fn):
   """The extra args the recipe declares, for the current params."""
-  extra = {}
-  if "obj_fn" in recipe.needs_extra_args:
-    extra["obj_fn"] = loss
-  if "value" in recipe.needs_extra_args:
-    extra["value"] = loss(params)
-  return extra
+  return extras.extra_args(recipe.needs_extra_args, loss, params)
 
 
 _COMPILED: dict = {}
@@ -261,7 +256,9 @@ def test_pmap_and_sharding_match_single_device(recipe):
   single, _, _ = run(recipe.build(), recipe, params, steps)
 
   # pmap over 8 devices: each replica averages the (identical) per-device gradients.
-  tx = recipe.build()
+  # A recipe that communicates itself (axis_name=) is given the pmap axis.
+  takes_axis = "axis_name" in inspect.signature(recipe.factory).parameters
+  tx = recipe.build(axis_name="batch") if takes_axis else recipe.build()
   devices = jax.devices()[:8]
   rep = lambda tree: jax.tree.map(lambda x: jnp.stack([x] * 8), tree)
 
@@ -280,6 +277,7 @@ def test_pmap_and_sharding_match_single_device(recipe):
   assert_trees_close(jax.tree.map(lambda x: x[0], p_rep), single, what="pmap ")
 
   # jit with params sharded over an 8-device mesh.
+  tx = recipe.build()
   mesh = Mesh(np.array(devices), ("d",))
   shardings = jax.tree.map(lambda x: NamedSharding(mesh, _shard_spec(x)), params)
   p_sh = jax.device_put(params, shardings)
