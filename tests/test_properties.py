@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import optlab
+from tests import extras
 
 STEPS = 3
 SHAPES = {"w": (4, 3), "b": (5,), "s": ()}  # a matrix, a vector and a scalar leaf
@@ -103,11 +104,9 @@ def _make_run(tx: optax.GradientTransformation, extra_names: tuple[str, ...]) ->
 
   @jax.jit
   def step(params, state, grads, value):
-    extra = {}
+    extra = extras.extra_args([n for n in extra_names if n != "value"], _obj_fn, params)
     if "value" in extra_names:
-      extra["value"] = value
-    if "obj_fn" in extra_names:
-      extra["obj_fn"] = _obj_fn
+      extra["value"] = value  # drawn from the awkward magnitudes, not the loss
     updates, state = tx.update(grads, state, params, **extra)
     return optax.apply_updates(params, updates), updates, state
 
@@ -148,7 +147,7 @@ def _check(run, dtype, grads, params, values, what):
 
 # ------------------------------------------------------------------- recipes
 RECIPES = optlab.catalog()
-KNOWN_EXTRA_ARGS = ("value", "obj_fn")
+KNOWN_EXTRA_ARGS = tuple(extras.BUILDERS)
 
 
 @functools.lru_cache(maxsize=None)
@@ -161,8 +160,7 @@ def _recipe_run(name: str, dtype_name: str) -> Callable:
 def test_every_extra_arg_is_supplied():
   unknown = {r.name: sorted(set(r.needs_extra_args) - set(KNOWN_EXTRA_ARGS)) for r in RECIPES}
   unknown = {k: v for k, v in unknown.items() if v}
-  assert not unknown, (f"test_properties supplies only {KNOWN_EXTRA_ARGS}; add values for "
-                       f"{unknown} to _make_run")
+  assert not unknown, f"tests/extras.py has no builder for {unknown}"
 
 
 def _finite_test(keys, run_fn, dtype_name):
