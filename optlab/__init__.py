@@ -2,7 +2,8 @@
 
 The namespace is flat, as in optax: ``optlab.<recipe>`` and
 ``optlab.<primitive>``. `optlab.catalog()` lists every recipe with its
-metadata.
+metadata. Two helpers keep their own namespace: `optlab.schedules` (learning
+rate schedules) and `optlab.federated` (a federated-training simulation).
 """
 
 from __future__ import annotations
@@ -32,3 +33,5 @@ def _export(package) -> None:
 
 _export(_primitives)
 _export(_recipes)
+
+from optlab import federated, schedules  # noqa: E402  (submodules, not flattened)

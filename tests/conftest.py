@@ -15,6 +15,10 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_cpu_use_fusion_emitters=false"
                            " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One BLAS thread per xdist worker: the workers already use every core, and
+# oversubscribed OpenBLAS makes LAPACK calls (SVD, eigh) 100x slower.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+  os.environ.setdefault(_var, "1")
 
 
 def pytest_collection_modifyitems(config, items):

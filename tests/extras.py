@@ -5,17 +5,40 @@ params -> scalar, the loss on the current batch) and the current ``params`` and
 returns the value to pass as that keyword. The contract suite and the
 reference harness both call `extra_args`; a recipe that needs a new kind of
 extra arg adds one builder here.
+
+Functions are passed as `jax.tree_util.Partial`s: pytrees, so that they can be
+arguments of a jitted step. A `loss` that is already a Partial (the reference
+harness binds the step number as its leaf) is passed as it is, so the jitted
+step is not retraced when only the step changes.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
+from jax.tree_util import Partial
+
+
+def _as_partial(fn: Callable) -> Partial:
+  return fn if isinstance(fn, Partial) else Partial(fn)
+
+
+def _pairwise_logits(params: Any) -> jax.Array:
+  """Sophia-G's logits_fn for any tree: row i of a (d, 2) batch is (x_i - sg(x_i), 0)
+  for the i-th of the d flattened entries. Every logit is 0 with a unit gradient,
+  so the Gauss-Newton-Bartlett estimate B * grad^2 is exactly 1 / (4 d) whatever
+  labels are drawn: deterministic, for the contract and the reference."""
+  x = jnp.concatenate([jnp.ravel(l).astype(jnp.promote_types(l.dtype, jnp.float32))
+                       for l in jax.tree.leaves(params)])
+  return jnp.stack([x - jax.lax.stop_gradient(x), jnp.zeros_like(x)], -1)
+
 
 BUILDERS: dict[str, Callable[[Callable, Any], Any]] = {
-    "obj_fn": lambda loss, params: loss,
+    "obj_fn": lambda loss, params: _as_partial(loss),
     "value": lambda loss, params: jnp.asarray(loss(params)),
+    "logits_fn": lambda loss, params: Partial(_pairwise_logits),
 }
 
 

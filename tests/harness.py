@@ -10,12 +10,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jax.tree_util import Partial
+
 from tests import extras
 
 
+def reference_module(recipe):
+  return importlib.import_module(f"tests.reference.{recipe.reference.split(':')[0]}")
+
+
 def reference_fn(recipe):
-  module, fn = recipe.reference.split(":")
-  return getattr(importlib.import_module(f"tests.reference.{module}"), fn)
+  return getattr(reference_module(recipe), recipe.reference.split(":")[1])
 
 
 def extra_args_for(recipe, loss_fn, params, t) -> dict[str, Any]:
@@ -23,7 +28,13 @@ def extra_args_for(recipe, loss_fn, params, t) -> dict[str, Any]:
 
   `loss_fn(params, t)` must be jax-traceable where a recipe differentiates it
   (obj_fn); see `problems.reference_problem`."""
-  return extras.extra_args(recipe.needs_extra_args, lambda p: loss_fn(p, t), params)
+  if loss_fn not in _AT_STEP:  # one function per problem: jit sees the same static part
+    _AT_STEP[loss_fn] = lambda step, p: loss_fn(p, step)
+  loss = Partial(_AT_STEP[loss_fn], jnp.asarray(t, jnp.int32))
+  return extras.extra_args(recipe.needs_extra_args, loss, params)
+
+
+_AT_STEP: dict = {}
 
 
 def run_jax(tx, params, grad_fn, steps, *, loss_fn=None, recipe=None):

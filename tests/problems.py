@@ -28,11 +28,14 @@ def reference_problem(seed: int = 0):
 
   grad_fn.hessian_diag = curv
 
+  noise_stack = {k: np.stack([n[k] for n in noise]) for k in SHAPES}
+
   def loss_fn(p, t):
-    """The matching loss, jax-traceable (recipes that take obj_fn differentiate it)."""
+    """The matching loss, jax-traceable in p and t (recipes that take obj_fn
+    differentiate it; the harness passes t as a traced step number)."""
     import jax.numpy as jnp
-    return sum(jnp.sum(0.5 * curv[k] * (p[k] - centre[k]) ** 2 + 0.3 * noise[t % 64][k] * p[k])
-               for k in p)
+    return sum(jnp.sum(0.5 * curv[k] * (p[k] - centre[k]) ** 2
+                       + 0.3 * jnp.asarray(noise_stack[k])[t % 64] * p[k]) for k in p)
 
   return params, grad_fn, loss_fn
 
