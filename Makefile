@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench readme clean
+.PHONY: test test-all demo bench readme docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,17 +12,25 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# the whole suite except tests marked slow (pyproject's addopts: -m 'not slow')
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup -q
+	$(PY) -m pytest -n 2 --dist loadgroup -q -m "not slow"
 
+test-all: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadgroup -q -m ""
+
+# the preset comparison: tables, results.json, report.md and plots in bench_out/demo/
 demo: $(STAMP)
 	$(PY) -m optlab.cli demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/step_time.py
 
+# regenerate everything derived from optlab.catalog(): the README table and docs/ pages
 readme: $(STAMP)
-	$(PY) -m optlab.cli catalog --write README.md
+	$(PY) -m optlab.cli catalog --write README.md --docs docs/
+
+docs: readme
 
 clean:
 	rm -rf $(VENV) .pytest_cache

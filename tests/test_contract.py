@@ -178,14 +178,17 @@ def test_masked_and_partition(recipe, wrapper):
     tx = optax.partition({"opt": recipe.build(), "sgd": optax.sgd(0.1)}, labels)
 
   sub_tx = plain(recipe)
-  update, sub_update = jitted_update(tx, recipe), jitted_update(sub_tx, recipe)
+  update = jitted_update(tx, recipe)
+  # The sub-transformation sees the same loss as the wrapped one: the full tree's.
+  sub_update = jax.jit(lambda g, s, q, full: sub_tx.update(
+      g, s, q, **extra_for(recipe, q, loss=lambda x: loss_fn({**full, **x}))))
   p, s = params, tx.init(params)
   sub_p, sub_s = _subtree(params, inside), sub_tx.init(_subtree(params, inside))
   for t in range(3):
     g = grads_at(p, t)
     u, s = update(g, s, p)
     sub_g = _subtree(grads_at({**p, **sub_p}, t), inside)  # the loss is separable per leaf
-    sub_u, sub_s = sub_update(sub_g, sub_s, sub_p)
+    sub_u, sub_s = sub_update(sub_g, sub_s, sub_p, p)
     assert_trees_close(_subtree(u, inside), sub_u, what=f"{wrapper} step {t} ")
     outside = g["b1"] if wrapper == "masked" else -0.1 * g["b1"]
     assert_trees_close(u["b1"], outside, what=f"{wrapper} untouched leaf ")
@@ -262,6 +265,15 @@ def _shard_spec(x):
   return P()
 
 
+# Recipes whose update amplifies float32 rounding, so that a different reduction
+# order under pmap / sharding moves them by more than 1e-6 relative in 4 steps:
+SENSITIVE_RTOL = {
+    "came": 2e-5,  # the (u - m)^2 confidence term amplifies rounding 20-60x
+    "sania": 1e-5,  # divides by v_hat without a square root
+    "mezo": 1e-5,  # a finite difference divides the loss's rounding by eps
+}
+
+
 @by_recipe
 def test_pmap_and_sharding_match_single_device(recipe):
   steps, params = 4, make_params()
@@ -286,7 +298,8 @@ def test_pmap_and_sharding_match_single_device(recipe):
   for leaf in jax.tree.leaves((p_rep, s_rep)):
     arr = np.asarray(leaf)
     assert all(np.array_equal(arr[0], arr[i]) for i in range(1, 8)), "replicas diverged"
-  assert_trees_close(jax.tree.map(lambda x: x[0], p_rep), single, what="pmap ")
+  rtol = SENSITIVE_RTOL.get(recipe.name, 1e-6)
+  assert_trees_close(jax.tree.map(lambda x: x[0], p_rep), single, rtol=rtol, what="pmap ")
 
   # jit with params sharded over an 8-device mesh.
   tx = plain(recipe)
@@ -307,7 +320,7 @@ def test_pmap_and_sharding_match_single_device(recipe):
 
   assert_state_keeps_sharding(state, "after init")
   p_sh, state, _ = run(tx, recipe, p_sh, steps, state=state)
-  assert_trees_close(p_sh, single, what="sharded ")
+  assert_trees_close(p_sh, single, rtol=rtol, what="sharded ")
   for path, leaf in jax.tree_util.tree_leaves_with_path(p_sh):
     assert leaf.sharding.is_equivalent_to(shardings[path[0].key], leaf.ndim)
   assert_state_keeps_sharding(state, f"after {steps} steps")
@@ -343,7 +356,12 @@ def test_rejects_mismatched_trees(recipe):
   trace = lambda g, p: jax.eval_shape(lambda: tx.update(g, state, p, **extra_for(recipe, params)))
   with pytest.raises(ValueError, match="b1"):
     trace(missing, params)
-  with pytest.raises(ValueError, match="b1"):
+  # Without params, only a state that keeps param-shaped trees can name the leaf;
+  # compact states (factored, packed, block-coordinate) must still refuse the
+  # tree, saying that it does not match the params.
+  marks = optax.tree_map_params(tx, lambda _: "P", state, transform_non_params=lambda _: "N")
+  tracks_params = "P" in jax.tree.leaves(marks)
+  with pytest.raises(ValueError, match="b1" if tracks_params else "b1|match the params"):
     trace(missing, None)
   wrong = {**grads, "w1": grads["w1"].T}
   with pytest.raises(ValueError, match="w1"):

@@ -162,3 +162,26 @@ def test_examples_run(capsys):
   module["main"](steps=3)
   out = capsys.readouterr().out
   assert "adamw" in out and "cautious lion" in out
+
+
+def test_ttur_example_learns_the_data_mean(capsys):
+  import runpy
+  runpy.run_path(str(ROOT / "examples" / "ttur_gan.py"))["main"]()
+  assert "matches the data (|mean error| < 0.3): True" in capsys.readouterr().out
+
+
+def test_complex_momentum_example_converges(capsys):
+  import runpy
+  runpy.run_path(str(ROOT / "examples" / "complex_momentum_game.py"))["main"]()
+  out = capsys.readouterr().out
+  assert "closest to the equilibrium: complex momentum" in out
+  assert "converged (distance < 1e-2): True" in out
+
+
+def test_mezo_example_reports_memory():
+  import runpy
+  main = runpy.run_path(str(ROOT / "examples" / "mezo_finetune.py"))["main"]
+  mem = main(hidden=32, depth=2, pretrain_steps=3, steps=4)
+  for name in ("mezo", "adamw"):
+    assert mem[name]["peak"] > 0
+  assert mem["mezo"]["peak"] <= mem["adamw"]["peak"]

@@ -30,6 +30,8 @@ from optlab.primitives.normalize import accumulation_dtype, tensor_norm
 __all__ = [
     "clip", "clip_by_global_norm", "clip_by_tensor_norm", "ClipSpikesState",
     "clip_spikes", "MomentumResetState", "with_momentum_reset",
+    "limit_norm_growth", "NormGrowthState", "clip_by_norm_growth",
+    "unit_norm", "clip_by_agc",
 ]
 
 
@@ -285,3 +287,104 @@ def with_momentum_reset(inner: optax.GradientTransformation, interval: int = 500
     return new, MomentumResetState(count, inner_state)
 
   return optax.GradientTransformationExtraArgs(init, update)
+
+
+# ------------------------------------------------------ norm-growth limiter (Fira)
+def limit_norm_growth(x: jax.Array, prev_norm: jax.Array, first: Any, gamma: Any = 1.01,
+                      eps: Any = 1e-8) -> tuple[jax.Array, jax.Array]:
+  """Fira's norm-growth limiter on one tensor (arXiv:2410.01623, eq. 8).
+
+  With n = ||x||: on the ``first`` step x is returned unchanged and n is
+  recorded; afterwards, if n exceeds gamma times the recorded norm, x is
+  scaled down to that growth: l = max(n / (prev + eps), gamma) / gamma,
+  x <- x / l, and n / l is recorded (the official code's form, eps = 1e-8).
+  Returns (limited x in x's dtype, the norm to record in prev_norm's dtype).
+  """
+  norm = tensor_norm(x).astype(prev_norm.dtype)
+  ratio = jnp.minimum(norm / (prev_norm + eps), jnp.finfo(prev_norm.dtype).max)
+  limiter = jnp.where(first, 1.0, jnp.maximum(ratio, gamma) / gamma).astype(prev_norm.dtype)
+  dt = jnp.promote_types(accumulation_dtype(x.dtype), prev_norm.dtype)
+  return (x.astype(dt) / limiter.astype(dt)).astype(x.dtype), norm / limiter
+
+
+class NormGrowthState(NamedTuple):
+  count: jax.Array  # [], int32: steps taken
+  prev_norm: jax.Array  # [n_leaves], float32: each leaf's norm after the last step
+                        # (one vector, declared invariant: see docs/architecture.md)
+
+
+def clip_by_norm_growth(gamma: Any = 1.01, eps: Any = 1e-8) -> optax.GradientTransformationExtraArgs:
+  """The norm-growth limiter of Fira (arXiv:2410.01623) applied to every leaf.
+
+  Each tensor's norm may grow by at most a factor gamma per step:
+  u <- u / (max(||u|| / (prev + eps), gamma) / gamma), where prev is the
+  (limited) norm of the previous step; the first step only records the norm.
+  Fira and APOLLO apply it inside `in_subspace` to the part of the update they
+  scale; this is the same rule as a stand-alone link.
+  """
+  V.check_range("clip_by_norm_growth", "gamma", gamma, 1.0)
+  V.check_nonneg("clip_by_norm_growth", "eps", eps)
+
+  def init(params):
+    n = len(jax.tree.leaves(params))
+    return NormGrowthState(jnp.zeros([], jnp.int32), jnp.zeros([n], jnp.float32))
+
+  def update(updates, state, params=None, **extra):
+    del params, extra
+    leaves, treedef = jax.tree.flatten(updates)
+    first = state.count == 0
+    out, norms = [], []
+    for i, u in enumerate(leaves):
+      v, n = limit_norm_growth(u, state.prev_norm[i], first, gamma, eps)
+      out.append(v)
+      norms.append(n)
+    prev = jnp.stack(norms) if norms else state.prev_norm
+    return (jax.tree.unflatten(treedef, out),
+            NormGrowthState(optax.safe_increment(state.count), prev.astype(state.prev_norm.dtype)))
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+# ------------------------------------------------- adaptive clipping (AGC)
+def unit_norm(x: jax.Array) -> jax.Array:
+  """Norm per output unit, as Ranger21's official ``unit_norm`` (PyTorch layout).
+
+  0-d and 1-d tensors: the whole norm (a scalar); 2-d and 3-d: over axis 1,
+  kept; 4-d and more: over every axis but the first, kept. In at least
+  float32 and without overflow (`safe_norm`).
+  """
+  if jnp.ndim(x) <= 1:
+    return safe_norm(x)
+  axes = 1 if jnp.ndim(x) in (2, 3) else tuple(range(1, jnp.ndim(x)))
+  return safe_norm(x, axis=axes, keepdims=True)
+
+
+def clip_by_agc(clipping: Any = 1e-2, eps: Any = 1e-3) -> optax.GradientTransformationExtraArgs:
+  """Adaptive gradient clipping, unit-wise ("High-Performance Large-Scale Image
+  Recognition Without Normalization", Brock et al., arXiv:2102.06171), as used by
+  Ranger21's official code.
+
+  With W_i the unit norms of the param (`unit_norm`, at least `eps`) and G_i
+  those of the gradient: where G_i > clipping * W_i, g_i <- g_i * clipping *
+  W_i / max(G_i, 1e-6). Units follow the PyTorch layout of Ranger21 (the
+  first axis is the output unit; a flax Dense kernel [in, out] is therefore
+  clipped per input row). Needs `params`. `optax.adaptive_grad_clip` is the
+  same rule with its own unit convention (all axes but the last).
+  """
+  V.check_positive("clip_by_agc", "clipping", clipping)
+  V.check_nonneg("clip_by_agc", "eps", eps)
+
+  def leaf(g, p):
+    dt = accumulation_dtype(g.dtype)
+    w = jnp.maximum(unit_norm(p), eps)
+    n = unit_norm(g)
+    limit = w * clipping
+    clipped = g.astype(dt) * (limit / jnp.maximum(n, 1e-6))
+    return jnp.where(n > limit, clipped, g.astype(dt)).astype(g.dtype)
+
+  def update(updates, state, params=None, **extra):
+    del extra
+    V.require_params("clip_by_agc", params)
+    return jax.tree.map(leaf, updates, params), state
+
+  return optax.GradientTransformationExtraArgs(lambda _: optax.EmptyState(), update)

@@ -1,7 +1,16 @@
-"""Wrappers that change how an inner transformation is applied."""
+"""Wrappers that change how an inner transformation is applied.
+
+`skip_non_finite` drops bad steps; `with_gradient_noise` adds annealed noise
+to the gradient; `switch` hands over from one transformation to another when a
+trigger fires (SWATS); `xgrad` predicts the weights the gradient is taken at.
+Weight averaging (lookahead, schedule-free) is in `weight_averaging.py`,
+gradient grouping (SGG) in `grouping.py`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -9,8 +18,14 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
+from optlab.primitives.basis import LINEAR, declare_basis
+from optlab.primitives.clipping import safe_global_norm
+from optlab.primitives.moments import tree_zeros_like
+from optlab.primitives.normalize import accumulation_dtype
 
-__all__ = ["SkipNonFiniteState", "skip_non_finite"]
+__all__ = ["SkipNonFiniteState", "skip_non_finite", "leaf_normals", "find_state",
+           "GradientNoiseState", "with_gradient_noise", "SwitchState", "after_steps",
+           "swats_trigger", "switch", "one_minus_power", "XGradState", "xgrad", "xgrad_params"]
 
 
 class SkipNonFiniteState(NamedTuple):
@@ -57,3 +72,279 @@ def skip_non_finite(inner: optax.GradientTransformation,
     return new_updates, SkipNonFiniteState(keep(new_inner, state.inner_state), skipped, total)
 
   return optax.GradientTransformationExtraArgs(init, update)
+
+
+# ------------------------------------------------------------- shared helpers
+def _new_key(seed: int) -> jax.Array:
+  """A raw uint32 key of shape (2,) (serialisable by flax, unlike typed keys)."""
+  return jax.random.key_data(jax.random.key(seed)).astype(jnp.uint32)
+
+
+def leaf_normals(key: jax.Array, like: Any) -> Any:
+  """Standard normal noise shaped like each leaf of `like`, in its dtype.
+
+  Leaf i uses ``fold_in(key, i)`` (leaf order of `jax.tree.leaves`), drawn in
+  float32 whatever the leaf's dtype (so float64 runs draw the same numbers),
+  then cast. With the default partitionable threefry the numbers do not
+  depend on how the leaves are sharded.
+  """
+  base = jax.random.wrap_key_data(key)
+  leaves, treedef = jax.tree.flatten(like)
+  out = [jax.random.normal(jax.random.fold_in(base, i), jnp.shape(x),
+                           jnp.float32).astype(jnp.result_type(x))
+         for i, x in enumerate(leaves)]
+  return jax.tree.unflatten(treedef, out)
+
+
+def find_state(state: Any, state_type: type) -> Any:
+  """The first (depth-first) sub-state of type `state_type` in a nested state, or None."""
+  if isinstance(state, state_type):
+    return state
+  if isinstance(state, (tuple, list)):
+    for s in state:
+      found = find_state(s, state_type)
+      if found is not None:
+        return found
+  if isinstance(state, dict):
+    for s in state.values():
+      found = find_state(s, state_type)
+      if found is not None:
+        return found
+  return None
+
+
+def _require_state(where: str, state: Any, state_type: type) -> Any:
+  found = find_state(state, state_type)
+  if found is None:
+    raise ValueError(f"optlab.{where}: no {state_type.__name__} found in the given state; "
+                     "pass the optimizer state of a transformation built with it")
+  return found
+
+
+# ------------------------------------------------------------- gradient noise
+class GradientNoiseState(NamedTuple):
+  count: jax.Array   # [], int32: steps taken
+  key: jax.Array     # [2], uint32: raw PRNG key, split every step
+  inner_state: Any   # the wrapped transformation's state
+
+
+def with_gradient_noise(inner: optax.GradientTransformation, eta: Any = 0.01,
+                        gamma: Any = 0.55, seed: int = 0
+                        ) -> optax.GradientTransformationExtraArgs:
+  """Annealed Gaussian gradient noise, then `inner`.
+
+  "Adding Gradient Noise Improves Learning for Very Deep Networks" (Neelakantan
+  et al., arXiv:1511.06807): g_t <- g_t + N(0, sigma_t^2) with
+  sigma_t^2 = eta / (1 + t)^gamma, t the 0-based step (the same schedule as
+  `optax.add_noise`). The paper uses eta in {0.01, 0.3, 1.0} and gamma = 0.55.
+  The key lives in the state (seeded by `seed`), so a run is reproducible and
+  all pmap replicas (which hold the same state) add the same noise. The noise
+  is drawn in at least float32 and cast to the gradient's dtype.
+  """
+  V.check_nonneg("with_gradient_noise", "eta", eta)
+  V.check_nonneg("with_gradient_noise", "gamma", gamma)
+  inner = optax.with_extra_args_support(inner)
+
+  def init(params):
+    return GradientNoiseState(jnp.zeros([], jnp.int32), _new_key(seed), inner.init(params))
+
+  def update(updates, state, params=None, **extra):
+    key = jax.random.wrap_key_data(state.key)
+    key, sub = jax.random.split(key)
+    count = optax.safe_increment(state.count)
+    std = jnp.sqrt(eta / count.astype(float) ** gamma)  # count = 1 + t
+    noise = leaf_normals(jax.random.key_data(sub), updates)
+    noisy = jax.tree.map(
+        lambda g, n: (g.astype(accumulation_dtype(g.dtype)) + std * n).astype(g.dtype),
+        updates, noise)
+    new, inner_state = inner.update(noisy, state.inner_state, params, **extra)
+    return new, GradientNoiseState(count, jax.random.key_data(key), inner_state)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+# --------------------------------------------------------------------- switch
+class SwitchState(NamedTuple):
+  count: jax.Array          # [], int32: steps taken
+  switched: jax.Array       # [], bool: True once `second` has taken over
+  scale: jax.Array          # [], default float: factor on `second`'s updates
+  trigger_state: Any        # the trigger rule's state (scalars)
+  first_state: Any          # state of the transformation used before the switch
+  second_state: Any         # state of the transformation used after it
+
+
+def _tree_vdot(a: Any, b: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(||a||, ||b||, cos(a, b)) over whole trees, without overflow (cos 0 if a norm is 0)."""
+  na, nb = safe_global_norm(a), safe_global_norm(b)
+  dt = jnp.result_type(na, nb)
+  inv = lambda n: jnp.where(n > 0, 1.0 / jnp.where(n > 0, n, 1.0), 0.0)
+  ia, ib = inv(na.astype(dt)), inv(nb.astype(dt))
+  cos = sum((jnp.sum((x.astype(dt) * ia) * (y.astype(dt) * ib)) for x, y in
+             zip(jax.tree.leaves(a), jax.tree.leaves(b))), jnp.zeros([], dt))
+  return na.astype(dt), nb.astype(dt), cos
+
+
+@dataclasses.dataclass(frozen=True)
+class after_steps:
+  """A `switch` trigger that fires on step `steps` (1-based); scale 1."""
+  steps: int
+
+  def init(self):
+    return ()
+
+  def update(self, state, grads, updates, count):
+    del grads, updates
+    return state, count >= self.steps, jnp.asarray(1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class swats_trigger:
+  """SWATS's switching rule (Keskar & Socher, arXiv:1712.07628, Algorithm 1).
+
+  With p_k the first transformation's full step (learning rate included) and
+  g_k the gradient: where p_k . g_k != 0, gamma_k = p_k . p_k / (-p_k . g_k)
+  (the SGD learning rate whose step has the same projection onto g_k as p_k)
+  and lambda_k = b2 lambda_{k-1} + (1 - b2) gamma_k; it fires when k > 1 and
+  |lambda_k / (1 - b2^k) - gamma_k| < tol, with scale
+  Lambda = lambda_k / (1 - b2^k), the learning rate the SGD phase then uses.
+  Dot products are taken over the whole tree (the paper's vectors), through
+  norms and a cosine, so that they cannot overflow.
+  """
+  b2: Any = 0.999
+  tol: Any = 1e-9
+
+  def init(self):
+    return jnp.zeros([], float)  # lambda (not bias corrected), default float dtype
+
+  def update(self, lam, grads, updates, count):
+    npn, ng, cos = _tree_vdot(updates, grads)
+    live = (cos != 0) & (ng > 0)
+    denom = jnp.where(live, -ng * cos, 1.0)
+    gamma = jnp.where(live, npn / denom, 0.0).astype(lam.dtype)
+    gamma = jnp.where(jnp.isfinite(gamma), gamma, 0.0)
+    new_lam = jnp.where(live, self.b2 * lam + (1 - self.b2) * gamma, lam)
+    corrected = new_lam / one_minus_power(self.b2, count, lam.dtype)
+    fire = live & (count > 1) & (jnp.abs(corrected - gamma) < self.tol)
+    return new_lam, fire, corrected
+
+
+def one_minus_power(b: Any, count: jax.Array, dtype: Any) -> jax.Array:
+  """1 - b^count, accurate in float32 too (log(b) in double precision when b is
+  a Python number: float32(0.999) alone would be off by 1e-5 relative)."""
+  v = V._concrete(b)
+  log_b = math.log(v) if v is not None and v > 0 else jnp.log(jnp.asarray(b, dtype))
+  return -jnp.expm1(count.astype(dtype) * jnp.asarray(log_b, dtype))
+
+
+def switch(first: optax.GradientTransformation, second: optax.GradientTransformation,
+           trigger: Any) -> optax.GradientTransformationExtraArgs:
+  """Runs `first` until `trigger` fires, then `second` (scaled by the trigger) for good.
+
+  The trigger is a rule with ``init() -> state`` and
+  ``update(state, grads, first_updates, count) -> (state, fire, scale)``
+  (``count`` the 1-based step), e.g. `after_steps(n)` or `swats_trigger(b2)`.
+  The step on which it fires still uses `first`'s update; from the next step
+  on the update is ``scale * second(g)``, with the scale frozen at the value
+  of the firing step. Only the active branch runs (`lax.cond`); `second`'s
+  state stays at its initial value until the switch. SWATS (arXiv:1712.07628)
+  is ``switch(adam, sgd_with_momentum, swats_trigger(b2))``.
+  """
+  first = optax.with_extra_args_support(first)
+  second = optax.with_extra_args_support(second)
+
+  def init(params):
+    return SwitchState(jnp.zeros([], jnp.int32), jnp.zeros([], bool), jnp.ones([], float),
+                       trigger.init(), first.init(params), second.init(params))
+
+  def update(updates, state, params=None, **extra):
+    count = optax.safe_increment(state.count)
+
+    def run_first(_):
+      new, first_state = first.update(updates, state.first_state, params, **extra)
+      trig, fire, scale = trigger.update(state.trigger_state, updates, new, count)
+      scale = jnp.where(fire, jnp.asarray(scale, state.scale.dtype), state.scale)
+      return new, first_state, state.second_state, trig, fire, scale
+
+    def run_second(_):
+      new, second_state = second.update(updates, state.second_state, params, **extra)
+      new = jax.tree.map(lambda u: (u * state.scale.astype(accumulation_dtype(u.dtype))
+                                    ).astype(u.dtype), new)
+      return new, state.first_state, second_state, state.trigger_state, state.switched, \
+          state.scale
+
+    new, first_state, second_state, trig, switched, scale = jax.lax.cond(
+        state.switched, run_second, run_first, None)
+    return new, SwitchState(count, switched, scale, trig, first_state, second_state)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+# ------------------------------------------------------------------- XGrad
+@declare_basis(previous=LINEAR)
+class XGradState(NamedTuple):
+  previous: Any      # param-shaped, params' dtype: the last update returned
+  inner_state: Any   # the wrapped transformation's state
+
+
+def xgrad(inner: optax.GradientTransformation, steps: Any = 1, *,
+          use_obj_fn: bool = False) -> optax.GradientTransformationExtraArgs:
+  """Weight prediction, as XGrad ("XGrad: Boosting Gradient-Based Optimizers With
+  Weight Prediction", Guan et al., arXiv:2305.18240).
+
+  XGrad evaluates the gradient at predicted future weights
+  w_hat = w_t - steps * lr * Delta_t, where Delta_t is the optimizer's current
+  update direction (for SGD with momentum the momentum, for Adam
+  m_hat_t / (sqrt(v_hat_t) + eps), both from the moments after step t), and
+  applies `inner`'s update computed from that gradient to w_t. Here the
+  prediction is taken, for any `inner`, as ``w_hat = w + steps * u_prev``,
+  with u_prev the last update this wrapper returned: for SGD-momentum, Adam
+  and AdamW (up to the decay term, which XGrad also predicts from w_t) with a
+  constant learning rate this is exactly XGrad's w_hat. Two ways to get the
+  gradient there:
+
+  * evaluate the loss at ``xgrad_params(state, params)`` and pass its gradient
+    as usual (the forward pass uses the predicted weights), or
+  * ``use_obj_fn=True`` and pass ``obj_fn`` (params -> loss on the batch):
+    the wrapper then replaces the incoming gradient by
+    ``grad(obj_fn)(w_hat)``.
+
+  On the first step u_prev = 0, so w_hat = w.
+  """
+  V.check_nonneg("xgrad", "steps", steps)
+  inner = optax.with_extra_args_support(inner)
+
+  def init(params):
+    return XGradState(tree_zeros_like(params), inner.init(params))
+
+  def update(updates, state, params=None, **extra):
+    if use_obj_fn:
+      obj_fn = V.require_extra_arg("xgrad", extra, "obj_fn",
+                                   "the loss on the current batch, params -> scalar")
+      V.require_params("xgrad", params)
+      predicted = _predict(params, state.previous, steps)
+      updates = _cast_tree_like(jax.grad(obj_fn)(predicted), updates)
+    new, inner_state = inner.update(updates, state.inner_state, params, **extra)
+    previous = _cast_tree_like(new, state.previous)
+    return new, XGradState(previous, inner_state)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _cast_tree_like(tree: Any, like: Any) -> Any:
+  return jax.tree.map(lambda x, y: jnp.asarray(x).astype(y.dtype), tree, like)
+
+
+def _predict(params: Any, previous: Any, steps: Any) -> Any:
+  return jax.tree.map(
+      lambda p, u: (p.astype(accumulation_dtype(p.dtype)) + steps * u).astype(p.dtype),
+      params, previous)
+
+
+def xgrad_params(state: Any, params: Any, steps: Any = 1) -> Any:
+  """XGrad's predicted weights w + steps * u_prev, for the forward pass.
+
+  `state` is the state of an `xgrad` transformation, or of any chain that
+  contains one; `steps` must be the same as given to `xgrad`.
+  """
+  found = _require_state("xgrad_params", state, XGradState)
+  return _predict(params, found.previous, steps)

@@ -1,0 +1,288 @@
+"""Built-in bench tasks: a small registry, one function per task.
+
+A task builder takes keyword options (sizes, seeds of the data) and returns a
+`Task`: initial params per seed, a jax-traceable loss on a batch, a traceable
+batch sampler, and an evaluation on held-out data. Nothing is downloaded:
+the data is synthetic, ships with scikit-learn, or is read from the CPython
+standard library that runs the bench.
+
+Adding a task is one decorated function::
+
+    @register_task("my-task", "what it trains")
+    def my_task(**options) -> Task: ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["Task", "TASKS", "register_task", "make_task", "stdlib_corpus"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One training problem for the bench.
+
+  Attributes:
+    name: registry name.
+    description: one line for reports (includes the sizes used).
+    init: seed (int) -> params pytree.
+    loss: (params, batch) -> scalar training loss; jax-traceable.
+    data: arrays the batch sampler reads (passed to the jitted step as an
+      argument, so large data is not baked into the compiled program).
+    batch: (data, key, step) -> batch; jax-traceable. Full-batch tasks
+      return `data` itself.
+    evaluate: params -> dict of held-out metrics (e.g. val_loss, val_acc).
+    logits: (params, batch) -> logits, for recipes that take ``logits_fn``;
+      None where the task is not a classification / language model.
+    log_loss: plot the loss on a log scale (losses that go to zero).
+    lr_scale: multiplies every recipe's default learning rate on this task
+      (catalog defaults are tuned on small problems; a transformer wants less).
+    stochastic: the batch changes from step to step (losses are smoothed
+      before comparing them).
+    info: extra facts recorded in results.json (corpus hash, sizes).
+  """
+  name: str
+  description: str
+  init: Callable[[int], Any]
+  loss: Callable[[Any, Any], jax.Array]
+  data: Any = None
+  batch: Callable[[Any, jax.Array, jax.Array], Any] = lambda data, key, step: data
+  evaluate: Callable[[Any], dict] = lambda params: {}
+  logits: Optional[Callable[[Any, Any], jax.Array]] = None
+  log_loss: bool = False
+  stochastic: bool = False
+  lr_scale: float = 1.0
+  info: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+  build: Callable[..., Task]
+  summary: str
+
+
+TASKS: dict[str, _Entry] = {}
+
+
+def register_task(name: str, summary: str):
+  """Decorator: register a task builder under `name`."""
+  def wrap(fn):
+    if name in TASKS:
+      raise ValueError(f"bench task {name!r} is registered twice")
+    TASKS[name] = _Entry(fn, summary)
+    return fn
+  return wrap
+
+
+def make_task(name: str, **options) -> Task:
+  """Build a registered task; unknown names or options raise ValueError."""
+  if name not in TASKS:
+    raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+  build = TASKS[name].build
+  allowed = inspect.signature(build).parameters
+  unknown = sorted(set(options) - set(allowed))
+  if unknown:
+    raise ValueError(f"task {name!r} has no options {unknown}; it takes "
+                     f"{', '.join(allowed) or 'none'}")
+  return build(**options)
+
+
+def _cross_entropy(logits, labels):
+  return jnp.mean(jax.nn.logsumexp(logits, -1) -
+                  jnp.take_along_axis(logits, labels[..., None], -1)[..., 0])
+
+
+# -------------------------------------------------------------- synthetic
+@register_task("quadratic-illcond", "ill-conditioned quadratic (condition number 1e4)")
+def quadratic_illcond(dim: int = 256, cond: float = 1e4) -> Task:
+  """0.5 (x - x*)^T A (x - x*) with A = Q diag(logspace(0, log10 cond)) Q^T / cond."""
+  rng = np.random.default_rng(0)
+  q, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+  eig = np.logspace(0.0, np.log10(cond), dim) / cond
+  a = jnp.asarray((q * eig) @ q.T, jnp.float32)
+  x_star = jnp.asarray(rng.normal(size=dim), jnp.float32)
+
+  def loss(params, batch):
+    d = params["x"] - batch["x_star"]
+    return 0.5 * d @ (batch["a"] @ d)
+
+  def init(seed):
+    noise = np.random.default_rng(seed).normal(size=dim).astype(np.float32)
+    return {"x": jnp.asarray(noise)}
+
+  return Task("quadratic-illcond", f"quadratic, dim {dim}, condition number {cond:g}",
+              init, loss, data={"a": a, "x_star": x_star}, log_loss=True,
+              info={"dim": dim, "cond": cond})
+
+
+@register_task("rosenbrock", "high-dimensional Rosenbrock valley")
+def rosenbrock(dim: int = 1000) -> Task:
+  """Mean over i of 100 (x_{i+1} - x_i^2)^2 + (1 - x_i)^2; minimum 0 at x = 1."""
+  def loss(params, batch):
+    x = params["x"]
+    return jnp.mean(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+  def init(seed):
+    start = np.where(np.arange(dim) % 2 == 0, -1.2, 1.0)
+    noise = 0.05 * np.random.default_rng(seed).normal(size=dim)
+    return {"x": jnp.asarray(start + noise, jnp.float32)}
+
+  return Task("rosenbrock", f"Rosenbrock, dim {dim}", init, loss, log_loss=True,
+              info={"dim": dim})
+
+
+# ----------------------------------------------------------------- digits
+@register_task("digits-mlp", "MLP on scikit-learn's digits (train/validation split)")
+def digits_mlp(hidden: int = 128, depth: int = 2, batch_size: int = 0,
+               val_fraction: float = 0.2) -> Task:
+  """A flax MLP on the 8x8 digits; full-batch unless `batch_size` > 0."""
+  import flax.linen as nn
+  from sklearn.datasets import load_digits
+
+  x, y = load_digits(return_X_y=True)
+  x = (x / 16.0).astype(np.float32)
+  perm = np.random.default_rng(0).permutation(len(x))
+  x, y = x[perm], y[perm].astype(np.int32)
+  n_val = int(round(val_fraction * len(x)))
+  xt, yt, xv, yv = x[n_val:], y[n_val:], x[:n_val], y[:n_val]
+
+  class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, z):
+      for _ in range(depth):
+        z = nn.tanh(nn.Dense(hidden)(z))
+      return nn.Dense(10)(z)
+
+  model = MLP()
+  logits = lambda params, batch: model.apply({"params": params}, batch["x"])
+  loss = lambda params, batch: _cross_entropy(logits(params, batch), batch["y"])
+
+  def batch(data, key, step):
+    if not batch_size:
+      return data
+    idx = jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0, len(xt))
+    return jax.tree.map(lambda a: a[idx], data)
+
+  def evaluate(params):
+    z = logits(params, {"x": xv})
+    return {"val_loss": float(_cross_entropy(z, yv)),
+            "val_acc": float(jnp.mean(jnp.argmax(z, -1) == yv))}
+
+  init = lambda seed: model.init(jax.random.PRNGKey(seed), xt[:1])["params"]
+  return Task("digits-mlp", f"digits MLP {depth}x{hidden}, "
+              f"{'full batch' if not batch_size else f'batch {batch_size}'}, "
+              f"{len(xt)} train / {len(xv)} val", init, loss,
+              data={"x": jnp.asarray(xt), "y": jnp.asarray(yt)}, batch=batch,
+              evaluate=evaluate, logits=logits, stochastic=bool(batch_size),
+              info={"train": len(xt), "val": len(xv), "hidden": hidden, "depth": depth})
+
+
+# -------------------------------------------------------------- lm-stdlib
+def stdlib_corpus(budget_bytes: int = 2_000_000, val_fraction: float = 0.1):
+  """Bytes of CPython's standard-library ``.py`` files, fixed and reproducible.
+
+  Files are the ``.py`` files under the running interpreter's stdlib directory,
+  without site-packages and test directories, sorted by relative path, and
+  concatenated (each followed by a newline) up to `budget_bytes`. The last
+  `val_fraction` of the bytes is the held-out validation split, so validation
+  text comes from files the model never trains on. Returns (train, val, info)
+  with uint8 arrays; info holds the sha256 of the corpus and the Python version
+  (the corpus is fixed for one CPython version).
+  """
+  root = Path(sysconfig.get_paths()["stdlib"])
+  skip = {"site-packages", "dist-packages", "test", "tests", "__pycache__"}
+  files = sorted((f for f in root.rglob("*.py") if not skip & set(f.relative_to(root).parts)),
+                 key=lambda f: f.relative_to(root).as_posix())
+  chunks, size = [], 0
+  for f in files:
+    if size >= budget_bytes:
+      break
+    chunks.append(f.read_bytes() + b"\n")
+    size += len(chunks[-1])
+  if not chunks:
+    raise RuntimeError(f"no .py files found under {root}")
+  text = b"".join(chunks)[:budget_bytes]
+  split = int(len(text) * (1.0 - val_fraction))
+  arr = np.frombuffer(text, np.uint8)
+  info = {"python": sys.version.split()[0], "bytes": len(text), "files": len(chunks),
+          "sha256": hashlib.sha256(text).hexdigest()[:16]}
+  return arr[:split], arr[split:], info
+
+
+@register_task("lm-stdlib", "char-level transformer LM on CPython's stdlib source")
+def lm_stdlib(d_model: int = 128, n_layers: int = 4, n_heads: int = 4,
+              context: int = 64, batch_size: int = 16, budget_bytes: int = 2_000_000,
+              val_batches: int = 8, lr_scale: float = 0.1) -> Task:
+  """A decoder-only byte-level transformer (about 0.86M params at the defaults).
+
+  Pre-LayerNorm blocks with causal self-attention and a 4x GELU MLP, learned
+  position embeddings, untied output head over the 256 byte values. Training
+  batches are `batch_size` random windows of `context` + 1 bytes of the train
+  split; validation uses `val_batches` fixed batches of the held-out split.
+  Raise d_model / n_layers / context / batch_size for GPU runs. `lr_scale`
+  (default 0.1) scales the catalog's default learning rates, which are tuned
+  on the small contract problems.
+  """
+  import flax.linen as nn
+
+  if d_model % n_heads:
+    raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+  train, val, info = stdlib_corpus(budget_bytes)
+
+  class Block(nn.Module):
+    @nn.compact
+    def __call__(self, h):
+      mask = nn.make_causal_mask(jnp.ones(h.shape[:2], bool))
+      h = h + nn.MultiHeadDotProductAttention(n_heads, deterministic=True)(
+          nn.LayerNorm()(h), mask=mask)
+      z = nn.Dense(4 * d_model)(nn.LayerNorm()(h))
+      return h + nn.Dense(d_model)(nn.gelu(z))
+
+  class CharLM(nn.Module):
+    @nn.compact
+    def __call__(self, tokens):
+      h = nn.Embed(256, d_model)(tokens)
+      pos = self.param("pos", nn.initializers.normal(0.02), (context, d_model))
+      h = h + pos[: tokens.shape[1]]
+      for _ in range(n_layers):
+        h = Block()(h)
+      return nn.Dense(256)(nn.LayerNorm()(h))
+
+  model = CharLM()
+  logits = lambda params, batch: model.apply({"params": params}, batch[:, :-1])
+  loss = lambda params, batch: _cross_entropy(logits(params, batch), batch[:, 1:].astype(jnp.int32))
+
+  def windows(arr, starts):
+    return arr[starts[:, None] + jnp.arange(context + 1)[None, :]]
+
+  def batch(data, key, step):
+    starts = jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0,
+                                data.shape[0] - context - 1)
+    return windows(data, starts)
+
+  val_starts = np.linspace(0, len(val) - context - 2, val_batches * batch_size).astype(np.int32)
+  val_windows = windows(jnp.asarray(val), jnp.asarray(val_starts))
+  val_loss = jax.jit(lambda p: loss(p, val_windows))
+
+  def evaluate(params):
+    return {"val_loss": float(val_loss(params))}
+
+  init = lambda seed: model.init(jax.random.PRNGKey(seed), jnp.zeros((1, context), jnp.int32))["params"]
+  n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(init, 0)))
+  info = {**info, "params": int(n_params), "d_model": d_model, "n_layers": n_layers,
+          "n_heads": n_heads, "context": context, "batch_size": batch_size}
+  return Task("lm-stdlib", f"char LM {n_params / 1e6:.2f}M params ({n_layers}x{d_model}, "
+              f"context {context}, batch {batch_size}) on {info['bytes'] / 1e6:.1f} MB of "
+              f"CPython {info['python']} stdlib", init, loss, data=jnp.asarray(train),
+              batch=batch, evaluate=evaluate, logits=logits, stochastic=True, lr_scale=lr_scale, info=info)

@@ -1,0 +1,258 @@
+"""Adam variants built from wrappers and extra moment rules: SWATS, Ranger21,
+Gravity, CoRe, INNAprop, Adam with critical momenta and Coupled Adam.
+
+All are in the "adam" family: each is a first-order method whose core is an
+Adam-like (or RMSProp-like) moment rule; the wrappers they use (`switch`,
+`lookahead`) apply to any chain.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+
+import optax
+
+from optlab import _validate as V
+from optlab._recipe import recipe_chain
+from optlab.catalog import Recipe
+import math
+
+from optlab.primitives.clipping import clip_by_agc
+from optlab.primitives.decay import add_decayed_weights
+from optlab.primitives.regularizers import (
+    add_norm_loss, centralize_gradient, normalize_gradient_std, scale_by_pnm_adam,
+    with_stable_weight_decay)
+from optlab.primitives.weight_averaging import lookahead
+from optlab.primitives.moments import ema, heavy_ball, scale_by_adam, scale_by_moments
+from optlab.primitives.step_size import scale_by_learning_rate
+from optlab.primitives.variants import (
+    coupled_ema_sq, embedding_paths, scale_by_critical_momenta,
+    scale_by_innaprop)
+from optlab.primitives.wrappers import swats_trigger, switch
+
+__all__ = ["swats", "coupled_adam", "innaprop", "adam_cm", "ranger21",
+           "ranger21_schedule"]
+
+
+def swats(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-9,
+          switch_tol: Any = 1e-9):
+  """SWATS: "Improving Generalization Performance by Switching from Adam to SGD"
+  (Keskar & Socher, arXiv:1712.07628, Algorithm 1).
+
+  Adam phase: p_k = -lr sqrt(1 - b2^k) / (1 - b1^k) * m_k / (sqrt(a_k) + eps).
+  While in it, gamma_k = p.p / (-p.g), lambda_k = b2 lambda + (1 - b2) gamma_k;
+  when k > 1 and |lambda_k / (1 - b2^k) - gamma_k| < switch_tol, switch for good
+  to SGD with momentum, v <- b1 v + g, step -(1 - b1) Lambda v with
+  Lambda = lambda_k / (1 - b2^k) (the learning rate is no longer used).
+  Hyperparameters: learning_rate, b1, b2, eps (paper 1e-9), switch_tol (the
+  paper compares with the same epsilon, 1e-9).
+
+  The paper has no official code. Follows the paper's Algorithm 1, with the
+  projections over all parameters together; the widely used PyTorch port
+  (Mrpatekful/swats) estimates gamma per tensor and switches a whole parameter
+  group when its first tensor meets the criterion (with a relative tolerance,
+  and an SGD buffer started at g), which is order dependent. Built from the
+  reusable `switch` wrapper and its `swats_trigger`.
+  """
+  V.check_learning_rate("swats", learning_rate)
+  V.check_decay("swats", "b1", b1)
+  V.check_decay("swats", "b2", b2)
+  V.check_nonneg("swats", "eps", eps)
+  V.check_nonneg("swats", "switch_tol", switch_tol)
+  adam = optax.chain(scale_by_adam(b1, b2, eps, eps_before_debias=True),
+                     scale_by_learning_rate(learning_rate))
+  sgd = optax.chain(scale_by_moments(heavy_ball(b1), None), scale_by_learning_rate(1 - b1))
+  return recipe_chain("swats", switch(adam, sgd, swats_trigger(b2, switch_tol)))
+
+
+def coupled_adam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
+                 eps_root: Any = 0.0, mu_dtype: Any = None, weight_decay: Any = 0.0,
+                 mask: Any = None, embedding_mask: Any = embedding_paths, vocab_axis: Any = None):
+  """Coupled Adam: "Better Embeddings with Coupled Adam" (Stollenwerk & Stollenwerk,
+  arXiv:2502.08441).
+
+  AdamW, except that for embedding matrices [vocabulary, hidden] the second
+  moment is averaged over the vocabulary, v_hat[i, :] <- mean_j v_hat[j, :],
+  so the sum of the embedding updates is not distorted by per-token step sizes.
+  Hyperparameters: as `optlab.adamw` (weight_decay 0 by default), plus
+  `embedding_mask` (a tree of bools or a function of the params tree; default
+  `embedding_paths`: 2-D leaves whose path contains "embed") and `vocab_axis`
+  (None: 0; None rather than 0 so that `optax.inject_hyperparams` leaves it static).
+  With no embedding leaf this is AdamW.
+  """
+  V.check_learning_rate("coupled_adam", learning_rate)
+  V.check_decay("coupled_adam", "b1", b1)
+  V.check_decay("coupled_adam", "b2", b2)
+  V.check_nonneg("coupled_adam", "eps", eps)
+  V.check_nonneg("coupled_adam", "eps_root", eps_root)
+  second = coupled_ema_sq(b2, embedding_mask, 0 if vocab_axis is None else vocab_axis, eps_root)
+  return recipe_chain("coupled_adam", scale_by_moments(ema(b1, dtype=mu_dtype), second, eps=eps),
+                      add_decayed_weights(weight_decay, mask),
+                      scale_by_learning_rate(learning_rate))
+
+
+def innaprop(learning_rate: Any, alpha: Any = 0.1, beta: Any = 0.9, sigma: Any = 0.999,
+             eps: Any = 1e-8, weight_decay: Any = 0.01):
+  """INNAprop: "A second-order-like optimizer with adaptive gradient scaling for
+  deep learning" (Bolte, Boustany, Pauwels, Purica, arXiv:2410.10243).
+
+  INNA's inertial Newton dynamics with RMSProp scaling; official-code step:
+  p_d = (1 - lr wd) p;  v <- sigma v + (1 - sigma) g^2;
+  psi <- (1 - lr/beta) psi + lr (1/beta - alpha) p_d   (psi_0 = (1 - alpha beta) p_0);
+  p <- p_d + lr ((1 - alpha beta) p_d - psi) / (beta - lr) - lr beta g / (sqrt(v / (1 - sigma^t)) + eps).
+  Hyperparameters (official names and defaults): learning_rate, alpha, beta,
+  sigma, eps, weight_decay. Follows the official code (innaprop/innaprop):
+  decoupled decay applied first and the bias-corrected root with eps outside.
+  """
+  V.check_learning_rate("innaprop", learning_rate)
+  V.check_nonneg("innaprop", "weight_decay", weight_decay)
+  V.check_nonneg("innaprop", "eps", eps)
+  return recipe_chain("innaprop",
+                      scale_by_innaprop(learning_rate, alpha, beta, sigma, eps, weight_decay),
+                      scale_by_learning_rate(learning_rate))
+
+
+def adam_cm(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
+            decay: Any = 0.7, topc: Any = None, weight_decay: Any = 0.0, mask: Any = None):
+  """Adam+CM: "Promoting Exploration in Memory-Augmented Adam using Critical
+  Momenta" (Malviya et al., arXiv:2307.09638).
+
+  Adam on the aggregated momentum a = m + mean(critical momenta buffer), with
+  v the EMA of a^2; the buffer keeps the `topc` momenta stored at the largest
+  (decaying) gradient norms; see `scale_by_critical_momenta`. Decoupled decay
+  p <- p (1 - lr wd) as the official code. Hyperparameters (official names and
+  defaults): learning_rate, b1, b2, eps, decay (0.7), topc (None: the official
+  5; None so that `optax.inject_hyperparams` keeps it static), weight_decay, mask. Follows the official chandar-lab/CMOptimizer Adam_CM (synced norms,
+  critical_test=0): its first step only fills the buffer and does not move
+  the weights (besides the decay).
+  """
+  V.check_learning_rate("adam_cm", learning_rate)
+  V.check_nonneg("adam_cm", "weight_decay", weight_decay)
+  return recipe_chain("adam_cm", scale_by_critical_momenta(b1, b2, eps, decay, 5 if topc is None else topc),
+                      add_decayed_weights(weight_decay, mask),
+                      scale_by_learning_rate(learning_rate))
+
+
+def ranger21_schedule(learning_rate: float, num_iterations: int, b2: float = 0.999,
+                      warmup_iterations: Any = None, warmup_pct_default: float = 0.22,
+                      warmdown_start_pct: float = 0.72, warmdown_min_lr: float = 3e-5):
+  """Ranger21's learning rate at each 0-based step (official code).
+
+  With s = step + 1 and T = num_iterations: linear warm-up lr * min(1, s / W)
+  for s <= W, W = ceil(2 / (1 - b2)) unless that exceeds 45% of T, then
+  int(0.22 T) (or `warmup_iterations`); from s >= S = int(warmdown_start_pct T)
+  a linear warm-down lr - (lr - min_lr) (s + 1 - S) / (T - S + 1), never below
+  `warmdown_min_lr`; the warm-down overrides the warm-up (official order).
+  """
+  total = int(num_iterations)
+  if warmup_iterations is None:
+    w = math.ceil(2 / (1 - b2))
+    warmup = int(warmup_pct_default * total) if w / total > 0.45 else w
+  else:
+    warmup = int(warmup_iterations)
+  start = int(warmdown_start_pct * total)
+
+  def schedule(step):
+    s = jnp.asarray(step) + 1.0
+    lr = learning_rate * jnp.where(s <= warmup, jnp.minimum(1.0, s / max(warmup, 1)), 1.0)
+    pct = jnp.minimum((s + 1 - start) / (total - start + 1), 1.0)
+    down = jnp.maximum(learning_rate - (learning_rate - warmdown_min_lr) * pct, warmdown_min_lr)
+    return jnp.where(s >= start, down, lr)
+
+  return schedule
+
+
+def ranger21(learning_rate: Any, num_iterations: int = 1000, b1: Any = 0.9, b2: Any = 0.999,
+             eps: Any = 1e-8, weight_decay: Any = 1e-4, agc_clipping_value: Any = 1e-2,
+             agc_eps: Any = 1e-3, pnm_momentum: Any = 1.0, softplus_beta: Any = 50.0,
+             normloss_factor: Any = 1e-4, lookahead_mergetime: int = 5,
+             lookahead_blending_alpha: Any = 0.5, use_warmup: bool = True,
+             warmdown_active: bool = True, warmdown_min_lr: Any = 3e-5):
+  """Ranger21: "Ranger21: a synergistic deep learning optimizer" (Wright & Demeure,
+  arXiv:2106.13731), official lessw2020/Ranger21 code, AdamW core.
+
+  Per step: AGC (unit-wise, `clip_by_agc`), gradient centralisation and
+  division by the gradient's std; Adam with positive-negative momentum and a
+  softplus denominator (`scale_by_pnm_adam`); stable weight decay
+  (`with_stable_weight_decay`) and norm loss (`add_norm_loss`), both scaled by
+  the learning rate; linear warm-up and warm-down over `num_iterations`
+  (`ranger21_schedule`; a schedule given as learning_rate is used as is);
+  Lookahead every `lookahead_mergetime` steps around all of it.
+  Hyperparameters: the official names (num_iterations = num_epochs *
+  num_batches_per_epoch). Deliberate differences from the official code:
+  (1) it applies the stable decay and norm loss only to the *last* parameter
+  of each group (they sit outside the parameter loop), here every tensor is
+  decayed, as the paper describes; (2) it multiplies the weights by
+  (1 - decay) and (1 - norm loss) one after the other before the step, here
+  the three terms are added (they differ by products of order lr^2 * 1e-8);
+  (3) it centralises and normalises the gradient twice (the second pass is a
+  near no-op), here once. MADGRAD core, AdaBelief and Chebyshev options are
+  not offered.
+  """
+  V.check_learning_rate("ranger21", learning_rate)
+  V.check_decay("ranger21", "b1", b1)
+  V.check_decay("ranger21", "b2", b2)
+  V.check_nonneg("ranger21", "eps", eps)
+  V.check_nonneg("ranger21", "weight_decay", weight_decay)
+  V.check_range("ranger21", "num_iterations", num_iterations, 1)
+  lr = learning_rate
+  if not callable(learning_rate) and (use_warmup or warmdown_active):
+    b2v = V._concrete(b2)
+    lr = ranger21_schedule(learning_rate, num_iterations, 0.999 if b2v is None else b2v,
+                           None if use_warmup else 0,
+                           warmdown_start_pct=0.72 if warmdown_active else 2.0,
+                           warmdown_min_lr=warmdown_min_lr)
+  core = optax.chain(
+      clip_by_agc(agc_clipping_value, agc_eps), centralize_gradient(), normalize_gradient_std(),
+      with_stable_weight_decay(scale_by_pnm_adam(b1, b2, eps, pnm_momentum, softplus_beta),
+                               weight_decay, b2),
+      add_norm_loss(normloss_factor, eps), scale_by_learning_rate(lr))
+  return recipe_chain("ranger21",
+                      lookahead(core, lookahead_mergetime, lookahead_blending_alpha))
+
+
+def _matrices(tree):
+  """Couples every 2-D leaf (used by the tests, whose problems have no embedding)."""
+  import jax
+  return jax.tree.map(lambda x: x.ndim == 2, tree)
+
+
+RECIPES = (
+    Recipe("swats", swats, "adam",
+           "Improving Generalization Performance by Switching from Adam to SGD", "1712.07628",
+           reference="adam_variants:swats", hparams={"learning_rate": 0.02},
+           cases=({"switch_tol": 1e-2}, {"switch_tol": 0.1, "b1": 0.8, "b2": 0.99}),
+           notes="No official code; follows the paper's Algorithm 1 with whole-model "
+                 "projections (the PyTorch port works per tensor)."),
+    Recipe("coupled_adam", coupled_adam, "adam", "Better Embeddings with Coupled Adam",
+           "2502.08441", reference="adam_variants:coupled_adam",
+           hparams={"learning_rate": 0.02, "embedding_mask": _matrices},
+           cases=({"embedding_mask": {"w1": True, "b1": False, "w2": False, "scale": False},
+                   "weight_decay": 0.1, "b2": 0.99},
+                  {"embedding_mask": embedding_paths}),
+           notes="The catalog's hparams couple every 2-D leaf (the test problems have no "
+                 "embedding); the default detects paths containing 'embed'."),
+    Recipe("innaprop", innaprop, "adam",
+           "A second-order-like optimizer with adaptive gradient scaling for deep learning",
+           "2410.10243", reference="adam_variants:innaprop",
+           hparams={"learning_rate": 0.02},
+           cases=({"alpha": 2.0, "beta": 2.0, "weight_decay": 0.0},
+                  {"sigma": 0.99, "eps": 1e-6, "weight_decay": 0.1}),
+           notes="Official-code step (decay first, eps outside the bias-corrected root)."),
+    Recipe("adam_cm", adam_cm, "adam",
+           "Promoting Exploration in Memory-Augmented Adam using Critical Momenta",
+           "2307.09638", reference="adam_variants:adam_cm",
+           hparams={"learning_rate": 0.02},
+           cases=({"topc": 2, "decay": 0.9, "weight_decay": 0.1}, {"b2": 0.99, "topc": 8}),
+           notes="Official Adam_CM (synced norms = sum of tensor norms, no random FIFO)."),
+    Recipe("ranger21", ranger21, "adam", "Ranger21: a synergistic deep learning optimizer",
+           "2106.13731", reference="adam_variants:ranger21",
+           hparams={"learning_rate": 0.02, "num_iterations": 400},
+           cases=({"num_iterations": 30, "weight_decay": 1e-3, "normloss_factor": 1e-3},
+                  {"use_warmup": False, "warmdown_active": False, "lookahead_mergetime": 3,
+                   "softplus_beta": None}),
+           notes="Official code, except that stable decay and norm loss reach every tensor "
+                 "(the official loop decays only the last one)."),
+)

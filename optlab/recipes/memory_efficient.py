@@ -1,0 +1,343 @@
+"""Memory-efficient methods: factored, block-shared, sparse and quantised state.
+
+Each recipe is a short chain of primitives from `optlab.primitives.factored`,
+`blockwise`, `sparse`, `block_coordinate` and `storage`; the storage wrappers
+(`with_state_dtype`, `with_quantized_state`) work around any other recipe too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import optax
+
+from optlab import _validate as V
+from optlab._recipe import recipe_chain
+from optlab.catalog import Recipe
+from optlab.primitives.block_coordinate import with_block_coordinate
+from optlab.primitives.blockwise import (
+    adam_mini_mask, scale_by_adam_mini, scale_by_blockwise_adam, slim_adam_mask,
+    slim_adam_partition, subset_norm_partition)
+from optlab.primitives.decay import add_decayed_weights, add_decayed_weights_after_step
+from optlab.primitives.factored import (
+    clip_by_block_rms, last_two_dims, relative_step_size, scale_by_came, scale_by_factored_rms,
+    scale_by_param_block_rms)
+from optlab.primitives.moments import ema, scale_by_adam, scale_by_moments
+from optlab.primitives.step_size import scale_by_learning_rate
+from optlab.primitives.storage import with_quantized_state
+from optlab.recipes.adam_family import adamw
+
+__all__ = ["adafactor", "adamw_8bit", "adam_mini", "came", "adalomo",
+           "adam_subset_norm", "slim_adam", "badam"]
+
+
+def _momentum(b1: Any, dtype: Any = None):
+  """A raw (not debiased) EMA of the update, m <- b1 m + (1 - b1) u."""
+  return scale_by_moments(ema(b1, debias=False, dtype=dtype), None)
+
+
+def adafactor(learning_rate: Any = None, min_dim_size_to_factor: int = 128,
+              decay_rate: Any = 0.8, decay_offset: int = 0,
+              multiply_by_parameter_scale: bool = True, clipping_threshold: Any = 1.0,
+              momentum: Any = None, dtype_momentum: Any = jnp.float32,
+              weight_decay_rate: Any = None, eps: Any = 1e-30, factored: bool = True,
+              weight_decay_mask: Any = None):
+  """Adafactor: "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost"
+  (arXiv:1804.04235).
+
+  V_hat = factored EMA of g^2 + eps (rows x columns / mean row, beta2_t =
+  1 - t^-decay_rate); U = g / sqrt(V_hat); U <- U / max(1, rms(U) / d);
+  step = -lr_t * max(rms(p), 1e-3) * U, optionally followed by momentum (an
+  un-debiased EMA of the step) and weight decay. Hyperparameters and order as
+  `optax.adafactor`, which this matches. ``learning_rate=None`` is the
+  paper's relative step size rho_t = min(1e-2, 1/sqrt(t)) (optax's None means
+  no learning-rate factor at all, i.e. rho_t = 1). Differences from the paper
+  and the official T2T code, all following optax: tensors are factored over
+  their two largest dims, and only if both are >= min_dim_size_to_factor
+  (T2T factors the last two dims of every tensor with ndim >= 2); weight
+  decay (not in the paper) is added after the learning rate, so it is not
+  multiplied by it. Statistics are stored in float32 (optax: param dtype).
+  """
+  V.check_learning_rate("adafactor", learning_rate)
+  V.check_nonneg("adafactor", "eps", eps)
+  if momentum is not None:
+    V.check_decay("adafactor", "momentum", momentum)
+  steps = [scale_by_factored_rms(factored, decay_rate, decay_offset, min_dim_size_to_factor,
+                                 eps)]
+  if clipping_threshold is not None:
+    steps.append(clip_by_block_rms(clipping_threshold))
+  lr = relative_step_size if learning_rate is None else learning_rate
+  steps.append(scale_by_learning_rate(lr, flip_sign=False))
+  if multiply_by_parameter_scale:
+    steps.append(scale_by_param_block_rms(1e-3))
+  if momentum is not None:
+    steps.append(_momentum(momentum, dtype_momentum))
+  if weight_decay_rate is not None:
+    steps.append(add_decayed_weights(weight_decay_rate, weight_decay_mask))
+  return recipe_chain("adafactor", *steps, scale_by_learning_rate(1.0))
+
+
+def adamw_8bit(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
+               weight_decay: Any = 1e-2, mask: Any = None, *, block_size: int = 2048,
+               min_size: int = 4096):
+  """8-bit AdamW: "8-bit Optimizers via Block-wise Quantization" (arXiv:2110.02861).
+
+  `adamw` inside `with_quantized_state`: m and v are stored as uint8 codes of
+  the dynamic tree map (signed for m, unsigned for v) with one float32 absmax
+  per block of `block_size` entries; each step dequantises, takes the AdamW
+  step in full precision and re-quantises. Hyperparameters: as `adamw`
+  (weight_decay defaults to bitsandbytes' 1e-2), plus block_size (the paper's
+  2048; current bitsandbytes kernels use 256) and min_size (tensors with fewer
+  entries keep fp32 state, bitsandbytes' min_8bit_size=4096). Deviation: the
+  paper's stable embedding layer is a model change and is not part of this.
+  """
+  V.check_learning_rate("adamw_8bit", learning_rate)
+  inner = adamw(learning_rate, b1, b2, eps, weight_decay=weight_decay, mask=mask)
+  return recipe_chain("adamw_8bit", with_quantized_state(inner, 8, block_size,
+                                                         min_size=min_size))
+
+
+def adam_mini(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
+              weight_decay: Any = 0.0, mask: Any = None, *, num_heads: Any = None,
+              partition: Any = None, mu_dtype: Any = None):
+  """Adam-mini: "Adam-mini: Use Fewer Learning Rates To Gain More" (arXiv:2406.16793).
+
+  AdamW with one second moment per parameter block: v_B <- b2 v_B + (1 - b2)
+  mean_B(g^2); u = -lr * (m_hat / (sqrt(v_B_hat) + eps) + weight_decay * p).
+  Blocks follow the official code (zyushun/Adam-mini, v1.1) translated to
+  flax paths by `adam_mini_partition(num_heads)`: biases element-wise,
+  embeddings per token, query/key per head (needs `num_heads` for 2-D
+  kernels), other matrices per output neuron, LayerNorm-like vectors per
+  tensor. `partition(names, shape) -> block spec` overrides them.
+  Hyperparameters: learning_rate, b1, b2, eps, weight_decay (official default
+  0), mask (default: the official rule, no decay on paths naming norm /
+  ln_f), num_heads, partition, mu_dtype. Differences from the official code:
+  output neurons are flax's last kernel axis (PyTorch's rows); the official
+  code's distributed all-reduce of block sums is what jit/pmap do by
+  themselves; its v dtype follows the params, here it is float32.
+  """
+  V.check_learning_rate("adam_mini", learning_rate)
+  V.check_nonneg("adam_mini", "weight_decay", weight_decay)
+  return recipe_chain("adam_mini",
+                      scale_by_adam_mini(b1, b2, eps, partition, num_heads, mu_dtype),
+                      add_decayed_weights(weight_decay, adam_mini_mask if mask is None else mask),
+                      scale_by_learning_rate(learning_rate))
+
+
+def came(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, b3: Any = 0.9999,
+         eps1: Any = 1e-30, eps2: Any = 1e-16, clip_threshold: Any = 1.0,
+         weight_decay: Any = 0.0, mask: Any = None, mu_dtype: Any = None):
+  """CAME: "CAME: Confidence-guided Adaptive Memory Efficient Optimization"
+  (arXiv:2307.02047).
+
+  Adafactor's factored, clipped update u (constant b2, no relative step),
+  momentum m <- b1 m + (1 - b1) u, then the confidence term: the factored EMA
+  (b3) S of the instability (u - m)^2 + eps2 scales the step,
+  p <- p - lr * (m / sqrt(S_hat) + weight_decay * p). Hyperparameters and
+  defaults as the official code (yangluo7/CAME: betas (0.9, 0.999, 0.9999),
+  eps (1e-30, 1e-16), clip_threshold 1, weight_decay 0): learning_rate, b1,
+  b2, b3, eps1, eps2, clip_threshold, weight_decay, mask, mu_dtype. As the
+  official code: tensors with ndim >= 2 are factored over their last two
+  dims; 0-/1-D tensors use an element-wise v and plain momentum (no
+  confidence term); no bias correction; decoupled decay scaled by lr.
+  """
+  V.check_learning_rate("came", learning_rate)
+  V.check_nonneg("came", "weight_decay", weight_decay)
+  return recipe_chain("came", scale_by_came(b1, b2, b3, eps1, eps2, clip_threshold, mu_dtype),
+                      add_decayed_weights(weight_decay, mask),
+                      scale_by_learning_rate(learning_rate))
+
+
+def adalomo(learning_rate: Any, eps1: Any = 1e-30, eps2: Any = 1e-3,
+            clip_threshold: Any = 1.0, decay_rate: Any = 0.8, weight_decay: Any = 0.0,
+            mask: Any = None):
+  """AdaLomo: "AdaLomo: Low-memory Optimization with Adaptive Learning Rate"
+  (arXiv:2310.10195).
+
+  Adafactor's factored second moment without momentum, grouped update
+  normalisation (u <- u / max(1, rms(u) / clip_threshold) per tensor) and a
+  parameter-scaled step: p <- p - lr * max(eps2, rms(p)) * (u + weight_decay * p).
+  Hyperparameters and defaults as the official code (OpenLMLab/LOMO,
+  AdaLomo): eps1 added to g^2, eps2 floor of rms(p), beta2_t = 1 - t^-decay_rate
+  (the code's decay_rate=-0.8 is this 0.8), clip_threshold, weight_decay
+  (multiplied by lr * max(eps2, rms(p)) as in the code), mask. As the code:
+  every tensor with ndim >= 2 is factored over its last two dims. Not
+  included: LOMO's fused update inside the backward pass (a framework matter:
+  under jit XLA frees gradients itself), its loss scaling for fp16, and its
+  two-pass global gradient-norm clipping (chain `clip_by_global_norm`).
+  """
+  V.check_learning_rate("adalomo", learning_rate)
+  V.check_nonneg("adalomo", "weight_decay", weight_decay)
+  return recipe_chain("adalomo",
+                      scale_by_factored_rms(True, decay_rate, 0, 0, eps1, dims_fn=last_two_dims),
+                      clip_by_block_rms(clip_threshold),
+                      add_decayed_weights(weight_decay, mask),
+                      scale_by_param_block_rms(eps2),
+                      scale_by_learning_rate(learning_rate))
+
+
+def adam_subset_norm(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
+                     weight_decay: Any = 0.0, mask: Any = None, *, partition: Any = None):
+  """AdamW with Subset-Norm step sizes: "Efficient Adaptive Optimization via
+  Subset-Norm and Subspace-Momentum" (arXiv:2411.07120), official AdamWSN.
+
+  For a matrix, v is shared along its smaller dim: v_i <- b2 v_i + (1 - b2)
+  sum_j g_ij^2 (one value per entry of the larger dim); other tensors keep
+  Adam's element-wise v. u = -lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps),
+  then p <- p - lr * weight_decay * p on the updated weights. Hyperparameters
+  and defaults as the official code (timmytonga/sn-sm, eps 1e-6, eps before
+  the bias correction, decay after the step): learning_rate, b1, b2, eps,
+  weight_decay, mask, partition (a block-spec function overriding the subsets,
+  see `optlab.primitives.blockwise`). The official code applies subset-norm
+  to the parameter group the user marks (the LLaMA linear layers); here every
+  2-D tensor by default. Subspace-Momentum (the paper's second technique) is
+  not part of this recipe.
+  """
+  V.check_learning_rate("adam_subset_norm", learning_rate)
+  V.check_nonneg("adam_subset_norm", "weight_decay", weight_decay)
+  return recipe_chain("adam_subset_norm",
+                      scale_by_blockwise_adam(b1, b2, eps, partition or subset_norm_partition,
+                                              reduce="sum", eps_before_debias=True,
+                                              where="adam_subset_norm"),
+                      scale_by_learning_rate(learning_rate),
+                      add_decayed_weights_after_step(weight_decay, learning_rate, mask))
+
+
+def slim_adam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.95, eps: Any = 1e-8,
+              weight_decay: Any = 0.1, mask: Any = None, *, partition: Any = None,
+              mu_dtype: Any = None):
+  """SlimAdam: "When Can You Get Away with Low Memory Adam?" (arXiv:2503.01843).
+
+  AdamW whose second moment is averaged along the dims where its
+  signal-to-noise ratio is high: v <- b2 v + (1 - b2) mean_dims(g^2);
+  u = -lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p). The dims come
+  from ``partition(names, shape) -> block spec``, by default the paper's
+  Table 1 rules (`slim_adam_partition`, the official layer map translated to
+  flax's (in, out) kernels); rules measured by the official SNR script can be
+  passed the same way. Hyperparameters and defaults as the official code
+  (dayal-kalra/low-memory-adam: betas (0.9, 0.95), eps 1e-8, weight_decay 0.1
+  on tensors with ndim >= 2 only, the default ``mask``), plus mu_dtype.
+  Difference: biases are never compressed (the official name matching would
+  compress a bias of an MLP layer to one value).
+  """
+  V.check_learning_rate("slim_adam", learning_rate)
+  V.check_nonneg("slim_adam", "weight_decay", weight_decay)
+  return recipe_chain("slim_adam",
+                      scale_by_blockwise_adam(b1, b2, eps, partition or slim_adam_partition,
+                                              mu_dtype=mu_dtype, where="slim_adam"),
+                      add_decayed_weights(weight_decay, slim_adam_mask if mask is None else mask),
+                      scale_by_learning_rate(learning_rate))
+
+
+def badam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
+          weight_decay: Any = 0.0, *, switch_every: int = 50, order: str = "ascending",
+          blocks: Any = None, seed: int = 0):
+  """BAdam: "BAdam: A Memory Efficient Full Parameter Training Method for Large
+  Language Models" (arXiv:2404.02827).
+
+  Block coordinate descent with AdamW as the inner solver: the blocks are
+  trained one at a time for `switch_every` steps each (BAdam's K), in
+  ``order`` "ascending", "descending" or "random" (a new permutation each
+  epoch, seeded by `seed`); the other blocks get no update at all (not even
+  weight decay), and on every switch the Adam state (moments and step count)
+  starts afresh, as the official code (Ledzy/BAdam) clears it. Blocks:
+  ``blocks(names, shape) -> label``, default one per top-level module
+  (`block_by_layer`; BAdam's default is one per transformer layer).
+  Hyperparameters: learning_rate, b1, b2, eps, weight_decay (decoupled, lr-
+  scaled), switch_every, order, blocks, seed.
+
+  What JAX forces: the inactive blocks' state cannot be freed inside one
+  compiled function, so the Adam state lives on a flat buffer sized to the
+  largest block, re-initialised on each switch (the same peak memory as
+  BAdam: 2 x largest block); the buffer is replicated, not sharded like the
+  params. Weight-decay masks are not offered (the buffer has no leaf names).
+  """
+  V.check_learning_rate("badam", learning_rate)
+  V.check_nonneg("badam", "eps", eps)
+  V.check_nonneg("badam", "weight_decay", weight_decay)
+  inner = optax.chain(scale_by_adam(b1, b2, eps), add_decayed_weights(weight_decay),
+                      scale_by_learning_rate(learning_rate))
+  return recipe_chain("badam", with_block_coordinate(inner, switch_every, order, blocks, seed))
+
+
+def _slim_test_rules(names, shape):
+  """Test rules for the reference problem: w1 compressed along axis 0, w2 along 1."""
+  return {"w1": (0,), "w2": (1,)}.get(names[-1], ())
+
+
+def _elementwise(names, shape):
+  return ()
+
+
+def _optax_adafactor(learning_rate=None, **kw):
+  return optax.adafactor(learning_rate, **kw)
+
+
+RECIPES = (
+    Recipe("adafactor", adafactor, "memory_efficient",
+           "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost", "1804.04235",
+           reference="memory_efficient:adafactor", optax=_optax_adafactor,
+           hparams={"learning_rate": 0.05, "min_dim_size_to_factor": 4},
+           cases=({"momentum": 0.9, "weight_decay_rate": 0.01, "clipping_threshold": None,
+                   "dtype_momentum": None},
+                  {"multiply_by_parameter_scale": False, "decay_rate": 0.5},
+                  {"factored": False, "min_dim_size_to_factor": 128}),
+           notes="Matches optax.adafactor (factoring over the two largest dims >= "
+                 "min_dim_size_to_factor; weight decay not scaled by the learning rate). "
+                 "learning_rate=None is the paper's relative step min(1e-2, 1/sqrt(t)) "
+                 "(optax: no factor). Statistics in float32 flat vectors."),
+    Recipe("adam_mini", adam_mini, "memory_efficient",
+           "Adam-mini: Use Fewer Learning Rates To Gain More", "2406.16793",
+           reference="memory_efficient:adam_mini", hparams={"learning_rate": 0.02},
+           cases=({"weight_decay": 0.1, "b2": 0.95},
+                  {"partition": _elementwise, "eps": 1e-6}),
+           notes="Official v1.1 block rules on flax paths (output neurons = last kernel "
+                 "axis); block statistics in one float32 vector."),
+    Recipe("came", came, "memory_efficient",
+           "CAME: Confidence-guided Adaptive Memory Efficient Optimization", "2307.02047",
+           reference="memory_efficient:came", hparams={"learning_rate": 0.02},
+           cases=({"weight_decay": 0.1, "b3": 0.99, "clip_threshold": 0.5},),
+           notes="Official code: last two dims factored, 0-/1-D tensors without the "
+                 "confidence term, no bias correction. Statistics in float32 vectors."),
+    Recipe("adalomo", adalomo, "memory_efficient",
+           "AdaLomo: Low-memory Optimization with Adaptive Learning Rate", "2310.10195",
+           reference="memory_efficient:adalomo", hparams={"learning_rate": 0.05},
+           cases=({"weight_decay": 0.1, "clip_threshold": 0.5, "eps2": 1e-2},),
+           notes="Official code's step (last two dims factored, decay scaled by "
+                 "lr * param scale); LOMO's fused backward, fp16 loss scaling and two-pass "
+                 "gradient-norm clipping are not part of the recipe."),
+    Recipe("adam_subset_norm", adam_subset_norm, "memory_efficient",
+           "Efficient Adaptive Optimization via Subset-Norm and Subspace-Momentum: Fast, "
+           "Memory-Reduced Training with Convergence Guarantees", "2411.07120",
+           reference="memory_efficient:adam_subset_norm", hparams={"learning_rate": 0.02},
+           cases=({"weight_decay": 0.1, "b2": 0.95}, {"eps": 1e-8, "b1": 0.5}),
+           notes="Official AdamWSN: sum of g^2 over the smaller dim of every 2-D tensor, "
+                 "eps before the bias correction, decay after the step. "
+                 "Subspace-Momentum not included."),
+    Recipe("slim_adam", slim_adam, "memory_efficient",
+           "When Can You Get Away with Low Memory Adam?", "2503.01843",
+           reference="memory_efficient:slim_adam",
+           hparams={"learning_rate": 0.02, "partition": _slim_test_rules},
+           cases=({"weight_decay": 0.0, "b2": 0.999}, {"partition": _elementwise}),
+           notes="Official step; Table 1 rules translated to flax kernels by default (the "
+                 "catalogue hparams use fixed test rules, as the test problem has no layer "
+                 "names). Biases never compressed."),
+    Recipe("badam", badam, "memory_efficient",
+           "BAdam: A Memory Efficient Full Parameter Training Method for Large Language Models",
+           "2404.02827", reference="memory_efficient:badam",
+           hparams={"learning_rate": 0.05, "switch_every": 2},
+           cases=({"order": "descending", "switch_every": 5, "weight_decay": 0.1},),
+           notes="One block per top-level leaf/module; Adam state on a flat buffer sized to "
+                 "the largest block, re-initialised on each switch (static shapes: inactive "
+                 "state cannot be freed)."),
+    Recipe("adamw_8bit", adamw_8bit, "memory_efficient",
+           "8-bit Optimizers via Block-wise Quantization", "2110.02861",
+           reference="memory_efficient:adamw_8bit",
+           hparams={"learning_rate": 0.02, "weight_decay": 0.01, "block_size": 16,
+                    "min_size": 0},
+           cases=({"block_size": 5, "b2": 0.95},),
+           notes="with_quantized_state(adamw): dynamic tree map, nearest rounding, new "
+                 "absmax from the new state, as bitsandbytes. Tests use tiny blocks and "
+                 "min_size=0 so that every tensor is quantised."),
+)

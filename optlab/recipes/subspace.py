@@ -1,0 +1,355 @@
+"""Low-rank subspace methods: GaLore, APOLLO, Fira, FRUGAL, Online Subspace Descent, GWT.
+
+Each recipe is `in_subspace` around an Adam with the method's projector and
+residual rule, then the learning rate and the decay. GaLore, Online Subspace
+Descent, Fira and APOLLO follow their official codes, which all build on the
+transformers AdamW (eps added to sqrt(v) before the bias correction, weight
+decay of the already-updated weights, ``p -= lr * wd * p`` after the step);
+FRUGAL's official code uses torch-style Adam and decays before the step, and
+GWT (no official code checked) uses optax's Adam and AdamW's decay. Leaves
+that are not matrices, or whose smaller side is at most the rank, are trained
+by the same Adam unprojected (the official codes' "regular" parameter group).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+from optlab import _validate as V
+from optlab._recipe import recipe_chain
+from optlab.catalog import Recipe
+from optlab.primitives.decay import add_decayed_weights, add_decayed_weights_after_step
+from optlab.primitives.moments import ema, ema_sq, scale_by_adam, scale_by_moments
+from optlab.primitives.step_size import scale_by_learning_rate
+from optlab.primitives.subspace import (haar_projector, in_subspace, online_pca_projector,
+                                        random_projector, scale_by_bias_correction,
+                                        svd_projector)
+
+__all__ = ["galore_adamw", "apollo", "apollo_mini", "fira", "frugal", "online_subspace_descent",
+           "gwt_adam"]
+
+
+def _check(where: str, learning_rate: Any, b1: Any, b2: Any, eps: Any, weight_decay: Any):
+  V.check_learning_rate(where, learning_rate)
+  V.check_decay(where, "b1", b1)
+  V.check_decay(where, "b2", b2)
+  V.check_nonneg(where, "eps", eps)
+  V.check_nonneg(where, "weight_decay", weight_decay)
+
+
+def _hf_adam(b1, b2, eps):
+  """The transformers AdamW direction the official codes use: eps added to sqrt(v)
+  before the bias correction."""
+  return scale_by_adam(b1, b2, eps, eps_before_debias=True)
+
+
+def _raw_hf_adam(b1, b2, eps):
+  """m / (sqrt(v) + eps) without bias correction: the direction whose norms APOLLO
+  and Fira compare; `scale_by_bias_correction` after `in_subspace` completes it."""
+  return scale_by_moments(ema(b1, debias=False), ema_sq(b2, debias=False), eps=eps)
+
+
+def _finish(name, subspace, learning_rate, weight_decay, mask, *pre):
+  return recipe_chain(name, subspace, *pre, scale_by_learning_rate(learning_rate),
+                      add_decayed_weights_after_step(weight_decay, learning_rate, mask))
+
+
+# ---------------------------------------------------------------------- GaLore
+def galore_adamw(learning_rate: Any, rank: int = 128, update_proj_gap: int = 200,
+                 scale: Any = 0.25, proj_type: str = "std", b1: Any = 0.9, b2: Any = 0.999,
+                 eps: Any = 1e-6, weight_decay: Any = 0.0, mask: Any = None):
+  """GaLore-AdamW: "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank
+  Projection" (arXiv:2403.03507).
+
+  R = P^T G (or G P^T) with P the top-`rank` singular vectors of G, refreshed
+  every `update_proj_gap` steps; Adam on R; u = -lr * scale * P adam(R), then
+  p -= lr * weight_decay * p. Hyperparameters: learning_rate, rank,
+  update_proj_gap, scale (the paper's alpha; default 0.25 as the official
+  README), proj_type (side choice, see `subspace_side`), b1, b2, eps
+  (official default 1e-6), weight_decay, mask.
+
+  Follows the official code (jiaweizzhao/GaLore) where it differs from the
+  paper: ``proj_type="std"`` projects a tall matrix (m >= n) on the right,
+  keeping moments at (m, r); Adam is transformers' AdamW (eps added before the
+  bias correction); the moments are kept unchanged when P is refreshed; the
+  weight decay acts on the already-updated weights. Deliberate differences:
+  the SVD runs in at least float32 for every param dtype and its signs are
+  aligned with the previous projector (LAPACK's are arbitrary; see
+  `svd_projector`); matrices with min(m, n) <= rank are not projected.
+  optax.contrib.galore projects like ``proj_type="reverse_std"``, uses
+  optax's eps placement and decays the weights before the step.
+  """
+  _check("galore_adamw", learning_rate, b1, b2, eps, weight_decay)
+  sub = in_subspace(_hf_adam(b1, b2, eps), svd_projector(), rank, update_proj_gap,
+                    scale=scale, proj_type=proj_type)
+  return _finish("galore_adamw", sub, learning_rate, weight_decay, mask)
+
+
+# ---------------------------------------------------------------------- APOLLO
+_PROJS = ("random", "svd")
+
+
+def apollo(learning_rate: Any, rank: int = 256, update_proj_gap: int = 200, scale: Any = 1.0,
+           scale_type: str = "channel", proj: str = "random", proj_type: str = "std",
+           b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6, weight_decay: Any = 0.0,
+           mask: Any = None, scale_front: bool = False, norm_growth_limiter: bool = True,
+           seed: int = 0):
+  """APOLLO: "APOLLO: SGD-like Memory, AdamW-level Performance" (arXiv:2412.05270).
+
+  R = G P^T (or P^T G) with a random Gaussian P (entries N(0, 1/r)), redrawn
+  every `update_proj_gap` steps; Adam on R gives U; the update is the *full*
+  gradient scaled per channel, s_j = ||U_j|| / (||R_j|| + 1e-8) (norms over
+  the rank axis; one factor per tensor with ``scale_type="tensor"``), passed
+  through Fira's norm-growth limiter (gamma 1.01) and multiplied by
+  sqrt(scale); u = -lr * that, then p -= lr * weight_decay * p.
+  Hyperparameters: learning_rate, rank (official 256), update_proj_gap,
+  scale, scale_type, proj ("random" or "svd"), proj_type, b1, b2, eps
+  (1e-6), weight_decay, mask, scale_front (limit after the scale instead of
+  before), norm_growth_limiter (the official ``disable_nl`` negated), seed.
+
+  Follows the official code (zhuhanqing/APOLLO): sqrt(scale), not scale, is
+  applied; the norms compare the transformers-AdamW direction *before* bias
+  correction, which then multiplies the whole update through the step size
+  (`scale_by_bias_correction`); the limiter works on the scaled gradient;
+  moments kept when P is redrawn. Deliberate differences: the random matrices
+  come from jax.random keyed by `seed` (not torch's generator; see
+  `random_projector`), and are kept in at least float32.
+  """
+  _check("apollo", learning_rate, b1, b2, eps, weight_decay)
+  V.check_nonneg("apollo", "scale", scale)
+  V.check_choice("apollo", "scale_type", scale_type, ("channel", "tensor"))
+  V.check_choice("apollo", "proj", proj, _PROJS)
+  projector = random_projector() if proj == "random" else svd_projector()
+  sub = in_subspace(_raw_hf_adam(b1, b2, eps), projector, rank, update_proj_gap,
+                    scale=scale ** 0.5, proj_type=proj_type, gradient_scaling=scale_type,
+                    norm_growth=1.01 if norm_growth_limiter else None,
+                    limit_before_scale=not scale_front, seed=seed)
+  return _finish("apollo", sub, learning_rate, weight_decay, mask,
+                 scale_by_bias_correction(b1, b2))
+
+
+def apollo_mini(learning_rate: Any, rank: int = 1, update_proj_gap: int = 200,
+                scale: Any = 128.0, proj: str = "random", proj_type: str = "std",
+                b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6, weight_decay: Any = 0.0,
+                mask: Any = None, scale_front: bool = False, norm_growth_limiter: bool = True,
+                seed: int = 0):
+  """APOLLO-Mini (arXiv:2412.05270): `apollo` with a rank-1 random subspace and one
+  scaling factor per tensor, s = ||U|| / (||R|| + 1e-8), and the official
+  README's scale 128 (sqrt(128) is applied). Its state per (m, n) matrix is
+  two moments of m or n entries plus the projector: SGD-level memory.
+  Hyperparameters and differences: as `apollo`.
+  """
+  _check("apollo_mini", learning_rate, b1, b2, eps, weight_decay)
+  V.check_nonneg("apollo_mini", "scale", scale)
+  V.check_choice("apollo_mini", "proj", proj, _PROJS)
+  projector = random_projector() if proj == "random" else svd_projector()
+  sub = in_subspace(_raw_hf_adam(b1, b2, eps), projector, rank, update_proj_gap,
+                    scale=scale ** 0.5, proj_type=proj_type, gradient_scaling="tensor",
+                    norm_growth=1.01 if norm_growth_limiter else None,
+                    limit_before_scale=not scale_front, seed=seed)
+  return _finish("apollo_mini", sub, learning_rate, weight_decay, mask,
+                 scale_by_bias_correction(b1, b2))
+
+
+# ------------------------------------------------------------------------ Fira
+def fira(learning_rate: Any, rank: int = 128, update_proj_gap: int = 200, alpha: Any = 0.25,
+         proj_type: str = "std", b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
+         weight_decay: Any = 0.0, mask: Any = None):
+  """Fira: "Fira: Can We Achieve Full-rank Training of LLMs Under Low-rank
+  Constraint?" (arXiv:2410.01623).
+
+  GaLore's SVD subspace plus the residual: with R the projected gradient and
+  N = adam(R), u = alpha * back(N) + limit(phi * (G - alpha * back(R))), where
+  phi = ||N_j|| / (||R_j|| + 1e-8) per channel (norms over the rank axis) and
+  `limit` is the norm-growth limiter (gamma 1.01); then -lr and
+  p -= lr * weight_decay * p. Hyperparameters: learning_rate, rank (128),
+  update_proj_gap (200), alpha (0.25, the official scripts), proj_type, b1, b2,
+  eps (1e-6), weight_decay, mask.
+
+  Follows the official code (xichen-fy/Fira, fira_adamw.py): phi and the
+  limiter see the transformers-AdamW direction *before* bias correction, which
+  then multiplies the whole update (`scale_by_bias_correction`); the
+  subtracted projection includes alpha; moments are kept across refreshes.
+  Deliberate differences: as `galore_adamw` (float32+ SVD, aligned signs).
+  """
+  _check("fira", learning_rate, b1, b2, eps, weight_decay)
+  V.check_nonneg("fira", "alpha", alpha)
+  sub = in_subspace(_raw_hf_adam(b1, b2, eps), svd_projector(), rank, update_proj_gap,
+                    scale=alpha, proj_type=proj_type, residual="norm_scaled", norm_growth=1.01)
+  return _finish("fira", sub, learning_rate, weight_decay, mask,
+                 scale_by_bias_correction(b1, b2))
+
+
+# ---------------------------------------------------------------------- FRUGAL
+def frugal(learning_rate: Any, rank: int = 128, update_gap: int = 200,
+           proj_params_lr_scale: Any = 1.0, inactive_lr_scale: Any = 1.0,
+           proj_type: str = "std", reset_statistics: bool = True, b1: Any = 0.9,
+           b2: Any = 0.999, eps: Any = 1e-8, weight_decay: Any = 0.01, mask: Any = None):
+  """FRUGAL: "FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for
+  Scalable Training" (arXiv:2411.07837).
+
+  The gradient is split by GaLore's SVD projector: Adam (state-full) runs on
+  R = proj(G) and signSGD (state-free) on the rest, u = -lr * (s * back(adam(R))
+  + s * s_in * sign(G - back(R))) with s = proj_params_lr_scale and
+  s_in = inactive_lr_scale; the weights decay before the step
+  (p *= 1 - lr * weight_decay). Every `update_gap` steps the projector is
+  refreshed and, with `reset_statistics`, the Adam state of the projected
+  leaves (its step count included) starts afresh. Hyperparameters:
+  learning_rate, rank, update_gap (200), proj_params_lr_scale, inactive_lr_scale,
+  proj_type, reset_statistics, b1, b2, eps (1e-8), weight_decay (0.01), mask.
+
+  Follows the official code's GaloreAdamW (proj_optimizer_templates.py /
+  adamw.py): torch-style Adam (eps after the bias correction), decay before
+  the step. Deliberate difference: a fixed `rank` instead of the official
+  ``density`` (rank = density * dimension); only the SVD projector (the
+  official RandK and block projectors are not built).
+  """
+  _check("frugal", learning_rate, b1, b2, eps, weight_decay)
+  V.check_nonneg("frugal", "proj_params_lr_scale", proj_params_lr_scale)
+  V.check_nonneg("frugal", "inactive_lr_scale", inactive_lr_scale)
+  sub = in_subspace(scale_by_adam(b1, b2, eps), svd_projector(), rank, update_gap,
+                    scale=proj_params_lr_scale, proj_type=proj_type, residual="sign",
+                    sign_scale=proj_params_lr_scale * inactive_lr_scale,
+                    on_refresh="reset" if reset_statistics else "keep")
+  return recipe_chain("frugal", sub, add_decayed_weights(weight_decay, mask),
+                      scale_by_learning_rate(learning_rate))
+
+
+# ------------------------------------------------------ Online Subspace Descent
+def online_subspace_descent(learning_rate: Any, rank: int = 128, update_proj_gap: int = 200,
+                            scale: Any = 1.0, proj_type: str = "std", b1: Any = 0.9,
+                            b2: Any = 0.999, eps: Any = 1e-6, weight_decay: Any = 0.0,
+                            mask: Any = None):
+  """Online Subspace Descent: "Memory-Efficient LLM Training with Online Subspace
+  Descent" (arXiv:2408.12857).
+
+  GaLore with the SVD projector replaced by online PCA: P starts as the SVD
+  projector of the first gradient and then takes one AdamW step per step
+  (lr 1 / update_proj_gap) on ||Gn P^T P - Gn||^2, Gn = G / ||G||
+  (`online_pca_projector`); Adam runs on R = proj(G), u = -lr * scale *
+  back(adam(R)), then p -= lr * weight_decay * p. Hyperparameters:
+  learning_rate, rank, update_proj_gap (sets the projector's step size),
+  scale, proj_type, b1, b2, eps (1e-6), weight_decay, mask.
+
+  Follows the official code (kyleliang919/Online-Subspace-Descent, proj_type
+  "continuous"): transformers-AdamW for the weights, torch AdamW defaults for
+  P, P used for this step's projection and back-projection before its own
+  update. Deliberate difference: the projector's step size stays
+  1 / update_proj_gap (the official code multiplies it by the ratio of the
+  current to the initial learning rate of the schedule).
+  """
+  _check("online_subspace_descent", learning_rate, b1, b2, eps, weight_decay)
+  sub = in_subspace(_hf_adam(b1, b2, eps), online_pca_projector(), rank, update_proj_gap,
+                    scale=scale, proj_type=proj_type)
+  return _finish("online_subspace_descent", sub, learning_rate, weight_decay, mask)
+
+
+# ------------------------------------------------------------------------- GWT
+def gwt_adam(learning_rate: Any, level: int = 2, scale: Any = 1.0, proj_type: str = "std",
+             b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, weight_decay: Any = 0.0,
+             mask: Any = None):
+  """GWT-Adam: "Breaking Memory Limits: Gradient Wavelet Transform Enhances LLMs
+  Training" (arXiv:2501.07237).
+
+  A `level`-level orthonormal Haar transform along one axis of each matrix
+  gradient (the axis `proj_type` picks, as GaLore's side rule); Adam keeps its
+  moments for the approximation coefficients only (a 2^level smaller state)
+  and its output is mapped back by the inverse transform,
+  u = -lr * (scale * H^T adam(H G) + weight_decay * p). Hyperparameters:
+  learning_rate, level (2), scale, proj_type, b1, b2, eps, weight_decay, mask.
+  A matrix whose axis is not divisible by 2^level is trained unprojected.
+
+  No official code was available to us; this follows our reading of the
+  paper and is therefore a projection method: the detail coefficients are
+  dropped (GaLore-style). If the paper's algorithm also passes the detail
+  coefficients through (normalised by the approximation's second moment), that
+  part is missing here. Adam is optax's (eps after the bias correction) and
+  the decay is AdamW's.
+  """
+  _check("gwt_adam", learning_rate, b1, b2, eps, weight_decay)
+  sub = in_subspace(scale_by_adam(b1, b2, eps), haar_projector(level), 1, 1 << 30,
+                    scale=scale, proj_type=proj_type)
+  return recipe_chain("gwt_adam", sub, add_decayed_weights(weight_decay, mask),
+                      scale_by_learning_rate(learning_rate))
+
+
+def _optax_decay_after_step(rate: Any) -> optax.GradientTransformation:
+  """d <- d - rate * (p + d): the after-step decay, written out for the optax adapter."""
+  def update(updates, state, params=None):
+    return jax.tree.map(lambda d, p: d - rate * (p + d), updates, params), state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def _optax_galore(learning_rate, rank=128, update_proj_gap=200, scale=0.25, proj_type="std",
+                  b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.0, mask=None):
+  """optax.contrib.galore with the same arguments. It only has the "reverse_std"
+  side choice and optax's eps placement (equal to ours to ~eps / sqrt(v)); the
+  after-step decay is added as a separate link."""
+  del mask
+  if proj_type != "reverse_std":
+    raise ValueError("optax.contrib.galore projects like proj_type='reverse_std' only")
+  return optax.chain(
+      optax.contrib.galore(learning_rate, rank, update_proj_gap, scale,
+                           base_optimizer=optax.scale_by_adam(b1, b2, eps)),
+      _optax_decay_after_step(weight_decay * learning_rate))
+
+
+RECIPES = (
+    Recipe("galore_adamw", galore_adamw, "memory_efficient",
+           "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection",
+           "2403.03507", reference="subspace:galore_adamw", optax=None,
+           hparams={"learning_rate": 0.02, "rank": 2, "update_proj_gap": 10, "scale": 1.0,
+                    "proj_type": "reverse_std", "eps": 1e-8},
+           cases=({"weight_decay": 0.1, "b2": 0.95, "scale": 0.25, "update_proj_gap": 7},),
+           notes="Official-code side choice ('std') by default; the catalogue's hparams use "
+                 "'reverse_std', the side optax.contrib.galore projects on; 'std' is checked "
+                 "against the reference in tests/test_subspace.py. optax= is None because "
+                 "optax.contrib.galore computes the SVD in float32 even for float64 params "
+                 "(agreement ~1e-7 absolute, not rtol 1e-5 on near-zero entries); "
+                 "tests/test_subspace.py compares with it (see _optax_galore) at atol 1e-6. "
+                 "Refreshed projectors are sign-aligned with the previous ones."),
+    Recipe("apollo", apollo, "memory_efficient",
+           "APOLLO: SGD-like Memory, AdamW-level Performance", "2412.05270",
+           reference="subspace:apollo",
+           hparams={"learning_rate": 0.02, "rank": 2, "update_proj_gap": 10, "seed": 0},
+           cases=({"scale_type": "tensor", "scale_front": True, "scale": 2.0},
+                  {"proj": "svd", "norm_growth_limiter": False, "weight_decay": 0.1,
+                   "update_proj_gap": 7}),
+           notes="Random projections from jax.random (key schedule in random_projector); "
+                 "the reference draws the same matrices from that documented schedule."),
+    Recipe("apollo_mini", apollo_mini, "memory_efficient",
+           "APOLLO: SGD-like Memory, AdamW-level Performance", "2412.05270",
+           reference="subspace:apollo_mini",
+           hparams={"learning_rate": 0.01, "rank": 1, "update_proj_gap": 10, "seed": 0},
+           cases=({"scale": 16.0, "seed": 3, "update_proj_gap": 4},)),
+    Recipe("fira", fira, "memory_efficient",
+           "Fira: Can We Achieve Full-rank Training of LLMs Under Low-rank Constraint?",
+           "2410.01623", reference="subspace:fira",
+           hparams={"learning_rate": 0.02, "rank": 2, "update_proj_gap": 10, "alpha": 1.0},
+           cases=({"alpha": 0.25, "proj_type": "reverse_std", "weight_decay": 0.1,
+                   "update_proj_gap": 7},)),
+    Recipe("frugal", frugal, "memory_efficient",
+           "FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for Scalable "
+           "Training", "2411.07837", reference="subspace:frugal",
+           hparams={"learning_rate": 0.01, "rank": 2, "update_gap": 10},
+           cases=({"reset_statistics": False, "inactive_lr_scale": 0.5, "weight_decay": 0.0,
+                   "update_gap": 7},
+                  {"proj_params_lr_scale": 2.0, "proj_type": "reverse_std", "b2": 0.95}),
+           notes="A fixed rank instead of the official density; SVD projector only."),
+    Recipe("online_subspace_descent", online_subspace_descent, "memory_efficient",
+           "Memory-Efficient LLM Training with Online Subspace Descent", "2408.12857",
+           reference="subspace:online_subspace_descent",
+           hparams={"learning_rate": 0.02, "rank": 2, "update_proj_gap": 10},
+           cases=({"scale": 0.5, "proj_type": "reverse_std", "weight_decay": 0.1,
+                   "update_proj_gap": 3},)),
+    Recipe("gwt_adam", gwt_adam, "memory_efficient",
+           "Breaking Memory Limits: Gradient Wavelet Transform Enhances LLMs Training",
+           "2501.07237", reference="subspace:gwt_adam",
+           hparams={"learning_rate": 0.02, "level": 1},
+           cases=({"level": 2, "proj_type": "reverse_std", "weight_decay": 0.1,
+                   "scale": 0.5},),
+           notes="Detail coefficients dropped (projection form); no official code checked."),
+)

@@ -1,0 +1,183 @@
+"""Unit tests of optlab.primitives.linalg: blocking, matrix functions, Newton-Schulz."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from optlab.primitives import linalg
+
+
+def _rng(seed=0):
+  return np.random.default_rng(seed)
+
+
+def _spd(n, seed=0, rank=None):
+  a = _rng(seed).normal(size=(n, rank or n))
+  return a @ a.T
+
+
+# -------------------------------------------------------------------- blocking
+@pytest.mark.parametrize("shape,max_dim,want", [
+    ((2, 2, 4), 4, (4, 4)),            # 2*2 = 4 fits, *4 does not
+    ((3, 4, 5), 10000, (60,)),
+    ((20000, 3), 10000, (20000, 3)),   # too large: stays alone
+    ((5, 20000, 3), 10000, (5, 20000, 3)),
+    ((1, 1), 10, (1,)),
+    ((3, 3, 3, 3), 9, (9, 9)),
+])
+def test_merge_dims_follows_soap(shape, max_dim, want):
+  assert linalg.merge_dims(shape, max_dim) == want
+
+
+def test_block_plan_round_trip_with_padding():
+  x = jnp.asarray(_rng().normal(size=(7, 5)))
+  plan = linalg.BlockPlan.make(x.shape, block_size=3)
+  assert plan.block == (3, 3) and plan.counts == (3, 2) and plan.nblocks == 6
+  blocks = plan.to_blocks(x)
+  assert blocks.shape == (6, 3, 3)
+  np.testing.assert_array_equal(plan.from_blocks(blocks), x)
+  # block (1, 1) holds rows 3:6, columns 3:5 and one column of zero padding
+  np.testing.assert_array_equal(blocks[3][:, :2], x[3:6, 3:5])
+  np.testing.assert_array_equal(blocks[3][:, 2], 0)
+  # statistics of a padded block equal the unpadded block's, padded with zeros
+  s = linalg.outer_stats(blocks, 1)[5]  # rows 6:7 (one real row), columns 3:5
+  np.testing.assert_allclose(s[:2, :2], np.asarray(x[6:, 3:]).T @ np.asarray(x[6:, 3:]),
+                             rtol=1e-6)
+  assert float(jnp.abs(s[2]).max()) == 0.0
+
+
+def test_block_plan_rotation_rules():
+  soap = lambda shape, **kw: linalg.BlockPlan.make(shape, max_dim=100, **kw)
+  assert soap((10,)).rotated == (False,)                       # 1-d: off by default
+  assert soap((10,), min_ndim=1).rotated == (True,)
+  assert soap((1000,), min_ndim=1).rotated == (False,)         # above max_dim
+  assert soap(()).rotated == ()
+  assert soap((200, 50)).rotated == (False, True)
+  assert soap((4, 5, 6), merge=True).merged == (20, 6)
+
+
+def test_outer_stats_matches_numpy_and_saturates():
+  x = _rng().normal(size=(2, 4, 3, 5))
+  s0, s2 = linalg.outer_stats(jnp.asarray(x), 0), linalg.outer_stats(jnp.asarray(x), 2)
+  for k in range(2):
+    u0, u2 = x[k].reshape(4, -1), np.moveaxis(x[k], 2, 0).reshape(5, -1)
+    np.testing.assert_allclose(s0[k], u0 @ u0.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s2[k], u2 @ u2.T, rtol=1e-5, atol=1e-5)
+  big = jnp.asarray([[[1e30, -1e30, 3.0], [2e30, 5.0, -1e30]]], jnp.float32)
+  s = linalg.outer_stats(big, 0)
+  assert np.all(np.isfinite(np.asarray(s)))
+  assert float(s[0, 0, 0]) == np.finfo(np.float32).max  # 2e60 saturates
+  small = linalg.outer_stats(jnp.full((1, 2, 2), 1e-18, jnp.float32), 0)
+  np.testing.assert_allclose(small, 2e-36, rtol=1e-5)
+
+
+def test_apply_factors_is_q_transpose_g_q():
+  g = _rng().normal(size=(1, 4, 3))
+  ql, _ = np.linalg.qr(_rng(1).normal(size=(4, 4)))
+  qr, _ = np.linalg.qr(_rng(2).normal(size=(3, 3)))
+  mats = [jnp.asarray(ql[None]), jnp.asarray(qr[None])]
+  rot = linalg.apply_factors(jnp.asarray(g), mats)
+  np.testing.assert_allclose(rot[0], ql.T @ g[0] @ qr, rtol=1e-5, atol=1e-6)
+  back = linalg.apply_factors(rot, mats, transpose=True)
+  np.testing.assert_allclose(back, g, rtol=1e-5, atol=1e-6)
+  only_right = linalg.apply_factors(jnp.asarray(g), [None, mats[1]])
+  np.testing.assert_allclose(only_right[0], g[0] @ qr, rtol=1e-5, atol=1e-6)
+
+
+def test_factor_layout_groups_by_size():
+  plans = [linalg.BlockPlan.make((4, 3), max_dim=10), None,
+           linalg.BlockPlan.make((3, 8), max_dim=10, block_size=4)]
+  lay = linalg.FactorLayout(plans)
+  assert lay.sizes == (3, 4) and lay.counts == {3: 3, 4: 3}
+  assert lay.total == 3 * 9 + 3 * 16
+  eye = lay.split(lay.identity(jnp.float32))
+  np.testing.assert_array_equal(lay.take(eye, 2, 1), np.broadcast_to(np.eye(4), (2, 4, 4)))
+  empty = linalg.FactorLayout([linalg.BlockPlan.make((5,), max_dim=10)])
+  assert empty.identity(jnp.float32).shape == (0,)
+
+
+# ------------------------------------------------------------ matrix functions
+def test_inverse_pth_root_matches_numpy():
+  s = np.stack([_spd(5, 0), _spd(5, 1, rank=2)])  # the second is rank-deficient
+  with jax.enable_x64(True):
+    got = linalg.inverse_pth_root(jnp.asarray(s), 4, eps=1e-6)
+    for k in range(2):
+      w, v = np.linalg.eigh(s[k])
+      w = np.maximum(w, 0)
+      want = (v * (w + 1e-6 * w.max()) ** -0.25) @ v.T
+      np.testing.assert_allclose(got[k], want, rtol=1e-6, atol=1e-8)
+    exact = linalg.inverse_pth_root(jnp.asarray(s[0]), 2, eps=0.0, relative=False)
+    np.testing.assert_allclose(exact @ exact @ s[0], np.eye(5), atol=1e-8)
+
+
+def test_inverse_pth_root_never_nan():
+  bad = jnp.stack([jnp.zeros((3, 3)), jnp.full((3, 3), jnp.nan), jnp.full((3, 3), 3e38)])
+  prev = jnp.broadcast_to(2 * jnp.eye(3), (3, 3, 3))
+  out = linalg.inverse_pth_root(bad, 4, fallback=prev)
+  assert np.all(np.isfinite(np.asarray(out)))
+  np.testing.assert_array_equal(out[1], 2 * np.eye(3))  # NaN statistics: previous root kept
+  out = linalg.inverse_pth_root(bad[1:2], 4)
+  np.testing.assert_array_equal(out[0], np.eye(3))      # no previous root: identity
+
+
+def test_eigenbasis_descending_and_fallback():
+  s = _spd(6, 3)
+  q = np.asarray(linalg.eigenbasis(jnp.asarray(s[None]))[0])
+  lam = np.diag(q.T @ s @ q)
+  assert np.all(np.diff(lam) <= 1e-4 * lam.max())
+  np.testing.assert_allclose(q.T @ q, np.eye(6), atol=1e-5)
+  nan = linalg.eigenbasis(jnp.full((1, 3, 3), jnp.nan), 5 * jnp.ones((1, 3, 3)))
+  np.testing.assert_array_equal(nan, 5 * np.ones((1, 3, 3)))
+
+
+def test_refresh_eigenbasis_orders_and_converges():
+  w = np.array([1.0, 5.0, 3.0, 0.5])
+  v, _ = np.linalg.qr(_rng(4).normal(size=(4, 4)))
+  s = (v * w) @ v.T
+  # Start from the true eigenvectors in the stored (unsorted) order: the
+  # permutation sorts them by eigenvalue and the QR keeps them (up to sign).
+  q, perm = linalg.refresh_eigenbasis(jnp.asarray(s[None]), jnp.asarray(v[None]))
+  np.testing.assert_array_equal(perm[0], [1, 2, 0, 3])
+  np.testing.assert_allclose(np.abs(np.asarray(q[0])), np.abs(v[:, [1, 2, 0, 3]]), atol=1e-5)
+  # Non-finite statistics keep the old basis and the identity permutation.
+  q, perm = linalg.refresh_eigenbasis(jnp.full((1, 4, 4), jnp.inf), jnp.asarray(v[None]))
+  np.testing.assert_allclose(q[0], v, atol=1e-7)
+  np.testing.assert_array_equal(perm[0], np.arange(4))
+  q, perm = linalg.refresh_eigenbasis(jnp.zeros((1, 4, 4)), jnp.eye(4)[None])
+  assert np.all(np.isfinite(np.asarray(q)))
+
+
+# ---------------------------------------------------------------- Newton-Schulz
+def test_newton_schulz_orthogonalises():
+  g = _rng(5).normal(size=(6, 10))
+  y = np.asarray(linalg.newton_schulz(jnp.asarray(g, jnp.float32)), np.float64)
+  s = np.linalg.svd(y, compute_uv=False)
+  assert np.all((s > 0.5) & (s < 1.5)), s  # the quintic's fixed band, not exactly 1
+  u, _, vt = np.linalg.svd(g, full_matrices=False)
+  assert np.sum(y * (u @ vt)) / (np.linalg.norm(y) * np.sqrt(6)) > 0.95  # direction of U V^T
+  tall = np.asarray(linalg.newton_schulz(jnp.asarray(g.T, jnp.float32)))
+  np.testing.assert_allclose(tall, y.T, rtol=1e-5, atol=1e-5)
+  batch = linalg.newton_schulz(jnp.asarray(np.stack([g, 2 * g]), jnp.float32))
+  np.testing.assert_allclose(batch[1], y, rtol=1e-4, atol=1e-5)
+
+
+def test_newton_schulz_one_step_by_hand():
+  x = np.array([[3.0, 0.0], [0.0, 4.0]])
+  a, b, c = 3.4445, -4.7750, 2.0315
+  y = x / (5.0 + 1e-7)
+  yy = y @ y.T
+  want = a * y + (b * yy + c * yy @ yy) @ y
+  np.testing.assert_allclose(linalg.newton_schulz(jnp.asarray(x, jnp.float32), steps=1), want,
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize("x", [np.zeros((3, 4)), np.full((3, 4), 1e30),
+                               np.outer(np.arange(1.0, 4), np.ones(4))])
+def test_newton_schulz_finite(x):
+  y = np.asarray(linalg.newton_schulz(jnp.asarray(x, jnp.float32)))
+  assert np.all(np.isfinite(y))
+  if not np.any(x):
+    assert not np.any(y)
