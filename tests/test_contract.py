@@ -62,11 +62,10 @@ def plain(recipe):
   Sharing it shares its compiled step (`compiled_step`) between the tests; the
   conftest sends every test of one recipe to the same xdist worker."""
   if recipe.name not in _PLAIN:
-    # A new recipe: drop the previous recipes' transformations, compiled steps and
-    # XLA executables, so a worker's memory stays bounded over ~80 recipes.
+    # A new recipe: drop the previous recipes' transformations and compiled steps
+    # (and so their executables), so a worker's memory stays bounded.
     _PLAIN.clear()
     _COMPILED.clear()
-    jax.clear_caches()
     _PLAIN[recipe.name] = recipe.build()
   return _PLAIN[recipe.name]
 
