@@ -35,7 +35,6 @@ for path in (_ROOT, os.path.join(_ROOT, "benchmarks")):
     sys.path.insert(0, path)
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 import optlab  # noqa: E402

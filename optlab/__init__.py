@@ -34,4 +34,4 @@ def _export(package) -> None:
 _export(_primitives)
 _export(_recipes)
 
-from optlab import federated, schedules  # noqa: E402  (submodules, not flattened)
+from optlab import federated, schedules  # noqa: E402,F401  (submodules, not flattened)

@@ -5,7 +5,6 @@ product, Lanczos, and numerical safety."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import optlab

@@ -18,7 +18,6 @@ import pytest
 import optlab
 from optlab.primitives import parameter_free as PF
 from tests import harness, problems
-from tests.reference import step_size_free as ref
 
 
 def _run(tx, grads, params, **extra):

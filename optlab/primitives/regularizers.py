@@ -22,7 +22,7 @@ import optax
 from optlab import _validate as V
 from optlab.primitives.clipping import find_second_moment, unit_norm
 from optlab.primitives.moments import (
-    WideMomentsState, _ema_sq_tree, bias_correction, safe_div, tree_zeros_like)
+    WideMomentsState, _ema_sq_tree, safe_div, tree_zeros_like)
 from optlab.primitives.normalize import accumulation_dtype
 from optlab.primitives.wrappers import one_minus_power
 

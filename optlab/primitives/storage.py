@@ -29,8 +29,7 @@ which is replicated.
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
