@@ -274,7 +274,6 @@ def _shard_spec(x):
 SENSITIVE_RTOL = {
     "came": 2e-5,  # the (u - m)^2 confidence term amplifies rounding 20-60x
     "sania": 1e-5,  # divides by v_hat without a square root
-    "mezo": 1e-5,  # a finite difference divides the loss's rounding by eps
 }
 
 
