@@ -184,8 +184,12 @@ def test_masked_and_partition(recipe, wrapper):
   sub_tx = plain(recipe)
   update = jitted_update(tx, recipe)
   # The sub-transformation sees the same loss as the wrapped one: the full tree's.
-  sub_update = jax.jit(lambda g, s, q, full: sub_tx.update(
-      g, s, q, **extra_for(recipe, q, loss=lambda x: loss_fn({**full, **x}))))
+  # Its jitted update is shared by the masked and the partition test.
+  key = ("sub", id(sub_tx))
+  if key not in _COMPILED:
+    _COMPILED[key] = (sub_tx, jax.jit(lambda g, s, q, full: sub_tx.update(
+        g, s, q, **extra_for(recipe, q, loss=lambda x: loss_fn({**full, **x})))))
+  sub_update = _COMPILED[key][1]
   p, s = params, tx.init(params)
   sub_p, sub_s = _subtree(params, inside), sub_tx.init(_subtree(params, inside))
   for t in range(3):

@@ -393,6 +393,19 @@ def _unflatten_like(flat: jax.Array, like: Any) -> Any:
   return jax.tree.unflatten(treedef, out)
 
 
+def _safe_matvec(a: jax.Array, v: jax.Array) -> jax.Array:
+  """a @ v, recomputed with both factors scaled to max-abs 1 when the plain product is
+  not finite: huge entries of mixed sign otherwise sum inf - inf = nan, while the
+  scaled product only overflows to +-inf, which the caller can clip."""
+  plain = a @ v
+
+  def scaled():
+    sa, sv = (jnp.where(s > 0, s, 1).astype(a.dtype) for s in (jnp.max(jnp.abs(a)), jnp.max(jnp.abs(v))))
+    return ((a / sa) @ (v / sv)) * sa * sv
+
+  return jax.lax.cond(jnp.all(jnp.isfinite(plain)), lambda: plain, scaled)
+
+
 class MFACState(NamedTuple):
   count: jax.Array  # [], int32: steps taken (the ring buffer's next row is count % m)
   grads: jax.Array  # [m, d], float32 (float64 for float64 params): the gradient window G,
@@ -436,7 +449,7 @@ def scale_by_mfac(num_grads: int = 1024, damp: Any = 1e-5
     g = _finite(_flatten(updates, dt))
     slot = state.count % m
     grads = jax.lax.dynamic_update_slice(state.grads, g[None, :], (slot, jnp.zeros_like(slot)))
-    row = jnp.clip(grads @ g, -top, top)                      # G g: the new Gram row
+    row = jnp.clip(_safe_matvec(grads, g), -top, top)         # G g: the new Gram row
     gram = state.gram.at[slot, :].set(row).at[:, slot].set(row)
     system = gram + (m * damp) * jnp.eye(m, dtype=dt)
     coef = jax.scipy.linalg.solve(system, row, assume_a="pos")
