@@ -252,3 +252,37 @@ def test_bad_arguments_are_named():
   state = tx.init(_params())
   with pytest.raises(ValueError, match="'b'"):
     tx.update({k: v for k, v in _params().items() if k != "b"}, state)
+
+
+# ----------------------------------------------------------- Subspace-Momentum
+def test_subspace_momentum_complement_and_reset():
+  b1, b2 = 0.5, 0.9
+  rng = np.random.default_rng(3)
+  g = rng.normal(size=(5, 4))
+  tx = S.scale_by_subspace_momentum(b1, b2, eps=0.0, rank=1, update_every=2)
+  params = {"w": jnp.zeros((5, 4)), "b": jnp.zeros(3)}
+  state = tx.init(params)
+  grads = {"w": jnp.asarray(g, jnp.float32), "b": jnp.asarray([1.0, -2.0, 0.5])}
+  u, state = tx.update(grads, state)
+  # rank-1 right projector (m >= n): the top right singular vector of g
+  vt = np.linalg.svd(g)[2][:1]
+  low_back = g @ vt.T @ vt
+  num = (1 - b1) * low_back + (g - low_back)        # momentum in the subspace, SGD outside
+  want = num * np.sqrt(1 - b2) / (1 - b1) / (np.sqrt((1 - b2) * g ** 2))
+  np.testing.assert_allclose(u["w"], want, rtol=2e-4, atol=1e-6)
+  np.testing.assert_allclose(u["b"], np.sign(grads["b"]), rtol=1e-5)  # plain Adam step
+  # a rank-1 gradient lies in the subspace; the momentum restarts on step 3 (refresh)
+  r1 = {"w": jnp.asarray(np.outer([1.0, 2, -1, 3, 1], [1.0, -1, 2, 0.5])), "b": grads["b"]}
+  tx = S.scale_by_subspace_momentum(b1, b2, eps=0.0, rank=1, update_every=2)
+  state = tx.init(params)
+  for _ in range(3):
+    u, state = tx.update(r1, state)
+  ratio = np.asarray(u["w"]) / np.sign(np.asarray(r1["w"]))
+  np.testing.assert_allclose(ratio, (1 - b1) / (1 - b1 ** 3), rtol=1e-4)
+
+
+def test_subspace_momentum_keeps_no_full_first_moment():
+  params = {f"w{i}": jax.ShapeDtypeStruct((1024, 1024), jnp.float32) for i in range(2)}
+  sm = optlab.state_bytes(optlab.adam_subset_norm(1e-3, momentum_rank=128), params)
+  # per matrix: m (1024 x 128) + projector (128 x 1024) + 1024 subset norms, in float32
+  assert sm.total <= 2 * 4 * (2 * 1024 * 128 + 1024) + 4096

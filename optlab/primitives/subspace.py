@@ -60,18 +60,21 @@ import optax
 
 from optlab import _validate as V
 from optlab.primitives.basis import declare_basis, rebase_state
+from optlab.primitives.blockwise import _specs, _stat_shape, block_mean_sq, broadcast_blocks
 from optlab.primitives.clipping import limit_norm_growth, safe_norm
-from optlab.primitives.moments import safe_square
+from optlab.primitives.moments import ema, safe_square, scale_by_moments
 from optlab.primitives.normalize import accumulation_dtype, tensor_norm
+from optlab.primitives.storage import flat_dtype, pack_flat, unpack_flat
 
 __all__ = [
     "SubspaceState", "in_subspace", "svd_projector", "random_projector",
     "online_pca_projector", "haar_projector", "subspace_side",
-    "BiasCorrectionState", "scale_by_bias_correction",
+    "BiasCorrectionState", "scale_by_bias_correction", "SubspaceMomentumState",
+    "scale_by_subspace_momentum",
 ]
 
 _PROJ_TYPES = ("std", "reverse_std", "left", "right")
-_RESIDUALS = (None, "norm_scaled", "sign")
+_RESIDUALS = (None, "norm_scaled", "sign", "identity")
 _SCALINGS = (None, "channel", "tensor")
 _ON_REFRESH = ("keep", "project", "reset")
 
@@ -410,7 +413,8 @@ def in_subspace(inner: optax.GradientTransformation, projector: Any = None, rank
       outside the subspace: None drops it (GaLore); ``"norm_scaled"`` adds it
       times phi = ||U||/||R|| per channel (the norms over the rank axis, eps
       1e-8), Fira; ``"sign"`` adds ``sign_scale * sign(G - back(R))``, the
-      state-free signSGD of FRUGAL.
+      state-free signSGD of FRUGAL; ``"identity"`` adds G - back(R) as it is
+      (Subspace-Momentum's plain SGD step on the complement).
     gradient_scaling: APOLLO: instead of back(U) return G * ||U|| / (||R|| +
       1e-8), per channel (``"channel"``) or per tensor (``"tensor"``).
     norm_growth: gamma of the norm-growth limiter (Fira: 1.01) applied per
@@ -601,6 +605,8 @@ def in_subspace(inner: optax.GradientTransformation, projector: Any = None, rank
         elif residual == "sign":
           res = g32 - _back(low32, p, side)
           main = main + jnp.asarray(sign_scale, dt) * jnp.sign(res)
+        elif residual == "identity":
+          main = main + (g32 - _back(low32, p, side))
       out.append(_saturate(main, g.dtype).astype(g.dtype))
       norms.append(prev.astype(state.prev_norm.dtype))
 
@@ -654,5 +660,74 @@ def scale_by_bias_correction(b1: Any = 0.9, b2: Any = 0.999) -> optax.GradientTr
       return (u.astype(dt) * factor.astype(dt)).astype(u.dtype)
 
     return jax.tree.map(leaf, updates), BiasCorrectionState(count)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+# ----------------------------------------------------------- Subspace-Momentum
+class SubspaceMomentumState(NamedTuple):
+  count: jax.Array        # [], int32: steps taken
+  numerator: SubspaceState  # in_subspace's state: the low-rank momentum and projectors
+  nu: jax.Array           # [total number of blocks], float32: EMA of each block's sum of g^2
+
+
+def scale_by_subspace_momentum(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
+                               rank: int = 128, update_every: int = 200,
+                               partition: Any = None, *, projector: Any = None,
+                               proj_type: str = "std", seed: int = 0
+                               ) -> optax.GradientTransformationExtraArgs:
+  """Subspace-Momentum over a blockwise (Subset-Norm) second moment (arXiv:2411.07120,
+  the official sn-sm GenericOptim with momentum_type="sm").
+
+  Numerator: the momentum lives only in a rank-r subspace of each matrix,
+  N = P m_low + (g - P P^T g) with m_low <- b1 m_low + (1 - b1) P^T g (an
+  `in_subspace` EMA with the ``"identity"`` residual: plain SGD on the
+  complement); m_low restarts from zero when the projector is refreshed
+  (every `update_every` steps, SVD by default). Leaves that are not projected
+  keep a full EMA. Denominator: from the raw gradient, v_B <- b2 v_B +
+  (1 - b2) sum_B g^2 over the blocks of ``partition(names, shape)`` (default
+  element-wise; `subset_norm_partition` for Subset-Norm). Output, with the
+  official code's bias correction and eps placement:
+  N * sqrt(1 - b2^t) / (1 - b1^t) / (sqrt(v_B) + eps).
+  """
+  where = "scale_by_subspace_momentum"
+  V.check_decay(where, "b1", b1)
+  V.check_decay(where, "b2", b2)
+  V.check_nonneg(where, "eps", eps)
+  partition = partition or (lambda names, shape: ())
+  numerator = in_subspace(scale_by_moments(ema(b1, debias=False), None), projector, rank,
+                          update_every, proj_type=proj_type, residual="identity",
+                          on_refresh="reset", seed=seed)
+
+  def init(params):
+    specs = _specs(where, partition, params)
+    n = sum(int(np.prod(_stat_shape(v, a), dtype=np.int64)) for v, a in specs)
+    return SubspaceMomentumState(jnp.zeros([], jnp.int32), numerator.init(params),
+                                 jnp.zeros([n], flat_dtype(jax.tree.leaves(params))))
+
+  def update(updates, state, params=None, **extra):
+    count = optax.safe_increment(state.count)
+    specs = _specs(where, partition, updates)
+    num, num_state = numerator.update(updates, state.numerator, params, **extra)
+    leaves, treedef = jax.tree.flatten(updates)
+    nus = unpack_flat(state.nu, [_stat_shape(v, a) for v, a in specs], updates,
+                      "optlab." + where)
+    t = count.astype(state.nu.dtype)
+    factor = jnp.sqrt(1 - jnp.asarray(b2, t.dtype) ** t) / (1 - jnp.asarray(b1, t.dtype) ** t)
+    out, new_nu = [], []
+    for g, n_, nu, (view, axes) in zip(leaves, jax.tree.leaves(num), nus, specs):
+      g32 = g.astype(accumulation_dtype(g.dtype))
+      stat = block_mean_sq(g32, view, axes)
+      if axes:
+        stat = _saturate(stat * float(np.prod([view[a] for a in axes])), stat.dtype)
+      nu = _saturate(b2 * nu + (1 - b2) * stat, nu.dtype).astype(nu.dtype)
+      den = broadcast_blocks(jnp.sqrt(nu) + eps, view, axes, g.shape)
+      u = n_.astype(den.dtype) * factor.astype(den.dtype)
+      ok = den > 0
+      u = jnp.where(ok, u / jnp.where(ok, den, 1), 0)
+      out.append(_saturate(u, g.dtype).astype(g.dtype))
+      new_nu.append(nu)
+    return (jax.tree.unflatten(treedef, out),
+            SubspaceMomentumState(count, num_state, pack_flat(new_nu, state.nu.dtype)))
 
   return optax.GradientTransformationExtraArgs(init, update)

@@ -1,7 +1,8 @@
 """Memory-efficient methods: factored, block-shared, sparse and quantised state.
 
 Each recipe is a short chain of primitives from `optlab.primitives.factored`,
-`blockwise`, `sparse`, `block_coordinate` and `storage`; the storage wrappers
+`blockwise`, `matricized`, `sparse_window`, `subspace`, `block_coordinate` and
+`storage`; the storage wrappers
 (`with_state_dtype`, `with_quantized_state`) work around any other recipe too.
 """
 
@@ -23,13 +24,16 @@ from optlab.primitives.decay import add_decayed_weights, add_decayed_weights_aft
 from optlab.primitives.factored import (
     clip_by_block_rms, last_two_dims, relative_step_size, scale_by_came, scale_by_factored_rms,
     scale_by_param_block_rms)
+from optlab.primitives.matricized import scale_by_smmf
 from optlab.primitives.moments import ema, scale_by_adam, scale_by_moments
+from optlab.primitives.sparse_window import scale_by_microadam
 from optlab.primitives.step_size import scale_by_learning_rate
 from optlab.primitives.storage import with_quantized_state
+from optlab.primitives.subspace import scale_by_subspace_momentum
 from optlab.recipes.adam_family import adamw
 
 __all__ = ["adafactor", "adamw_8bit", "adam_mini", "came", "adalomo",
-           "adam_subset_norm", "slim_adam", "badam"]
+           "adam_subset_norm", "slim_adam", "badam", "smmf", "microadam"]
 
 
 def _momentum(b1: Any, dtype: Any = None):
@@ -178,7 +182,9 @@ def adalomo(learning_rate: Any, eps1: Any = 1e-30, eps2: Any = 1e-3,
 
 
 def adam_subset_norm(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
-                     weight_decay: Any = 0.0, mask: Any = None, *, partition: Any = None):
+                     weight_decay: Any = 0.0, mask: Any = None, *, partition: Any = None,
+                     momentum_rank: Any = None, momentum_update_every: int = 200,
+                     projector: Any = None, seed: int = 0):
   """AdamW with Subset-Norm step sizes: "Efficient Adaptive Optimization via
   Subset-Norm and Subspace-Momentum" (arXiv:2411.07120), official AdamWSN.
 
@@ -191,15 +197,32 @@ def adam_subset_norm(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: An
   weight_decay, mask, partition (a block-spec function overriding the subsets,
   see `optlab.primitives.blockwise`). The official code applies subset-norm
   to the parameter group the user marks (the LLaMA linear layers); here every
-  2-D tensor by default. Subspace-Momentum (the paper's second technique) is
-  not part of this recipe.
+  2-D tensor by default.
+
+  Subspace-Momentum (the paper's second technique, official GenericOptim with
+  momentum_type="sm", second_moment_type="sn"): with ``momentum_rank=r`` the
+  first moment of every matrix with min dim > r is kept only in a rank-r
+  subspace (SVD of the gradient, or `projector`, refreshed every
+  `momentum_update_every` steps, momentum restarted on refresh) and the
+  complement takes a plain SGD step: the numerator is
+  P m_low + (g - P P^T g), divided by the same Subset-Norm denominator of the
+  raw gradient, with the same bias correction (which the official code also
+  applies to the complement). `seed` seeds random projectors. Difference from
+  the official code: the projector is refreshed on steps 1, k+1, 2k+1, ...
+  (the `in_subspace` schedule shared with GaLore/APOLLO), the official code on
+  steps 1, k, 2k, ... (its first period is one step shorter).
   """
   V.check_learning_rate("adam_subset_norm", learning_rate)
   V.check_nonneg("adam_subset_norm", "weight_decay", weight_decay)
-  return recipe_chain("adam_subset_norm",
-                      scale_by_blockwise_adam(b1, b2, eps, partition or subset_norm_partition,
-                                              reduce="sum", eps_before_debias=True,
-                                              where="adam_subset_norm"),
+  if momentum_rank is None:
+    core = scale_by_blockwise_adam(b1, b2, eps, partition or subset_norm_partition,
+                                   reduce="sum", eps_before_debias=True,
+                                   where="adam_subset_norm")
+  else:
+    core = scale_by_subspace_momentum(b1, b2, eps, momentum_rank, momentum_update_every,
+                                      partition or subset_norm_partition,
+                                      projector=projector, seed=seed)
+  return recipe_chain("adam_subset_norm", core,
                       scale_by_learning_rate(learning_rate),
                       add_decayed_weights_after_step(weight_decay, learning_rate, mask))
 
@@ -261,6 +284,78 @@ def badam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
   return recipe_chain("badam", with_block_coordinate(inner, switch_every, order, blocks, seed))
 
 
+def smmf(learning_rate: Any, b1: Any = 0.9, eps: Any = 1e-8, weight_decay: Any = 0.0,
+         mask: Any = None, *, decay_rate: Any = 0.5, growth_rate: Any = 0.999,
+         vector_reshape: bool = True, weight_decay_mode: str = "adamw"):
+  """SMMF: "SMMF: Square-Matricized Momentum Factorization for Memory-Efficient
+  Optimization" (arXiv:2412.08894).
+
+  Each tensor is reshaped to its most nearly square matrix; m and v are kept
+  as rank-1 non-negative factors (row and column sums), m's signs as one bit
+  per entry. Per step: decompress, m <- b1_t m + (1 - b1_t) g with
+  b1_t = b1 * growth_rate^(t-1), v <- b2_t v + (1 - b2_t) g^2 with
+  b2_t = 1 - t^(-decay_rate), compress again, p <- p - lr * (m / (sqrt(v) + eps)
+  + weight_decay * p). Hyperparameters and defaults as the official code
+  (eai-lab/SMMF, as published in KwangryeolPark/Official.SMMF): learning_rate,
+  b1 (the code's beta; None = no first moment, the step is
+  g / (sqrt(v) + eps)), eps, weight_decay, mask, decay_rate (the code's -0.5
+  is this 0.5), growth_rate, vector_reshape (False keeps element-wise moments
+  for 1-D tensors), weight_decay_mode ("adamw":
+  decoupled, lr-scaled; "adam": added to the gradient before the moments).
+
+  Following the official code where it differs from the paper: the step uses
+  the freshly updated full m and v (compression happens after it), there is no
+  bias correction, and every tensor, scalars included, is matricized by
+  default. Differences from the official code: the moments are computed in
+  float32 (the code uses the param dtype) and m's signs are stored as packed
+  bits (the code keeps a bool tensor, one byte per entry); the step is clipped
+  to the largest finite value so that a huge m over a tiny rank-1 v cannot
+  give inf.
+  """
+  V.check_learning_rate("smmf", learning_rate)
+  V.check_nonneg("smmf", "weight_decay", weight_decay)
+  V.check_choice("smmf", "weight_decay_mode", weight_decay_mode, ("adamw", "adam"))
+  decay = add_decayed_weights(weight_decay, mask)
+  core = scale_by_smmf(b1, eps, decay_rate, growth_rate, vector_reshape)
+  steps = (decay, core) if weight_decay_mode == "adam" else (core, decay)
+  return recipe_chain("smmf", *steps, scale_by_learning_rate(learning_rate))
+
+
+def microadam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
+              weight_decay: Any = 0.0, mask: Any = None, *, m: int = 10,
+              k_init: Any = None, quant_block_size: int = 100_000,
+              topk_block_size: int = 16_384, values_dtype: Any = jnp.bfloat16):
+  """MicroAdam: "MicroAdam: Accurate Adaptive Optimization with Low Space Overhead
+  and Provable Convergence" (arXiv:2405.15593).
+
+  a = g + Q^-1(e); the top k_init fraction of |a| (per block) goes into a ring
+  window of the last m sparse gradients, the rest is kept as the 4-bit error
+  e = Q(a - top-k(a)); Adam's debiased moments are recomputed from the window
+  (row of age j weighted b1^j, b2^j) and p <- p - lr * (m_hat / (sqrt(v_hat) + eps)
+  + weight_decay * p). Hyperparameters and defaults as the official code
+  (IST-DASLab/ISTA-DASLab-Optimizers, MicroAdam, with its GLUE script's
+  quant_block_size 100000): learning_rate, b1, b2, eps, weight_decay (decoupled,
+  lr-scaled), mask, m (window length), k_init (density of the top-k; None =
+  the official 0.01; it sets the state's shapes, so it must be a static arg of
+  `optax.inject_hyperparams`), quant_block_size (entries per min/max pair of
+  the error), topk_block_size, values_dtype (bfloat16 as the code; None = the statistics' dtype).
+
+  Differences from the official code: its top-k block size comes from the
+  GPU's shared memory (here `topk_block_size`, at most 32768 for the int16
+  indices); a, the error's min/max and the moments are float32 (the code:
+  bfloat16 gradients and min/max); an error block whose min equals its max
+  stores code 0 (the code divides by zero there; any code decodes to the
+  same value).
+  """
+  V.check_learning_rate("microadam", learning_rate)
+  V.check_nonneg("microadam", "weight_decay", weight_decay)
+  return recipe_chain("microadam",
+                      scale_by_microadam(b1, b2, eps, m, k_init, quant_block_size,
+                                         topk_block_size, values_dtype),
+                      add_decayed_weights(weight_decay, mask),
+                      scale_by_learning_rate(learning_rate))
+
+
 def _slim_test_rules(names, shape):
   """Test rules for the reference problem: w1 compressed along axis 0, w2 along 1."""
   return {"w1": (0,), "w2": (1,)}.get(names[-1], ())
@@ -311,10 +406,12 @@ RECIPES = (
            "Efficient Adaptive Optimization via Subset-Norm and Subspace-Momentum: Fast, "
            "Memory-Reduced Training with Convergence Guarantees", "2411.07120",
            reference="memory_efficient:adam_subset_norm", hparams={"learning_rate": 0.02},
-           cases=({"weight_decay": 0.1, "b2": 0.95}, {"eps": 1e-8, "b1": 0.5}),
+           cases=({"weight_decay": 0.1, "b2": 0.95}, {"eps": 1e-8, "b1": 0.5},
+                  {"momentum_rank": 2, "momentum_update_every": 10, "weight_decay": 0.1}),
            notes="Official AdamWSN: sum of g^2 over the smaller dim of every 2-D tensor, "
-                 "eps before the bias correction, decay after the step. "
-                 "Subspace-Momentum not included."),
+                 "eps before the bias correction, decay after the step. momentum_rank=r adds "
+                 "Subspace-Momentum (official GenericOptim sm+sn; projector refreshed on "
+                 "steps 1, k+1, ... instead of 1, k, 2k)."),
     Recipe("slim_adam", slim_adam, "memory_efficient",
            "When Can You Get Away with Low Memory Adam?", "2503.01843",
            reference="memory_efficient:slim_adam",
@@ -331,6 +428,29 @@ RECIPES = (
            notes="One block per top-level leaf/module; Adam state on a flat buffer sized to "
                  "the largest block, re-initialised on each switch (static shapes: inactive "
                  "state cannot be freed)."),
+    Recipe("smmf", smmf, "memory_efficient",
+           "SMMF: Square-Matricized Momentum Factorization for Memory-Efficient Optimization",
+           "2412.08894", reference="memory_efficient:smmf", hparams={"learning_rate": 0.02},
+           cases=({"weight_decay": 0.1, "growth_rate": 0.99, "decay_rate": 0.8},
+                  {"b1": None, "vector_reshape": False, "eps": 1e-6},
+                  {"weight_decay_mode": "adam", "weight_decay": 0.05, "b1": 0.5}),
+           notes="Official code's step (rank-1 factors of the square-matricized m and v, "
+                 "m's signs as packed bits, no bias correction); factors and signs in flat "
+                 "vectors."),
+    Recipe("microadam", microadam, "memory_efficient",
+           "MicroAdam: Accurate Adaptive Optimization with Low Space Overhead and Provable "
+           "Convergence", "2405.15593", reference="memory_efficient:microadam",
+           hparams={"learning_rate": 0.02, "m": 4, "quant_block_size": 16,
+                    "topk_block_size": 4, "values_dtype": None},
+           cases=({"weight_decay": 0.1, "b2": 0.95, "k_init": 0.1, "m": 10,
+                   "quant_block_size": 7, "topk_block_size": 20},
+                  {"k_init": 0.5, "m": 2, "quant_block_size": 100_000,
+                   "topk_block_size": 16_384, "eps": 1e-6}),
+           notes="Official algorithm: top-k per block into a ring of m sparse rows, 4-bit "
+                 "min/max error feedback, Adam moments recomputed from the window. Tests "
+                 "use small top-k blocks (k_init 0.01 keeps 1 of 4), small error blocks, float "
+                 "values; k_init (default None = 0.01) sets shapes: a static arg of "
+                 "inject_hyperparams."),
     Recipe("adamw_8bit", adamw_8bit, "memory_efficient",
            "8-bit Optimizers via Block-wise Quantization", "2110.02861",
            reference="memory_efficient:adamw_8bit",

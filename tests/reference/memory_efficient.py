@@ -232,10 +232,16 @@ def adalomo(params, grad_fn, steps, *, learning_rate, eps1=1e-30, eps2=1e-3,
 
 # ----------------------------------------------------------------- Subset-Norm
 def adam_subset_norm(params, grad_fn, steps, *, learning_rate, b1=0.9, b2=0.999, eps=1e-6,
-                     weight_decay=0.0, **unused):
-  """timmytonga/sn-sm AdamWSN.step, with every 2-D tensor in the subset-norm group."""
+                     weight_decay=0.0, momentum_rank=None, momentum_update_every=200, **unused):
+  """timmytonga/sn-sm AdamWSN.step, with every 2-D tensor in the subset-norm group.
+
+  With momentum_rank: GenericOptim(momentum_type="sm", second_moment_type="sn",
+  proj_type="svd") with every 2-D tensor of min dim > rank in the SM group: the
+  momentum of P^T g (SVD projector, GaLore's side rule), numerator
+  P m + (g - P P^T g), momentum zeroed when the projector is refreshed. The
+  refresh steps are optlab's 1, k+1, 2k+1 (official: 1, k, 2k)."""
   p = _copy(params)
-  m, v = {}, {}
+  m, v, proj = {}, {}, {}
   out = []
   for t in range(1, steps + 1):
     g = grad_fn(p, t - 1)
@@ -245,11 +251,25 @@ def adam_subset_norm(params, grad_fn, steps, *, learning_rate, b1=0.9, b2=0.999,
         sec = np.sum(g[k] ** 2, axis=1 - reduce_dim, keepdims=True)
       else:
         sec = g[k] ** 2
-      m[k] = b1 * m.get(k, 0.0) + (1 - b1) * g[k]
+      sm = momentum_rank is not None and p[k].ndim == 2 and momentum_rank < min(p[k].shape)
+      if sm:
+        right = g[k].shape[0] >= g[k].shape[1]
+        if (t - 1) % momentum_update_every == 0:
+          u_, _, vh = np.linalg.svd(g[k], full_matrices=False)
+          proj[k] = vh[:momentum_rank] if right else u_[:, :momentum_rank]
+          m[k] = 0.0
+        P = proj[k]
+        low = g[k] @ P.T if right else P.T @ g[k]
+        back = (lambda x: x @ P) if right else (lambda x: P @ x)
+        m[k] = b1 * m.get(k, 0.0) + (1 - b1) * low
+        num = back(m[k]) + (g[k] - back(low))
+      else:
+        m[k] = b1 * m.get(k, 0.0) + (1 - b1) * g[k]
+        num = m[k]
       v[k] = b2 * v.get(k, 0.0) + (1 - b2) * sec
       denom = np.sqrt(v[k]) + eps
       step = learning_rate * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-      p[k] = p[k] - step * m[k] / denom
+      p[k] = p[k] - step * num / denom
       p[k] = p[k] - learning_rate * weight_decay * p[k]
     out.append(_copy(p))
   return out
@@ -300,5 +320,136 @@ def badam(params, grad_fn, steps, *, learning_rate, b1=0.9, b2=0.999, eps=1e-8,
     v[a] = b2 * v.get(a, 0.0) + (1 - b2) * g[a] ** 2
     mh, vh = m[a] / (1 - b1 ** t_in), v[a] / (1 - b2 ** t_in)
     p[a] = p[a] - learning_rate * (mh / (np.sqrt(vh) + eps) + weight_decay * p[a])
+    out.append(_copy(p))
+  return out
+
+
+# ----------------------------------------------------------------------- SMMF
+def _near_square(n):
+  """Official effective shape: (n // i, i), i the largest divisor of n with i^2 <= n."""
+  i = int(np.floor(np.sqrt(n)))
+  while i * i > n:
+    i -= 1
+  while i > 1 and n % i:
+    i -= 1
+  return (n // max(i, 1), max(i, 1))
+
+
+def _compress(a):
+  """Rank-1 NNMF of the official code: row sums, column sums, shorter side normalised."""
+  r, c = a.sum(axis=1), a.sum(axis=0)
+  if a.shape[0] < a.shape[1]:
+    if r.sum() != 0:
+      r = r / r.sum()
+  elif c.sum() != 0:
+    c = c / c.sum()
+  return r, c
+
+
+def smmf(params, grad_fn, steps, *, learning_rate=1e-3, b1=0.9, eps=1e-8, weight_decay=0.0,
+         decay_rate=0.5, growth_rate=0.999, vector_reshape=True, weight_decay_mode="adamw",
+         **unused):
+  """SMMF (Park & Lee 2024), the official SMMF.step: square-matricize, decompress,
+  EMA (beta_m = beta * growth^(t-1), beta_v = 1 - t^(-decay)), compress (signs of m
+  kept), step m / (sqrt(v) + eps) with the full updated moments."""
+  p = _copy(params)
+  st = {}
+  out = []
+  for t in range(1, steps + 1):
+    g = grad_fn(p, t - 1)
+    for k in p:
+      grad = np.array(g[k], np.float64)
+      if weight_decay != 0 and weight_decay_mode == "adam":
+        grad = grad + weight_decay * p[k]
+      elif weight_decay != 0:
+        p[k] = p[k] * (1 - learning_rate * weight_decay)
+      flat = np.squeeze(grad)
+      factor = not (flat.ndim == 1 and not vector_reshape)
+      beta_v = 1.0 - t ** (-decay_rate)
+      if factor:
+        shape = _near_square(grad.size)
+        gm = grad.reshape(shape)
+        if k not in st:
+          z = lambda: (np.zeros(shape[0]), np.zeros(shape[1]))
+          st[k] = {"m": z(), "v": z(), "sign": np.zeros(shape, bool)}
+        s = st[k]
+        v = np.outer(*s["v"])
+        v = beta_v * v + (1 - beta_v) * gm ** 2
+        if b1 is not None:
+          m = np.outer(*s["m"])
+          m = np.where(s["sign"], m, -m)
+          beta_m = b1 * growth_rate ** (t - 1)
+          m = beta_m * m + (1 - beta_m) * gm
+          s["sign"] = m > 0
+          s["m"] = _compress(np.abs(m))
+        s["v"] = _compress(v)
+        upd = (m if b1 is not None else gm) / (np.sqrt(v) + eps)
+      else:
+        if k not in st:
+          st[k] = {"m": np.zeros_like(grad), "v": np.zeros_like(grad)}
+        s = st[k]
+        s["v"] = beta_v * s["v"] + (1 - beta_v) * grad ** 2
+        if b1 is not None:
+          beta_m = b1 * growth_rate ** (t - 1)
+          s["m"] = beta_m * s["m"] + (1 - beta_m) * grad
+        upd = (s["m"] if b1 is not None else grad) / (np.sqrt(s["v"]) + eps)
+      p[k] = p[k] - learning_rate * upd.reshape(p[k].shape)
+    out.append(_copy(p))
+  return out
+
+
+# ------------------------------------------------------------------ MicroAdam
+def _q4(x, block):
+  """Official asymmetric 4-bit blockwise quantisation, returned dequantised."""
+  out = np.empty_like(x)
+  for s in range(0, x.size, block):
+    b = x[s:s + block]
+    lo, hi = b.min(), b.max()
+    u = (hi - lo) / 15.0
+    if u == 0:
+      out[s:s + block] = lo
+      continue
+    code = np.clip(np.floor((b - lo) / u + 0.5), 0, 15)
+    out[s:s + block] = code * u + lo
+  return out
+
+
+def microadam(params, grad_fn, steps, *, learning_rate, b1=0.9, b2=0.999, eps=1e-8,
+              weight_decay=0.0, m=10, k_init=0.01, quant_block_size=100_000,
+              topk_block_size=16_384, values_dtype=None, **unused):
+  """MicroAdam (Modoranu et al. 2024), Algorithm 1 as in the official MicroAdam.step:
+  error feedback, blockwise top-k into a ring of m rows, quantised error, Adam
+  statistics of the ring with weights beta^age and debiasing (1 - beta) / (1 - beta^t).
+  values_dtype=None only: values kept at full precision."""
+  assert values_dtype is None
+  p = _copy(params)
+  err = {k: np.zeros(v.size) for k, v in p.items()}
+  ring = {k: [None] * m for k in p}
+  out = []
+  for t in range(1, steps + 1):
+    g = grad_fn(p, t - 1)
+    for k in p:
+      a = np.array(g[k], np.float64).reshape(-1) + err[k]
+      d = a.size
+      bs = min(d, topk_block_size)
+      idx = []
+      for s in range(0, d, bs):
+        blk = np.abs(a[s:s + bs])
+        kk = int(np.ceil(blk.size * k_init))
+        idx.extend(s + np.argsort(-blk, kind="stable")[:kk])
+      idx = np.asarray(idx, int)
+      ring[k][(t - 1) % m] = (idx, a[idx].copy())
+      a[idx] = 0.0
+      err[k] = _q4(a, quant_block_size)
+      mu, nu = np.zeros(d), np.zeros(d)
+      for r in range(min(t, m)):
+        age = (t - 1 - r) % m
+        ri, rv = ring[k][r]
+        np.add.at(mu, ri, b1 ** age * rv)
+        np.add.at(nu, ri, b2 ** age * rv ** 2)
+      c1 = (1 - b1) / (1 - b1 ** t)
+      c2 = (1 - b2) / (1 - b2 ** t)
+      upd = c1 * mu / (np.sqrt(c2 * nu) + eps)
+      p[k] = p[k] * (1 - learning_rate * weight_decay) - learning_rate * upd.reshape(p[k].shape)
     out.append(_copy(p))
   return out
