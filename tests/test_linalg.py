@@ -150,6 +150,25 @@ def test_refresh_eigenbasis_orders_and_converges():
   assert np.all(np.isfinite(np.asarray(q)))
 
 
+def test_cpu_decompositions_take_one_matrix_per_lapack_call():
+  # A batched LAPACK call splits its batch over XLA's CPU thread pool and blocks
+  # on it, which hung Shampoo's step under pmap over 8 host devices (issue 3);
+  # every decomposition is lowered with no batch dimension on CPU instead.
+  s = jnp.asarray(np.stack([_spd(5, k) for k in range(3)]), jnp.float32)
+  fns = {"inverse_pth_root": lambda x: linalg.inverse_pth_root(x, 4),
+         "eigenbasis": linalg.eigenbasis,
+         "refresh_eigenbasis": lambda x: linalg.refresh_eigenbasis(x, jnp.eye(5) + 0 * x)}
+  for name, fn in fns.items():
+    text = jax.jit(fn).lower(s).as_text()
+    calls = [line for line in text.splitlines() if "@lapack_" in line]
+    assert calls, name
+    assert all('num_batch_dims = "0"' in line for line in calls), (name, calls)
+  batched = linalg.inverse_pth_root(s, 4)
+  for k in range(3):
+    np.testing.assert_allclose(batched[k], linalg.inverse_pth_root(s[k], 4), rtol=1e-5,
+                               atol=1e-6)
+
+
 # ---------------------------------------------------------------- Newton-Schulz
 def test_newton_schulz_orthogonalises():
   g = _rng(5).normal(size=(6, 10))

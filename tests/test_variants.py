@@ -149,3 +149,30 @@ def test_ivon_sample_params_matches_the_noise_of_the_update():
   np.testing.assert_allclose(s2.hess["w"], s1.hess["w"], rtol=1e-6)
   with pytest.raises(TypeError, match="obj_fn"):
     tx.update(p, s, p)
+
+
+# -------------------------------------------------------------------- Gravity
+def test_gravity_two_steps_match_the_official_keras_formula():
+  lr, beta = 0.1, 0.9
+  tx = optlab.scale_by_gravity(lr, alpha=0.0, beta=beta)  # alpha = 0: V_0 = 0
+  g1, g2 = jnp.array([0.5, -2.0, 0.0]), jnp.array([1.0, 0.25, -0.5])
+  state = tx.init({"w": jnp.zeros(3)})
+  u1, state = tx.update({"w": g1}, state)
+  u2, _ = tx.update({"w": g2}, state)
+  zeta = lambda g: g / (1 + (g * np.abs(g).max()) ** 2)
+  v1 = 0.5 * zeta(np.asarray(g1))                 # b_0 = 1 / 2
+  b1 = (beta + 1) / 3
+  np.testing.assert_allclose(u1["w"], v1, rtol=1e-6)
+  np.testing.assert_allclose(u2["w"], b1 * v1 + (1 - b1) * zeta(np.asarray(g2)), rtol=1e-6)
+
+
+def test_gravity_initial_velocity_and_edge_cases():
+  tx = optlab.scale_by_gravity(0.5, alpha=0.02, seed=3)
+  v0 = tx.init({"w": jnp.zeros((200, 50))}).velocity["w"]
+  assert abs(float(jnp.std(v0)) - 0.04) < 2e-3 and abs(float(jnp.mean(v0))) < 2e-3
+  tx = optlab.scale_by_gravity(0.5, alpha=0.0)
+  state = tx.init({"w": jnp.zeros(3)})
+  u, state = tx.update({"w": jnp.zeros(3)}, state)
+  np.testing.assert_array_equal(u["w"], 0.0)
+  u, _ = tx.update({"w": jnp.array([1e30, -3e38, 1.0])}, state)
+  assert np.all(np.isfinite(np.asarray(u["w"])))

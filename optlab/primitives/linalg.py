@@ -18,7 +18,9 @@
 * `newton_schulz`: the quintic Newton-Schulz orthogonalisation of Muon.
 
 Everything is computed in at least float32 (float64 stays float64) and with
-``Precision.HIGHEST`` matrix products.
+``Precision.HIGHEST`` matrix products. On CPU the decompositions (eigh, QR)
+take one matrix per LAPACK call (`_per_matrix`): jaxlib's batched CPU kernels
+can deadlock XLA's thread pool when several device programs run at once.
 """
 
 from __future__ import annotations
@@ -273,6 +275,27 @@ def _eye_like(x: jax.Array) -> jax.Array:
   return jnp.broadcast_to(jnp.eye(x.shape[-1], dtype=x.dtype), x.shape)
 
 
+def _per_matrix(fn, x: jax.Array):
+  """`fn` (a LAPACK-backed decomposition) of every matrix of `x` (..., b, b).
+
+  On CPU, one decomposition per matrix in a `lax.map` loop: jaxlib 0.10's CPU
+  kernels of a batched eigh / QR split the batch over the XLA intra-op thread
+  pool and block their own pool thread until the pieces are done; with
+  several device programs running at once (pmap or sharded jit over host
+  devices) every pool thread can end up blocked that way and the step hangs
+  for ever. A kernel given one matrix runs inline and never waits. Other
+  platforms keep the batched call.
+  """
+  lead = x.shape[:-2]
+  n = int(np.prod(lead, dtype=np.int64))
+  if n <= 1:
+    return fn(x)
+  flat = x.reshape((n,) + x.shape[-2:])
+  unflat = lambda out: jax.tree.map(lambda y: y.reshape(lead + y.shape[1:]), out)
+  return jax.lax.platform_dependent(
+      flat, cpu=lambda a: unflat(jax.lax.map(fn, a)), default=lambda a: unflat(fn(a)))
+
+
 def eigenbasis(stats: jax.Array, fallback: Optional[jax.Array] = None) -> jax.Array:
   """Eigenvectors of symmetric `stats` (N, b, b), columns by descending eigenvalue.
 
@@ -282,7 +305,7 @@ def eigenbasis(stats: jax.Array, fallback: Optional[jax.Array] = None) -> jax.Ar
   dt = accumulation_dtype(stats.dtype)
   s = stats.astype(dt)
   s = s + jnp.asarray(1e-30, dt) * _eye_like(s)
-  _, v = jnp.linalg.eigh(s)
+  _, v = _per_matrix(jnp.linalg.eigh, s)
   v = v[..., ::-1]
   fb = _eye_like(s) if fallback is None else fallback.astype(dt)
   return _choose(_finite(v), v, fb)
@@ -304,7 +327,7 @@ def refresh_eigenbasis(stats: jax.Array, basis: jax.Array) -> tuple[jax.Array, j
   est = jnp.sum(q * sq, axis=-2)  # diag(Q^T S Q)
   perm = jnp.argsort(-est, axis=-1, stable=True)
   q_sorted = jnp.take_along_axis(q, perm[..., None, :], axis=-1)
-  new, _ = jnp.linalg.qr(_mm(s, q_sorted))
+  new, _ = _per_matrix(jnp.linalg.qr, _mm(s, q_sorted))
   ok = _finite(new) & jnp.all(jnp.isfinite(est), axis=-1)
   identity = jnp.broadcast_to(jnp.arange(s.shape[-1]), perm.shape)
   return _choose(ok, new, q), jnp.where(ok[..., None], perm, identity)
@@ -324,7 +347,7 @@ def inverse_pth_root(stats: jax.Array, p: Any, eps: Any = 1e-6,
   """
   dt = accumulation_dtype(stats.dtype)
   s = stats.astype(dt)
-  w, v = jnp.linalg.eigh(s)
+  w, v = _per_matrix(jnp.linalg.eigh, s)
   w = jnp.maximum(w, 0)
   if relative:
     damping = eps * jnp.maximum(jnp.max(w, axis=-1, keepdims=True), floor)

@@ -1,6 +1,7 @@
 """Moment rules and direction primitives for Adam variants that `moments.py`
 does not cover: Coupled Adam's vocabulary-averaged second moment, INNAprop's
-inertial Newton dynamics with RMSProp scaling, and Gravity's kinematic step.
+inertial Newton dynamics with RMSProp scaling, Gravity's kinematic step and
+CoRe's Rprop-like per-element step sizes with plasticity factors.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import optax
 from optlab import _validate as V
 from optlab.primitives.basis import LINEAR, SECOND, declare_basis
 from optlab.primitives.moments import (
-    _debias, _ema_sq_tree, _value_at, bias_correction, safe_div, safe_square, tree_zeros_like)
+    _debias, _ema_sq_tree, _saturate, _value_at, bias_correction, full_like, safe_div,
+    safe_square, tree_zeros_like, zeros_like)
 from optlab.primitives.normalize import accumulation_dtype, tensor_norm
 from optlab.primitives.wrappers import _new_key, leaf_normals, one_minus_power
 
 __all__ = ["coupled_ema_sq", "embedding_paths", "InnapropState", "scale_by_innaprop",
            "GravityState", "scale_by_gravity", "CriticalMomentaState",
-           "scale_by_critical_momenta"]
+           "scale_by_critical_momenta", "CoreState", "scale_by_core"]
 
 
 # --------------------------------------------------------------- Coupled Adam
@@ -255,5 +257,128 @@ def scale_by_critical_momenta(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
     out = jax.tree.map(lambda a, v, g: safe_div(a / c1, jnp.sqrt(v) / c2 + eps).astype(g.dtype),
                        used, nu, updates)
     return out, CriticalMomentaState(count, mu, nu, buffer, priorities * decay, filled)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+# ----------------------------------------------------------------------- CoRe
+@declare_basis(mu=LINEAR, nu=SECOND, step_size=SECOND, score=SECOND)
+class CoreState(NamedTuple):
+  count: jax.Array  # [], int32: steps taken
+  mu: Any           # param-shaped, float32+: EMA of g with the scheduled b1 (not debiased)
+  nu: Any           # param-shaped, float32+: EMA of g^2 (not debiased); () when not adam_like
+  step_size: Any    # param-shaped, float32+: the per-element step sizes s
+  score: Any        # param-shaped, float32+: importance scores; () when score_history == 0
+
+
+def _core_b1(b1a: Any, b1b: Any, b1c: Any, step: jax.Array) -> jax.Array:
+  """CoRe's b1 at the 0-based `step`: b1b + (b1a - b1b) exp(-(step / b1c)^2)."""
+  t = jnp.asarray(step, float)
+  return b1b + (b1a - b1b) * jnp.exp(-jnp.square(t / b1c))
+
+
+def scale_by_core(learning_rate: Any = 1e-3, b1a: Any = 0.7375, b1b: Any = 0.8125,
+                  b1c: Any = 250.0, b2: Any = 0.99, eps: Any = 1e-8, eta_minus: Any = 0.7375,
+                  eta_plus: Any = 1.2, step_size_min: Any = 1e-6, step_size_max: Any = 1e-2,
+                  weight_decay: Any = 0.0, score_history: int = 0, frozen: float = 0.0,
+                  adam_like: bool = True) -> optax.GradientTransformationExtraArgs:
+  """CoRe's step (Eckhoff & Reiher, arXiv:2307.15663; official ReiherGroup/CoRe_optimizer).
+
+  With t the 0-based step and b1 = b1b + (b1a - b1b) exp(-(t / b1c)^2):
+  v <- b2 v + (1 - b2) g^2;  m' = b1 m + (1 - b1) g;
+  plasticity P = 0 where the importance score is among the top `frozen`
+  fraction of its tensor (from t >= score_history, when score_history > 0;
+  the scores then decay by 1 - 1/score_history), else 1;
+  s <- clip(s * (eta_plus if m' m P > 0, eta_minus if < 0, else 1),
+  step_size_min, step_size_max)  (s_0 = learning_rate at step 0);
+  u = s P m' / (1 - b1^(t+1)) / (sqrt(v / (1 - b2^(t+1))) + eps)  (adam_like;
+  else u = s P sign(m'));  score <- score + m' u / score_history;
+  emits the descent step u + weight_decay |u| p (the official decay scales
+  with the step of each weight), to be negated by the chain. Needs `params`
+  when weight_decay is not 0. score_history and frozen set the shapes of the
+  computation (top-k): pass them as Python numbers (``static_args`` of
+  `optax.inject_hyperparams`). Division by a zero denominator gives 0.
+  """
+  where = "scale_by_core"
+  V.check_learning_rate(where, learning_rate)
+  V.check_decay(where, "b1a", b1a)
+  V.check_decay(where, "b1b", b1b)
+  V.check_positive(where, "b1c", b1c)
+  V.check_decay(where, "b2", b2)
+  V.check_nonneg(where, "eps", eps)
+  V.check_range(where, "eta_minus", eta_minus, 0.0, 1.0, low_open=True)
+  V.check_range(where, "eta_plus", eta_plus, 1.0)
+  V.check_positive(where, "step_size_min", step_size_min)
+  V.check_positive(where, "step_size_max", step_size_max)
+  lo, hi = V._concrete(step_size_min), V._concrete(step_size_max)
+  if lo is not None and hi is not None and lo > hi:
+    raise ValueError(f"optlab.{where}: step_size_min ({lo}) must not exceed "
+                     f"step_size_max ({hi})")
+  V.check_nonneg(where, "weight_decay", weight_decay)
+  hist, frac = V._concrete(score_history), V._concrete(frozen)
+  if hist is None or frac is None:
+    raise TypeError(f"optlab.{where}: score_history and frozen must be Python numbers "
+                    "(they shape the computation; pass them in static_args of "
+                    "optax.inject_hyperparams)")
+  V.check_range(where, "score_history", hist, 0.0)
+  V.check_range(where, "frozen", frac, 0.0, 1.0)
+  hist = int(hist)
+  wd = V._concrete(weight_decay)
+  decays = wd is None or wd != 0.0
+
+  def init(params):
+    dt = lambda p: accumulation_dtype(p.dtype)
+    lr0 = _value_at(learning_rate, 0)
+    zeros = lambda: jax.tree.map(lambda p: zeros_like(p, dt(p)), params)
+    return CoreState(jnp.zeros([], jnp.int32), zeros(), zeros() if adam_like else (),
+                     jax.tree.map(lambda p: full_like(p, lr0, dt(p)), params),
+                     zeros() if hist > 0 else ())
+
+  def update(updates, state, params=None, **extra):
+    del extra
+    if decays:
+      V.require_params(where, params)
+    t = state.count
+    b1 = _core_b1(b1a, b1b, b1c, t)
+    tf = jnp.asarray(t, float) + 1.0
+    c1, c2 = 1.0 - b1 ** tf, 1.0 - b2 ** tf
+
+    def leaf(g, p, m, v, s, score):
+      dt = m.dtype
+      g = g.astype(dt)
+      m_new = (b1 * m + (1 - b1) * g).astype(dt)
+      plastic = jnp.ones_like(g)
+      if hist > 0:
+        k = int(frac * g.size)
+        if k > 0:
+          active = t >= hist
+          top = jax.lax.top_k(score.reshape(-1), k)[0][k - 1]
+          plastic = jnp.where(active & (score >= 0.999999 * top), 0.0, 1.0).astype(dt)
+          score = jnp.where(active, score * (1.0 - 1.0 / hist), score).astype(dt)
+      agree = jnp.sign(m_new) * jnp.sign(m) * plastic  # the sign of m' m P, overflow-free
+      factor = jnp.where(agree > 0, eta_plus, jnp.where(agree < 0, eta_minus, 1.0))
+      s_new = jnp.clip(s * factor, step_size_min, step_size_max).astype(dt)
+      if adam_like:
+        v = _saturate(b2 * v + (1 - b2) * safe_square(g)).astype(dt)
+        u = safe_div(m_new / c1, jnp.sqrt(v) / jnp.sqrt(c2) + eps)
+      else:
+        u = jnp.sign(m_new)
+      u = (u * s_new * plastic).astype(dt)
+      if hist > 0:
+        score = (score + m_new * u / hist).astype(dt)
+      d = u if not decays else u + weight_decay * jnp.abs(u) * p.astype(dt)
+      return d, m_new, v, s_new, score
+
+    treedef = jax.tree.structure(updates)
+    flat = lambda tree: treedef.flatten_up_to(tree)
+    ps = flat(params) if decays else [None] * treedef.num_leaves
+    vs = flat(state.nu) if adam_like else [None] * treedef.num_leaves
+    scores = flat(state.score) if hist > 0 else [None] * treedef.num_leaves
+    rows = [leaf(*a) for a in zip(flat(updates), ps, flat(state.mu), vs, flat(state.step_size),
+                                  scores)]
+    col = lambda i: jax.tree.unflatten(treedef, [r[i] for r in rows])
+    out = jax.tree.map(lambda d, g: d.astype(g.dtype), col(0), updates)
+    return out, CoreState(optax.safe_increment(t), col(1), col(2) if adam_like else (), col(3),
+                          col(4) if hist > 0 else ())
 
   return optax.GradientTransformationExtraArgs(init, update)

@@ -28,12 +28,12 @@ from optlab.primitives.weight_averaging import lookahead
 from optlab.primitives.moments import ema, heavy_ball, scale_by_adam, scale_by_moments
 from optlab.primitives.step_size import scale_by_learning_rate
 from optlab.primitives.variants import (
-    coupled_ema_sq, embedding_paths, scale_by_critical_momenta,
+    coupled_ema_sq, embedding_paths, scale_by_core, scale_by_critical_momenta, scale_by_gravity,
     scale_by_innaprop)
 from optlab.primitives.wrappers import swats_trigger, switch
 
 __all__ = ["swats", "coupled_adam", "innaprop", "adam_cm", "ranger21",
-           "ranger21_schedule"]
+           "ranger21_schedule", "core", "gravity"]
 
 
 def swats(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-9,
@@ -213,6 +213,69 @@ def ranger21(learning_rate: Any, num_iterations: int = 1000, b1: Any = 0.9, b2: 
                       lookahead(core, lookahead_mergetime, lookahead_blending_alpha))
 
 
+def core(learning_rate: Any, b1a: Any = 0.7375, b1b: Any = 0.8125, b1c: Any = 250.0,
+         b2: Any = 0.99, eps: Any = 1e-8, eta_minus: Any = 0.7375, eta_plus: Any = 1.2,
+         step_size_min: Any = 1e-6, step_size_max: Any = 1e-2, weight_decay: Any = 0.1,
+         score_history: Any = None, frozen: Any = None, adam_like: bool = True):
+  """CoRe: "CoRe Optimizer: An All-in-One Solution for Machine Learning"
+  (Eckhoff & Reiher, arXiv:2307.15663).
+
+  Adam-like moments with a scheduled b1 = b1b + (b1a - b1b) exp(-(t/b1c)^2),
+  times per-element step sizes s adapted like Rprop (x eta_plus where the
+  momentum keeps its sign, x eta_minus where it flips, clipped to
+  [step_size_min, step_size_max]), and plasticity factors that freeze the
+  `frozen` fraction of each tensor's most important weights once
+  `score_history` steps of importance scores exist:
+  p <- p - u - weight_decay |u| p,  u = s P m_hat / (sqrt(v_hat) + eps).
+  See `scale_by_core`. Hyperparameters (official defaults; official names in
+  brackets): learning_rate [lr] (the initial step size s_0; a schedule is read
+  at step 0 only), b1a, b1b, b1c, b2 [betas], eps, eta_minus, eta_plus [etas],
+  step_size_min, step_size_max [step_sizes; the official advice is 1e-3 for
+  mini-batches, 1.0 for full batches], weight_decay, score_history (None: 0,
+  no plasticity), frozen (None: 0.0), adam_like (False: the official
+  ``betas[3] < 0``, u = s P sign(m)). score_history and frozen shape the
+  computation and default to None so that `optax.inject_hyperparams` keeps
+  them static.
+
+  Follows the official code (ReiherGroup/CoRe_optimizer, ``core_optimizer.py``,
+  which the paper's algorithm matches): the bias correction uses the current
+  b1, 1 - b1_t^t; the decay scales with |u| per weight; the scores decay only
+  while weights are being frozen. Differences: one weight_decay and one
+  frozen fraction for every tensor (the official per-parameter lists: use
+  `optax.partition`); no ``maximize`` (negate the loss); b2 must lie in
+  [0, 1) (``adam_like=False`` replaces a negative b2); a zero denominator
+  (eps=0, v=0) gives a zero step instead of NaN.
+  """
+  V.check_learning_rate("core", learning_rate)
+  V.check_nonneg("core", "weight_decay", weight_decay)
+  V.check_nonneg("core", "eps", eps)
+  return recipe_chain("core", scale_by_core(
+      learning_rate, b1a, b1b, b1c, b2, eps, eta_minus, eta_plus, step_size_min, step_size_max,
+      weight_decay, 0 if score_history is None else score_history,
+      0.0 if frozen is None else frozen, adam_like), scale_by_learning_rate(1.0))
+
+
+def gravity(learning_rate: Any, alpha: Any = 0.01, beta: Any = 0.9, seed: int = 0):
+  """Gravity: "Gravity Optimizer: a Kinematic Approach on Optimization in Deep
+  Learning" (Bahrami & Zadeh, arXiv:2101.09192).
+
+  zeta = g / (1 + (g max|g|)^2) per tensor; V <- b_t V + (1 - b_t) zeta with
+  b_t = (beta t + 1) / (t + 2); p <- p - lr V; V_0 ~ N(0, (alpha / lr)^2).
+  Hyperparameters (official names and defaults but the learning rate, whose
+  official default is 0.1): learning_rate, alpha, beta, seed (the initial
+  velocity's key). See `scale_by_gravity`. Follows the official Keras code
+  (dariush-bahrami/gravity.optimizer), whose t starts at 0 (its PyTorch port
+  starts at 1, so its first b_t is (beta + 1) / 3 instead of 1 / 2).
+
+  Not in the catalogue: no constant learning rate passes the contract's three
+  convergence problems (Rosenbrock needs lr ~ 9, where the quadratic and the
+  MLP diverge; see the issue-6 report).
+  """
+  V.check_learning_rate("gravity", learning_rate)
+  return recipe_chain("gravity", scale_by_gravity(learning_rate, alpha, beta, seed),
+                      scale_by_learning_rate(learning_rate))
+
+
 def _matrices(tree):
   """Couples every 2-D leaf (used by the tests, whose problems have no embedding)."""
   import jax
@@ -255,4 +318,13 @@ RECIPES = (
                    "softplus_beta": None}),
            notes="Official code, except that stable decay and norm loss reach every tensor "
                  "(the official loop decays only the last one)."),
+    Recipe("core", core, "adam", "CoRe Optimizer: An All-in-One Solution for Machine Learning",
+           "2307.15663", reference="adam_variants:core", hparams={"learning_rate": 1e-3},
+           cases=({"score_history": 5, "frozen": 0.1, "weight_decay": 0.0, "b1c": 5.0},
+                  {"adam_like": False, "step_size_max": 1.0, "eta_plus": 1.5,
+                   "score_history": 3, "frozen": 0.25},
+                  {"b2": 0.9, "eps": 1e-6, "step_size_min": 1e-4, "step_size_max": 0.1,
+                   "eta_minus": 0.5, "weight_decay": 0.5}),
+           notes="Official ReiherGroup/CoRe_optimizer step; one weight decay and one frozen "
+                 "fraction for all tensors."),
 )

@@ -406,7 +406,22 @@ RECIPES = (
            cases=({"nesterov": False, "weight_decay": 0.1, "adam_weight_decay": 0.01},
                   {"beta": 0.9, "consistent_rms": 0.2, "adam_b2": 0.999, "adam_eps": 1e-8}),
            notes="Official code: Keller Jordan's KellerJordan/Muon (blog, Dec 2024)."),
-    # shampoo and mars_shampoo are held out of the catalogue (so out of the
-    # contract suite) until their pmap step stops hanging on 8 host devices:
-    # see issue 3. Their factories stay public.
+    # learning_rate: with the default sgd grafting 0.005-0.007 passes all three
+    # convergence problems; 0.008 diverges on Rosenbrock, 0.004 is short on digits.
+    Recipe("shampoo", shampoo, "second_order",
+           "Shampoo: Preconditioned Stochastic Tensor Optimization", "1802.09568",
+           reference="matrix:shampoo", hparams={"learning_rate": 0.006},
+           cases=({"block_size": 4, "graft_type": "adagrad", "start_preconditioning_step": 2,
+                   "preconditioning_compute_steps": 3, "statistics_compute_steps": 2},
+                  {"graft_type": "rmsprop_normalized", "nesterov": False, "weight_decay": 0.01,
+                   "b2": 0.99, "max_precond_dim": 7},
+                  {"graft_type": "rmsprop", "block_size": 5, "exponent_override": 2,
+                   "start_preconditioning_step": 0})),
+    Recipe("mars_shampoo", mars_shampoo, "second_order",
+           "MARS: Unleashing the Power of Variance Reduction for Training Large Models",
+           "2411.10438", reference="matrix:mars_shampoo",
+           hparams={"learning_rate": 0.02},
+           cases=({"gamma": 0.05, "weight_decay": 0.1, "lr_1d_factor": 0.5, "max_norm": None},
+                  {"b1": 0.9, "b1_1d": 0.95, "weight_decay_1d": 0.0}),
+           notes="Official code: AGI-Arena/MARS, mars_type='mars-shampoo'."),
 )

@@ -212,3 +212,49 @@ def ranger21(params, grad_fn, steps, *, learning_rate, num_iterations=1000, b1=0
         slow[k] = p[k].copy()
     out.append(_copy(p))
   return out
+
+
+def core(params, grad_fn, steps, *, learning_rate=1e-3, b1a=0.7375, b1b=0.8125, b1c=250.0,
+         b2=0.99, eps=1e-8, eta_minus=0.7375, eta_plus=1.2, step_size_min=1e-6,
+         step_size_max=1e-2, weight_decay=0.1, score_history=None, frozen=None,
+         adam_like=True):
+  """ReiherGroup/CoRe_optimizer ``_single_tensor_core``, one weight decay and one
+  frozen fraction for every tensor (betas[3] < 0 is adam_like=False)."""
+  hist = score_history or 0
+  frac = frozen or 0.0
+  p = _copy(params)
+  g_prev = {k: np.zeros_like(x) for k, x in p.items()}   # prev_1
+  h = {k: np.zeros_like(x) for k, x in p.items()}        # prev_2
+  s = {k: np.full_like(x, learning_rate) for k, x in p.items()}
+  score = {k: np.zeros_like(x) for k, x in p.items()}
+  n_frozen = {k: int(frac * int(np.prod(np.shape(x)))) for k, x in p.items()}
+  out = []
+  for step in range(steps):
+    grad = grad_fn(p, step)
+    for k in p:
+      G = np.asarray(grad[k], np.float64)
+      if adam_like:
+        h[k] = b2 * h[k] + (1.0 - b2) * G * G
+      beta = b1b + (b1a - b1b) * np.exp(-(step / b1c) ** 2)
+      g = G + beta * (g_prev[k] - G)  # lerp towards the previous average
+      plast = np.ones_like(G)
+      if hist > 0 and step >= hist and n_frozen[k] > 0:
+        kth = np.sort(score[k].ravel())[::-1][n_frozen[k] - 1]
+        plast[score[k] >= 0.999999 * kth] = 0.0
+        score[k] = score[k] * (1.0 - 1.0 / hist)
+      change = g * g_prev[k] * plast
+      factor = np.where(change > 0, eta_plus, np.where(change < 0, eta_minus, 1.0))
+      s[k] = np.clip(s[k] * factor, step_size_min, step_size_max)
+      if adam_like:
+        u = (g / (1.0 - beta ** (step + 1))) / (np.sqrt(h[k] / (1.0 - b2 ** (step + 1))) + eps)
+      else:
+        u = np.sign(g)
+      u = u * s[k]
+      if hist > 0:
+        u = u * plast
+        score[k] = score[k] + g * u / hist
+      p[k] = p[k] - weight_decay * np.abs(u) * p[k]
+      p[k] = p[k] - u
+      g_prev[k] = g
+    out.append(_copy(p))
+  return out
