@@ -91,11 +91,11 @@ def _fmt(x: float) -> str:
 def markdown(rows: list[dict], meta: dict) -> str:
   tasks = sorted({r["task"] for r in rows})
   out = ["# Learning-rate sensitivity: step-size-free methods vs AdamW", "",
-         f"Final loss after each task's contract step budget at 5 learning rates "
-         f"lr0 * 10^(-1/2 .. 1/2) (one decade around the catalog value lr0; for the "
-         f"step-size-free methods a multiplier of the adapted step). `target` counts the "
-         f"runs that reach the contract's convergence target; `spread` is max/min final "
-         f"loss over the decade (lower = less sensitive).", "",
+         "Final loss after each task's contract step budget at 5 learning rates "
+         "lr0 * 10^(-1/2 .. 1/2) (one decade around the catalog value lr0; for the "
+         "step-size-free methods a multiplier of the adapted step). `target` counts the "
+         "runs that reach the contract's convergence target; `spread` is max/min final "
+         "loss over the decade (lower = less sensitive).", "",
          f"Machine: {meta['machine']}; jax {meta['jax']}; {meta['date']}.", ""]
   for task in tasks:
     out += [f"## {task}", "",

@@ -36,7 +36,6 @@ import platform
 import statistics
 import sys
 import time
-import traceback
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
@@ -193,6 +192,15 @@ def claims(rows):
   return c
 
 
+def _table_rows(results: dict, width: int, cells) -> list[str]:
+  """Markdown rows `| name | cells... |`; a failed recipe shows its error in the last cell."""
+  out = []
+  for n, t in results.items():
+    row = ["error"] + [""] * (width - 2) + [t["error"][:60]] if "error" in t else list(cells(t))
+    out.append("| " + " | ".join([n] + row) + " |")
+  return out
+
+
 def markdown(res):
   lines = [f"# Optimizer-state memory ({res['date']})", "",
            f"Tree: transformer-shaped, {res['num_params']:,} float32 params (flax paths). "
@@ -224,21 +232,14 @@ def markdown(res):
     lines += ["", f"## Step time vs AdamW ({res['step_params']:,} params, {res['pairs']} "
               f"alternating pairs, {res['machine']})", "",
               "| recipe | median step (ms) | AdamW (ms) | ratio |", "|---|---:|---:|---:|"]
-    for n, t in res["step_time"].items():
-      if "error" in t:
-        lines.append(f"| {n} | error | | {t['error'][:60]} |")
-      else:
-        lines.append(f"| {n} | {1e3 * t['median_s']:.2f} | {1e3 * t['adamw_median_s']:.2f} | "
-                     f"{t['ratio']:.2f} |")
+    lines += _table_rows(res["step_time"], 3, lambda t: (
+        f"{1e3 * t['median_s']:.2f}", f"{1e3 * t['adamw_median_s']:.2f}", f"{t['ratio']:.2f}"))
   if res.get("convergence"):
     lines += ["", f"## Convergence: digits MLP, {res['conv_steps']} steps, catalogue hparams "
               f"(initial loss {res['conv_initial']:.3f})", "",
               "| recipe | final loss | vs AdamW |", "|---|---:|---:|"]
-    for n, t in res["convergence"].items():
-      if "error" in t:
-        lines.append(f"| {n} | error | {t['error'][:60]} |")
-      else:
-        lines.append(f"| {n} | {t['final_loss']:.4f} | {t['vs_adamw']:.2f} |")
+    lines += _table_rows(res["convergence"], 2, lambda t: (
+        f"{t['final_loss']:.4f}", f"{t['vs_adamw']:.2f}"))
   missing = [n for n in OURS if n not in {r["name"] for r in res["memory"]}]
   if missing:
     lines += ["", f"Not in the catalogue when this ran: {', '.join(missing)}."]

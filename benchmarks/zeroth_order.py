@@ -33,6 +33,11 @@ METHODS = {
     "adamw": lambda: optax.adamw(3e-3),
     "mezo": lambda: optlab.mezo(0.05, eps=1e-2, n_samples=16),
     "mezo_n1": lambda: optlab.mezo(0.01, eps=1e-2, n_samples=1),
+    "sparse_mezo": lambda: optlab.sparse_mezo(0.05, sparsity=0.5, eps=1e-2, n_samples=16),
+    "zo_adamu": lambda: optlab.zo_adamu(0.05, eps=1e-2, sigma=1.0, n_samples=16),
+    "quzo_int8": lambda: optlab.quzo(0.05, eps=1e-2, n_samples=16, bits=8),
+    "quzo_int4": lambda: optlab.quzo(0.05, eps=5e-2, n_samples=16, bits=4),
+    "deepzero": lambda: optlab.deepzero(0.05, mu=1e-2, sparsity=0.95),
 }
 
 

@@ -5,11 +5,14 @@ import jax
 import pytest
 
 import optlab
+from optlab.recipes import zeroth_order
 from tests import harness, problems
 
 STEPS = 25
 RTOL, ATOL = 1e-5, 1e-9  # atol only guards exact zeros
 RECIPES = optlab.catalog()
+# Held out of the catalogue (they fail a contract point), still held to their references.
+HELD_OUT = zeroth_order.HELD_OUT
 
 
 def _cases(recipe):
@@ -27,7 +30,7 @@ def _ids(cases):
 
 
 
-REF_CASES = [c for r in RECIPES if r.reference for c in _cases(r)]
+REF_CASES = [c for r in RECIPES + HELD_OUT if r.reference for c in _cases(r)]
 OPTAX_CASES = [c for r in RECIPES if r.optax for c in _cases(r)]
 
 

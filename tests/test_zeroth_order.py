@@ -3,6 +3,8 @@ schedule, memory, masks, and `zo_step`."""
 
 from __future__ import annotations
 
+import zlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,9 +61,9 @@ def test_key_schedule_is_the_documented_one():
   want = {k: np.zeros(np.shape(v)) for k, v in params.items()}
   for s in range(2):
     k = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), t), s)
-    z = {name: np.asarray(jax.random.normal(jax.random.fold_in(k, i), np.shape(params[name]),
-                                            jnp.float32))
-         for i, name in enumerate(("a", "b"))}  # leaves in sorted order
+    leaf_key = lambda name: jax.random.fold_in(k, np.uint32(zlib.crc32(f"['{name}']".encode())))
+    z = {name: np.asarray(jax.random.normal(leaf_key(name), np.shape(params[name]), jnp.float32))
+         for name in ("a", "b")}  # each leaf keyed by crc32 of its path
     plus = {k_: params[k_] + eps * z[k_] for k_ in z}
     minus = {k_: params[k_] - eps * z[k_] for k_ in z}
     c = (float(f(plus)) - float(f(minus))) / (2 * eps)
@@ -152,3 +154,93 @@ def test_peak_memory_does_not_grow_with_samples():
   many = _temp_bytes(optlab.mezo(0.1, n_samples=32), params, f)
   assert many <= two + size // 4, (two, many)
   assert one <= 4 * size and many <= 7 * size, (one, two, many)
+
+
+def _leaf_normals(key, name, shape):
+  """The documented draw of the leaf `name` from a raw sample key."""
+  leaf_id = np.uint32(zlib.crc32(f"['{name}']".encode()))
+  k = jax.random.fold_in(jax.random.wrap_key_data(key), leaf_id)
+  return np.asarray(jax.random.normal(k, shape, jnp.float32), np.float64)
+
+
+def test_zo_adamu_step_by_hand():
+  """alpha = b1 = b2 = 1: m = n1 (the draw folded with 0), v = n1^2, u = c m / sqrt(v^2 + sigma).
+  The stored m is the perturbation used, and the next step's z2 is centred on it."""
+  params = {"x": jnp.array([0.3, -1.2, 2.0])}
+  f = lambda p: jnp.sum(p["x"] ** 2) + p["x"][0]
+  eps, sigma = 1e-2, 0.5
+  tx = Z.scale_by_zo_adamu(eps, alpha=1.0, b1=1.0, b2=1.0, sigma=sigma, seed=3)
+  s = tx.init(params)
+  u, s1 = tx.update(jax.tree.map(jnp.zeros_like, params), s, params, obj_fn=f)
+  sample = Z.zo_sample_key(Z.zo_step_key(Z.zo_new_key(3), 0), 0)
+  n1 = _leaf_normals(Z.zo_sample_key(sample, 0), "x", (3,))
+  x = np.asarray(params["x"], np.float64)
+  fx = lambda y: np.sum(y ** 2) + y[0]
+  c = (fx(x + eps * n1) - fx(x - eps * n1)) / (2 * eps)
+  np.testing.assert_allclose(np.asarray(u["x"]), c * n1 / np.sqrt(n1 ** 4 + sigma), rtol=1e-3)
+  np.testing.assert_allclose(np.asarray(s1.m["x"]), n1, rtol=1e-6)
+  assert int(s1.count) == 1
+
+
+def test_zo_adamu_without_noise_or_momentum_gives_zero_update():
+  """alpha = 1 and b1 = 0 perturb along z2 = m without noise; m starts at zero: no step,
+  no NaN (0 / sqrt(0 + sigma))."""
+  params = {"x": jnp.array([1.0, 2.0])}
+  tx = Z.scale_by_zo_adamu(0.1, alpha=1.0, b1=0.0, b2=0.5)
+  u, s = tx.update(params, tx.init(params), params, obj_fn=lambda p: jnp.sum(p["x"] ** 2))
+  np.testing.assert_array_equal(np.asarray(u["x"]), 0.0)
+  np.testing.assert_array_equal(np.asarray(s.m["x"]), 0.0)
+
+
+def test_cge_is_the_forward_difference_on_selected_coordinates():
+  """On f = sum(a x^2 / 2 + b x) the forward difference is exactly a x + b + mu a / 2."""
+  a = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+  params = {"w": jnp.array([[0.5, -1.0, 2.0], [0.0, 1.5, -0.5]]), "s": jnp.array(0.7)}
+  f = lambda p: jnp.sum(0.5 * a * p["w"] ** 2 + p["w"]) + p["s"] ** 2
+  mu = 0.25
+  tx = Z.scale_by_cge(mu, sparsity=0.5, mask_interval=2, seed=1)
+  step = jax.jit(lambda s: tx.update(jax.tree.map(jnp.zeros_like, params), s, params, obj_fn=f))
+  s0 = tx.init(params)
+  u0, s1 = step(s0)
+  u1, s2 = step(s1)
+  u2, _ = step(s2)
+  full = np.asarray(a * params["w"] + 1.0 + mu * a / 2)
+  w0 = np.asarray(u0["w"])
+  chosen = w0 != 0
+  assert chosen.sum() == 3  # ceil(0.5 * 6) coordinates
+  np.testing.assert_allclose(w0[chosen], full[chosen], rtol=1e-5)
+  np.testing.assert_allclose(float(u0["s"]), 2 * 0.7 + mu, rtol=1e-5)  # scalars: one coordinate
+  np.testing.assert_array_equal(np.asarray(u1["w"]) != 0, chosen)  # same set within an interval
+  coords = Z.random_coordinates(Z.zo_step_key(Z.zo_new_key(1), 1), params, 0.5)
+  np.testing.assert_array_equal(np.sort(np.flatnonzero(np.asarray(u2["w"]))),
+                                np.sort(np.asarray(coords["w"])))
+
+
+def test_quantize_stochastic_grid_range_and_unbiased():
+  x = {"w": jnp.array([0.3, -1.0, 0.0, 0.77, 1e-3]), "z": jnp.zeros(3), "h": jnp.full(2, 1e30)}
+  bits, qmax, n = 4, 7, 2000
+  keys = jax.vmap(lambda i: Z.zo_sample_key(Z.zo_new_key(0), i))(jnp.arange(n))
+  q = jax.jit(jax.vmap(lambda k: Z.quantize_stochastic(x, k, bits)))(keys)
+  w = np.asarray(q["w"], np.float64)
+  scale = 1.0 / qmax  # max|w| / qmax
+  np.testing.assert_allclose(w / scale, np.round(w / scale), atol=1e-4)  # on the grid
+  assert np.all(np.abs(w) <= 1.0 + 1e-6)
+  assert np.all(w[:, 2] == 0.0)  # zero is on the grid
+  np.testing.assert_array_equal(np.asarray(q["z"]), 0.0)
+  assert np.all(np.isfinite(np.asarray(q["h"])))
+  # Each entry rounds to one of its two neighbours on the grid.
+  lo = np.floor(np.asarray(x["w"]) / scale) * scale
+  assert np.all((np.abs(w - lo) < 1e-6) | (np.abs(w - lo - scale) < 1e-6))
+  # Unbiased: the mean over n roundings is within 5 standard errors (<= scale / 2 / sqrt(n)).
+  np.testing.assert_allclose(w.mean(0), np.asarray(x["w"]), atol=5 * 0.5 * scale / np.sqrt(n))
+
+
+def test_zo_step_runs_every_zeroth_order_recipe():
+  params = {"x": jnp.linspace(-1.0, 1.0, 4), "b": jnp.array(0.5)}
+  f = lambda p: jnp.sum(p["x"] ** 2) + p["b"] ** 2
+  for tx in (optlab.mezo(0.05), optlab.sparse_mezo(0.05), optlab.zo_adamu(0.05, sigma=1.0),
+             optlab.deepzero(0.05), optlab.quzo(0.05, eps=0.1)):
+    s = tx.init(params)
+    p, s, loss = jax.jit(lambda p, s: optlab.zo_step(tx, f, p, s))(params, s)
+    assert np.isfinite(float(loss)) and abs(float(loss) - float(f(params))) < 0.1
+    assert all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree.leaves(p))

@@ -197,6 +197,18 @@ class CurvatureState(NamedTuple):
 _REFRESH = ("after", "before")
 
 
+def _curvature_init(seed: int, mu_dtype: Any):
+  """Sophia's and AdaHessian's init: zero count, m (mu_dtype), h, and the probe key."""
+  def init(params):
+    return CurvatureState(jnp.zeros([], jnp.int32), tree_zeros_like(params, mu_dtype),
+                          tree_zeros_like(params), _seed_key(seed))
+  return init
+
+
+def _first_moment(b1: Any, mu: Any, updates: Any) -> Any:
+  return jax.tree.map(lambda m, g: (b1 * m + (1 - b1) * g).astype(m.dtype), mu, updates)
+
+
 def scale_by_sophia(estimator: Any = None, b1: Any = 0.965, b2: Any = 0.99,
                     gamma: Any = 0.01, eps: Any = 1e-8, clip_threshold: Any = 1.0,
                     update_interval: int = 10, *, debias: bool = True,
@@ -235,9 +247,7 @@ def scale_by_sophia(estimator: Any = None, b1: Any = 0.965, b2: Any = 0.99,
   V.check_range(where, "update_interval", update_interval, 1)
   V.check_choice(where, "refresh", refresh, _REFRESH)
 
-  def init(params):
-    return CurvatureState(jnp.zeros([], jnp.int32), tree_zeros_like(params, mu_dtype),
-                          tree_zeros_like(params), _seed_key(seed))
+  init = _curvature_init(seed, mu_dtype)
 
   def update(updates, state, params=None, **extra):
     params = V.require_params(where, params)
@@ -250,7 +260,7 @@ def scale_by_sophia(estimator: Any = None, b1: Any = 0.965, b2: Any = 0.99,
     new_nu = jax.tree.map(
         lambda h, e: jnp.where(fresh, (b2 * h + (1 - b2) * e).astype(h.dtype), h),
         state.nu, est)
-    mu = jax.tree.map(lambda m, g: (b1 * m + (1 - b1) * g).astype(m.dtype), state.mu, updates)
+    mu = _first_moment(b1, state.mu, updates)
     c = bias_correction(b1, count) if debias else 1.0
     nu = new_nu if refresh == "before" else state.nu
 
@@ -296,9 +306,7 @@ def scale_by_adahessian(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-4,
   V.check_nonneg(where, "weight_decay", weight_decay)
   estimator = hutchinson(n_probes, spatial_axes)
 
-  def init(params):
-    return CurvatureState(jnp.zeros([], jnp.int32), tree_zeros_like(params, mu_dtype),
-                          tree_zeros_like(params), _seed_key(seed))
+  init = _curvature_init(seed, mu_dtype)
 
   def update(updates, state, params=None, **extra):
     params = V.require_params(where, params)
@@ -310,7 +318,7 @@ def scale_by_adahessian(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-4,
         lambda v, d: jnp.where(fresh, jnp.minimum(b2 * v + (1 - b2) * safe_square(d),
                                                   jnp.finfo(v.dtype).max).astype(v.dtype), v),
         state.nu, est)
-    mu = jax.tree.map(lambda m, g: (b1 * m + (1 - b1) * g).astype(m.dtype), state.mu, updates)
+    mu = _first_moment(b1, state.mu, updates)
     refreshes = (count - 1) // update_interval + 1
     # accurate 1 - b^t, the same whether b is a number or injected (see one_minus_power)
     c1, c2 = one_minus_power(b1, count, float), one_minus_power(b2, refreshes, float)

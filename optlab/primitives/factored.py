@@ -221,7 +221,8 @@ def scale_by_param_block_rms(min_scale: Any = 1e-3) -> optax.GradientTransformat
   V.check_nonneg("scale_by_param_block_rms", "min_scale", min_scale)
 
   def one(u, p):
-    return (u * jnp.maximum(tensor_rms(p), min_scale)).astype(u.dtype)
+    top = jnp.finfo(u.dtype).max  # huge u times huge params saturates, never inf
+    return jnp.clip(u * jnp.maximum(tensor_rms(p), min_scale), -top, top).astype(u.dtype)
 
   def update(updates, state, params=None, **extra):
     del extra

@@ -50,6 +50,7 @@ from optlab import _validate as V
 from optlab.primitives.basis import LINEAR, SECOND, declare_basis
 from optlab.primitives.moments import safe_div, safe_square, tree_zeros_like
 from optlab.primitives.normalize import accumulation_dtype, tensor_norm, tensor_sq_norm
+from optlab.primitives.wrappers import one_minus_power
 
 __all__ = [
     "DistanceOverGradientsState", "scale_by_distance_over_gradients",
@@ -96,12 +97,23 @@ def _global_norm(norms: list[jax.Array], dtype: Any) -> jax.Array:
 
 
 def _tree_vdot(a: Any, b: Any, dtype: Any) -> jax.Array:
-  """sum over leaves of <a, b>, accumulated in `dtype`, clipped to finite values."""
-  parts = [jnp.sum(x.astype(dtype) * y.astype(dtype))
-           for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+  """sum over leaves of <a, b>, accumulated in `dtype`, clipped to finite values.
+
+  A leaf whose plain sum is not finite (huge products of mixed sign sum to
+  inf - inf = nan) is summed again from products clipped to finite values and
+  divided by the leaf's size, which cannot overflow."""
+  top = jnp.finfo(dtype).max
+
+  def leaf_dot(x, y):
+    prod = x.astype(dtype) * y.astype(dtype)
+    plain = jnp.sum(prod)
+    n = max(prod.size, 1)
+    safe = jnp.clip(jnp.sum(jnp.clip(prod, -top, top) / n) * n, -top, top)
+    return jnp.where(jnp.isfinite(plain), plain, safe)
+
+  parts = [leaf_dot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
   if not parts:
     return jnp.zeros([], dtype)
-  top = jnp.finfo(dtype).max
   total = jnp.sum(jnp.clip(jnp.stack(parts), -top, top))
   return jnp.clip(total, -top, top)
 
@@ -110,15 +122,6 @@ def _tree_l1(tree: Any, dtype: Any) -> jax.Array:
   parts = [jnp.minimum(jnp.sum(jnp.abs(x.astype(dtype))), jnp.finfo(dtype).max)
            for x in jax.tree.leaves(tree)]
   return _saturating_sum(parts, dtype)
-
-
-def _one_minus_pow(b: Any, count: jax.Array, dtype: Any = None) -> jax.Array:
-  """1 - b^t as -expm1(t log b): accurate to a few ulps also for b near 1, where the
-  plain form loses digits to cancellation (1 - 0.999^t in float32 is off by
-  1e-5 relative, and differs between compilations by as much)."""
-  t = jnp.asarray(count).astype(dtype or jnp.result_type(float))
-  log_b = math.log(b) if isinstance(b, (int, float)) and b > 0 else jnp.log(b)
-  return -jnp.expm1(t * log_b)
 
 
 def _cast_like(tree: Any, like: Any) -> Any:
@@ -231,7 +234,8 @@ def dadapt_bound(d: jax.Array, numerator: jax.Array, s_norm: jax.Array, *, scale
   s_k; then d <- max(d, min(d_hat, growth_rate * d)). Where `live` is False
   (a zero learning rate, or s_norm = 0: nothing learned yet) d is kept.
   """
-  d_hat = scale * safe_div(numerator, s_norm)
+  top = jnp.finfo(d.dtype).max
+  d_hat = jnp.clip(scale * safe_div(numerator, s_norm), -top, top)
   new = jnp.maximum(d, jnp.minimum(d_hat, growth_rate * d))
   return jnp.where(jnp.logical_and(live, s_norm > 0), new, d).astype(d.dtype)
 
@@ -367,12 +371,13 @@ def scale_by_dadapt_adam(learning_rate: Any = 1.0, b1: Any = 0.9, b2: Any = 0.99
     count = optax.safe_increment(state.count)
     beta = math.sqrt(b2) if isinstance(b2, (int, float)) else jnp.sqrt(b2)
     lr = _dadapt_learning_rate(learning_rate, state.count, dtype)
-    c = (jnp.sqrt(_one_minus_pow(b2, count, dtype)) / _one_minus_pow(b1, count, dtype)
+    c = (jnp.sqrt(one_minus_power(b2, count, dtype)) / one_minus_power(b1, count, dtype)
          if use_bias_correction else 1.0)
     dlr = (state.d * lr * c).astype(dtype)
     g = updates if decouple else jax.tree.map(lambda u, p: u + weight_decay * p, updates, params)
     weighted = jax.tree.map(lambda a, v: safe_div(a, jnp.sqrt(v) + eps), state.s, state.nu)
-    acc = dlr * _tree_vdot(g, weighted, dtype)
+    top = jnp.finfo(dtype).max
+    acc = jnp.clip(dlr * _tree_vdot(g, weighted, dtype), -top, top)
     mu = jax.tree.map(lambda m, x: (b1 * m + (1 - b1) * dlr * x).astype(m.dtype), state.mu, g)
     nu = jax.tree.map(lambda v, x: (b2 * v + (1 - b2) * safe_square(x)).astype(v.dtype),
                       state.nu, g)
@@ -502,7 +507,7 @@ class adam_diagonal:
     nu = jax.tree.map(
         lambda v, x: jnp.minimum(self.b2 * v + (1 - self.b2) * safe_square(x),
                                  jnp.finfo(v.dtype).max).astype(v.dtype), nu, g)
-    c = _one_minus_pow(self.b2, count) if self.debias else 1.0
+    c = one_minus_power(self.b2, count) if self.debias else 1.0
     scale = jax.tree.map(
         lambda v: _shape_scale(v / c.astype(v.dtype) if self.debias else v, self.floor,
                                self.power, self.eps), nu)
@@ -658,7 +663,7 @@ def scale_by_momo(learning_rate: Any = 1.0, beta: Any = 0.9, lower_bound: Any = 
     dtype = state.barf.dtype
     count = optax.safe_increment(state.count)
     if bias_correction:
-      bt, rho = jnp.asarray(beta, dtype), _one_minus_pow(beta, count, dtype)
+      bt, rho = jnp.asarray(beta, dtype), one_minus_power(beta, count, dtype)
     else:
       bt, rho = jnp.where(state.count == 0, 0.0, beta).astype(dtype), 1.0
     f = jnp.asarray(value).astype(dtype)

@@ -228,9 +228,11 @@ class swats_trigger:
     return new_lam, fire, corrected
 
 
-def one_minus_power(b: Any, count: jax.Array, dtype: Any) -> jax.Array:
-  """1 - b^count, accurate in float32 too (log(b) in double precision when b is
-  a Python number: float32(0.999) alone would be off by 1e-5 relative)."""
+def one_minus_power(b: Any, count: jax.Array, dtype: Any = None) -> jax.Array:
+  """1 - b^count as -expm1(count log b), accurate in float32 too: no cancellation
+  for b near 1, and log(b) in double precision when b is a Python number
+  (float32(0.999) alone would be off by 1e-5 relative). dtype: default float."""
+  dtype = dtype or jnp.result_type(float)
   v = V._concrete(b)
   log_b = math.log(v) if v is not None and v > 0 else jnp.log(jnp.asarray(b, dtype))
   return -jnp.expm1(count.astype(dtype) * jnp.asarray(log_b, dtype))

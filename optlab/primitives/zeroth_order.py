@@ -21,23 +21,34 @@ it):
 * At the 0-based step ``t`` (``state.count`` before the update), sample ``s``
   (0 <= s < n_samples) uses ``sample_key = fold_in(fold_in(key, t), s)``
   (`zo_sample_key`).
-* Leaf ``i`` of the params (order of `jax.tree.leaves`) draws
-  ``normal(fold_in(sample_key, i), shape, float32)``, cast to the leaf's dtype
-  (`zo_normals`). Drawing per leaf bounds the random-number generator's
-  scratch memory by the largest leaf, not the whole model.
+* The leaf at tree path ``path`` draws
+  ``normal(fold_in(sample_key, crc32(keystr(path))), shape, float32)``, cast to
+  the leaf's dtype (`zo_normals`, `zo_leaf_id`): ``keystr`` is
+  `jax.tree_util.keystr` (``"['w1']"`` for a dict key ``w1``) and ``crc32``
+  is `zlib.crc32` of its UTF-8 bytes, computed while tracing. Keying a leaf by
+  its path, not its position, makes a leaf draw the same direction whatever
+  else is in the tree, so a recipe inside `optax.masked` / `optax.partition`
+  (which see the full tree with the other leaves masked out) takes the same
+  steps as on the sub-tree alone. Drawing per leaf bounds the random-number
+  generator's scratch memory by the largest leaf, not the whole model.
 
 Estimators (the recipes in `optlab.recipes.zeroth_order` wrap them):
 
     scale_by_spsa(eps, n_samples)             # MeZO (arXiv:2305.17333)
     scale_by_spsa(..., sparsity=0.75)         # Sparse MeZO (arXiv:2402.15751)
+    scale_by_zo_adamu(eps, alpha, b1, b2)     # ZO-AdaMU (arXiv:2312.15184)
+    scale_by_cge(mu, sparsity)                # DeepZero (arXiv:2310.02025)
+    scale_by_quantized_spsa(eps, bits=8)      # QuZO (arXiv:2502.12346)
 
-`spsa_gradient` also takes a ``point_fn`` (e.g. a quantised forward pass, as
-QuZO) and a ``direction_fn`` (e.g. momentum-shifted perturbations, as
-ZO-AdaMU); recipes for those are not written yet.
+`spsa_gradient` also takes a ``point_fn`` (a quantised forward pass, as
+QuZO), a ``direction_fn`` (momentum-shifted perturbations, as ZO-AdaMU) and a
+``weight_fn`` (the vector the projected difference multiplies).
 """
 
 from __future__ import annotations
 
+import math
+import zlib
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -45,13 +56,19 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
+from optlab.primitives.basis import LINEAR, declare_basis
+from optlab.primitives.moments import tree_zeros_like
 from optlab.primitives.normalize import accumulation_dtype
 from optlab.primitives.wrappers import find_state
 
 __all__ = [
-    "ZerothOrderState", "zo_new_key", "zo_step_key", "zo_sample_key", "zo_normals",
+    "ZerothOrderState", "zo_new_key", "zo_step_key", "zo_sample_key", "zo_leaf_id", "zo_normals",
     "spsa_gradient",
-    "scale_by_spsa", "small_magnitude_mask", "zo_step",
+    "scale_by_spsa", "small_magnitude_mask",
+    "ZoAdaMUState", "scale_by_zo_adamu",
+    "random_coordinates", "cge_gradient", "scale_by_cge",
+    "quantize_stochastic", "scale_by_quantized_spsa",
+    "zo_step",
 ]
 
 ObjFn = Callable[[Any], jax.Array]
@@ -75,14 +92,22 @@ def zo_sample_key(step_key: jax.Array, sample: Any) -> jax.Array:
   return jax.random.key_data(jax.random.fold_in(base, sample))
 
 
+def zo_leaf_id(path: Any) -> int:
+  """A leaf's stable 32-bit id: ``zlib.crc32`` of ``jax.tree_util.keystr(path)``."""
+  return zlib.crc32(jax.tree_util.keystr(path).encode("utf-8"))
+
+
 def zo_normals(sample_key: jax.Array, like: Any) -> Any:
-  """The documented perturbation: leaf i of `like` (tree-leaves order) is
-  ``normal(fold_in(sample_key, i), shape, float32)`` cast to the leaf's dtype."""
+  """The documented perturbation: the leaf of `like` at path ``path`` is
+  ``normal(fold_in(sample_key, zo_leaf_id(path)), shape, float32)`` cast to the
+  leaf's dtype."""
   base = jax.random.wrap_key_data(sample_key)
-  leaves, treedef = jax.tree.flatten(like)
-  out = [jax.random.normal(jax.random.fold_in(base, i), jnp.shape(x), jnp.float32
-                           ).astype(jnp.result_type(x)) for i, x in enumerate(leaves)]
-  return jax.tree.unflatten(treedef, out)
+
+  def leaf(path, x):
+    k = jax.random.fold_in(base, jnp.uint32(zo_leaf_id(path)))
+    return jax.random.normal(k, jnp.shape(x), jnp.float32).astype(jnp.result_type(x))
+
+  return jax.tree_util.tree_map_with_path(leaf, like)
 
 
 # --------------------------------------------------------------------- helpers
@@ -123,12 +148,13 @@ def small_magnitude_mask(params: Any, sparsity: Any) -> Any:
 def spsa_gradient(obj_fn: ObjFn, params: Any, key: jax.Array, eps: Any = 1e-3,
                   n_samples: int = 1, *, mask: Any = None,
                   point_fn: Optional[Callable[[Any, jax.Array, int], Any]] = None,
-                  direction_fn: Optional[Callable[[jax.Array], Any]] = None
+                  direction_fn: Optional[Callable[[jax.Array], Any]] = None,
+                  weight_fn: Optional[Callable[[jax.Array, Any], Any]] = None
                   ) -> tuple[Any, jax.Array]:
   """The two-point SPSA estimate of grad obj_fn(params), as MeZO computes it.
 
   For each sample s: z_s = the perturbation drawn from ``zo_sample_key(key, s)``
-  (leaf i: standard normal from ``fold_in(sample_key, i)``, see the module
+  (each leaf a standard normal keyed by its tree path, see the module
   docstring, `zo_normals`), times ``mask`` where given;
   c_s = (f(params + eps z_s) - f(params - eps z_s)) / (2 eps), and the
   estimate is mean_s c_s z_s. Returns ``(estimate, loss)``, with ``loss`` the
@@ -153,6 +179,9 @@ def spsa_gradient(obj_fn: ObjFn, params: Any, key: jax.Array, eps: Any = 1e-3,
       QuZO's quantised forward passes use it.
     direction_fn: optional ``sample_key -> z tree`` replacing the Gaussian
       draw (ZO-AdaMU's momentum-shifted perturbations use it).
+    weight_fn: optional ``(sample_key, z) -> tree``: the vector that c_s
+      multiplies in the estimate, in place of z_s (ZO-AdaMU divides z_s by
+      its second-moment term); regenerated like z_s.
   """
   V.check_range("spsa_gradient", "n_samples", n_samples, 1)
   if direction_fn is None:
@@ -180,7 +209,8 @@ def spsa_gradient(obj_fn: ObjFn, params: Any, key: jax.Array, eps: Any = 1e-3,
   acc = lambda p: jnp.zeros(jnp.shape(p), accumulation_dtype(jnp.result_type(p)))
 
   def accumulate(s, g):
-    z = direction_fn(zo_sample_key(key, s))
+    k = zo_sample_key(key, s)
+    z = direction_fn(k) if weight_fn is None else weight_fn(k, direction_fn(k))
     return jax.tree.map(lambda a, x: a + c[s].astype(a.dtype) * x.astype(a.dtype), g, z)
 
   if n_samples == 1:
@@ -251,7 +281,247 @@ def scale_by_spsa(eps: Any = 1e-3, n_samples: int = 1, *, seed: int = 0, sparsit
   return optax.GradientTransformationExtraArgs(_zo_init(seed), update)
 
 
+# ------------------------------------------------------------------- ZO-AdaMU
+def _value_at(value: Any, count: jax.Array) -> Any:
+  """A hyperparameter at a 0-based step: calls schedules, passes numbers."""
+  return value(count) if callable(value) else value
+
+
+@declare_basis(m=LINEAR)
+class ZoAdaMUState(NamedTuple):
+  count: jax.Array  # [], int32: steps taken
+  key: jax.Array    # [2], uint32: raw PRNG key from `seed` (constant; folded with the step)
+  loss: jax.Array   # [], float32: mean of the two loss values queried at the last step
+  m: Any            # params' shapes and dtypes: the last perturbation (momentum of perturbations)
+
+
+def scale_by_zo_adamu(eps: Any = 1e-3, alpha: Any = 0.5, b1: Any = 0.9, b2: Any = 0.01,
+                      sigma: Any = 1e-8, n_samples: int = 1, *, seed: int = 0,
+                      where: str = "scale_by_zo_adamu") -> optax.GradientTransformationExtraArgs:
+  """ZO-AdaMU's estimate: SPSA along a perturbation adapted by momentum and uncertainty.
+
+  At the 0-based step t, for each sample s (0 <= s < n_samples), with
+  k = ``zo_sample_key(zo_step_key(key, t), s)``, n1 and n2 the documented
+  normal draws (`zo_normals`, module docstring) from ``zo_sample_key(k, 0)``
+  and ``zo_sample_key(k, 1)``, and m the stored perturbation (zeros at the
+  start):
+
+      z1 = sqrt(alpha) n1                  (zero-centred, variance alpha)
+      z2 = m + sqrt(1 - alpha) n2          (momentum-centred, variance 1 - alpha)
+      m_s = b1 z1 + (1 - b1) z2            (the perturbation)
+      v_s = b2 z1^2 + (1 - b2) z2^2
+      c_s = (f(p + eps m_s) - f(p - eps m_s)) / (2 eps)
+      u = mean_s c_s m_s / sqrt(v_s^2 + sigma),   m <- mean_s m_s
+
+  With n_samples = 1 (the paper) the stored m is the perturbation just used.
+  ``alpha`` (the uncertainty), ``b1`` and ``b2`` may be schedules of the step
+  (the paper anneals them in phases); ``eps`` and ``sigma`` are numbers. The
+  perturbations are regenerated from the key and m, never stored per sample.
+  The incoming gradient is ignored (it may be zeros); the output has its
+  dtype. Needs ``params`` and the extra arg ``obj_fn``. The state holds m, one
+  param-shaped buffer (ZO-AdaMU's only memory beyond MeZO's).
+  """
+  V.check_positive(where, "eps", eps)
+  V.check_range(where, "alpha", alpha, 0.0, 1.0)
+  V.check_range(where, "b1", b1, 0.0, 1.0)
+  V.check_range(where, "b2", b2, 0.0, 1.0)
+  V.check_positive(where, "sigma", sigma)
+  V.check_range(where, "n_samples", n_samples, 1)
+
+  def init(params):
+    m = tree_zeros_like(params)
+    return ZoAdaMUState(jnp.zeros([], jnp.int32), zo_new_key(seed),
+                        jnp.zeros([], jnp.float32), m)
+
+  def update(updates, state, params=None, **extra):
+    obj_fn = _require_obj_fn(where, extra)
+    V.require_params(where, params)
+    a, w1, w2 = (_value_at(h, state.count) for h in (alpha, b1, b2))
+    step_key = zo_step_key(state.key, state.count)
+
+    def parts(sample_key):
+      """(z1, z2) of the sample whose key is `sample_key` (accumulation dtype)."""
+      n1 = zo_normals(zo_sample_key(sample_key, 0), params)
+      n2 = zo_normals(zo_sample_key(sample_key, 1), params)
+      acc = lambda x: x.astype(accumulation_dtype(x.dtype))
+      z1 = jax.tree.map(lambda x: jnp.sqrt(a) * acc(x), n1)
+      z2 = jax.tree.map(lambda m, x: acc(m) + jnp.sqrt(1 - a) * acc(x), state.m, n2)
+      return z1, z2
+
+    def direction(sample_key):
+      z1, z2 = parts(sample_key)
+      return jax.tree.map(lambda x, y, p: (w1 * x + (1 - w1) * y).astype(p.dtype), z1, z2, params)
+
+    def weight(sample_key, z):
+      z1, z2 = parts(sample_key)
+      return jax.tree.map(
+          lambda zi, x, y: zi.astype(x.dtype) * jax.lax.rsqrt(
+              jnp.square(w2 * x * x + (1 - w2) * y * y) + sigma), z, z1, z2)
+
+    g, loss = spsa_gradient(obj_fn, params, step_key, eps, n_samples,
+                            direction_fn=direction, weight_fn=weight)
+    if n_samples == 1:
+      new_m = direction(zo_sample_key(step_key, 0))
+    else:
+      total = jax.lax.fori_loop(
+          0, n_samples, lambda s, acc: jax.tree.map(
+              lambda a_, d: a_ + d.astype(a_.dtype), acc, direction(zo_sample_key(step_key, s))),
+          jax.tree.map(lambda p: jnp.zeros(p.shape, accumulation_dtype(p.dtype)), params))
+      new_m = jax.tree.map(lambda x, p: (x / n_samples).astype(p.dtype), total, params)
+    new_state = ZoAdaMUState(optax.safe_increment(state.count), state.key,
+                             loss.astype(jnp.float32), new_m)
+    return _cast_like(g, updates), new_state
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+# ----------------------------------------------------------- DeepZero (CGE)
+def random_coordinates(key: jax.Array, like: Any, sparsity: float) -> Any:
+  """DeepZero's random sparse coordinate set: per leaf, k = max(1, ceil((1 - sparsity) n))
+  distinct flat indices, the first k of ``permutation(fold_in(key, zo_leaf_id(path)), n)``.
+
+  `sparsity` must be a Python number (k is a static shape). Returns a tree of
+  int32 index vectors (scalars: ``[0]``)."""
+  base = jax.random.wrap_key_data(key)
+
+  def leaf(path, x):
+    n = max(int(math.prod(jnp.shape(x))), 1)
+    k = max(1, math.ceil((1.0 - sparsity) * n))
+    perm = jax.random.permutation(jax.random.fold_in(base, jnp.uint32(zo_leaf_id(path))), n)
+    return perm[:k].astype(jnp.int32)
+
+  return jax.tree_util.tree_map_with_path(leaf, like)
+
+
+def cge_gradient(obj_fn: ObjFn, params: Any, coords: Any, mu: Any = 5e-3
+                 ) -> tuple[Any, jax.Array]:
+  """DeepZero's coordinate-wise gradient estimate (CGE) on a coordinate set.
+
+  For every selected flat index j of a leaf (`coords`, e.g. `random_coordinates`):
+  g_j = (f(params + mu e_j) - f(params)) / mu, a forward difference (as the
+  official code); unselected entries are 0. Returns ``(estimate, f(params))``.
+  The coordinates are visited one at a time (`lax.map`), so memory stays at
+  one perturbed copy of one leaf plus the estimate; the cost is one forward
+  pass per selected coordinate, plus one for f(params).
+  """
+  base = _scalar_f32(obj_fn(params))
+  leaves, treedef = jax.tree.flatten(params)
+  idx_leaves = treedef.flatten_up_to(coords)
+
+  def leaf_estimate(i):
+    x = leaves[i]
+
+    def one(j):
+      bumped = x.reshape(-1).at[j].add(jnp.asarray(mu, x.dtype)).reshape(x.shape)
+      moved = jax.tree.unflatten(treedef, leaves[:i] + [bumped] + leaves[i + 1:])
+      return (_scalar_f32(obj_fn(moved)) - base) / mu
+
+    d = jax.lax.map(one, idx_leaves[i])
+    acc = accumulation_dtype(x.dtype)
+    flat = jnp.zeros([max(x.size, 1)], acc).at[idx_leaves[i]].set(d.astype(acc))
+    return flat.reshape(x.shape)
+
+  return jax.tree.unflatten(treedef, [leaf_estimate(i) for i in range(len(leaves))]), base
+
+
+def scale_by_cge(mu: Any = 5e-3, sparsity: float = 0.0, mask_interval: int = 1, *, seed: int = 0,
+                 where: str = "scale_by_cge") -> optax.GradientTransformationExtraArgs:
+  """Replaces the incoming gradient by DeepZero's sparse coordinate-wise estimate.
+
+  u_j = (f(p + mu e_j) - f(p)) / mu on a random coordinate set keeping
+  ``1 - sparsity`` of each tensor's entries (at least one), drawn by
+  `random_coordinates` from ``zo_step_key(key, t // mask_interval)`` at the
+  0-based step t, so it is redrawn every ``mask_interval`` steps; 0 elsewhere.
+  ``sparsity = 0`` estimates every coordinate (full CGE). The incoming
+  gradient is ignored (it may be zeros); the output has its dtype. Needs
+  ``params`` and the extra arg ``obj_fn``. ``sparsity`` and ``mask_interval``
+  are Python numbers (they fix the number of forward passes).
+  """
+  V.check_positive(where, "mu", mu)
+  V.check_range(where, "sparsity", sparsity, 0.0, 1.0, high_open=True)
+  V.check_range(where, "mask_interval", mask_interval, 1)
+  if not isinstance(sparsity, (int, float)) or not isinstance(mask_interval, int):
+    raise TypeError(f"optlab.{where}: sparsity and mask_interval must be Python numbers")
+
+  def update(updates, state, params=None, **extra):
+    obj_fn = _require_obj_fn(where, extra)
+    V.require_params(where, params)
+    coords = random_coordinates(zo_step_key(state.key, state.count // mask_interval), params,
+                                sparsity)
+    g, loss = cge_gradient(obj_fn, params, coords, mu)
+    new_state = ZerothOrderState(optax.safe_increment(state.count), state.key,
+                                 loss.astype(jnp.float32))
+    return _cast_like(g, updates), new_state
+
+  return optax.GradientTransformationExtraArgs(_zo_init(seed), update)
+
+
+# ---------------------------------------------------------------------- QuZO
+def quantize_stochastic(tree: Any, key: jax.Array, bits: Any) -> Any:
+  """Simulated symmetric `bits`-bit quantisation with stochastic rounding, per tensor.
+
+  Leaf x (at tree path ``path``): s = max|x| / (2^(bits-1) - 1) (1 where x is all
+  zero), q = clip(floor(x / s + r), -(2^(bits-1) - 1), 2^(bits-1) - 1) s with r
+  ``uniform(fold_in(key, zo_leaf_id(path)), shape, float32)``; computed in
+  float32 (or wider), returned in x's dtype. Unbiased inside the range:
+  E[q] = x. `key` is a raw uint32[2] key."""
+  base = jax.random.wrap_key_data(key)
+
+  def leaf(path, x):
+    acc = accumulation_dtype(jnp.result_type(x))
+    xf = jnp.asarray(x).astype(acc)
+    qmax = jnp.exp2(jnp.asarray(bits, acc) - 1) - 1  # bits may be traced (inject_hyperparams)
+    top = jnp.max(jnp.abs(xf)) if xf.size else jnp.zeros([], acc)
+    s = jnp.where(top > 0, top / qmax, jnp.ones([], acc))
+    r = jax.random.uniform(jax.random.fold_in(base, jnp.uint32(zo_leaf_id(path))), xf.shape,
+                           jnp.float32).astype(acc)
+    q = jnp.clip(jnp.floor(xf / s + r), -qmax, qmax) * s
+    return q.astype(jnp.result_type(x))
+
+  return jax.tree_util.tree_map_with_path(leaf, tree)
+
+
+def scale_by_quantized_spsa(eps: Any = 1e-3, n_samples: int = 1, bits: Any = 8, *,
+                            seed: int = 0, where: str = "scale_by_quantized_spsa"
+                            ) -> optax.GradientTransformationExtraArgs:
+  """QuZO's estimate: SPSA through simulated low-precision forward passes.
+
+  For each sample s, with k = ``zo_sample_key(zo_step_key(key, t), s)`` and u
+  the documented normal draw from k (`zo_normals`): two independent
+  stochastic roundings of the direction, u1 = Q(u; zo_sample_key(k, 1)) and
+  u2 = Q(u; zo_sample_key(k, 2)); the loss is queried at the perturbed points
+  quantised again with stochastic rounding,
+  c_s = (f(Q(p + eps u1; zo_sample_key(k, 3))) - f(Q(p - eps u1; zo_sample_key(k, 4)))) / (2 eps),
+  and u = mean_s c_s u2. Q is `quantize_stochastic` with ``bits`` bits
+  (int8: 8, int4: 4). Using u2, independent of the u1 that the loss saw,
+  keeps the rounding of the direction from biasing the estimate. The incoming
+  gradient is ignored (it may be zeros); the output has its dtype. Needs
+  ``params`` and the extra arg ``obj_fn``.
+  """
+  V.check_positive(where, "eps", eps)
+  V.check_range(where, "n_samples", n_samples, 1)
+  V.check_range(where, "bits", bits, 2, 16)
+
+  def update(updates, state, params=None, **extra):
+    obj_fn = _require_obj_fn(where, extra)
+    V.require_params(where, params)
+    key = zo_step_key(state.key, state.count)
+    direction = lambda k: quantize_stochastic(zo_normals(k, params), zo_sample_key(k, 1), bits)
+    weight = lambda k, z: quantize_stochastic(zo_normals(k, params), zo_sample_key(k, 2), bits)
+    point = lambda p, k, side: quantize_stochastic(p, zo_sample_key(k, 3 + side), bits)
+    g, loss = spsa_gradient(obj_fn, params, key, eps, n_samples, point_fn=point,
+                            direction_fn=direction, weight_fn=weight)
+    new_state = ZerothOrderState(optax.safe_increment(state.count), state.key,
+                                 loss.astype(jnp.float32))
+    return _cast_like(g, updates), new_state
+
+  return optax.GradientTransformationExtraArgs(_zo_init(seed), update)
+
+
 # ---------------------------------------------------------------------- helper
+_ZO_STATES = (ZerothOrderState, ZoAdaMUState)
+
+
 def zo_step(tx: optax.GradientTransformation, obj_fn: ObjFn, params: Any, state: Any,
             **extra: Any) -> tuple[Any, Any, jax.Array]:
   """One zeroth-order step without any backward pass.
@@ -260,12 +530,12 @@ def zo_step(tx: optax.GradientTransformation, obj_fn: ObjFn, params: Any, state:
   ignore the incoming gradient, so zeros are passed; XLA folds them away) and
   applies the update. Returns ``(new_params, new_state, loss)``, where
   ``loss`` is the estimator's mean queried loss at this step (NaN when the
-  chain holds no `ZerothOrderState`). Jit it as a whole:
+  chain holds no zeroth-order estimator's state). Jit it as a whole:
   ``jax.jit(functools.partial(zo_step, tx, obj_fn))``.
   """
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, state = tx.update(zeros, state, params, obj_fn=obj_fn, **extra)
   params = optax.apply_updates(params, updates)
-  found = find_state(state, ZerothOrderState)
-  loss = found.loss if found is not None else jnp.array(jnp.nan, jnp.float32)
+  found = [f for f in (find_state(state, t) for t in _ZO_STATES) if f is not None]
+  loss = found[0].loss if found else jnp.array(jnp.nan, jnp.float32)
   return params, state, loss

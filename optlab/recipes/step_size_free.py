@@ -146,12 +146,12 @@ def _optax_dadapt_adam(learning_rate: Any = 1.0, b1: Any = 0.9, b2: Any = 0.999,
   """optax.contrib.dadapt_adamw set up to run the official DAdaptAdam settings."""
   if growth_rate != math.inf:
     raise ValueError("optax.contrib.dadapt_adamw has no growth_rate")
-  schedule = learning_rate
-  if not use_bias_correction:  # optax always multiplies by the bias correction c_k
-    def schedule(count):
-      k = count + 1
-      lr = learning_rate(count) if callable(learning_rate) else learning_rate
-      return lr * (1 - b1 ** k) / (1 - b2 ** k) ** 0.5
+  def undo_bias_correction(count):  # optax always multiplies by the bias correction c_k
+    k = count + 1
+    lr = learning_rate(count) if callable(learning_rate) else learning_rate
+    return lr * (1 - b1 ** k) / (1 - b2 ** k) ** 0.5
+
+  schedule = learning_rate if use_bias_correction else undo_bias_correction
   tx = optax.contrib.dadapt_adamw(schedule, betas=(b1, b2), eps=eps, estim_lr0=d0,
                                   weight_decay=weight_decay if decouple else 0.0)
   if decouple or not weight_decay:
