@@ -104,12 +104,16 @@ def _tree_vdot(a: Any, b: Any, dtype: Any) -> jax.Array:
   divided by the leaf's size, which cannot overflow."""
   top = jnp.finfo(dtype).max
 
+  def saturated(x, y):
+    n = max(x.size, 1)
+    prod = jnp.clip(x.astype(dtype) * y.astype(dtype), -top, top)
+    return jnp.clip(jnp.sum(prod / n) * n, -top, top)
+
   def leaf_dot(x, y):
-    prod = x.astype(dtype) * y.astype(dtype)
-    plain = jnp.sum(prod)
-    n = max(prod.size, 1)
-    safe = jnp.clip(jnp.sum(jnp.clip(prod, -top, top) / n) * n, -top, top)
-    return jnp.where(jnp.isfinite(plain), plain, safe)
+    plain = jnp.sum(x.astype(dtype) * y.astype(dtype))
+    # lax.cond on the inputs, not where: the plain sum keeps its own reduction,
+    # so pmap / sharded runs keep matching a single device.
+    return jax.lax.cond(jnp.isfinite(plain), lambda x, y: plain, saturated, x, y)
 
   parts = [leaf_dot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
   if not parts:
