@@ -384,6 +384,14 @@ def lanczos_top_eigs(matvec: Callable[[jax.Array], jax.Array], dim: int, key: ja
 
 
 # ------------------------------------------------------------------------ M-FAC
+def _flat_spec(params: Any) -> tuple[Any, int]:
+  """(dtype, size) of the params flattened into one vector: at least float32
+  (float64 for float64 params), and the total number of entries."""
+  leaves = jax.tree.leaves(params)
+  dtype = jnp.result_type(jnp.float32, *leaves) if leaves else jnp.float32
+  return dtype, sum(math.prod(jnp.shape(x)) for x in leaves)
+
+
 def _flatten(tree: Any, dtype: Any) -> jax.Array:
   leaves = jax.tree.leaves(tree)
   if not leaves:
@@ -441,13 +449,8 @@ def scale_by_mfac(num_grads: int = 1024, damp: Any = 1e-5
   V.check_positive(where, "damp", damp)
   m = int(num_grads)
 
-  def dtype_of(params):
-    leaves = jax.tree.leaves(params)
-    return jnp.result_type(jnp.float32, *leaves) if leaves else jnp.float32
-
   def init(params):
-    dt = dtype_of(params)
-    d = sum(math.prod(jnp.shape(x)) for x in jax.tree.leaves(params))
+    dt, d = _flat_spec(params)
     return MFACState(jnp.zeros([], jnp.int32), jnp.zeros((m, d), dt), jnp.zeros((m, m), dt))
 
   def update(updates, state, params=None, **extra):
@@ -520,13 +523,8 @@ def with_fosi(base: optax.GradientTransformation, k: int = 5, num_iters: Optiona
   base = optax.with_extra_args_support(base)
   estimator = hutchinson()  # only for its extra-arg name and help
 
-  def dtype_of(params):
-    leaves = jax.tree.leaves(params)
-    return jnp.result_type(jnp.float32, *leaves) if leaves else jnp.float32
-
   def init(params):
-    dt = dtype_of(params)
-    d = sum(math.prod(jnp.shape(x)) for x in jax.tree.leaves(params))
+    dt, d = _flat_spec(params)
     return FosiState(jnp.zeros([], jnp.int32), base.init(params), tree_zeros_like(params),
                      jnp.zeros((k, d), dt), jnp.zeros((k,), dt), jnp.ones([], dt))
 

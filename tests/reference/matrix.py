@@ -189,6 +189,11 @@ def soap(params, grad_fn, steps, learning_rate, b1=0.95, b2=0.95, shampoo_beta=N
 
 # --------------------------------------------------------------- variants
 class _NoFinish:
+  """Base of the inner rules below: state = zeros for every `linear` and `second` field."""
+
+  def init(self, shape):
+    return {k: np.zeros(shape) for k in self.linear + self.second}
+
   def finish(self, u, t):
     return u
 
@@ -198,9 +203,6 @@ class LionRule(_NoFinish):
 
   def __init__(self, b1, b2):
     self.b1, self.b2 = b1, b2
-
-  def init(self, shape):
-    return {"m": np.zeros(shape)}
 
   def step(self, st, g, t):
     u = np.sign(self.b1 * st["m"] + (1 - self.b1) * g)
@@ -215,9 +217,6 @@ class AdoptRule(_NoFinish):
 
   def __init__(self, b1, b2, eps):
     self.b1, self.b2, self.eps = b1, b2, eps
-
-  def init(self, shape):
-    return {"m": np.zeros(shape), "v": np.zeros(shape)}
 
   def step(self, st, g, t):
     if t == 1:
@@ -237,9 +236,6 @@ class AdemamixRule(_NoFinish):
   def __init__(self, b1, b2, b3, alpha, eps):
     self.b1, self.b2, self.b3, self.alpha, self.eps = b1, b2, b3, alpha, eps
 
-  def init(self, shape):
-    return {"m1": np.zeros(shape), "m2": np.zeros(shape), "v": np.zeros(shape)}
-
   def step(self, st, g, t):
     st["m1"] = self.b1 * st["m1"] + (1 - self.b1) * g
     st["m2"] = self.b3 * st["m2"] + (1 - self.b3) * g
@@ -253,9 +249,6 @@ class LapropRule(_NoFinish):
 
   def __init__(self, b1, b2, eps):
     self.b1, self.b2, self.eps = b1, b2, eps
-
-  def init(self, shape):
-    return {"m": np.zeros(shape), "v": np.zeros(shape)}
 
   def step(self, st, g, t):
     st["v"] = self.b2 * st["v"] + (1 - self.b2) * g * g
