@@ -13,10 +13,10 @@ import pkgutil as _pkgutil
 
 from optlab import primitives as _primitives, recipes as _recipes
 from optlab._recipe import recipe_chain
-from optlab.catalog import Recipe, catalog, get_recipe
+from optlab.catalog import Recipe, catalog, get_recipe, held_out
 
 __version__ = "0.1.0"
-__all__ = ["Recipe", "catalog", "get_recipe", "recipe_chain"]
+__all__ = ["Recipe", "catalog", "held_out", "get_recipe", "recipe_chain"]
 
 
 def _export(package) -> None:

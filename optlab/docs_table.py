@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from optlab.catalog import FAMILY_ORDER, catalog
+from optlab.catalog import FAMILY_ORDER, catalog, held_out
 
 BEGIN, END = "<!-- catalog:begin -->", "<!-- catalog:end -->"
 
@@ -22,6 +22,12 @@ def catalog_table() -> str:
     extra = ", ".join(f"`{a}`" for a in r.needs_extra_args) or "-"
     rows.append(f"| `{r.name}` | {r.family} | {r.paper} | {arxiv} | {extra} | "
                 f"{'yes' if r.optax else '-'} |")
+  out = held_out()
+  if out:
+    names = "; ".join(f"`{r.name}` ({', '.join(sorted(r.known_failures))}, "
+                      f"[why]({'docs/' + r.family + '.md'}#{r.name}))" for r in out)
+    rows += ["", "Held out of the catalogue: public, tested against their references and on "
+             f"every other contract point, but they fail a convergence problem by design: {names}."]
   return "\n".join(rows)
 
 
@@ -53,7 +59,7 @@ def _value(v) -> str:
   return repr(v)
 
 
-def _family_page(family: str, recipes) -> str:
+def _family_page(family: str, recipes, held=()) -> str:
   title = FAMILY_TITLES.get(family, family)
   lines = [_GENERATED, "", f"# {title}", "",
            f"{len(recipes)} recipe(s). Every recipe is `optlab.<name>(learning_rate, ...)`, an "
@@ -65,7 +71,11 @@ def _family_page(family: str, recipes) -> str:
     extra = ", ".join(f"`{a}`" for a in r.needs_extra_args) or "-"
     lines.append(f"| [`{r.name}`](#{r.name}) | {r.paper} | {arxiv} | {extra} | "
                  f"{'yes' if r.optax else '-'} |")
-  for r in recipes:
+  if held:
+    lines += ["", "Held out of `optlab.catalog()` (they fail a contract convergence problem by "
+              "design; see their sections): " + ", ".join(f"[`{r.name}`](#{r.name})" for r in held)
+              + "."]
+  for r in (*recipes, *held):
     lines += ["", f"## {r.name}", "", _summary(r.factory) or "(no docstring)", ""]
     lines.append(f"- **Paper:** {r.paper}" +
                  (f" ([arXiv:{r.arxiv}](https://arxiv.org/abs/{r.arxiv}))" if r.arxiv else ""))
@@ -82,6 +92,8 @@ def _family_page(family: str, recipes) -> str:
       lines.append(f"- **Option cases tested:** {len(r.cases)}")
     if r.notes:
       lines += ["", f"Notes: {' '.join(r.notes.split())}"]
+    for task, why in sorted(r.known_failures.items()):
+      lines += ["", f"Fails the contract's `{task}` problem: {' '.join(why.split())}."]
   return "\n".join(lines) + "\n"
 
 
@@ -103,7 +115,10 @@ def docs_pages() -> dict[str, str]:
     families.setdefault(r.family, []).append(r)
   families = {f: families[f] for f in FAMILY_ORDER if f in families}
   pages = {"index.md": _index_page(families)}
-  pages.update({f"{f}.md": _family_page(f, rs) for f, rs in families.items()})
+  held: dict[str, list] = {}
+  for r in held_out():
+    held.setdefault(r.family, []).append(r)
+  pages.update({f"{f}.md": _family_page(f, rs, held.get(f, ())) for f, rs in families.items()})
   return pages
 
 

@@ -1,4 +1,7 @@
-"""The contract every recipe in `optlab.catalog()` passes (DESIGN.md, points 1-9)."""
+"""The contract every recipe in `optlab.catalog()` passes (DESIGN.md, points 1-9).
+
+Recipes of `optlab.held_out()` run it too; they are expected to fail exactly the
+convergence problems their `known_failures` name (strict xfail), and nothing else."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import optlab
 from tests import extras, problems
 
-RECIPES = optlab.catalog()
+RECIPES = optlab.catalog() + optlab.held_out()
 by_recipe = pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
 
 
@@ -148,14 +151,14 @@ def test_jit_dtype_and_stable_state(recipe, dtype):
 # ------------------------------------------------ 3: inject_hyperparams, masked
 def _float_hparams(recipe):
   return {k: v for k, v in recipe.hparams.items()
-          if isinstance(v, float) and not isinstance(v, bool)}
+          if isinstance(v, float) and not isinstance(v, bool) and k not in recipe.static}
 
 
 @by_recipe
 def test_inject_hyperparams(recipe):
   floats = _float_hparams(recipe)
   assert "learning_rate" in floats, "catalog hparams must give a float learning_rate"
-  static = tuple(k for k in recipe.hparams if k not in floats)
+  static = tuple({k for k in recipe.hparams if k not in floats} | set(recipe.static))
   injected = optax.inject_hyperparams(recipe.factory, static_args=static)(**recipe.hparams)
   params = make_params()
   want, _, _ = run(plain(recipe), recipe, params, 4)
@@ -168,6 +171,14 @@ def test_inject_hyperparams(recipe):
 
 def _subtree(tree, keys):
   return {k: tree[k] for k in keys}
+
+
+# Absolute tolerance on the updates of the masked / partition point for forward-
+# difference estimators: the masked tree and the sub-tree evaluate the loss in two
+# programs (and over different leaves), so f differs by ~ulp(f) and each estimated
+# coordinate (f(p + mu e_j) - f(p)) / mu by ~ulp(f) / mu. For deepzero (f ~ 64,
+# ulp 7.6e-6, mu 0.1, lr 0.01) that is ~8e-7 on the update; 3.8e-7 measured.
+FINITE_DIFFERENCE_ATOL = {"deepzero": 2e-6}
 
 
 @by_recipe
@@ -197,7 +208,8 @@ def test_masked_and_partition(recipe, wrapper):
     u, s = update(g, s, p)
     sub_g = _subtree(grads_at({**p, **sub_p}, t), inside)  # the loss is separable per leaf
     sub_u, sub_s = sub_update(sub_g, sub_s, sub_p, p)
-    assert_trees_close(_subtree(u, inside), sub_u, what=f"{wrapper} step {t} ")
+    assert_trees_close(_subtree(u, inside), sub_u, what=f"{wrapper} step {t} ",
+                       atol=FINITE_DIFFERENCE_ATOL.get(recipe.name, 1e-7))
     outside = g["b1"] if wrapper == "masked" else -0.1 * g["b1"]
     assert_trees_close(u["b1"], outside, what=f"{wrapper} untouched leaf ")
     p, sub_p = optax.apply_updates(p, u), optax.apply_updates(sub_p, sub_u)
@@ -246,7 +258,9 @@ def test_tree_map_params(recipe):
 # ------------------------------------------------------------ 5: convergence
 @by_recipe
 @pytest.mark.parametrize("task", sorted(problems.TASKS))
-def test_converges(recipe, task):
+def test_converges(recipe, task, request):
+  if task in recipe.known_failures:  # runs, and must fail: a pass means it can join catalog()
+    request.applymarker(pytest.mark.xfail(strict=True, reason=recipe.known_failures[task]))
   params, loss, steps, passes = problems.TASKS[task]()
   tx = plain(recipe)
 
@@ -285,6 +299,7 @@ SENSITIVE_RTOL = {
     # loss's reduction-order rounding, ulp(f), into ~ulp(f) / eps relative on the update
     # (measured under sharding: mezo 1.1e-5, quzo 2.6e-6 at eps 0.1).
     "mezo": 5e-5,
+    "sparse_mezo": 5e-5,  # 2.7e-6 measured
     "quzo": 5e-5,
 }
 
@@ -314,7 +329,10 @@ def test_pmap_and_sharding_match_single_device(recipe):
     arr = np.asarray(leaf)
     assert all(np.array_equal(arr[0], arr[i]) for i in range(1, 8)), "replicas diverged"
   rtol = SENSITIVE_RTOL.get(recipe.name, 1e-6)
-  assert_trees_close(jax.tree.map(lambda x: x[0], p_rep), single, rtol=rtol, what="pmap ")
+  # A forward-difference gap per update, accumulated by 4 steps of momentum 0.9 (~9 updates):
+  atol = 10 * FINITE_DIFFERENCE_ATOL.get(recipe.name, 1e-8)
+  assert_trees_close(jax.tree.map(lambda x: x[0], p_rep), single, rtol=rtol, atol=atol,
+                     what="pmap ")
 
   # jit with params sharded over an 8-device mesh.
   tx = plain(recipe)
@@ -335,7 +353,7 @@ def test_pmap_and_sharding_match_single_device(recipe):
 
   assert_state_keeps_sharding(state, "after init")
   p_sh, state, _ = run(tx, recipe, p_sh, steps, state=state)
-  assert_trees_close(p_sh, single, rtol=rtol, what="sharded ")
+  assert_trees_close(p_sh, single, rtol=rtol, atol=atol, what="sharded ")
   for path, leaf in jax.tree_util.tree_leaves_with_path(p_sh):
     assert leaf.sharding.is_equivalent_to(shardings[path[0].key], leaf.ndim)
   assert_state_keeps_sharding(state, f"after {steps} steps")

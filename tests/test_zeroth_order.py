@@ -8,6 +8,7 @@ import zlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import optlab
 from optlab.primitives import zeroth_order as Z
@@ -117,6 +118,24 @@ def test_sparse_spsa_leaves_large_weights_untouched():
   u, _ = tx.update(params, tx.init(params), params, obj_fn=f)
   u = np.asarray(u["w"])
   assert np.all(u[[1, 2, 5]] == 0) and np.all(u[[0, 3, 4]] != 0)
+
+
+def test_sparse_spsa_thresholds_are_fixed_at_init():
+  # Thresholds come from the params at init (0.2 for w, at sparsity 0.5); later
+  # steps compare the current |p| with them, so a weight that has grown past
+  # 0.2 is frozen and every weight still below 0.2 is perturbed.
+  params = {"w": jnp.array([0.1, -3.0, 2.0, -0.05, 0.2, 4.0]), "s": jnp.array(7.0)}
+  tx = optlab.scale_by_spsa(sparsity=0.5)
+  state = tx.init(params)
+  np.testing.assert_allclose(np.asarray(state.threshold), [np.finfo(np.float32).max, 0.2])
+  moved = {"w": jnp.array([0.3, 0.01, -0.15, -0.05, 0.19, 0.02]), "s": jnp.array(7.0)}
+  f = lambda p: jnp.sum((p["w"] - 1.0) ** 2) + p["s"] ** 2
+  u, state = tx.update(moved, state, moved, obj_fn=f)
+  u = np.asarray(u["w"])
+  assert u[0] == 0 and np.all(u[1:] != 0)
+  np.testing.assert_allclose(np.asarray(state.threshold)[1], 0.2)
+  with pytest.raises(ValueError, match="do not match the params"):
+    tx.update({"w": moved["w"]}, state, {"w": moved["w"]}, obj_fn=f)
 
 
 def test_zo_step_trains_without_backward_pass():

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from optlab.bench.tasks import Task
-from optlab.catalog import catalog
+from optlab.catalog import catalog, held_out
 
 __all__ = ["BenchError", "OptimizerSpec", "resolve_optimizers", "load_spec_file",
            "run_bench", "train", "lr_grid", "state_bytes_per_param", "smooth"]
@@ -109,8 +109,9 @@ def load_spec_file(path: str) -> dict[str, OptimizerSpec]:
 
 def resolve_optimizers(names: Optional[Sequence[str]], spec_path: Optional[str] = None
                        ) -> list[OptimizerSpec]:
-  """Catalog recipes and spec-file chains by name (all spec entries if no names)."""
-  known = {r.name: r for r in catalog()}
+  """Catalog (and held-out) recipes and spec-file chains by name (all spec entries if no
+  names)."""
+  known = {r.name: r for r in catalog() + held_out()}
   spec = load_spec_file(spec_path) if spec_path else {}
   if not names:
     if not spec:

@@ -64,7 +64,8 @@ from optlab.primitives.wrappers import find_state
 __all__ = [
     "ZerothOrderState", "zo_new_key", "zo_step_key", "zo_sample_key", "zo_leaf_id", "zo_normals",
     "spsa_gradient",
-    "scale_by_spsa", "small_magnitude_mask",
+    "scale_by_spsa", "SparseZerothOrderState", "small_magnitude_threshold",
+    "small_magnitude_mask",
     "ZoAdaMUState", "scale_by_zo_adamu",
     "random_coordinates", "cge_gradient", "scale_by_cge",
     "quantize_stochastic", "scale_by_quantized_spsa",
@@ -123,25 +124,43 @@ def _scalar_f32(x: Any) -> jax.Array:
   return x
 
 
-def small_magnitude_mask(params: Any, sparsity: Any) -> Any:
-  """Sparse MeZO's selection: per tensor, 1 where |p| <= the (1 - sparsity) quantile.
+def small_magnitude_threshold(params: Any, sparsity: Any) -> jax.Array:
+  """Sparse MeZO's per-tensor thresholds h, one per leaf in `jax.tree.leaves` order.
 
-  For a tensor of n entries, the threshold is the k-th smallest |p| (sorted,
-  0-based index k = ceil((1 - sparsity) n) - 1, clamped to [0, n - 1]); the
-  mask keeps the entries at or below it, i.e. about the (1 - sparsity)
-  fraction of smallest-magnitude weights (ties may add a few). ``sparsity=0``
-  keeps every entry. Scalars are always kept. Returns a tree of booleans.
-  """
+  For a tensor of n entries, h is its k-th smallest |p| (sorted, 0-based index
+  k = ceil((1 - sparsity) n) - 1, clamped to [0, n - 1]), so that about the
+  (1 - sparsity) fraction of smallest-magnitude entries lie at or below it;
+  scalars and empty leaves get the dtype's largest finite value (always
+  selected, and a state that stays finite). Returned in the leaves'
+  accumulation dtype (float32, or float64 for float64 params)."""
+  leaves = jax.tree.leaves(params)
+  dt = jnp.result_type(jnp.float32, *[accumulation_dtype(jnp.result_type(p)) for p in leaves])
+
   def leaf(p):
-    if jnp.ndim(p) == 0:
-      return jnp.ones([], bool)
-    a = jnp.abs(p.astype(accumulation_dtype(p.dtype))).reshape(-1)
+    if jnp.ndim(p) == 0 or jnp.size(p) == 0:
+      return jnp.asarray(jnp.finfo(dt).max, dt)
+    a = jnp.sort(jnp.abs(p.astype(dt)).reshape(-1))
     n = a.shape[0]
-    k = jnp.clip(jnp.ceil((1.0 - sparsity) * n).astype(jnp.int32) - 1, 0, n - 1)
-    threshold = jnp.sort(a)[k]
-    return jnp.abs(p.astype(a.dtype)) <= threshold
+    return a[jnp.clip(jnp.ceil((1.0 - sparsity) * n).astype(jnp.int32) - 1, 0, n - 1)]
 
-  return jax.tree.map(leaf, params)
+  return jnp.stack([leaf(p) for p in leaves]) if leaves else jnp.zeros([0], dt)
+
+
+def small_magnitude_mask(params: Any, sparsity: Any = None, *, threshold: Any = None) -> Any:
+  """Sparse MeZO's selection: 1 where |p| <= its tensor's threshold h.
+
+  ``threshold`` is a vector of per-leaf thresholds (`small_magnitude_threshold`,
+  as stored by the sparse `scale_by_spsa`); without it, h comes from
+  ``params`` and ``sparsity``, so the mask keeps about the (1 - sparsity)
+  fraction of smallest-magnitude entries of each tensor (ties may add a few;
+  ``sparsity=0`` keeps every entry). Scalars are always kept. Returns a tree of
+  booleans.
+  """
+  if threshold is None:
+    threshold = small_magnitude_threshold(params, sparsity)
+  leaves, treedef = jax.tree.flatten(params)
+  return jax.tree.unflatten(treedef, [jnp.abs(p.astype(threshold.dtype)) <= threshold[i]
+                                      for i, p in enumerate(leaves)])
 
 
 # ------------------------------------------------------------------ estimator
@@ -228,10 +247,24 @@ class ZerothOrderState(NamedTuple):
   loss: jax.Array   # [], float32: mean of the loss values queried at the last step
 
 
+class SparseZerothOrderState(NamedTuple):
+  count: jax.Array      # [], int32: steps taken
+  key: jax.Array        # [2], uint32: raw PRNG key from `seed` (constant; folded with the step)
+  loss: jax.Array       # [], float32: mean of the loss values queried at the last step
+  threshold: jax.Array  # [number of leaves]: each tensor's magnitude threshold, fixed at init
+
+
 def _zo_init(seed: int):
   def init(params):
     del params
     return ZerothOrderState(jnp.zeros([], jnp.int32), zo_new_key(seed), jnp.zeros([], jnp.float32))
+  return init
+
+
+def _sparse_zo_init(seed: int, sparsity: Any):
+  def init(params):
+    return SparseZerothOrderState(*_zo_init(seed)(params),
+                                  small_magnitude_threshold(params, sparsity))
   return init
 
 
@@ -259,8 +292,10 @@ def scale_by_spsa(eps: Any = 1e-3, n_samples: int = 1, *, seed: int = 0, sparsit
     n_samples: perturbations per step (a Python int; MeZO uses 1).
     seed: seeds the key kept in the state.
     sparsity: None, or Sparse MeZO's fraction of each tensor's entries left
-      unperturbed (the largest in magnitude; `small_magnitude_mask`, taken from
-      the current params at every step, never stored).
+      unperturbed: each tensor's threshold h (`small_magnitude_threshold`) is
+      fixed from the params at init, and every step perturbs the entries with
+      |p| <= h (`small_magnitude_mask`, recomputed, never stored). The state is
+      then a `SparseZerothOrderState`.
     point_fn: see `spsa_gradient` (QuZO's quantised forward passes).
   """
   V.check_positive(where, "eps", eps)
@@ -270,15 +305,20 @@ def scale_by_spsa(eps: Any = 1e-3, n_samples: int = 1, *, seed: int = 0, sparsit
 
   def update(updates, state, params=None, **extra):
     obj_fn = _require_obj_fn(where, extra)
+    if sparsity is not None and len(jax.tree.leaves(updates)) != state.threshold.shape[0]:
+      raise ValueError(f"optlab.{where}: updates has {len(jax.tree.leaves(updates))} leaves but "
+                       f"the state holds thresholds for {state.threshold.shape[0]} tensors "
+                       "(the trees do not match the params)")
     V.require_params(where, params)
-    mask = None if sparsity is None else small_magnitude_mask(params, sparsity)
+    mask = None if sparsity is None else small_magnitude_mask(params, threshold=state.threshold)
     key = zo_step_key(state.key, state.count)
     g, loss = spsa_gradient(obj_fn, params, key, eps, n_samples, mask=mask, point_fn=point_fn)
-    new_state = ZerothOrderState(optax.safe_increment(state.count), state.key,
-                                 loss.astype(jnp.float32))
+    new_state = state._replace(count=optax.safe_increment(state.count),
+                               loss=loss.astype(jnp.float32))
     return _cast_like(g, updates), new_state
 
-  return optax.GradientTransformationExtraArgs(_zo_init(seed), update)
+  init = _zo_init(seed) if sparsity is None else _sparse_zo_init(seed, sparsity)
+  return optax.GradientTransformationExtraArgs(init, update)
 
 
 # ------------------------------------------------------------------- ZO-AdaMU
@@ -519,7 +559,7 @@ def scale_by_quantized_spsa(eps: Any = 1e-3, n_samples: int = 1, bits: Any = 8, 
 
 
 # ---------------------------------------------------------------------- helper
-_ZO_STATES = (ZerothOrderState, ZoAdaMUState)
+_ZO_STATES = (ZerothOrderState, SparseZerothOrderState, ZoAdaMUState)
 
 
 def zo_step(tx: optax.GradientTransformation, obj_fn: ObjFn, params: Any, state: Any,

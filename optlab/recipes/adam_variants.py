@@ -267,9 +267,8 @@ def gravity(learning_rate: Any, alpha: Any = 0.01, beta: Any = 0.9, seed: int = 
   (dariush-bahrami/gravity.optimizer), whose t starts at 0 (its PyTorch port
   starts at 1, so its first b_t is (beta + 1) / 3 instead of 1 / 2).
 
-  Not in the catalogue: no constant learning rate passes the contract's three
-  convergence problems (Rosenbrock needs lr ~ 9, where the quadratic and the
-  MLP diverge; see the issue-6 report).
+  Held out of `catalog()`: no learning rate passes all three contract
+  convergence problems (`known_failures` in its catalogue entry).
   """
   V.check_learning_rate("gravity", learning_rate)
   return recipe_chain("gravity", scale_by_gravity(learning_rate, alpha, beta, seed),
@@ -327,4 +326,17 @@ RECIPES = (
                    "eta_minus": 0.5, "weight_decay": 0.5}),
            notes="Official ReiherGroup/CoRe_optimizer step; one weight decay and one frozen "
                  "fraction for all tensors."),
+    Recipe("gravity", gravity, "adam",
+           "Gravity Optimizer: a Kinematic Approach on Optimization in Deep Learning",
+           "2101.09192", reference="adam_variants:gravity", hparams={"learning_rate": 1.0},
+           cases=({"alpha": 0.0, "beta": 0.99}, {"alpha": 0.05, "beta": 0.5, "seed": 3}),
+           notes="Official Keras code (t from 0; the PyTorch port starts at 1).",
+           known_failures={
+               "rosenbrock": "zeta = g / (1 + (g max|g|)^2) shrinks large gradients: at the "
+                             "valley's start (|g| ~ 30) a step moves ~lr * 3e-5, so lr 1 ends at "
+                             "0.93 of the initial loss (0.3 needed). Rosenbrock needs lr ~ 9-12, "
+                             "where the quadratic and the MLP blow up and freeze (beta 0-0.999, "
+                             "alpha 0-0.1, lr 0.01-1000 tried; linear warm-ups pass only at "
+                             "isolated points)",
+           }),
 )

@@ -73,23 +73,25 @@ def sparse_mezo(learning_rate: Any, sparsity: Any = 0.75, eps: Any = 1e-3, n_sam
   """Sparse MeZO: "Sparse MeZO: Less Parameters for Better Performance in
   Zeroth-Order LLM Fine-Tuning" (arXiv:2402.15751).
 
-  MeZO that perturbs, and so updates, only the small-magnitude weights: per
-  tensor, s = 1 where |p| is at or below the (1 - sparsity) quantile of the
-  tensor's magnitudes (`small_magnitude_mask`), z ~ N(0, I) from the key
-  schedule, c = (f(p + eps s z) - f(p - eps s z)) / (2 eps),
+  MeZO that perturbs, and so updates, only the small-magnitude weights: each
+  tensor's threshold h is fixed at init, from the weights being fine-tuned, as
+  the (1 - sparsity) quantile of their magnitudes
+  (`small_magnitude_threshold`); at every step s = 1 where |p| <= h
+  (`small_magnitude_mask`), z ~ N(0, I) from the key schedule,
+  c = (f(p + eps s z) - f(p - eps s z)) / (2 eps),
   p <- p - lr (c s z + weight_decay p).
   Hyperparameters: learning_rate, sparsity (the fraction of each tensor's
-  entries left out: the largest in magnitude), eps, n_samples,
-  weight_decay, mask (leaves that decay), momentum (optional heavy-ball, as
-  `mezo`), seed. Scalars are always perturbed.
+  entries above its threshold at init: the largest in magnitude), eps,
+  n_samples, weight_decay, mask (leaves that decay), momentum (optional
+  heavy-ball, as `mezo`), seed. Scalars are always perturbed.
   Extra arg: ``obj_fn``. The incoming gradient is ignored (pass zeros, or use
   `optlab.zo_step`).
-  Difference from the paper: the paper fixes each layer's threshold from the
-  pre-trained weights and compares |p| with it at every step; here the
-  threshold is the quantile of the current weights at every step (the same
-  selection at the first step, no state), so the fraction perturbed stays
-  exactly (1 - sparsity) as the weights move. The mask is recomputed, never
-  stored, as in the paper's memory-efficient implementation.
+  The mask is recomputed at every step, never stored, as in the paper's
+  memory-efficient implementation; the state keeps one threshold per tensor.
+  No official code was available to check against. Held out of `catalog()`:
+  a weight that must grow past its tensor's initial threshold is frozen, so
+  the method fine-tunes but cannot train the contract's problems from scratch
+  (`known_failures` in its catalogue entry).
   """
   V.check_learning_rate("sparse_mezo", learning_rate)
   V.check_nonneg("sparse_mezo", "weight_decay", weight_decay)
@@ -243,39 +245,37 @@ RECIPES = (
                  "normals (fold_in(sample key, 1..4)). Simulated quantisation of the perturbed "
                  "points (per-tensor symmetric scale); params and the update stay in the "
                  "params' dtype. Test hparams as mezo's."),
-)
-
-# Held out of the catalogue (so out of the contract suite) until they pass it;
-# the factories stay public and their NumPy references exist (issue 7):
-# - sparse_mezo: no tested hparams train all three contract problems. Freezing
-#   each tensor's largest weights (the paper's prior for fine-tuning a
-#   pre-trained model) stalls the quadratic's low-curvature coordinates and
-#   destabilises Rosenbrock (sparsity 0.25-0.75, lr 0.005-0.008, 64 samples,
-#   momentum 0.9, eps 0.1 tried).
-# - deepzero: a float32 forward difference carries a rounding error of about
-#   ulp(f) / mu per coordinate, so the masked/partition point (rtol 1e-6,
-#   atol 1e-7 on the updates) needs lr / mu <= ~0.003, which is too slow for
-#   the digits MLP in 250 steps (mu 0.1-0.3, lr 0.001-0.01, momentum 0.9-0.99
-#   tried).
-HELD_OUT = (  # built and tested against their references; not in catalog() (reasons above)
-    Recipe("sparse_mezo", sparse_mezo, "zeroth_order",
-           "Sparse MeZO: Less Parameters for Better Performance in Zeroth-Order LLM "
-           "Fine-Tuning", "2402.15751", needs_extra_args=("obj_fn",),
-           reference="zeroth_order:sparse_mezo",
-           hparams={"learning_rate": 0.007, "momentum": 0.9, "n_samples": 64, "eps": 0.1},
-           cases=({"sparsity": 0.5, "eps": 0.01, "n_samples": 2, "weight_decay": 0.1,
-                   "momentum": 0.0, "seed": 1},),
-           notes=_KEY_NOTE + " The small-magnitude threshold is the current weights' quantile "
-                 "at every step, not a per-layer threshold fixed from the pre-trained "
-                 "weights. Test hparams as mezo's."),
     Recipe("deepzero", deepzero, "zeroth_order",
            "DeepZero: Scaling up Zeroth-Order Optimization for Deep Model Training",
            "2310.02025", needs_extra_args=("obj_fn",), reference="zeroth_order:deepzero",
            hparams={"learning_rate": 0.01, "mu": 0.1, "sparsity": 0.5},
+           static=("sparsity", "mask_interval"),
            cases=({"sparsity": 0.0, "mu": 0.01, "momentum": 0.0, "weight_decay": 0.0},
                   {"sparsity": 0.7, "mask_interval": 3, "nesterov": True, "seed": 4}),
            notes="Coordinate sets follow optlab's documented key schedule (first k of a "
                  "jax.random permutation per leaf, keyed by the step // mask_interval and "
                  "crc32 of the leaf path); the NumPy reference regenerates them with "
-                 "jax.random. Uniform per-tensor sparsity (no ZO-GraSP layer ratios)."),
+                 "jax.random. Uniform per-tensor sparsity (no ZO-GraSP layer ratios). A "
+                 "float32 forward difference carries ~ulp(f) / mu of rounding per coordinate, "
+                 "so the test hparams use mu = 0.1 (the official 5e-3 amplifies rounding "
+                 "50x more) and the contract compares its masked and sharded runs with "
+                 "that absolute tolerance (tests/test_contract.py, FINITE_DIFFERENCE_ATOL)."),
+    Recipe("sparse_mezo", sparse_mezo, "zeroth_order",
+           "Sparse MeZO: Less Parameters for Better Performance in Zeroth-Order LLM "
+           "Fine-Tuning", "2402.15751", needs_extra_args=("obj_fn",),
+           reference="zeroth_order:sparse_mezo",
+           hparams={"learning_rate": 0.01, "n_samples": 16, "eps": 0.1},
+           cases=({"sparsity": 0.5, "eps": 0.01, "n_samples": 2, "weight_decay": 0.1,
+                   "momentum": 0.9, "seed": 1},),
+           notes=_KEY_NOTE + " Plain ZO-SGD on the masked directions (momentum 0, as the "
+                 "paper) with the default sparsity 0.75 in the tests.",
+           known_failures={
+               "quadratic": "all 20 coordinates start at 1 = the threshold; the first noisy "
+                            "step lifts about half of them above it, where they stay frozen: "
+                            "the loss stalls at 0.09 of its start (0.05 needed), at lr "
+                            "0.005-0.05, sparsity 0.25-0.75, with or without momentum",
+               "digits": "training from scratch grows the MLP's weights past their initial "
+                         "thresholds, which freezes them: 0.95 of the initial loss after 250 "
+                         "steps (0.3 needed); 0.49 at best (sparsity 0.25, momentum 0.9)",
+           }),
 )

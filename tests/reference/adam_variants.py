@@ -214,6 +214,30 @@ def ranger21(params, grad_fn, steps, *, learning_rate, num_iterations=1000, b1=0
   return out
 
 
+def gravity(params, grad_fn, steps, *, learning_rate, alpha=0.01, beta=0.9, seed=0):
+  """dariush-bahrami/gravity.optimizer (Keras): zeta = g / (1 + (g / (1 / max|g|))^2),
+  beta_hat = (beta t + 1) / (t + 2) with t from 0, V <- beta_hat V + (1 - beta_hat) zeta,
+  p <- p - lr V; V_0 ~ N(0, (alpha / lr)^2). The V_0 draw is the one jax.random call
+  (float32 normals from fold_in(key(seed), i) for leaf i of the sorted params dict)."""
+  import jax
+  base = jax.random.key(seed)
+  p = _copy(params)
+  v = {k: alpha / learning_rate * np.asarray(jax.random.normal(
+      jax.random.fold_in(base, i), np.shape(p[k]), np.float32), np.float64)
+       for i, k in enumerate(sorted(p))}
+  out = []
+  for t in range(steps):
+    g = grad_fn(p, t)
+    beta_hat = (beta * t + 1.0) / (t + 2.0)
+    for k in p:
+      max_step = 1.0 / np.max(np.abs(g[k]))
+      zeta = g[k] / (1.0 + (g[k] / max_step) ** 2)
+      v[k] = beta_hat * v[k] + (1.0 - beta_hat) * zeta
+      p[k] = p[k] - learning_rate * v[k]
+    out.append(_copy(p))
+  return out
+
+
 def core(params, grad_fn, steps, *, learning_rate=1e-3, b1a=0.7375, b1b=0.8125, b1c=250.0,
          b2=0.99, eps=1e-8, eta_minus=0.7375, eta_plus=1.2, step_size_min=1e-6,
          step_size_max=1e-2, weight_decay=0.1, score_history=None, frozen=None,

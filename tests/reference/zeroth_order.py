@@ -132,29 +132,29 @@ def zo_adamu(params, grad_fn, steps, *, learning_rate, eps=1e-3, alpha=0.5, b1=0
   return out
 
 
-def _small_weights(p, sparsity):
-  """Sparse MeZO's selection: per tensor, 1 for the (1 - sparsity) fraction of entries of
-  smallest magnitude (all entries at or below the threshold); scalars always."""
+def _thresholds(p, sparsity):
+  """Sparse MeZO's per-tensor thresholds: the magnitude below which the (1 - sparsity)
+  fraction of a tensor's entries lie (the entry at that rank, inclusive); scalars: inf."""
   out = {}
   for k, v in p.items():
     if np.ndim(v) == 0:
-      out[k] = np.ones_like(v)
+      out[k] = np.inf
       continue
     a = np.sort(np.abs(v).ravel())
-    idx = min(max(int(np.ceil((1.0 - sparsity) * a.size)) - 1, 0), a.size - 1)
-    out[k] = (np.abs(v) <= a[idx]).astype(np.float64)
+    out[k] = a[min(max(int(np.ceil((1.0 - sparsity) * a.size)) - 1, 0), a.size - 1)]
   return out
 
 
 def sparse_mezo(params, grad_fn, steps, *, learning_rate, sparsity=0.75, eps=1e-3, n_samples=1,
                 weight_decay=0.0, momentum=0.0, seed=0, mask=None):
-  """Sparse MeZO (arXiv:2402.15751): MeZO with z masked to the small-magnitude weights
-  (threshold: the (1 - sparsity) quantile of each tensor's current magnitudes)."""
+  """Sparse MeZO (arXiv:2402.15751): MeZO with z masked to the small-magnitude weights,
+  m = |theta| <= h per tensor, h fixed from the initial weights."""
   del mask
   p, out = _copy(params), []
   buf = {k: np.zeros_like(v) for k, v in p.items()}
+  h = _thresholds(p, sparsity)
   for t in range(steps):
-    sel = _small_weights(p, sparsity)
+    sel = {k: (np.abs(p[k]) <= h[k]).astype(np.float64) for k in p}
     est = {k: np.zeros_like(v) for k, v in p.items()}
     for s in range(n_samples):
       z = _normals(seed, t, s, p)
