@@ -211,11 +211,11 @@ _KEY_NOTE = ("Random draws follow optlab's documented key schedule (state key fr
 RECIPES = (
     Recipe("mezo", mezo, "zeroth_order", "Fine-Tuning Language Models with Just Forward Passes",
            "2305.17333", needs_extra_args=("obj_fn",), reference="zeroth_order:mezo",
-           hparams={"learning_rate": 0.007, "momentum": 0.9, "n_samples": 64, "eps": 0.1},
+           hparams={"learning_rate": 0.007, "momentum": 0.9, "n_samples": 32, "eps": 0.1},
            cases=({"eps": 0.01, "n_samples": 1, "weight_decay": 0.1, "momentum": 0.0, "seed": 3},),
            notes=_KEY_NOTE + " Perturbed points are evaluated functionally, not in place. "
                  "Optional heavy-ball momentum (default 0 = MeZO); the test hparams use "
-                 "momentum 0.9 and 64 samples so one learning rate trains all three "
+                 "momentum 0.9 and 32 samples so one learning rate trains all three "
                  "contract problems (plain ZO-SGD cannot: Rosenbrock needs lr <= 0.01, digits "
                  "lr >= 0.06), and eps = 0.1 because a float32 finite difference carries a "
                  "rounding error of about ulp(f) / eps: with eps = 1e-3 a different "
@@ -225,20 +225,20 @@ RECIPES = (
            "ZO-AdaMU Optimizer: Adapting Perturbation by the Momentum and Uncertainty in "
            "Zeroth-order Optimization", "2312.15184", needs_extra_args=("obj_fn",),
            reference="zeroth_order:zo_adamu",
-           hparams={"learning_rate": 0.02, "eps": 0.3, "sigma": 1.0, "n_samples": 64,
-                    "momentum": 0.9},
+           hparams={"learning_rate": 0.01, "eps": 0.3, "sigma": 1.0, "n_samples": 32,
+                    "momentum": 0.95},
            cases=({"alpha": 0.8, "b1": 0.5, "b2": 0.3, "weight_decay": 0.1, "seed": 2},
                   {"n_samples": 3, "sigma": 0.5}),
            notes=_KEY_NOTE + " alpha, b1, b2 are constants (the paper's annealing end values) "
                  "or schedules, not the paper's built-in three-phase annealing. The test "
                  "hparams use sigma = 1 (the paper's 1e-8 lets coordinates whose v is near 0 "
                  "take steps up to 1e4 times larger, which diverges on the contract "
-                 "problems), 64 samples and the optional heavy-ball momentum (an optlab "
+                 "problems), 32 samples and the optional heavy-ball momentum (an optlab "
                  "variant) so one learning rate trains all three problems."),
     Recipe("quzo", quzo, "zeroth_order",
            "QuZO: Quantized Zeroth-Order Fine-Tuning for Large Language Models",
            "2502.12346", needs_extra_args=("obj_fn",), reference="zeroth_order:quzo",
-           hparams={"learning_rate": 0.007, "momentum": 0.9, "n_samples": 64, "eps": 0.1},
+           hparams={"learning_rate": 0.007, "momentum": 0.9, "n_samples": 32, "eps": 0.1},
            cases=({"bits": 4, "eps": 0.5, "n_samples": 2, "weight_decay": 0.1,
                    "learning_rate": 1e-3, "momentum": 0.0, "seed": 5},),
            notes=_KEY_NOTE + " Stochastic roundings use jax.random uniforms keyed like the "
