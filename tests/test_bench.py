@@ -196,3 +196,8 @@ def test_docs_pages_are_current():
     for arg in r.needs_extra_args:
       assert f"`{arg}`" in page
   assert "(architecture.md)" in pages["index.md"]
+
+
+def test_bench_finds_held_out_recipes_by_name():
+  name = optlab.held_out()[0].name
+  assert [s.name for s in bench.resolve_optimizers([name])] == [name]

@@ -445,3 +445,11 @@ def test_skip_non_finite_keeps_state(recipe):
   assert int(s2.total_skipped) == 1 and int(s2.skipped) == 1
   _, s3, _ = run(tx, recipe, p1, 1, state=s2, start=3)
   assert int(s3.skipped) == 0 and int(s3.total_skipped) == 1
+
+
+def test_held_out_recipes_name_contract_tasks():
+  held = optlab.held_out()
+  assert not {r.name for r in held} & {r.name for r in optlab.catalog()}
+  for r in held:
+    assert set(r.known_failures) <= set(problems.TASKS), (r.name, sorted(r.known_failures))
+    assert optlab.get_recipe(r.name) is r
