@@ -32,7 +32,8 @@ import optax
 
 from optlab import _validate as V
 from optlab.primitives.basis import LINEAR, SECOND, declare_basis
-from optlab.primitives.moments import bias_correction, safe_div, safe_square, tree_zeros_like
+from optlab.primitives.moments import (
+    _ema_tree, bias_correction, safe_div, safe_square, tree_zeros_like)
 from optlab.primitives.wrappers import one_minus_power
 
 __all__ = [
@@ -205,10 +206,6 @@ def _curvature_init(seed: int, mu_dtype: Any):
   return init
 
 
-def _first_moment(b1: Any, mu: Any, updates: Any) -> Any:
-  return jax.tree.map(lambda m, g: (b1 * m + (1 - b1) * g).astype(m.dtype), mu, updates)
-
-
 def scale_by_sophia(estimator: Any = None, b1: Any = 0.965, b2: Any = 0.99,
                     gamma: Any = 0.01, eps: Any = 1e-8, clip_threshold: Any = 1.0,
                     update_interval: int = 10, *, debias: bool = True,
@@ -260,7 +257,7 @@ def scale_by_sophia(estimator: Any = None, b1: Any = 0.965, b2: Any = 0.99,
     new_nu = jax.tree.map(
         lambda h, e: jnp.where(fresh, (b2 * h + (1 - b2) * e).astype(h.dtype), h),
         state.nu, est)
-    mu = _first_moment(b1, state.mu, updates)
+    mu = _ema_tree(state.mu, updates, b1)
     c = bias_correction(b1, count) if debias else 1.0
     nu = new_nu if refresh == "before" else state.nu
 
@@ -318,7 +315,7 @@ def scale_by_adahessian(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-4,
         lambda v, d: jnp.where(fresh, jnp.minimum(b2 * v + (1 - b2) * safe_square(d),
                                                   jnp.finfo(v.dtype).max).astype(v.dtype), v),
         state.nu, est)
-    mu = _first_moment(b1, state.mu, updates)
+    mu = _ema_tree(state.mu, updates, b1)
     refreshes = (count - 1) // update_interval + 1
     # accurate 1 - b^t, the same whether b is a number or injected (see one_minus_power)
     c1, c2 = one_minus_power(b1, count, float), one_minus_power(b2, refreshes, float)

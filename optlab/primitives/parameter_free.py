@@ -48,7 +48,8 @@ import optax
 
 from optlab import _validate as V
 from optlab.primitives.basis import LINEAR, SECOND, declare_basis
-from optlab.primitives.moments import safe_div, safe_square, tree_zeros_like
+from optlab.primitives.moments import (
+    _cast_like, _value_at, safe_div, safe_square, tree_zeros_like)
 from optlab.primitives.normalize import accumulation_dtype, tensor_norm, tensor_sq_norm
 from optlab.primitives.wrappers import one_minus_power
 
@@ -62,11 +63,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------ helpers
-def _value_at(value: Any, step: jax.Array) -> Any:
-  """A hyperparameter at a 0-based step: calls a schedule, passes a number through."""
-  return value(step) if callable(value) else value
-
-
 def _stat_dtype(tree: Any) -> Any:
   """float32, or the widest accumulation dtype among the leaves (float64 params)."""
   return functools.reduce(jnp.promote_types,
@@ -126,10 +122,6 @@ def _tree_l1(tree: Any, dtype: Any) -> jax.Array:
   parts = [jnp.minimum(jnp.sum(jnp.abs(x.astype(dtype))), jnp.finfo(dtype).max)
            for x in jax.tree.leaves(tree)]
   return _saturating_sum(parts, dtype)
-
-
-def _cast_like(tree: Any, like: Any) -> Any:
-  return jax.tree.map(lambda x, y: x.astype(y.dtype), tree, like)
 
 
 def _scale_tree(tree: Any, factor: jax.Array) -> Any:

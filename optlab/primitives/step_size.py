@@ -35,7 +35,8 @@ import optax
 from optlab import _validate as V
 from optlab.primitives.basis import LINEAR, SECOND, declare_basis
 from optlab.primitives.moments import (
-    MomentsState, bias_correction, ema, ema_sq, max_ema_sq, safe_div, tree_zeros_like)
+    MomentsState, _cast_like, _value_at, bias_correction, ema, ema_sq, max_ema_sq, safe_div,
+    tree_zeros_like)
 
 __all__ = [
     "ScaleByLearningRateState", "scale_by_learning_rate",
@@ -43,15 +44,6 @@ __all__ = [
     "dynamic_bound", "momental_bound", "ScaleByBoundedStepSizeState",
     "scale_by_bounded_step_size",
 ]
-
-
-def _value_at(value: Any, count: jax.Array) -> Any:
-  """A hyperparameter's value at a 0-based step: calls schedules, passes numbers."""
-  return value(count) if callable(value) else value
-
-
-def _cast_like(tree: Any, like: Any) -> Any:
-  return jax.tree.map(lambda x, y: x.astype(y.dtype), tree, like)
 
 
 def _positive_or_one(x: Any) -> jax.Array:

@@ -57,7 +57,7 @@ import optax
 
 from optlab import _validate as V
 from optlab.primitives.basis import LINEAR, declare_basis
-from optlab.primitives.moments import tree_zeros_like
+from optlab.primitives.moments import _cast_like, _value_at, tree_zeros_like
 from optlab.primitives.normalize import accumulation_dtype
 from optlab.primitives.wrappers import find_state
 
@@ -268,10 +268,6 @@ def _sparse_zo_init(seed: int, sparsity: Any):
   return init
 
 
-def _cast_like(tree: Any, like: Any) -> Any:
-  return jax.tree.map(lambda x, y: x.astype(y.dtype), tree, like)
-
-
 def _require_obj_fn(where: str, extra: dict) -> ObjFn:
   return V.require_extra_arg(where, extra, "obj_fn",
                              "params -> scalar loss on the current batch")
@@ -322,10 +318,6 @@ def scale_by_spsa(eps: Any = 1e-3, n_samples: int = 1, *, seed: int = 0, sparsit
 
 
 # ------------------------------------------------------------------- ZO-AdaMU
-def _value_at(value: Any, count: jax.Array) -> Any:
-  """A hyperparameter at a 0-based step: calls schedules, passes numbers."""
-  return value(count) if callable(value) else value
-
 
 @declare_basis(m=LINEAR)
 class ZoAdaMUState(NamedTuple):
