@@ -8,6 +8,7 @@ import optax
 
 from optlab import _validate as V
 from optlab.primitives.basis import INVARIANT, basis_declaration
+from optlab.primitives.moments import bound_gradient
 
 __all__ = ["recipe_chain"]
 
@@ -34,7 +35,9 @@ def recipe_chain(where: str, *transforms: optax.GradientTransformation
 
   The checks run while tracing: floating-point params at init; at update,
   floating-point updates whose tree matches params (leaf paths and shapes) and
-  the state's param-shaped trees.
+  the state's param-shaped trees. The chain then sees the updates through
+  `bound_gradient`, so that one huge finite entry cannot overflow a square, a
+  norm or a second moment that the method divides by.
   """
   tx = optax.chain(*transforms)
 
@@ -49,6 +52,8 @@ def recipe_chain(where: str, *transforms: optax.GradientTransformation
     tracked = _first_param_tree(state)
     if tracked is not None:
       V.check_same_tree(where, updates, "updates", tracked, "state", shapes=False)
-    return tx.update(updates, state, params, **extra)
+    # Every method below sees entries small enough that squares and norms of one
+    # entry stay finite (a no-op for ordinary gradients; see bound_gradient).
+    return tx.update(bound_gradient(updates), state, params, **extra)
 
   return optax.GradientTransformationExtraArgs(init, update)

@@ -32,7 +32,7 @@ import optax
 
 from optlab import _validate as V
 from optlab.primitives.basis import LINEAR, SECOND, declare_basis
-from optlab.primitives.moments import _saturate, safe_square, tree_zeros_like
+from optlab.primitives.moments import _saturate, safe_div, safe_square, tree_zeros_like
 from optlab.primitives.normalize import accumulation_dtype, tensor_norm
 
 __all__ = [
@@ -81,6 +81,11 @@ def _vote_leaf(d: jax.Array, axis_name: Optional[str], aggregate: str, abstain: 
     out = jnp.sign(total)
   else:
     out = total / votes.shape[0]
+  # A sign bit cannot carry NaN: one scalar flag per leaf (max over workers) keeps
+  # a NaN direction visible, on every worker alike, instead of voting -1.
+  nan = jnp.any(jnp.isnan(flat)).astype(jnp.int32)
+  nan = nan if axis_name is None else jax.lax.pmax(nan, axis_name)
+  out = jnp.where(nan > 0, jnp.nan, out)
   return out.reshape(d.shape).astype(d.dtype)
 
 
@@ -214,9 +219,9 @@ def scale_by_onebit_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
       return first(0), state.nu, first(1), first(2)
 
     mu, nu, we, se = jax.lax.cond(count <= warmup_steps, warm, compressed, None)
-    out = jax.tree.map(lambda m, v, u: (m / (jnp.sqrt(v) + eps)).astype(u.dtype), mu, nu, updates)
-    # A zero second moment (eps = 0) with a zero momentum gives 0, never NaN.
-    out = jax.tree.map(lambda o: jnp.where(jnp.isnan(o), jnp.zeros_like(o), o), out)
+    # A zero denominator (eps = 0) gives 0; a NaN that reached the moments stays NaN.
+    out = jax.tree.map(lambda m, v, u: safe_div(m, jnp.sqrt(v) + eps).astype(u.dtype),
+                       mu, nu, updates)
     return out, OnebitAdamState(count, mu, nu, we, se)
 
   return optax.GradientTransformationExtraArgs(init, update)

@@ -64,6 +64,13 @@ def _finite(x: jax.Array) -> jax.Array:
   return jnp.nan_to_num(x, nan=0.0, posinf=top, neginf=-top)
 
 
+def _clip_inf(x: jax.Array) -> jax.Array:
+  """+-inf -> the dtype's largest finite value; NaN stays NaN (for gradients and
+  updates: a NaN gradient must show in the update, not become a zero step)."""
+  top = jnp.finfo(x.dtype).max
+  return jnp.clip(x, -top, top)
+
+
 def hutchinson_diagonal(obj_fn: Callable[[Any], jax.Array], params: Any, key: jax.Array,
                         n_probes: int = 1) -> Any:
   """Hutchinson's estimate of diag(H): the mean over `n_probes` Rademacher z of z * (H z).
@@ -454,7 +461,7 @@ def scale_by_mfac(num_grads: int = 1024, damp: Any = 1e-5
     del params, extra
     dt = state.grads.dtype
     top = jnp.finfo(dt).max
-    g = _finite(_flatten(updates, dt))
+    g = _clip_inf(_flatten(updates, dt))
     slot = state.count % m
     grads = jax.lax.dynamic_update_slice(state.grads, g[None, :], (slot, jnp.zeros_like(slot)))
     row = jnp.clip(_safe_matvec(grads, g), -top, top)         # G g: the new Gram row
@@ -552,7 +559,7 @@ def with_fosi(base: optax.GradientTransformation, k: int = 5, num_iters: Optiona
 
     eigvecs, inv, scaling = jax.lax.cond(
         fresh, refresh, lambda _: (state.eigvecs, state.inv_eigvals, state.scaling), None)
-    g = _finite(_flatten(updates, dt))
+    g = _clip_inf(_flatten(updates, dt))
     coeff = eigvecs @ g
     g1 = eigvecs.T @ coeff
     g2 = _unflatten_like(g - g1, updates)
@@ -563,7 +570,7 @@ def with_fosi(base: optax.GradientTransformation, k: int = 5, num_iters: Optiona
     deltas, base_state = base.update(g2, state.base_state, params, **extra)
     dflat = _flatten(deltas, dt)
     dflat = dflat - eigvecs.T @ (eigvecs @ dflat)
-    out = _finite(scaling * dflat - alpha * newton)
+    out = _clip_inf(scaling * dflat - alpha * newton)
     new = FosiState(optax.safe_increment(state.count), base_state, velocity, eigvecs, inv,
                     scaling)
     return _unflatten_like(out, updates), new

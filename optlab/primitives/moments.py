@@ -53,7 +53,7 @@ from optlab.primitives.basis import LINEAR, SECOND, declare_basis
 __all__ = [
     "MomentsState", "WideMomentsState", "scale_by_moments", "scale_by_adam", "ema", "heavy_ball",
     "ema_sq", "lion_interp", "scale_by_lion_momentum", "tree_zeros_like",
-    "safe_square", "bias_correction",
+    "safe_square", "bias_correction", "bound_gradient",
     # rules added for the Adam family
     "dual_ema", "max_ema_sq", "belief", "momentum_sq", "abs_max", "sum_sq",
     "centered_ema_sq",
@@ -116,9 +116,34 @@ def _saturate(x: jax.Array) -> jax.Array:
 
 
 def safe_div(y: jax.Array, d: jax.Array) -> jax.Array:
-  """y / d where d > 0, else 0 (so a zero scale never yields NaN or inf)."""
-  ok = d > 0
+  """y / d, but 0 where d <= 0, so a zero scale never yields NaN or inf.
+
+  A NaN in d is not <= 0 and stays NaN: a NaN gradient that reached a moment must
+  show in the update (as in optax), not turn that coordinate's step silently into
+  0 for ever.
+  """
+  d = jnp.asarray(d)
+  ok = jnp.logical_not(d <= 0)
   return jnp.where(ok, y / jnp.where(ok, d, jnp.ones_like(d)), jnp.zeros_like(y))
+
+
+def bound_gradient(g: Any) -> Any:
+  """Clamps every entry of a gradient tree at +-2^((maxexp - 2) // 2) of its dtype.
+
+  Applied once, before both moments, by methods that divide a first moment by
+  the root of a second: then g^2 and every EMA of it stay finite (2^126 < float32
+  max / 4), so a single huge finite entry (1e30) moves m and v consistently and
+  the step keeps the method's bound, |m_hat| / sqrt(v_hat) <= (1 - b1) / sqrt(1 - b2)
+  for Adam. Without it v saturates at the float maximum while m does not, and
+  the step is ~1e10 times too large. Ordinary gradients (|g| < 9e18 in float32
+  and bfloat16, < 128 in float16) are unchanged; NaN and +-inf stay as they are,
+  so a non-finite gradient stays visible (or is skipped by `skip_non_finite`).
+  """
+  def leaf(x):
+    top = 2.0 ** ((jnp.finfo(x.dtype).maxexp - 2) // 2)
+    return jnp.where(jnp.abs(x) > top, jnp.where(jnp.isinf(x), x, jnp.sign(x) * top), x)
+
+  return jax.tree.map(leaf, g)
 
 
 def _value_at(value: Any, step: jax.Array) -> Any:
@@ -439,6 +464,9 @@ class sum_sq:
   """Adagrad's running sum of squares (Duchi et al., JMLR 2011), as optax.
 
   G <- G + g^2 (starting at ``initial_accumulator_value``); scale sqrt(G + eps_root).
+  G never forgets: after one huge gradient entry (up to `bound_gradient`'s clamp)
+  that coordinate's steps stay tiny for the rest of training. That stall is the
+  method's own math; G saturates at the float maximum rather than overflowing.
   """
   initial_accumulator_value: Any = 0.1
   eps_root: Any = 1e-7
@@ -544,8 +572,10 @@ def scale_by_moments(first: Optional[Any], second: Optional[Any], *, eps: Any = 
   arXiv:2411.02853).
 
   Either rule may be None (pure momentum, or RMSProp-like scaling). A zero
-  denominator yields a zero update, never NaN. The second rule always sees the
-  raw gradient.
+  denominator yields a zero update, never NaN; a NaN gradient gives a NaN update.
+  With a second rule, both rules see the gradient through `bound_gradient` (a
+  no-op for ordinary values); the second rule always sees it before the first
+  rule or the normalisation acts on it.
   """
   V.check_choice("scale_by_moments", "order", order, _ORDERS)
   V.check_nonneg("scale_by_moments", "eps", eps)
@@ -573,6 +603,8 @@ def scale_by_moments(first: Optional[Any], second: Optional[Any], *, eps: Any = 
   def update(updates, state, params=None, **extra):
     del params, extra
     count = optax.safe_increment(state.count)
+    if second is not None:
+      updates = bound_gradient(updates)
     g = updates
     mu = _get_slots(state, s1) if first is not None else None
     nu = _get_slots(state, s2) if second is not None else None

@@ -233,7 +233,8 @@ def dadapt_bound(d: jax.Array, numerator: jax.Array, s_norm: jax.Array, *, scale
   top = jnp.finfo(d.dtype).max
   d_hat = jnp.clip(scale * safe_div(numerator, s_norm), -top, top)
   new = jnp.maximum(d, jnp.minimum(d_hat, growth_rate * d))
-  return jnp.where(jnp.logical_and(live, s_norm > 0), new, d).astype(d.dtype)
+  # not (s_norm <= 0), rather than s_norm > 0: a NaN that reached the sums must propagate.
+  return jnp.where(jnp.logical_and(live, jnp.logical_not(s_norm <= 0)), new, d).astype(d.dtype)
 
 
 def _dadapt_learning_rate(learning_rate: Any, count: jax.Array, dtype: Any) -> jax.Array:
@@ -301,7 +302,7 @@ def scale_by_dadapt_sgd(learning_rate: Any = 1.0, momentum: Any = 0.0, weight_de
     s_norm = _global_norm([tensor_norm(x) for x in jax.tree.leaves(s)], dtype)
     d = dadapt_bound(state.d, numerator, s_norm, scale=2.0, growth_rate=growth_rate,
                      live=lr > 0)
-    live = s_norm > 0
+    live = jnp.logical_not(s_norm <= 0)  # NaN stays live, so it shows in the update
     out = jax.tree.map(
         lambda p, a, z: jnp.where(live, (1 - momentum) * (a.astype(dtype) - z.astype(dtype)
                                                           - p.astype(dtype)), 0.0),
@@ -382,7 +383,7 @@ def scale_by_dadapt_adam(learning_rate: Any = 1.0, b1: Any = 0.9, b2: Any = 0.99
     numerator = beta * state.numerator + (1 - beta) * acc
     d = dadapt_bound(state.d, numerator, (1 - beta) * s_l1, growth_rate=growth_rate,
                      live=lr > 0)
-    live = s_l1 > 0
+    live = jnp.logical_not(s_l1 <= 0)  # NaN stays live, so it shows in the update
 
     def step(m, v, p):
       u = -safe_div(m.astype(dtype), jnp.sqrt(v.astype(dtype)) + eps)
@@ -449,7 +450,7 @@ def scale_by_dadapt_lion(learning_rate: Any = 1.0, b1: Any = 0.9, b2: Any = 0.99
     s_l1 = _tree_l1(s, dtype)
     numerator = beta * state.numerator + (1 - beta) * acc
     d = dadapt_bound(state.d, numerator, (1 - beta) * s_l1, live=lr > 0)
-    numerator = jnp.where(s_l1 > 0, numerator, state.numerator).astype(dtype)
+    numerator = jnp.where(jnp.logical_not(s_l1 <= 0), numerator, state.numerator).astype(dtype)
     return _cast_like(out, updates), DAdaptLionState(optax.safe_increment(state.count), mu, s,
                                                      d, numerator)
 

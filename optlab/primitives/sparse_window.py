@@ -220,12 +220,15 @@ def scale_by_microadam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, m: int =
       idx = indices[:, start:start + p.k].astype(jnp.int32) + jnp.asarray(_offsets(p))
       val = values[:, start:start + p.k].astype(dt)
       start += p.k
-      # in units of the window's largest |value|, so that v cannot overflow
-      scale = jnp.max(jnp.abs(val), initial=0.0)
-      val = safe_div(val, scale)
-      mu = jnp.zeros([p.d], dt).at[idx.reshape(-1)].add((w1[:, None] * val).reshape(-1))
-      nu = jnp.zeros([p.d], dt).at[idx.reshape(-1)].add((w2[:, None] * val * val).reshape(-1))
-      u = safe_div(c1 * mu, jnp.sqrt(c2 * nu) + safe_div(jnp.asarray(eps, dt), scale))
+      # Each coordinate in units of its own largest |value| in the window: v cannot
+      # overflow, and one huge value elsewhere cannot underflow this coordinate's
+      # v to 0 while its m stays non-zero (a window-wide scale did: 1e8 x steps).
+      flat_idx = idx.reshape(-1)
+      top = jnp.zeros([p.d], dt).at[flat_idx].max(jnp.abs(val).reshape(-1))
+      val = safe_div(val, top[idx])
+      mu = jnp.zeros([p.d], dt).at[flat_idx].add((w1[:, None] * val).reshape(-1))
+      nu = jnp.zeros([p.d], dt).at[flat_idx].add((w2[:, None] * val * val).reshape(-1))
+      u = safe_div(c1 * mu, jnp.sqrt(c2 * nu) + safe_div(jnp.asarray(eps, dt), top))
       out.append(_clamp(u).reshape(jnp.shape(g)).astype(g.dtype))
     return (jax.tree.unflatten(treedef, out),
             MicroAdamState(optax.safe_increment(count), indices, values,

@@ -180,7 +180,8 @@ def scale_by_gravity(learning_rate: Any, alpha: Any = 0.01, beta: Any = 0.9, see
       g32 = g.astype(dt)
       big = jnp.max(jnp.abs(g32)) if g32.size else jnp.zeros([], dt)
       gm = g32 * big
-      zeta = jnp.where(jnp.isfinite(gm), g32 / (1.0 + safe_square(gm)), 0.0)
+      # g / (1 + (g M)^2) -> 0 as g M overflows; a NaN gradient stays NaN.
+      zeta = jnp.where(jnp.isinf(gm), 0.0, g32 / (1.0 + safe_square(gm)))
       return (b * v.astype(dt) + (1 - b) * zeta).astype(v.dtype)
 
     velocity = jax.tree.map(leaf, updates, state.velocity)
