@@ -199,3 +199,24 @@ def test_missing_extra_arg_is_named(factory, arg):
   tx, params = factory(), {"x": jnp.ones(3)}
   with pytest.raises(TypeError, match=arg):
     tx.update({"x": jnp.ones(3)}, tx.init(params), params)
+
+
+def test_adahessian_weight_decay_is_not_bias_corrected():
+  """The official step (amirgholami/adahessian) is p - lr * (m / (1 - b1^t) / denom
+  + wd * p): at step 1 the decay term is lr * wd * p0, not lr * wd * p0 / (1 - b1)."""
+  lr, wd, b1, eps = 0.1, 0.5, 0.9, 1e-4
+  p0 = {"w": jnp.array([2.0, -1.0, 0.5])}
+  curv = jnp.array([1.0, 3.0, 0.5])
+  obj_fn = lambda p: 0.5 * jnp.sum(curv * p["w"] ** 2)
+  g = jax.grad(obj_fn)(p0)
+
+  def run(decay):
+    tx = optlab.adahessian(lr, b1=b1, eps=eps, weight_decay=decay)
+    return tx.update(g, tx.init(p0), p0, obj_fn=obj_fn)[0]
+
+  # Hutchinson's z * Hz is exact for a diagonal Hessian: m_hat = g, denom = |curv| + eps.
+  want = -lr * (np.asarray(g["w"]) / (np.asarray(curv) + eps) + wd * np.asarray(p0["w"]))
+  np.testing.assert_allclose(run(wd)["w"], want, rtol=1e-6)
+  # the old (bias-corrected decay) step differed by exactly -lr * wd * p0 * (1 / (1 - b1) - 1)
+  diff = np.asarray(run(wd)["w"]) - np.asarray(run(0.0)["w"])
+  np.testing.assert_allclose(diff, -lr * wd * np.asarray(p0["w"]), rtol=1e-6)

@@ -294,10 +294,11 @@ def scale_by_adahessian(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-4,
 
   D = z * (H z) (|.| averaged over ``spatial_axes`` for 4-D conv kernels);
   m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) D^2 (on refresh steps);
-  u = (m / ((sqrt(v_hat))^hessian_power + eps) + weight_decay * p) / (1 - b1^t),
+  u = m / (1 - b1^t) / ((sqrt(v_hat))^hessian_power + eps) + weight_decay * p,
   with v_hat = v / (1 - b2^n), n the number of refreshes so far: the official
-  step, whose lr / (1 - b1^t) also scales the weight decay (so the decay here
-  is AdaHessian's own, not a separate AdamW decay). The estimate
+  step (amirgholami/adahessian, also its fairseq and TF versions) applies
+  lr * u, so the decay is AdaHessian's own (scaled by lr, not by the bias
+  correction), not a separate AdamW decay. The estimate
   is refreshed on steps 1, k+1, 2k+1, ... (k = ``update_interval``; the
   official code refreshes every step, k = 1). Needs ``params`` and ``obj_fn``.
   """
@@ -332,8 +333,8 @@ def scale_by_adahessian(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-4,
       root = jnp.sqrt(v.astype(dt) / c2)
       # exact for the default power 1 also when the power is injected (traced)
       den = jnp.where(hessian_power == 1, root, root ** hessian_power) + eps
-      u = safe_div(m.astype(dt), den) + weight_decay * p.astype(dt)
-      return (u / c1).astype(g.dtype)
+      u = safe_div(m.astype(dt), den) / c1 + weight_decay * p.astype(dt)
+      return u.astype(g.dtype)
 
     out = jax.tree.map(leaf, mu, nu, updates, params)
     return out, CurvatureState(count, mu, nu, key)

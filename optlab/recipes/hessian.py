@@ -103,7 +103,7 @@ def adahessian(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e
 
   D = z * (H z) (for 4-D conv kernels |D| averaged over ``spatial_axes``);
   m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) D^2;
-  u = -lr / (1 - b1^t) * (m / (sqrt(v_hat)^hessian_power + eps) + weight_decay * p).
+  u = -lr * (m / (1 - b1^t) / (sqrt(v_hat)^hessian_power + eps) + weight_decay * p).
   Hyperparameters: the official names and defaults (betas -> b1, b2; eps=1e-4;
   hessian_power=1; weight_decay=0); update_interval (refresh D every k steps;
   the official optimizer refreshes every step, k = 1; v's bias correction
@@ -111,9 +111,10 @@ def adahessian(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e
   flax's HWIO kernels; the official PyTorch code averages dims (2, 3) of
   OIHW), seed, axis_name. Needs the extra arg ``obj_fn``.
 
-  As in the official code the weight decay sits inside the bias-corrected step,
-  -lr / (1 - b1^t) * (m / denom + weight_decay * p), so it is not a separate
-  `add_decayed_weights`.
+  As in the official code (and its fairseq and TF versions) the weight decay is
+  added to the bias-corrected step, -lr * (m_hat / denom + weight_decay * p): it
+  is scaled by lr but not divided by 1 - b1^t. It stays inside
+  `scale_by_adahessian` rather than a separate `add_decayed_weights`.
   """
   V.check_learning_rate("adahessian", learning_rate)
   V.check_nonneg("adahessian", "weight_decay", weight_decay)
@@ -225,7 +226,8 @@ RECIPES = (
            hparams={"learning_rate": 0.1, "n_probes": 1},
            cases=({"hessian_power": 0.5, "b2": 0.99, "eps": 1e-6},
                   {"update_interval": 4, "weight_decay": 0.01}),
-           notes="Official code's update, weight decay inside the bias-corrected step. The "
+           notes="Official code's update: lr * (m_hat / denom + weight_decay * p), the decay "
+                 "not divided by the bias correction. The "
                  "reference problem's Hessian is diagonal, so the "
                  "Hutchinson estimate is exact (reference reads grad_fn.hessian_diag). No "
                  "optax version."),

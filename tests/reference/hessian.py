@@ -97,8 +97,8 @@ def adahessian(params, grad_fn, steps, *, learning_rate, b1=0.9, b2=0.999, eps=1
         v[k] = b2 * v[k] + (1 - b2) * hdiag[k] * hdiag[k]
       bc1, bc2 = 1 - b1 ** (t + 1), 1 - b2 ** refreshes
       denom = (np.sqrt(v[k]) ** hessian_power) / np.sqrt(bc2) ** hessian_power + eps
-      step_size = learning_rate / bc1
-      p[k] = p[k] - step_size * (m[k] / denom + weight_decay * p[k])
+      # the decay is scaled by lr only, not by the bias correction
+      p[k] = p[k] - learning_rate * (m[k] / bc1 / denom + weight_decay * p[k])
     out.append(_copy(p))
   return out
 
