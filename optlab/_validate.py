@@ -134,7 +134,24 @@ def require_extra_arg(where: str, extra_args: dict, name: str,
         f"optlab.{where}: update() needs the extra keyword argument `{name}`"
         + (f" ({help})" if help else "") + "; pass it as "
         f"tx.update(grads, state, params, {name}=...)")
+  if name == "value" and np.ndim(value) != 0:
+    raise ValueError(f"optlab.{where}: the extra arg `value` must be the scalar loss, got "
+                     f"shape {np.shape(value)} (reduce a per-example loss to its mean)")
+  if name == "obj_fn":
+    return _scalar_valued(where, value)
   return value
+
+
+def _scalar_valued(where: str, obj_fn: Any) -> Any:
+  """`obj_fn`, checked while tracing to return a scalar loss."""
+  def checked(*args, **kwargs):
+    out = obj_fn(*args, **kwargs)
+    if np.ndim(out) != 0:
+      raise ValueError(f"optlab.{where}: the extra arg `obj_fn` must return the scalar loss, "
+                       f"got shape {np.shape(out)} (reduce a per-example loss to its mean)")
+    return out
+
+  return checked
 
 
 def check_choice(where: str, name: str, value: Any, choices: Iterable[Any]) -> None:

@@ -197,6 +197,13 @@ def ranger21(learning_rate: Any, num_iterations: int = 1000, b1: Any = 0.9, b2: 
   V.check_nonneg("ranger21", "eps", eps)
   V.check_nonneg("ranger21", "weight_decay", weight_decay)
   V.check_range("ranger21", "num_iterations", num_iterations, 1)
+  for name, value in (("agc_clipping_value", agc_clipping_value),
+                      ("softplus_beta", softplus_beta)):
+    V.check_positive("ranger21", name, value)
+  for name, value in (("agc_eps", agc_eps), ("pnm_momentum", pnm_momentum),
+                      ("normloss_factor", normloss_factor), ("warmdown_min_lr", warmdown_min_lr)):
+    V.check_nonneg("ranger21", name, value)
+  V.check_range("ranger21", "lookahead_blending_alpha", lookahead_blending_alpha, 0.0, 1.0)
   lr = learning_rate
   if not callable(learning_rate) and (use_warmup or warmdown_active):
     b2v = V._concrete(b2)

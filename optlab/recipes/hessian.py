@@ -148,6 +148,7 @@ def mfac(learning_rate: Any, momentum: Any = 0.0, weight_decay: Any = 0.0, ngrad
   code skips the buffer then).
   """
   V.check_learning_rate("mfac", learning_rate)
+  V.check_range("mfac", "ngrads", ngrads, 1)
   V.check_decay("mfac", "momentum", momentum)
   V.check_nonneg("mfac", "weight_decay", weight_decay)
   return recipe_chain(

@@ -159,6 +159,7 @@ def soap_ademamix(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, b3: Any = 
   for name, value in (("b1", b1), ("b2", b2), ("b3", b3)):
     V.check_decay("soap_ademamix", name, value)
   V.check_nonneg("soap_ademamix", "eps", eps)
+  V.check_nonneg("soap_ademamix", "alpha", alpha)
   return _in_soap_basis("soap_ademamix", scale_by_moments(dual_ema(b1, b3, alpha, dtype=mu_dtype), ema_sq(b2), eps=eps), learning_rate, weight_decay, mask, shampoo_beta, precondition_frequency, max_precond_dim, merge_dims, precondition_1d)  # noqa: E501
 
 
@@ -239,7 +240,7 @@ def muon(learning_rate: Any, ns_coeffs: tuple = (3.4445, -4.7750, 2.0315), ns_st
   """
   V.check_learning_rate("muon", learning_rate)
   if adam_learning_rate is not None:
-    V.check_learning_rate("muon", adam_learning_rate)
+    V.check_nonneg("muon", "adam_learning_rate", adam_learning_rate)
   for name, value in (("beta", beta), ("adam_b1", adam_b1), ("adam_b2", adam_b2)):
     V.check_decay("muon", name, value)
   for name, value in (("eps", eps), ("adam_eps", adam_eps), ("weight_decay", weight_decay),

@@ -70,6 +70,7 @@ def adafactor(learning_rate: Any = None, min_dim_size_to_factor: int = 128,
   steps = [scale_by_factored_rms(factored, decay_rate, decay_offset, min_dim_size_to_factor,
                                  eps)]
   if clipping_threshold is not None:
+    V.check_positive("adafactor", "clipping_threshold", clipping_threshold)
     steps.append(clip_by_block_rms(clipping_threshold))
   lr = relative_step_size if learning_rate is None else learning_rate
   steps.append(scale_by_learning_rate(lr, flip_sign=False))
@@ -173,6 +174,9 @@ def adalomo(learning_rate: Any, eps1: Any = 1e-30, eps2: Any = 1e-3,
   """
   V.check_learning_rate("adalomo", learning_rate)
   V.check_nonneg("adalomo", "weight_decay", weight_decay)
+  V.check_nonneg("adalomo", "eps1", eps1)
+  V.check_nonneg("adalomo", "eps2", eps2)
+  V.check_positive("adalomo", "clip_threshold", clip_threshold)
   return recipe_chain("adalomo",
                       scale_by_factored_rms(True, decay_rate, 0, 0, eps1, dims_fn=last_two_dims),
                       clip_by_block_rms(clip_threshold),

@@ -83,6 +83,7 @@ def galore_adamw(learning_rate: Any, rank: int = 128, update_proj_gap: int = 200
   optax's eps placement and decays the weights before the step.
   """
   _check("galore_adamw", learning_rate, b1, b2, eps, weight_decay)
+  V.check_range("galore_adamw", "update_proj_gap", update_proj_gap, 1)
   sub = in_subspace(_hf_adam(b1, b2, eps), svd_projector(), rank, update_proj_gap,
                     scale=scale, proj_type=proj_type)
   return _finish("galore_adamw", sub, learning_rate, weight_decay, mask)
@@ -119,6 +120,7 @@ def apollo(learning_rate: Any, rank: int = 256, update_proj_gap: int = 200, scal
   `random_projector`), and are kept in at least float32.
   """
   _check("apollo", learning_rate, b1, b2, eps, weight_decay)
+  V.check_range("apollo", "update_proj_gap", update_proj_gap, 1)
   V.check_nonneg("apollo", "scale", scale)
   V.check_choice("apollo", "scale_type", scale_type, ("channel", "tensor"))
   V.check_choice("apollo", "proj", proj, _PROJS)
@@ -143,6 +145,7 @@ def apollo_mini(learning_rate: Any, rank: int = 1, update_proj_gap: int = 200,
   Hyperparameters and differences: as `apollo`.
   """
   _check("apollo_mini", learning_rate, b1, b2, eps, weight_decay)
+  V.check_range("apollo_mini", "update_proj_gap", update_proj_gap, 1)
   V.check_nonneg("apollo_mini", "scale", scale)
   V.check_choice("apollo_mini", "proj", proj, _PROJS)
   projector = random_projector() if proj == "random" else svd_projector()
@@ -176,6 +179,7 @@ def fira(learning_rate: Any, rank: int = 128, update_proj_gap: int = 200, alpha:
   Deliberate differences: as `galore_adamw` (float32+ SVD, aligned signs).
   """
   _check("fira", learning_rate, b1, b2, eps, weight_decay)
+  V.check_range("fira", "update_proj_gap", update_proj_gap, 1)
   V.check_nonneg("fira", "alpha", alpha)
   sub = in_subspace(_raw_hf_adam(b1, b2, eps), svd_projector(), rank, update_proj_gap,
                     scale=alpha, proj_type=proj_type, residual="norm_scaled", norm_growth=1.01)
@@ -242,6 +246,7 @@ def online_subspace_descent(learning_rate: Any, rank: int = 128, update_proj_gap
   current to the initial learning rate of the schedule).
   """
   _check("online_subspace_descent", learning_rate, b1, b2, eps, weight_decay)
+  V.check_range("online_subspace_descent", "update_proj_gap", update_proj_gap, 1)
   sub = in_subspace(_hf_adam(b1, b2, eps), online_pca_projector(), rank, update_proj_gap,
                     scale=scale, proj_type=proj_type)
   return _finish("online_subspace_descent", sub, learning_rate, weight_decay, mask)
