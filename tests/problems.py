@@ -67,7 +67,10 @@ def digits_data():
   from sklearn.datasets import load_digits
   x, y = load_digits(return_X_y=True)
   x = (x / 16.0).astype(np.float32)
-  return x[:768], y[:768].astype(np.int32)
+  # 256 examples (full batch): every catalogue recipe passes at 256 as at 768, and
+  # the zeroth-order recipes, which run hundreds of forward passes per step, take
+  # half the time (deepzero 39 s -> 17 s).
+  return x[:256], y[:256].astype(np.int32)
 
 
 def _digits_mlp():
