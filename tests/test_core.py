@@ -108,6 +108,25 @@ def test_require_extra_arg():
   assert V.require_extra_arg("f", {"value": 3.0}, "value") == 3.0
   with pytest.raises(TypeError, match="`obj_fn`"):
     V.require_extra_arg("f", {}, "obj_fn")
+  # `value` is the scalar loss; a per-example loss is named, not broadcast.
+  with pytest.raises(ValueError, match=r"optlab.f: the extra arg `value` must be the scalar"):
+    V.require_extra_arg("f", {"value": jnp.ones(5)}, "value")
+  # `obj_fn` is checked to return a scalar when it is called (while tracing).
+  fn = V.require_extra_arg("f", {"obj_fn": lambda p: 2.0 * p}, "obj_fn")
+  assert float(fn(jnp.float32(1.5))) == 3.0
+  with pytest.raises(ValueError, match=r"optlab.f: the extra arg `obj_fn` must return the "
+                                       r"scalar loss, got shape \(5,\)"):
+    jax.eval_shape(fn, jnp.ones(5))
+
+
+def test_check_int_refuses_floats_and_nan():
+  for ok in (3, np.int64(-2), jnp.asarray(7, jnp.int32)):
+    V.check_int("f", "axis", ok)
+    V.check_seed("f", ok)
+  jax.jit(lambda s: V.check_seed("f", s) or s)(jnp.asarray(3))  # as inject_hyperparams passes it
+  for bad in (float("nan"), 1.5, True, "0", jnp.asarray(1.0)):
+    with pytest.raises(TypeError, match=r"optlab.f: seed must be an int \(the PRNG seed\)"):
+      V.check_seed("f", bad)
 
 
 def test_nested_mismatch_is_named():
@@ -122,12 +141,13 @@ def test_skip_non_finite_max_consecutive():
   tx = optlab.skip_non_finite(optlab.sgd(0.1), max_consecutive=2)
   params = {"w": jnp.ones(3)}
   state = tx.init(params)
-  bad = {"w": jnp.array([1.0, jnp.inf, 0.0])}
+  bad = {"w": jnp.array([1.0, jnp.inf, jnp.nan])}
   u1, state = tx.update(bad, state, params)
   u2, state = tx.update(bad, state, params)
   assert np.all(np.asarray(u1["w"]) == 0) and np.all(np.asarray(u2["w"]) == 0)
   u3, state = tx.update(bad, state, params)  # the third in a row is let through
-  assert not np.all(np.isfinite(np.asarray(u3["w"])))
+  # the NaN shows; the inf was clamped by bound_gradient to a huge finite step
+  assert np.isnan(u3["w"][2]) and np.isfinite(u3["w"][1]) and abs(float(u3["w"][1])) > 1e17
   assert int(state.total_skipped) == 2 and int(state.skipped) == 0
 
 

@@ -136,12 +136,17 @@ def bound_gradient(g: Any) -> Any:
   the step keeps the method's bound, |m_hat| / sqrt(v_hat) <= (1 - b1) / sqrt(1 - b2)
   for Adam. Without it v saturates at the float maximum while m does not, and
   the step is ~1e10 times too large. Ordinary gradients (|g| < 9e18 in float32
-  and bfloat16, < 128 in float16) are unchanged; NaN and +-inf stay as they are,
-  so a non-finite gradient stays visible (or is skipped by `skip_non_finite`).
+  and bfloat16, < 128 in float16) are unchanged. NaN stays NaN, so it shows in
+  the update; +-inf is clamped like any huge entry (use `skip_non_finite` to skip
+  such steps instead).
+
+  A plain clamp: XLA:CPU fuses it into every consumer of g, while a select that
+  kept +-inf costs Adagrad and RMSProp one more pass over g per leaf (41 -> 61
+  kernels per step on 20 leaves).
   """
   def leaf(x):
     top = 2.0 ** ((jnp.finfo(x.dtype).maxexp - 2) // 2)
-    return jnp.where(jnp.abs(x) > top, jnp.where(jnp.isinf(x), x, jnp.sign(x) * top), x)
+    return jnp.clip(x, -top, top)
 
   return jax.tree.map(leaf, g)
 
@@ -830,6 +835,7 @@ def scale_by_fadam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, clip: Any = 
     del extra
     V.require_params("scale_by_fadam", params)  # for FAdam's weight decay
     count = optax.safe_increment(state.count)
+    updates = bound_gradient(updates)  # before both moments, as in scale_by_moments
     nu, f_p = second.update(state.nu, updates, count)
 
     def denominator(s, g):
