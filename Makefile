@@ -14,10 +14,10 @@ $(STAMP): pyproject.toml
 
 # the whole suite except tests marked slow (pyproject's addopts: -m 'not slow')
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup -q -m "not slow"
+	$(PY) -m pytest -n 2 -q -m "not slow"
 
 test-all: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup -q -m ""
+	$(PY) -m pytest -n 2 -q -m ""
 
 # the preset comparison: tables, results.json, report.md and plots in bench_out/demo/
 demo: $(STAMP)

@@ -4,14 +4,11 @@
 
 optlab states are pytrees of arrays (NamedTuples, int32 step counts, raw
 uint32 random keys), so orbax's `StandardCheckpointer` saves and restores them
-like params. Restoring against an abstract target (`jax.eval_shape` of the
-saved tree) gives back the same tree structure and dtypes.
-
-One catch: orbax refuses zero-size arrays, and some states hold them as
-placeholders (factored statistics or bases of parameters too small to
-precondition, e.g. adafactor, SOAP, GaLore). They carry no data, so `save`
-below stores the other leaves and `restore` rebuilds the empty ones from the
-target's shapes.
+like params, whole. Restoring against an abstract target (`jax.eval_shape` of
+the saved tree) gives back the same tree structure and dtypes. (orbax refuses
+zero-size arrays; no optlab state holds one for params without zero-size
+leaves: a statistic that no tensor has, such as SOAP's eigenbases for a tree of
+vectors, is None.)
 """
 
 from __future__ import annotations
@@ -36,23 +33,6 @@ def _problem():
   return {"w": jnp.zeros(16), "b": jnp.zeros(())}, loss
 
 
-def save(checkpointer, path, tree) -> None:
-  """Save the non-empty leaves of `tree` (orbax cannot save zero-size arrays)."""
-  leaves = jax.tree.leaves(tree)
-  checkpointer.save(path, {str(i): x for i, x in enumerate(leaves) if x.size})
-  checkpointer.wait_until_finished()
-
-
-def restore(checkpointer, path, like):
-  """Restore a tree saved by `save`; `like` is the tree or its `jax.eval_shape`."""
-  leaves, treedef = jax.tree.flatten(like)
-  abstract = {str(i): jax.ShapeDtypeStruct(x.shape, x.dtype)
-              for i, x in enumerate(leaves) if np.prod(x.shape)}
-  stored = checkpointer.restore(path, abstract)
-  return jax.tree.unflatten(treedef, [stored[str(i)] if np.prod(x.shape) else
-                                      jnp.zeros(x.shape, x.dtype) for i, x in enumerate(leaves)])
-
-
 def run(tx, steps_before: int = 5, steps_after: int = 5, directory: str | None = None):
   """Train, checkpoint (params + opt_state), restore, train on; returns both runs' params."""
   params, loss = _problem()
@@ -69,13 +49,15 @@ def run(tx, steps_before: int = 5, steps_after: int = 5, directory: str | None =
   with tempfile.TemporaryDirectory() as tmp:
     path = Path(directory or tmp).absolute() / "ckpt"
     checkpointer = ocp.StandardCheckpointer()
-    save(checkpointer, path, {"params": params, "opt_state": state})
-    target = jax.eval_shape(lambda: {"params": params, "opt_state": state})
-    restored = restore(checkpointer, path, target)
+    tree = {"params": params, "opt_state": state}
+    checkpointer.save(path, tree)
+    checkpointer.wait_until_finished()
+    restored = checkpointer.restore(path, jax.eval_shape(lambda: tree))
     checkpointer.close()
   p_a, s_a = params, state                                   # the uninterrupted run
   p_b, s_b = restored["params"], restored["opt_state"]       # the restored run
   assert jax.tree.structure(s_b) == jax.tree.structure(s_a)
+  assert jax.tree.map(lambda x: x.dtype, s_b) == jax.tree.map(lambda x: x.dtype, s_a)
   for _ in range(steps_after):
     p_a, s_a = step(p_a, s_a)
     p_b, s_b = step(p_b, s_b)
@@ -87,7 +69,7 @@ def main() -> None:
   recipes = {"adamw": optlab.adamw(1e-2)}
   if "sophia_h" in names:  # keeps a random key and a Hessian estimate in its state
     recipes["sophia_h"] = optlab.sophia_h(1e-2)
-  if "soap" in names:  # an eigenbasis per matrix, empty placeholders for vectors
+  if "soap" in names:  # an eigenbasis per matrix; none for this problem's vector and scalar
     recipes["soap"] = optlab.get_recipe("soap").build()
   for name, tx in recipes.items():
     p_a, p_b = run(tx)

@@ -75,6 +75,23 @@ def check_learning_rate(where: str, value: Any) -> None:
   check_nonneg(where, "learning_rate", value)
 
 
+def check_int(where: str, name: str, value: Any, help: str = "") -> None:
+  """An integer argument (an axis, a seed): a Python or NumPy int, or an integer
+  array as `optax.inject_hyperparams` passes it. A float, NaN included, is
+  refused here rather than deep inside jax at init or update."""
+  if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, bool):
+    return
+  dtype = getattr(value, "dtype", None)
+  if dtype is not None and jnp.issubdtype(dtype, jnp.integer) and np.ndim(value) == 0:
+    return
+  raise TypeError(f"optlab.{where}: {name} must be an int" + (f" ({help})" if help else "")
+                  + f", got {value!r}")
+
+
+def check_seed(where: str, value: Any) -> None:
+  check_int(where, "seed", value, "the PRNG seed")
+
+
 def path_str(path) -> str:
   return "params" + jax.tree_util.keystr(path)
 

@@ -22,15 +22,31 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 
-def pytest_collection_modifyitems(config, items):
-  """Sends every test of one recipe to the same xdist worker (`--dist loadgroup`),
-  so the per-recipe compiled steps cached in test_contract are shared."""
-  import pytest
-  for item in items:
-    params = getattr(getattr(item, "callspec", None), "params", {})
-    recipe = params.get("recipe")
-    if recipe is not None and hasattr(recipe, "name"):
-      item.add_marker(pytest.mark.xdist_group(recipe.name))
+def pytest_xdist_make_scheduler(config, log):
+  """Sends every test of one recipe to the same xdist worker, in collection order,
+  so the per-recipe transformations and compiled steps cached in test_contract
+  are shared by all of that recipe's tests.
+
+  A scheduler of our own, not `--dist loadgroup`: with pytest 9.2 and xdist 3.8
+  the `xdist_group` marks are not applied to the node ids (pytest-dev/pytest-xdist
+  #1386), so loadgroup quietly spread each recipe's tests over both workers and
+  every worker compiled every step again. A test's scope is the first recipe name
+  among the `-`-separated parts of its parameter id; other tests are their own scope.
+  """
+  from xdist.scheduler import LoadScopeScheduling
+
+  import optlab
+  names = {r.name for r in optlab.catalog() + optlab.held_out()}
+
+  class ByRecipe(LoadScopeScheduling):
+    def _split_scope(self, nodeid):
+      if nodeid.endswith("]") and "[" in nodeid:
+        for part in nodeid[nodeid.index("[") + 1:-1].split("-"):
+          if part in names:
+            return "recipe:" + part
+      return nodeid
+
+  return ByRecipe(config, log)
 
 
 def _hypothesis_profiles():

@@ -201,6 +201,18 @@ def test_missing_extra_arg_is_named(factory, arg):
     tx.update({"x": jnp.ones(3)}, tx.init(params), params)
 
 
+def test_bad_counts_name_the_argument_passed():
+  """Issue 12, item 9: NaN probe counts are refused, and FOSI's num_iters < k names
+  both (a k above the default num_iters was reported as a bad num_iters alone)."""
+  with pytest.raises(ValueError, match="hutchinson: n_probes"):
+    optlab.hutchinson(float("nan"))
+  with pytest.raises(ValueError, match="sophia_h: n_probes"):
+    optlab.sophia_h(0.1, n_probes=float("nan"))
+  with pytest.raises(ValueError, match=r"num_iters must be at least k .*num_iters=8, k=9"):
+    optlab.fosi(0.1, k=9, num_iters=8)
+  optlab.fosi(0.1, k=9)  # num_iters defaults to 4k
+
+
 def test_adahessian_weight_decay_is_not_bias_corrected():
   """The official step (amirgholami/adahessian) is p - lr * (m / (1 - b1^t) / denom
   + wd * p): at step 1 the decay term is lr * wd * p0, not lr * wd * p0 / (1 - b1)."""

@@ -134,6 +134,12 @@ def test_onebit_compressed_mean_huge_and_zero_inputs_stay_finite():
   np.testing.assert_array_equal(np.asarray(out), 0.0)
 
 
+def test_onebit_compressed_mean_of_a_zero_size_tensor_is_zero_size():
+  z = jnp.zeros((0, 3))
+  for leaf in C.onebit_compressed_mean(z, z, z):
+    assert leaf.shape == (0, 3) and leaf.dtype == z.dtype
+
+
 def test_onebit_compressed_mean_eight_workers_matches_reference():
   rng = np.random.default_rng(0)
   xs = rng.normal(size=(N, 13))  # 13 entries: uneven server chunks (2,2,2,2,2,2,1,0)

@@ -59,6 +59,18 @@ def test_block_plan_rotation_rules():
   assert soap((4, 5, 6), merge=True).merged == (20, 6)
 
 
+def test_zero_size_tensors_get_no_factors():
+  # Issue 12, item 5: a (0, 3) tensor has nothing to precondition; a factor for
+  # its size-3 dimension would hold only zeros (and once crashed outer_stats).
+  for kw in ({"max_dim": 100}, {"max_dim": 100, "merge": True}, {"block_size": 2, "min_ndim": 1}):
+    plan = linalg.BlockPlan.make((0, 3), **kw)
+    assert not plan.any_rotated, kw
+  assert linalg.BlockPlan.make((0,), min_ndim=1).rotated == (False,)
+  # The helpers themselves accept empty blocks and matrices.
+  np.testing.assert_array_equal(linalg.outer_stats(jnp.zeros((1, 0, 3)), 1), np.zeros((1, 3, 3)))
+  assert linalg.newton_schulz(jnp.zeros((0, 3))).shape == (0, 3)
+
+
 def test_outer_stats_matches_numpy_and_saturates():
   x = _rng().normal(size=(2, 4, 3, 5))
   s0, s2 = linalg.outer_stats(jnp.asarray(x), 0), linalg.outer_stats(jnp.asarray(x), 2)

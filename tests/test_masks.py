@@ -135,6 +135,10 @@ def test_radial_projection_result_is_orthogonal_and_finite_for_huge_weights():
   g = {"w": jnp.asarray(rng.normal(size=(3, 5)))}
   u = {"w": jnp.asarray(rng.normal(size=(3, 5)))}
   out = _project(p, g, u, delta=10.0)            # forces the channel view
+  # each output channel (a column: the last axis) is orthogonal to its weights
+  cols = np.sum(np.asarray(out["w"]) * np.asarray(p["w"]), axis=0)
+  _close(cols, np.zeros(5), atol=1e-5)
+  out = _project(p, g, u, delta=10.0, channel_axis=0)  # PyTorch's layout: rows
   rows = np.sum(np.asarray(out["w"]) * np.asarray(p["w"]), axis=1)
   _close(rows, np.zeros(3), atol=1e-5)
 
@@ -143,6 +147,129 @@ def test_radial_projection_needs_params():
   tx = optlab.with_radial_projection(optax.identity())
   with pytest.raises(ValueError, match="params"):
     tx.update({"w": jnp.ones((2, 2))}, tx.init({"w": jnp.ones((2, 2))}))
+
+
+# ------------------------------------------- AdamP / SGDP on flax kernels
+# flax kernels and their PyTorch layout (the official clovaai/AdamP code's):
+# Dense (in, out) <-> (out, in); Conv (h, w, in, out) <-> (out, in, h, w).
+_TO_TORCH = {"dense": (1, 0), "conv": (3, 2, 0, 1), "bias": (0,)}
+
+
+def _to_torch(tree):
+  return {k: np.transpose(np.asarray(v), _TO_TORCH[k]) for k, v in tree.items()}
+
+
+def _from_torch(tree):
+  return {k: np.transpose(np.asarray(v), np.argsort(_TO_TORCH[k])) for k, v in tree.items()}
+
+
+def _weight_normed_problem():
+  """Flax-layout params of a layer whose kernels are normalised per output channel
+  (weight normalisation, the scale-invariant weights AdamP is made for): the
+  gradient of each output channel is orthogonal to its weights, so the per-channel
+  cosine is ~0 and AdamP's channel view fires."""
+  rng = np.random.default_rng(3)
+  params = {"dense": rng.normal(size=(6, 4)), "conv": rng.normal(size=(3, 3, 2, 4)),
+            "bias": rng.normal(size=(4,))}
+  x_dense, x_conv = rng.normal(size=(16, 6)), rng.normal(size=(16, 18))
+  target = rng.normal(size=(16, 4))
+
+  def loss(p):
+    dense = p["dense"] / jnp.linalg.norm(p["dense"], axis=0)
+    conv = p["conv"].reshape(18, 4)
+    conv = conv / jnp.linalg.norm(conv, axis=0)
+    y = jnp.tanh(x_dense @ dense) + jnp.tanh(x_conv @ conv) + p["bias"]
+    return jnp.mean((y - target) ** 2)
+
+  return params, jax.jit(jax.grad(loss))
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("adamp", {"learning_rate": 0.05, "weight_decay": 0.1, "wd_ratio": 0.2}),
+    ("sgdp", {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 0.1, "wd_ratio": 0.2}),
+])
+def test_adamp_sgdp_flax_kernels_match_official_algorithm(name, kwargs):
+  """On flax kernels, AdamP / SGDP (arXiv:2006.08217) equal the official
+  algorithm run on the same weights in PyTorch's layout: the per-channel cosine
+  and projection are over output channels (flax's last axis), not flax's axis 0."""
+  from tests.reference import sign_family as ref
+  steps, delta = 5, 0.1
+  params, grad = _weight_normed_problem()
+  with jax.enable_x64(True):
+    grad_np = lambda p: {k: np.asarray(v) for k, v in grad(
+        {k: jnp.asarray(v) for k, v in p.items()}).items()}
+    # The projection fires in the channel view at the start: every output
+    # channel's |cos(g, p)| is below delta / sqrt(channel length).
+    g0 = grad_np(params)
+    for k in ("dense", "conv"):
+      pt, gt = _to_torch(params)[k], _to_torch(g0)[k]
+      pr, gr = pt.reshape(4, -1), gt.reshape(4, -1)
+      cos = np.abs(np.sum(pr * gr, 1)) / np.linalg.norm(pr, axis=1) / np.linalg.norm(gr, axis=1)
+      assert cos.max() < delta / np.sqrt(pr.shape[1]), (k, cos)
+
+    # The official algorithm (channel = axis 0) on the PyTorch layout, mapped back.
+    want = ref.__dict__[name](_to_torch(params), lambda p, t: _to_torch(grad_np(_from_torch(p))),
+                              steps, channel_axis=0, delta=delta, **kwargs)
+    want = [_from_torch(p) for p in want]
+
+    def trajectory(**over):
+      tx = getattr(optlab, name)(**{**kwargs, "delta": delta, **over})
+      p = {k: jnp.asarray(v) for k, v in params.items()}
+      state, out = tx.init(p), []
+      step = jax.jit(lambda p, s: tx.update(grad(p), s, p))
+      for _ in range(steps):
+        u, state = step(p, state)
+        p = optax.apply_updates(p, u)
+        out.append({k: np.asarray(v) for k, v in p.items()})
+      return out
+
+    got = trajectory()
+    for t in range(steps):
+      for k in params:
+        _close(got[t][k], want[t][k], rtol=1e-9, atol=1e-12)
+    # It fired: each output channel's first update is orthogonal to its weights
+    # (the radial part is gone) and the decay was scaled by wd_ratio.
+    # (SGDP's official decay is divided by 1 - momentum; the residual is of order eps.)
+    decay = kwargs["learning_rate"] * kwargs["weight_decay"] * kwargs["wd_ratio"] / (
+        1 - kwargs.get("momentum", 0.0) if name == "sgdp" else 1.0)
+    u0 = got[0]["dense"] - params["dense"]
+    radial = np.sum((u0 + decay * params["dense"]) * params["dense"], axis=0)
+    assert np.abs(np.sum(u0 * params["dense"], axis=0)).min() > 1e-4  # the decay is there
+    _close(radial, np.zeros(4), atol=1e-8)
+    # The old layout (flax's input axis taken as the channel) is a different method here.
+    old = trajectory(channel_axis=0)
+    assert max(np.abs(old[-1][k] - want[-1][k]).max() for k in ("dense", "conv")) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["adamp", "sgdp"])
+def test_adamp_sgdp_zero_size_leaves_and_empty_tree(name):
+  tx = getattr(optlab, name)(0.1, weight_decay=0.1)
+  params = {"w": jnp.zeros((0, 3)), "k": jnp.zeros((2, 0, 3)), "e": jnp.zeros((4, 0)),
+            "b": jnp.ones(3)}
+  grads = jax.tree.map(jnp.ones_like, params)
+  u, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  assert jax.tree.map(jnp.shape, u) == jax.tree.map(jnp.shape, params)
+  assert np.all(np.isfinite(np.asarray(u["b"]))) and np.any(np.asarray(u["b"]) != 0)
+  u, _ = tx.update({}, tx.init({}), {})
+  assert u == {}
+
+
+@pytest.mark.parametrize("name", ["adamp", "sgdp"])
+def test_adamp_sgdp_channel_axis_is_checked(name):
+  for bad in (1.5, "last", True, None):
+    with pytest.raises(TypeError, match=f"{name}: channel_axis must be an int"):
+      getattr(optlab, name)(0.1, channel_axis=bad)
+  tx = getattr(optlab, name)(0.1, channel_axis=2)
+  # 0-d and 1-d leaves are never projected: no axis needed; a matrix has no axis 2.
+  tx.init({"b": jnp.ones(3), "s": jnp.ones(())})
+  with pytest.raises(ValueError, match=r"channel_axis=2 is out of range for params\['w'\]"):
+    tx.init({"b": jnp.ones(3), "w": jnp.ones((3, 4))})
+  tx = getattr(optlab, name)(0.1, channel_axis=-3)
+  p = {"k": jnp.ones((2, 3, 4))}
+  tx.init(p)
+  with pytest.raises(ValueError, match=r"params\['w'\] of shape \(3, 4\)"):
+    bad = {"k": jnp.ones((2, 3, 4)), "w": jnp.ones((3, 4))}
+    tx.update(bad, tx.init(p), bad)
 
 
 # --------------------------------------------------------------- decay

@@ -22,9 +22,11 @@ def _params(dtype=jnp.float32):
 
 
 def _packed_sizes(state):
-  """Sizes of the packed moment vectors of the projected and regular inner states."""
-  proj = [int(x.size) for x in state.inner_state if jnp.ndim(x) == 1]
-  reg = [int(x.size) for x in state.regular_state if jnp.ndim(x) == 1]
+  """Sizes of the packed moment vectors of the projected and regular inner states
+  (0 for a None entry: a packed tree without entries)."""
+  size = lambda x: 0 if x is None else int(x.size)
+  proj = [size(x) for x in state.inner_state if x is None or jnp.ndim(x) == 1]
+  reg = [size(x) for x in state.regular_state if x is None or jnp.ndim(x) == 1]
   return proj, reg
 
 

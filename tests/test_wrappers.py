@@ -164,6 +164,13 @@ def test_gradient_noise_keeps_bf16():
   assert u["x"].dtype == jnp.bfloat16 and s.key.dtype == jnp.uint32 and s.key.shape == (2,)
 
 
+def test_unzip_tree_also_for_an_empty_tree():
+  from optlab.primitives.wrappers import unzip_tree
+  a, b = unzip_tree({"x": 0, "y": 0}, {"x": (1, 2), "y": (3, 4)}, 2)
+  assert a == {"x": 1, "y": 3} and b == {"x": 2, "y": 4}
+  assert unzip_tree({}, {}, 3) == ({}, {}, {})  # jax.tree.transpose cannot do this one
+
+
 # --------------------------------------------------------------------- switch
 @by_inner
 def test_switch_after_steps_runs_first_then_second(inner):

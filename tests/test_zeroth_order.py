@@ -235,6 +235,20 @@ def test_cge_is_the_forward_difference_on_selected_coordinates():
                                 np.sort(np.asarray(coords["w"])))
 
 
+def test_cge_skips_zero_size_leaves():
+  # Issue 12, item 5: a (0, 3) leaf has no coordinate, so no forward pass and a
+  # (0, 3) estimate; the other leaves' coordinates (keyed by path) are unchanged.
+  params = {"w": jnp.arange(6.0).reshape(2, 3), "z": jnp.zeros((0, 3))}
+  key = Z.zo_step_key(Z.zo_new_key(1), 0)
+  coords = Z.random_coordinates(key, params, 0.5)
+  assert coords["z"].shape == (0,)
+  np.testing.assert_array_equal(coords["w"], Z.random_coordinates(key, {"w": params["w"]}, 0.5)["w"])
+  calls = []
+  f = lambda p: calls.append(1) or jnp.sum(p["w"] ** 2) + jnp.sum(p["z"])
+  g, _ = Z.cge_gradient(f, params, coords)
+  assert g["z"].shape == (0, 3) and len(calls) == 2  # f(params) and the traced map for "w"
+
+
 def test_quantize_stochastic_grid_range_and_unbiased():
   x = {"w": jnp.array([0.3, -1.0, 0.0, 0.77, 1e-3]), "z": jnp.zeros(3), "h": jnp.full(2, 1e30)}
   bits, qmax, n = 4, 7, 2000

@@ -10,6 +10,8 @@ that
 * the state has a fixed structure: `optax.tree_map_params` sees the factor
   buffers as non-param leaves and every param-shaped leaf (the inner
   transformation's moments) as a param tree, which keeps the params' sharding.
+  When no tensor gets a factor the buffers are None (`_flat_factors`), not
+  empty arrays, which orbax could not save.
 
 `in_eigenbasis(inner)` runs any inner transformation in the eigenbasis of the
 factors and re-expresses the inner state through the basis protocol
@@ -63,6 +65,38 @@ def _saturate(x: jax.Array) -> jax.Array:
   return jnp.clip(x, -top, top)
 
 
+def _flat_factors(layout: linalg.FactorLayout, flat: jax.Array, leaves: list) -> Any:
+  """A factor buffer for the state: None when it has no entries (see
+  `storage.flat_zeros`: an empty buffer stays only for a tree without leaves)."""
+  return None if layout.total == 0 and leaves else flat
+
+
+def _like(flat: jax.Array, old: Any) -> Any:
+  """The new buffer, or None where the state held None (no factors)."""
+  return None if old is None else flat
+
+
+def _or_empty(buffer: Any, dtype: Any) -> jax.Array:
+  """A state buffer as an array (None holds no entries)."""
+  return jnp.zeros((0,), dtype) if buffer is None else buffer
+
+
+def _buffer_dtype(where: str, layout: linalg.FactorLayout, state_buffer: Any,
+                  updates: Any) -> Any:
+  """The buffers' dtype: the state's, or (no buffers) what `init` would pick.
+
+  Raises ValueError when the buffer does not hold the factors of `updates`
+  (a state built for other params)."""
+  held = 0 if state_buffer is None else state_buffer.shape[0]
+  if held != layout.total:
+    raise ValueError(f"optlab.{where}: the state holds {held} factor entries but the updates' "
+                     f"leaves need {layout.total}: the updates' tree does not match the params "
+                     "the state was built for")
+  if state_buffer is not None:
+    return state_buffer.dtype
+  return _stats_dtype(jax.tree.leaves(updates))
+
+
 def _factors_of(layout: linalg.FactorLayout, groups: dict, slot: _Slot) -> list:
   return [layout.take(groups, slot.index, d) if r else None
           for d, r in enumerate(slot.plan.rotated)]
@@ -99,9 +133,10 @@ def _update_stats(layout, slots, leaves, stats, beta, dtype):
 # ---------------------------------------------------------------- eigenbasis
 class EigenbasisState(NamedTuple):
   count: jax.Array  # [], int32: calls so far (the first only builds the basis)
-  stats: jax.Array  # [S], float32 (float64 for float64 params): every Kronecker factor
-                    # (EMA of G G^T per dimension), flat and grouped by size (linalg.FactorLayout)
-  basis: jax.Array  # [S], same dtype and layout: the factors' eigenvectors
+  stats: Optional[jax.Array]  # [S], float32 (float64 for float64 params): every Kronecker
+                              # factor (EMA of G G^T per dimension), flat and grouped by
+                              # size (linalg.FactorLayout); None when no tensor has one
+  basis: Optional[jax.Array]  # [S], same dtype and layout: the factors' eigenvectors
   inner_state: Any  # the inner transformation's state, in the rotated coordinates
 
 
@@ -199,17 +234,20 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
   def init(params):
     _, slots = _slots(params, make_plan)
     layout = linalg.FactorLayout([s.plan for s in slots])
-    dtype = _stats_dtype(jax.tree.leaves(params))
-    return EigenbasisState(jnp.zeros([], jnp.int32), layout.zeros(dtype),
-                           layout.identity(dtype), inner.init(params))
+    leaves = jax.tree.leaves(params)
+    dtype = _stats_dtype(leaves)
+    return EigenbasisState(jnp.zeros([], jnp.int32),
+                           _flat_factors(layout, layout.zeros(dtype), leaves),
+                           _flat_factors(layout, layout.identity(dtype), leaves),
+                           inner.init(params))
 
   def update(updates, state, params=None, **extra):
     slots_tree, slots = _slots(updates, make_plan)
     layout = linalg.FactorLayout([s.plan for s in slots])
-    dtype = state.stats.dtype
-    stats = _update_stats(layout, slots, jax.tree.leaves(updates), state.stats, shampoo_beta,
-                          dtype)
-    basis = layout.split(state.basis)
+    dtype = _buffer_dtype("in_eigenbasis", layout, state.stats, updates)
+    stats = _update_stats(layout, slots, jax.tree.leaves(updates),
+                          _or_empty(state.stats, dtype), shampoo_beta, dtype)
+    basis = layout.split(_or_empty(state.basis, dtype))
 
     def first(_):
       new = {b: linalg.eigenbasis(stats[b], basis[b]).astype(dtype) for b in layout.sizes}
@@ -233,8 +271,9 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
       return u, inner_state, new
 
     u, inner_state, new = jax.lax.cond(state.count == 0, first, step, None)
-    new_state = EigenbasisState(optax.safe_increment(state.count), layout.join(stats, dtype),
-                                layout.join(new, dtype), inner_state)
+    new_state = EigenbasisState(optax.safe_increment(state.count),
+                                _like(layout.join(stats, dtype), state.stats),
+                                _like(layout.join(new, dtype), state.basis), inner_state)
     return u, new_state
 
   return optax.GradientTransformationExtraArgs(init, update)
@@ -259,7 +298,7 @@ def scale_by_newton_schulz(ns_steps: int = 5,
   V.check_nonneg("scale_by_newton_schulz", "eps", eps)
 
   def one(u):
-    if u.ndim < 2:
+    if u.ndim < 2 or u.size == 0:  # a zero-size matrix's update is zero-size
       return u
     x = u.reshape(-1, u.shape[-1])
     fan_in, fan_out = x.shape
@@ -284,9 +323,10 @@ _GRAFTS = ("sgd", "adagrad", "rmsprop", "rmsprop_normalized")
 @declare_basis(graft_nu=SECOND)
 class ShampooState(NamedTuple):
   count: jax.Array  # [], int32: steps taken
-  stats: jax.Array  # [S], float32 (float64 for float64 params): the Kronecker statistics of
-                    # every block, flat and grouped by size (linalg.FactorLayout)
-  roots: jax.Array  # [S], same dtype and layout: their inverse p-th roots (preconditioners)
+  stats: Optional[jax.Array]  # [S], float32 (float64 for float64 params): the Kronecker
+                              # statistics of every block, flat and grouped by size
+                              # (linalg.FactorLayout); None when nothing is preconditioned
+  roots: Optional[jax.Array]  # [S], same dtype and layout: their inverse p-th roots
   graft_nu: Any     # param-shaped tree, float32+: the grafting method's diagonal statistic;
                     # () for sgd grafting
 
@@ -341,11 +381,13 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
   def init(params):
     _, slots = _slots(params, make_plan)
     layout = linalg.FactorLayout([s.plan for s in slots])
-    dtype = _stats_dtype(jax.tree.leaves(params))
+    leaves = jax.tree.leaves(params)
+    dtype = _stats_dtype(leaves)
     nu = () if graft_type == "sgd" else jax.tree.map(
         lambda p: zeros_like(p, accumulation_dtype(p.dtype)), params)
-    return ShampooState(jnp.zeros([], jnp.int32), layout.zeros(dtype),
-                        layout.identity(dtype), nu)
+    return ShampooState(jnp.zeros([], jnp.int32),
+                        _flat_factors(layout, layout.zeros(dtype), leaves),
+                        _flat_factors(layout, layout.identity(dtype), leaves), nu)
 
   def exponents(layout, slots):
     out = {b: [] for b in layout.sizes}
@@ -372,15 +414,16 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
     del params, extra
     slots_tree, slots = _slots(updates, make_plan)
     layout = linalg.FactorLayout([s.plan for s in slots])
-    dtype = state.stats.dtype
+    dtype = _buffer_dtype("scale_by_shampoo", layout, state.stats, updates)
     count = state.count
     w1, w2 = (b2, 1.0) if isinstance(b2, (int, float)) and b2 == 1 else (b2, 1 - b2)
-    stats = _update_stats(layout, slots, jax.tree.leaves(updates), state.stats, 0.0, dtype)
-    old = layout.split(state.stats)
+    flat_stats = _or_empty(state.stats, dtype)
+    stats = _update_stats(layout, slots, jax.tree.leaves(updates), flat_stats, 0.0, dtype)
+    old = layout.split(flat_stats)
     stats = jax.tree.map(lambda o, n: _saturate(w1 * o + w2 * n), old, stats)
     due = count % statistics_compute_steps == 0
     stats = {b: jnp.where(due, stats[b], old[b]) for b in layout.sizes}
-    roots = layout.split(state.roots)
+    roots = layout.split(_or_empty(state.roots, dtype))
     exps = exponents(layout, slots)
 
     def compute_roots(roots):
@@ -408,7 +451,8 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
       return jnp.where(run, s, d.astype(dtype)).astype(g.dtype)
 
     out = jax.tree.map(leaf, slots_tree, updates, direction)
-    return out, ShampooState(optax.safe_increment(count), layout.join(stats, dtype),
-                             layout.join(roots, dtype), nu)
+    return out, ShampooState(optax.safe_increment(count),
+                             _like(layout.join(stats, dtype), state.stats),
+                             _like(layout.join(roots, dtype), state.roots), nu)
 
   return optax.GradientTransformationExtraArgs(init, update)

@@ -27,8 +27,9 @@ import optax
 
 from optlab import _validate as V
 from optlab.primitives.basis import LINEAR, declare_basis
-from optlab.primitives.factored import _clamp, safe_mean
-from optlab.primitives.moments import bias_correction, ema, safe_div, safe_square
+from optlab.primitives.factored import safe_mean
+from optlab.primitives.moments import (_saturate, bias_correction, bound_gradient, ema,
+                                       safe_div, safe_square)
 from optlab.primitives.normalize import accumulation_dtype
 from optlab.primitives.storage import flat_dtype, pack_flat, unpack_flat
 
@@ -169,7 +170,8 @@ def scale_by_blockwise_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
   the block;  u = m_hat / (sqrt(v_B_hat) + eps), or with
   ``eps_before_debias`` m_hat / ((sqrt(v_B) + eps) / sqrt(1 - b2^t)) (the HF
   AdamW form). Blocks: ``partition(names, shape) -> block spec``, default
-  element-wise.
+  element-wise. Both moments see g through `bound_gradient`, so one huge entry
+  cannot saturate v_B while m follows it (the step stays within Adam's bound).
   """
   for name, value in (("b1", b1), ("b2", b2)):
     V.check_decay(where, name, value)
@@ -188,6 +190,7 @@ def scale_by_blockwise_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
     del params, extra
     count = optax.safe_increment(state.count)
     specs = _specs(where, partition, updates)
+    updates = bound_gradient(updates)
     mu, m_hat = first.update(state.mu, updates, count)
     leaves, treedef = jax.tree.flatten(updates)
     nus = unpack_flat(state.nu, [_stat_shape(v, a) for v, a in specs])
@@ -197,8 +200,8 @@ def scale_by_blockwise_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
       g32 = g.astype(accumulation_dtype(g.dtype))
       stat = block_mean_sq(g32, view, axes)
       if reduce == "sum" and axes:
-        stat = _clamp(stat * float(np.prod([view[a] for a in axes])))
-      nu = _clamp(b2 * nu + (1 - b2) * stat).astype(nu.dtype)
+        stat = _saturate(stat * float(np.prod([view[a] for a in axes])))
+      nu = _saturate(b2 * nu + (1 - b2) * stat).astype(nu.dtype)
       den = (jnp.sqrt(nu) + eps) / jnp.sqrt(c2) if eps_before_debias else jnp.sqrt(nu / c2) + eps
       den = broadcast_blocks(den, view, axes, g.shape)
       out.append(safe_div(m.astype(den.dtype), den).astype(g.dtype))

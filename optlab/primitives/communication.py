@@ -32,8 +32,9 @@ import optax
 
 from optlab import _validate as V
 from optlab.primitives.basis import LINEAR, SECOND, declare_basis
-from optlab.primitives.moments import _saturate, safe_div, safe_square, tree_zeros_like
-from optlab.primitives.normalize import accumulation_dtype, tensor_norm
+from optlab.primitives.moments import (
+    _saturate, safe_div, safe_square, tree_zeros_like, zeros_like)
+from optlab.primitives.normalize import accumulation_dtype, statistics_dtype, tensor_norm
 
 __all__ = [
     "n_workers", "mean_over_workers", "scale_by_sign_vote", "onebit_compressed_mean",
@@ -148,6 +149,8 @@ def onebit_compressed_mean(x: jax.Array, worker_error: jax.Array, server_error: 
   signs), so the server error is replicated and stays identical everywhere.
   """
   shape, n = x.shape, x.size
+  if n == 0:  # nothing to send (every replica skips the collectives alike)
+    return x, worker_error, server_error
   dtype = accumulation_dtype(x.dtype)
   b = (x.astype(dtype) + worker_error.astype(dtype)).reshape(-1)
   scale = tensor_norm(b).astype(dtype) / math.sqrt(max(n, 1))
@@ -170,10 +173,11 @@ def onebit_compressed_mean(x: jax.Array, worker_error: jax.Array, server_error: 
 @declare_basis(mu=LINEAR, nu=SECOND, worker_error=LINEAR, server_error=LINEAR)
 class OnebitAdamState(NamedTuple):
   count: jax.Array    # [], int32: steps taken
-  mu: Any             # param-shaped: momentum (synchronised after compression)
-  nu: Any             # param-shaped: second moment, frozen after the warm-up
-  worker_error: Any   # param-shaped: this worker's compression error
-  server_error: Any   # param-shaped: the (replicated) server compression error
+  mu: Any             # param-shaped, params' dtype (float32 for float16): momentum
+                      # (synchronised after compression)
+  nu: Any             # param-shaped, same dtype: second moment, frozen after the warm-up
+  worker_error: Any   # param-shaped, same dtype: this worker's compression error
+  server_error: Any   # param-shaped, same dtype: the (replicated) server compression error
 
 
 def scale_by_onebit_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
@@ -188,7 +192,9 @@ def scale_by_onebit_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
   entry with worker- and server-side error feedback; m becomes identical on
   all workers). Output: m / (sqrt(v) + eps), without bias correction (as
   DeepSpeed's step). With ``axis_name=None`` a single worker runs the same
-  compression (DeepSpeed skips it for one worker).
+  compression (DeepSpeed skips it for one worker). Computed in float32 (or
+  wider); the state is kept in float32 for float16 params
+  (`normalize.statistics_dtype`).
   """
   for name, value in (("b1", b1), ("b2", b2)):
     V.check_decay("scale_by_onebit_adam", name, value)
@@ -196,11 +202,13 @@ def scale_by_onebit_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
   V.check_range("scale_by_onebit_adam", "warmup_steps", warmup_steps, 0)
 
   def init(params):
-    z = lambda: tree_zeros_like(params)
+    z = lambda: jax.tree.map(lambda p: zeros_like(p, statistics_dtype(p.dtype)), params)
     return OnebitAdamState(jnp.zeros([], jnp.int32), z(), z(), z(), z())
 
   def update(updates, state, params=None, **extra):
     del params, extra
+    out_dtypes = updates
+    updates = jax.tree.map(lambda g: g.astype(accumulation_dtype(g.dtype)), updates)
     count = optax.safe_increment(state.count)
     ema = lambda m, g: (b1 * m + (1 - b1) * g).astype(m.dtype)
 
@@ -220,8 +228,9 @@ def scale_by_onebit_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
 
     mu, nu, we, se = jax.lax.cond(count <= warmup_steps, warm, compressed, None)
     # A zero denominator (eps = 0) gives 0; a NaN that reached the moments stays NaN.
-    out = jax.tree.map(lambda m, v, u: safe_div(m, jnp.sqrt(v) + eps).astype(u.dtype),
-                       mu, nu, updates)
+    wide = lambda x: x.astype(accumulation_dtype(x.dtype))
+    out = jax.tree.map(lambda m, v, u: safe_div(wide(m), jnp.sqrt(wide(v)) + eps).astype(u.dtype),
+                       mu, nu, out_dtypes)
     return out, OnebitAdamState(count, mu, nu, we, se)
 
   return optax.GradientTransformationExtraArgs(init, update)

@@ -21,6 +21,7 @@ from optlab import _validate as V
 from optlab.primitives.basis import LINEAR, declare_basis
 from optlab.primitives.moments import tree_zeros_like
 from optlab.primitives.normalize import accumulation_dtype
+from optlab.primitives.wrappers import unzip_tree
 
 __all__ = ["ComplexMomentumState", "scale_by_complex_momentum"]
 
@@ -58,8 +59,7 @@ def scale_by_complex_momentum(beta_abs: Any = 0.9, beta_arg: Any = math.pi / 8
       return (-new_re).astype(g.dtype), new_re.astype(re.dtype), new_im.astype(im.dtype)
 
     triples = jax.tree.map(leaf, updates, state.mu_re, state.mu_im)
-    out, re, im = jax.tree.transpose(jax.tree.structure(updates),
-                                     jax.tree.structure((0, 0, 0)), triples)
+    out, re, im = unzip_tree(updates, triples, 3)
     return out, ComplexMomentumState(re, im)
 
   return optax.GradientTransformationExtraArgs(init, update)

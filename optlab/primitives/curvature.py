@@ -33,7 +33,7 @@ import optax
 from optlab import _validate as V
 from optlab.primitives.basis import LINEAR, SECOND, declare_basis
 from optlab.primitives.moments import (
-    _ema_tree, bias_correction, safe_div, safe_square, tree_zeros_like)
+    _ema_tree, bias_correction, bound_gradient, safe_div, safe_square, tree_zeros_like)
 from optlab.primitives.wrappers import one_minus_power
 
 __all__ = [
@@ -144,6 +144,9 @@ class hutchinson:
   spatial_axes: Optional[tuple[int, ...]] = None
   extra_arg = "obj_fn"
   help = "params -> loss on the current batch, differentiable twice"
+
+  def __post_init__(self):
+    V.check_range("hutchinson", "n_probes", self.n_probes, 1)
 
   def __call__(self, params, key, fn):
     est = hutchinson_diagonal(fn, params, key, self.n_probes)
@@ -421,7 +424,9 @@ def _safe_matvec(a: jax.Array, v: jax.Array) -> jax.Array:
   plain = a @ v
 
   def scaled():
-    sa, sv = (jnp.where(s > 0, s, 1).astype(a.dtype) for s in (jnp.max(jnp.abs(a)), jnp.max(jnp.abs(v))))
+    # initial=0: an empty params tree gives zero-size factors (and scale 1).
+    sa, sv = (jnp.where(s > 0, s, 1).astype(a.dtype)
+              for s in (jnp.max(jnp.abs(a), initial=0), jnp.max(jnp.abs(v), initial=0)))
     return ((a / sa) @ (v / sv)) * sa * sv
 
   return jax.lax.cond(jnp.all(jnp.isfinite(plain)), lambda: plain, scaled)
@@ -447,7 +452,10 @@ def scale_by_mfac(num_grads: int = 1024, damp: Any = 1e-5
   too). The window is flattened over all params, as the official code does: M-FAC's
   Fisher couples every parameter, and one (m, d) buffer keeps the state's
   structure independent of the params tree. A solve that is not finite
-  (overflowing statistics) falls back to g / damp for that step.
+  (overflowing statistics) falls back to g / damp for that step. g enters
+  through `bound_gradient`: then one huge finite entry is a large row of G
+  like any other, and F^{-1} g stays bounded (about m g / ||g||^2 along g),
+  while a NaN entry gives a NaN update.
   """
   where = "scale_by_mfac"
   V.check_range(where, "num_grads", num_grads, 1)
@@ -462,7 +470,7 @@ def scale_by_mfac(num_grads: int = 1024, damp: Any = 1e-5
     del params, extra
     dt = state.grads.dtype
     top = jnp.finfo(dt).max
-    g = _clip_inf(_flatten(updates, dt))
+    g = bound_gradient(_flatten(updates, dt))
     slot = state.count % m
     grads = jax.lax.dynamic_update_slice(state.grads, g[None, :], (slot, jnp.zeros_like(slot)))
     row = jnp.clip(_safe_matvec(grads, g), -top, top)         # G g: the new Gram row
@@ -470,7 +478,9 @@ def scale_by_mfac(num_grads: int = 1024, damp: Any = 1e-5
     system = gram + (m * damp) * jnp.eye(m, dtype=dt)
     coef = jax.scipy.linalg.solve(system, row, assume_a="pos")
     ihvp = (g - grads.T @ coef) / damp
-    ok = jnp.all(jnp.isfinite(ihvp))
+    # The g / damp fallback is for an overflowing solve; a NaN gradient keeps its
+    # NaN result, so that it shows in the update.
+    ok = jnp.all(jnp.isfinite(ihvp)) | jnp.any(jnp.isnan(g))
     ihvp = jnp.where(ok, ihvp, jnp.clip(g / damp, -top, top))
     return (_unflatten_like(ihvp, updates),
             MFACState(optax.safe_increment(state.count), grads, gram))
@@ -518,7 +528,10 @@ def with_fosi(base: optax.GradientTransformation, k: int = 5, num_iters: Optiona
   where = "with_fosi"
   V.check_range(where, "k", k, 1)
   iters = 4 * k if num_iters is None else num_iters
-  V.check_range(where, "num_iters", iters, k)
+  V.check_range(where, "num_iters", iters, 1)
+  if V._concrete(k) is not None and V._concrete(iters) is not None and iters < k:
+    raise ValueError(f"optlab.{where}: num_iters must be at least k (Lanczos finds at most "
+                     f"num_iters eigenpairs), got num_iters={iters}, k={k}")
   V.check_range(where, "update_interval", update_interval, 1)
   warm = update_interval if warmup is None else warmup
   V.check_range(where, "warmup", warm, 1)

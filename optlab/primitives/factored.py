@@ -11,6 +11,9 @@ keep an element-wise second moment. Row, column and unfactored statistics
 are stored in flat float32 vectors (`storage.pack_flat`): one leaf each,
 whatever the params, so `optax.tree_map_params` sees them as non-param state
 (they are replicated under sharding; they hold O(m + n) entries per matrix).
+A kind of statistic that no leaf has (no factored leaf, or no unfactored one)
+is None rather than an empty vector (`storage.flat_zeros`), which orbax could
+not save.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from optlab import _validate as V
 from optlab.primitives.basis import LINEAR, declare_basis
 from optlab.primitives.moments import safe_div, safe_square, zeros_like
 from optlab.primitives.normalize import accumulation_dtype, tensor_rms
-from optlab.primitives.storage import flat_dtype, pack_flat, unpack_flat
+from optlab.primitives.storage import flat_dtype, flat_zeros, repack_flat, unpack_flat
 
 __all__ = [
     "factored_dims", "FactoredLayout", "safe_mean", "factored_ema", "factored_reconstruct",
@@ -147,9 +150,12 @@ def relative_step_size(step: jax.Array) -> jax.Array:
 
 class FactoredRmsState(NamedTuple):
   count: jax.Array  # [], int32: steps taken
-  v_row: jax.Array  # [sum of row-statistic sizes], float32: EMA of row means of g^2
-  v_col: jax.Array  # [sum of column-statistic sizes], float32: EMA of column means of g^2
-  v: jax.Array      # [sum of unfactored leaf sizes], float32: element-wise EMA of g^2
+  v_row: Optional[jax.Array]  # [sum of row-statistic sizes], float32: EMA of row means of
+                              # g^2 (None without factored leaves, see storage.flat_zeros)
+  v_col: Optional[jax.Array]  # [sum of column-statistic sizes], float32: EMA of column
+                              # means of g^2 (None without factored leaves)
+  v: Optional[jax.Array]      # [sum of unfactored leaf sizes], float32: element-wise EMA
+                              # of g^2 (None without unfactored leaves)
 
 
 def scale_by_factored_rms(factored: bool = True, decay_rate: Any = 0.8,
@@ -175,7 +181,7 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: Any = 0.8,
     layout = FactoredLayout.of(leaves, factored, min_dim_size_to_factor, dims_fn)
     dt = flat_dtype(leaves)
     return FactoredRmsState(jnp.zeros([], jnp.int32),
-                            *(jnp.zeros([n], dt) for n in layout.sizes()))
+                            *(flat_zeros(n, dt, leaves) for n in layout.sizes()))
 
   def update(updates, state, params=None, **extra):
     del params, extra
@@ -193,7 +199,8 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: Any = 0.8,
                                             jnp.finfo(g32.dtype).max), dims, decay)
       out.append((g32 * _rsqrt0(factored_reconstruct(stat, dims))).astype(g.dtype))
       new.append(stat)
-    flat = [pack_flat([s[i] for s in new], state.v.dtype) for i in range(3)]
+    flat = [repack_flat([s[i] for s in new], like)
+            for i, like in enumerate((state.v_row, state.v_col, state.v))]
     return (jax.tree.unflatten(treedef, out),
             FactoredRmsState(optax.safe_increment(state.count), *flat))
 
@@ -237,11 +244,13 @@ def scale_by_param_block_rms(min_scale: Any = 1e-3) -> optax.GradientTransformat
 class CameState(NamedTuple):
   count: jax.Array  # [], int32: steps taken
   mu: Any           # EMA of the clipped Adafactor update, param-shaped
-  v_row: jax.Array  # [sum of row sizes], float32: EMA of row means of g^2 + eps1
-  v_col: jax.Array  # [sum of column sizes], float32: EMA of column means of g^2 + eps1
-  v: jax.Array      # [sum of 0-/1-D leaf sizes], float32: element-wise EMA of g^2 + eps1
-  r_row: jax.Array  # [sum of row sizes], float32: EMA of row means of the instability
-  r_col: jax.Array  # [sum of column sizes], float32: same, column means
+  # The flat statistics are None when no leaf has them (storage.flat_zeros):
+  v_row: Optional[jax.Array]  # [sum of row sizes], float32: EMA of row means of g^2 + eps1
+  v_col: Optional[jax.Array]  # [sum of column sizes], float32: EMA of column means of same
+  v: Optional[jax.Array]      # [sum of 0-/1-D leaf sizes], float32: element-wise EMA of same
+  r_row: Optional[jax.Array]  # [sum of row sizes], float32: EMA of row means of the
+                              # instability
+  r_col: Optional[jax.Array]  # [sum of column sizes], float32: same, column means
 
 
 def scale_by_came(b1: Any = 0.9, b2: Any = 0.999, b3: Any = 0.9999, eps1: Any = 1e-30,
@@ -268,7 +277,7 @@ def scale_by_came(b1: Any = 0.9, b2: Any = 0.999, b3: Any = 0.9999, eps1: Any = 
   def init(params):
     leaves = jax.tree.leaves(params)
     nr, nc, nf = layout(leaves).sizes()
-    z = lambda n: jnp.zeros([n], flat_dtype(leaves))
+    z = lambda n: flat_zeros(n, flat_dtype(leaves), leaves)
     mu = jax.tree.map(lambda p: zeros_like(p, mu_dtype), params)
     return CameState(jnp.zeros([], jnp.int32), mu, z(nr), z(nc), z(nf), z(nr), z(nc))
 
@@ -296,9 +305,10 @@ def scale_by_came(b1: Any = 0.9, b2: Any = 0.999, b3: Any = 0.9999, eps1: Any = 
       mus.append(m32.astype(m.dtype))
       new_v.append(stat)
       new_r.append((rr, rc))
-    dt = state.v.dtype
-    flat = [pack_flat([s[i] for s in new_v], dt) for i in range(3)]
-    rflat = [pack_flat([s[i] for s in new_r], dt) for i in range(2)]
+    flat = [repack_flat([s[i] for s in new_v], like)
+            for i, like in enumerate((state.v_row, state.v_col, state.v))]
+    rflat = [repack_flat([s[i] for s in new_r], like)
+             for i, like in enumerate((state.r_row, state.r_col))]
     return (jax.tree.unflatten(treedef, out),
             CameState(optax.safe_increment(state.count), jax.tree.unflatten(treedef, mus),
                       *flat, *rflat))

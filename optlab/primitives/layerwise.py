@@ -22,7 +22,7 @@ import optax
 
 from optlab import _validate as V
 from optlab.primitives.basis import INVARIANT, LINEAR, SECOND, declare_basis
-from optlab.primitives.moments import safe_square, zeros_like
+from optlab.primitives.moments import bound_gradient, safe_square, zeros_like
 from optlab.primitives.normalize import accumulation_dtype, tensor_sq_norm
 
 __all__ = [
@@ -63,7 +63,10 @@ def scale_by_layerwise_second_moment(b2: Any = 0.98, eps: Any = 0.0, eps_root: A
   The defaults are the official code's (eps inside the root). The squared
   norm is `tensor_sq_norm` (float32 or wider, saturating instead of
   overflowing); a zero denominator (zero gradient, eps = eps_root = 0) leaves
-  the update as it is (zero) instead of dividing 0 by 0.
+  the update as it is (zero) instead of dividing 0 by 0, and a NaN one gives
+  NaN. The gradient is taken through `bound_gradient`, so one huge finite
+  entry moves v_l and g_l consistently (|u| <= ||g_l|| / sqrt(v_l) <=
+  1 / sqrt(1 - b2) per entry) instead of saturating v_l alone.
   """
   where = "scale_by_layerwise_second_moment"
   V.check_decay(where, "b2", b2)
@@ -85,12 +88,13 @@ def scale_by_layerwise_second_moment(b2: Any = 0.98, eps: Any = 0.0, eps_root: A
                        f"was initialised for {state.nu.shape[0]} (the trees do not match)")
     if not leaves:
       return updates, state
+    leaves = bound_gradient(leaves)
     nu = state.nu
     sq = jnp.stack([tensor_sq_norm(g).astype(nu.dtype) for g in leaves])
     nu = jnp.where(nu == 0, sq, b2 * nu + (1 - b2) * sq)
     nu = jnp.minimum(nu, jnp.finfo(nu.dtype).max).astype(state.nu.dtype)
     denom = jnp.sqrt(nu + eps_root) + eps
-    denom = jnp.where(denom > 0, denom, jnp.ones_like(denom))
+    denom = jnp.where(denom <= 0, jnp.ones_like(denom), denom)  # a NaN stays NaN
     out = [(g / denom[i]).astype(g.dtype) for i, g in enumerate(leaves)]
     return jax.tree.unflatten(treedef, out), LayerwiseSecondMomentState(nu)
 
@@ -168,7 +172,7 @@ def scale_by_madgrad(learning_rate: Any, momentum: Any = 0.9, eps: Any = 1e-6,
       s = s + jnp.clip(lam * g, -big - s, big - s)
       rms = jnp.cbrt(nu) + eps
       if eps_may_be_zero:  # then rms is 0 where nu is: no step there (official code)
-        ok = rms > 0
+        ok = jnp.logical_not(rms <= 0)  # a NaN (from a NaN gradient) stays NaN
         step = jnp.where(ok, s / jnp.where(ok, rms, jnp.ones_like(rms)), jnp.zeros_like(s))
       else:
         step = s / rms

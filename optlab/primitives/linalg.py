@@ -26,6 +26,7 @@ can deadlock XLA's thread pool when several device programs run at once.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Optional, Sequence
 
 import jax
@@ -111,8 +112,11 @@ class BlockPlan:
     limit = merge_limit if merge_limit is not None else max_dim
     if merge and len(shape) >= 2 and limit is not None:
       merged = merge_dims(shape, limit)
+    # A tensor without entries has nothing to precondition: no factor for any
+    # dimension (one of size 3 on a (0, 3) tensor would only hold zeros).
+    empty = math.prod(shape) == 0
     rotated = tuple(len(shape) >= max(min_ndim, 1) and (max_dim is None or d <= max_dim)
-                    and d > 0 for d in merged)
+                    and not empty for d in merged)
     if block_size is None:
       block, counts = merged, (1,) * len(merged)
     else:
@@ -169,7 +173,7 @@ def outer_stats(blocks: jax.Array, dim: int) -> jax.Array:
   x = x.reshape(x.shape[0], x.shape[1], -1)
   # Scaled by each block's largest entry, so that nothing overflows before the
   # result is known to be out of range (then it saturates).
-  m = jnp.max(jnp.abs(x), axis=(1, 2), keepdims=True)
+  m = jnp.max(jnp.abs(x), axis=(1, 2), keepdims=True, initial=0)  # 0 for an empty block
   m = jnp.where(m > 0, m, jnp.ones_like(m))
   y = x / m
   s = _mm(y, jnp.swapaxes(y, 1, 2))
@@ -372,6 +376,8 @@ def newton_schulz(x: jax.Array, steps: int = 5,
   official code uses bfloat16); the Frobenius norm is `tensor_norm`, finite
   for entries of 1e30. Returns the input's dtype.
   """
+  if x.size == 0:
+    return x  # nothing to orthogonalise
   dt = accumulation_dtype(x.dtype)
   y = x.astype(dt)
   wide = y.shape[-2] <= y.shape[-1]

@@ -20,6 +20,7 @@ from typing import Any, Callable, Hashable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optlab import _validate as V
@@ -91,13 +92,16 @@ def with_grams(inner: optax.GradientTransformation) -> optax.GradientTransformat
 
 # ------------------------------------------------------------------ AdamP/SGDP
 def _rows(x: jax.Array, view: str) -> jax.Array:
+  # `x` has its channel axis first (see _project_leaf)
   return x.reshape(x.shape[0], -1) if view == "channel" else x.reshape(1, -1)
 
 
-def _project_leaf(u, g, p, delta, eps):
+def _project_leaf(u, g, p, delta, eps, channel_axis):
   """AdamP's projection of one tensor; returns (projected u, projected?)."""
   dt = accumulation_dtype(u.dtype)
-  u32, g32, p32 = u.astype(dt), g.astype(dt), p.astype(dt)
+  # Channel axis first, as PyTorch's (out, in, ...) weights of the official code;
+  # the layer view and the row-wise projection do not depend on the order.
+  u32, g32, p32 = (jnp.moveaxis(x.astype(dt), channel_axis, 0) for x in (u, g, p))
   out, hit = u32, jnp.zeros([], bool)
   # The official code tries the channel view, then the layer view, and uses
   # the first whose largest |cosine(g, p)| is below delta / sqrt(row length).
@@ -109,51 +113,80 @@ def _project_leaf(u, g, p, delta, eps):
                           axis=1))
     fires = jnp.max(cos) < delta / math.sqrt(pr.shape[1])
     pn = pr / (p_norm + eps)
-    projected = (ur - pn * jnp.sum(pn * ur, axis=1, keepdims=True)).reshape(u.shape)
+    projected = (ur - pn * jnp.sum(pn * ur, axis=1, keepdims=True)).reshape(u32.shape)
     take = fires & ~hit
     out = jnp.where(take, projected, out)
     hit = hit | fires
-  return out, hit
+  return jnp.moveaxis(out, 0, channel_axis), hit
+
+
+def check_channel_axis(where: str, channel_axis: Any) -> None:
+  """`channel_axis` must be a Python int (it picks a static axis of each tensor)."""
+  if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)):
+    raise TypeError(f"optlab.{where}: channel_axis must be an int (the output-channel axis "
+                    f"of each weight), got {channel_axis!r}; with optax.inject_hyperparams, "
+                    "pass it in static_args")
+
+
+def _check_channel_axes(where: str, channel_axis: int, params: Any) -> None:
+  """Raises ValueError naming the first projected leaf that has no `channel_axis`."""
+  for path, p in jax.tree_util.tree_leaves_with_path(params):
+    nd = np.ndim(p)
+    if nd > 1 and not -nd <= channel_axis < nd:
+      raise ValueError(f"optlab.{where}: channel_axis={channel_axis} is out of range for "
+                       f"{V.path_str(path)} of shape {np.shape(p)}")
 
 
 def with_radial_projection(inner: optax.GradientTransformation, delta: Any = 0.1,
-                           wd_ratio: Any = 0.1, weight_decay: Any = 0.0, eps: Any = 1e-8
-                           ) -> optax.GradientTransformationExtraArgs:
+                           wd_ratio: Any = 0.1, weight_decay: Any = 0.0, eps: Any = 1e-8,
+                           channel_axis: int = -1) -> optax.GradientTransformationExtraArgs:
   """AdamP / SGDP's projection (Heo et al., arXiv:2006.08217; official clovaai/AdamP).
 
   For every tensor with more than one dimension, with g the gradient going
   into `inner` and u the update coming out: view p and g as rows, first one
-  row per output channel (``p.reshape(p.shape[0], -1)``), then the whole
-  tensor as one row. For the first view where every row has
+  row per output channel, then the whole tensor as one row. The output
+  channels lie along `channel_axis`, by default the last axis as in JAX / flax
+  kernels (Dense (in, out), Conv (h, w, in, out)); the official PyTorch code
+  takes axis 0 of its (out, in, ...) weights, the same channels, and
+  ``channel_axis=0`` reproduces that layout. For the first view where every row has
   |cos(g, p)| < delta / sqrt(row length) (the weight looks scale-invariant),
   remove the radial part of u row by row, u <- u - p_n <p_n, u> with
   p_n = p / (||p|| + eps), and multiply the weight decay by `wd_ratio`.
   Then adds the decoupled decay, u <- u + weight_decay * ratio * p (ratio 1
-  for tensors that were not projected, and for 0-d and 1-d tensors, which are
-  never projected). The cosine uses max(||.||, eps) for each norm, as recent
+  for tensors that were not projected, and for 0-d, 1-d and zero-size tensors,
+  which are never projected). The cosine uses max(||.||, eps) for each norm, as recent
   ``torch.nn.functional.cosine_similarity`` does (older PyTorch clamps the
   product of the norms; the two differ only for norms below eps, where the
   cosine is ~0 either way). Needs `params`.
   """
+  where = "with_radial_projection"
   for name, value in (("delta", delta), ("wd_ratio", wd_ratio),
                       ("weight_decay", weight_decay), ("eps", eps)):
-    V.check_nonneg("with_radial_projection", name, value)
+    V.check_nonneg(where, name, value)
+  check_channel_axis(where, channel_axis)
+  channel_axis = int(channel_axis)
   inner = optax.with_extra_args_support(inner)
 
   def leaf(u, g, p):
-    if jnp.ndim(p) > 1:
-      u32, hit = _project_leaf(u, g, p, delta, eps)
+    # A zero-size tensor has no direction to project (and no rows): it only decays.
+    if jnp.ndim(p) > 1 and jnp.size(p) > 0:
+      u32, hit = _project_leaf(u, g, p, delta, eps, channel_axis)
       ratio = jnp.where(hit, wd_ratio, 1.0)
     else:
       u32, ratio = u.astype(accumulation_dtype(u.dtype)), 1.0
     return (u32 + (weight_decay * ratio) * p.astype(u32.dtype)).astype(u.dtype)
 
+  def init(params):
+    _check_channel_axes(where, channel_axis, params)
+    return inner.init(params)
+
   def update(updates, state, params=None, **extra):
-    V.require_params("with_radial_projection", params)
+    V.require_params(where, params)
+    _check_channel_axes(where, channel_axis, params)
     new, state = inner.update(updates, state, params, **extra)
     return jax.tree.map(leaf, new, updates, params), state
 
-  return optax.GradientTransformationExtraArgs(inner.init, update)
+  return optax.GradientTransformationExtraArgs(init, update)
 
 
 # ------------------------------------------------------------ per-leaf choice
@@ -213,9 +246,12 @@ def with_leaf_labels(transforms: Mapping[Hashable, optax.GradientTransformation]
       return results[used[0]]
     new = jax.tree.map(lambda lab, *us: us[used.index(lab)], labels,
                        *[results[k][0] for k in used])
-    # Which label owns each state leaf: param-shaped ones follow their param.
+    # Which label owns each state leaf: param-shaped ones follow their param. Non-param
+    # values are marked leaf by leaf: one may be a None field (a statistic without
+    # entries) under a leaf of the placeholder state, and must add no leaf.
     owners = optax.tree_map_params(ref, lambda _, lab: lab, state, labels,
-                                   transform_non_params=lambda _: _SHARED)
+                                   transform_non_params=lambda v: jax.tree.map(
+                                       lambda _: _SHARED, v))
     owners = jax.tree.leaves(owners)
     flat = {k: jax.tree.leaves(results[k][1]) for k in used}
     treedef = jax.tree.structure(results[used[0]][1])

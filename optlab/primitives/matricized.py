@@ -13,12 +13,15 @@ gradient, compresses again and returns m / (sqrt(v) + eps) computed from the
 full, freshly updated moments. All factors and sign bits live in flat vectors
 (`storage.pack_flat`), one leaf per kind: `optax.tree_map_params` sees them as
 non-param state, and they hold O(sqrt(n)) floats and n / 8 bytes per tensor.
+A kind that no leaf uses (the first moment's without momentum, element-wise
+moments when every tensor is matricized) is None, not an empty vector, which
+orbax could not save.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +32,7 @@ from optlab import _validate as V
 from optlab.primitives.factored import adafactor_decay_rate
 from optlab.primitives.moments import safe_div, safe_square
 from optlab.primitives.normalize import accumulation_dtype
-from optlab.primitives.storage import flat_dtype, pack_flat, unpack_flat
+from optlab.primitives.storage import flat_dtype, flat_zeros, repack_flat, unpack_flat
 
 __all__ = ["square_shape", "nnmf_rank1", "pack_signs", "unpack_signs", "SmmfState",
            "scale_by_smmf"]
@@ -80,14 +83,16 @@ def unpack_signs(bits: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 
 class SmmfState(NamedTuple):
+  # Every field but count is None when unused: without momentum (b1=None) for the
+  # m fields, with vector_reshape for m and v, or when no leaf has that kind.
   count: jax.Array  # [], int32: steps taken
-  m_row: jax.Array  # [sum of rows of factored leaves], float32: row factor of |m|
-  m_col: jax.Array  # [sum of cols of factored leaves], float32: column factor of |m|
-  sign: jax.Array   # [sum of ceil(n / 8) over factored leaves], uint8: bits of m > 0
-  v_row: jax.Array  # [sum of rows of factored leaves], float32: row factor of v
-  v_col: jax.Array  # [sum of cols of factored leaves], float32: column factor of v
-  m: jax.Array      # [sum of sizes of unfactored leaves], float32: element-wise m
-  v: jax.Array      # [sum of sizes of unfactored leaves], float32: element-wise v
+  m_row: Optional[jax.Array]  # [sum of rows of factored leaves], float32: row factor of |m|
+  m_col: Optional[jax.Array]  # [sum of cols of factored leaves], float32: col factor of |m|
+  sign: Optional[jax.Array]   # [sum of ceil(n / 8) over factored leaves], uint8: m > 0 bits
+  v_row: Optional[jax.Array]  # [sum of rows of factored leaves], float32: row factor of v
+  v_col: Optional[jax.Array]  # [sum of cols of factored leaves], float32: col factor of v
+  m: Optional[jax.Array]      # [sum of sizes of unfactored leaves], float32: element-wise m
+  v: Optional[jax.Array]      # [sum of sizes of unfactored leaves], float32: element-wise v
 
 
 class _Layout(NamedTuple):
@@ -145,10 +150,14 @@ def scale_by_smmf(b1: Any = 0.9, eps: Any = 1e-8, decay_rate: Any = 0.5,
     leaves = jax.tree.leaves(params)
     lay = _Layout.of(leaves, vector_reshape, momentum)
     dt = flat_dtype(leaves)
-    z = lambda shapes, used=True: jnp.zeros([_sizes(shapes) if used else 0], dt)
+    # Unused kinds are None whatever the params (the placeholder tree of
+    # optax.tree_map_params included); used ones are None only without entries.
+    z = lambda shapes, used=True, dtype=dt: (
+        flat_zeros(_sizes(shapes), dtype, leaves) if used else None)
     return SmmfState(jnp.zeros([], jnp.int32), z(lay.rows, momentum), z(lay.cols, momentum),
-                     jnp.zeros([_sizes(lay.signs)], jnp.uint8), z(lay.rows), z(lay.cols),
-                     z(lay.full, momentum), z(lay.full))
+                     z(lay.signs, momentum, jnp.uint8), z(lay.rows), z(lay.cols),
+                     z(lay.full, momentum and not vector_reshape),
+                     z(lay.full, not vector_reshape))
 
   def update(updates, state, params=None, **extra):
     del params, extra
@@ -156,11 +165,15 @@ def scale_by_smmf(b1: Any = 0.9, eps: Any = 1e-8, decay_rate: Any = 0.5,
     lay = _Layout.of(leaves, vector_reshape, momentum)
     name = "optlab.scale_by_smmf"
     none = [(0,)] * len(leaves)
-    un = lambda flat, shapes: unpack_flat(flat, shapes if flat.shape[0] else none, updates, name)
-    parts = zip(un(state.m_row, lay.rows), un(state.m_col, lay.cols),
-                un(state.sign, lay.signs), un(state.v_row, lay.rows), un(state.v_col, lay.cols),
-                un(state.m, lay.full), un(state.v, lay.full))
-    dt = state.v_row.dtype
+    un = lambda flat, shapes, used=True: unpack_flat(flat, shapes if used else none, updates,
+                                                     name)
+    # Sign bits stay uint8 when the state holds none (None unpacks as float32).
+    signs = [s.astype(jnp.uint8) for s in un(state.sign, lay.signs, momentum)]
+    parts = zip(un(state.m_row, lay.rows, momentum), un(state.m_col, lay.cols, momentum),
+                signs, un(state.v_row, lay.rows),
+                un(state.v_col, lay.cols), un(state.m, lay.full, momentum),
+                un(state.v, lay.full))
+    dt = next((x.dtype for x in (state.v_row, state.v) if x is not None), flat_dtype(leaves))
     b1_t = (jnp.asarray(b1, dt) * jnp.asarray(growth_rate, dt) ** state.count.astype(dt)
             if momentum else None)
     b2_t = adafactor_decay_rate(state.count, decay_rate).astype(dt)
@@ -189,7 +202,7 @@ def scale_by_smmf(b1: Any = 0.9, eps: Any = 1e-8, decay_rate: Any = 0.5,
       u = jnp.clip(u, -top, top)  # a huge m over a tiny rank-1 v must not give inf
       out.append(jnp.reshape(u, jnp.shape(g)).astype(g.dtype))
       new.append((mr, mc, sg, vr, vc, mf, vf))
-    flat = [pack_flat([p[i] for p in new], jnp.uint8 if i == 2 else dt) for i in range(7)]
+    flat = [repack_flat([p[i] for p in new], like) for i, like in enumerate(state[1:])]
     return (jax.tree.unflatten(treedef, out),
             SmmfState(optax.safe_increment(state.count), *flat))
 

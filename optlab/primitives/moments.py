@@ -761,29 +761,36 @@ def scale_by_exadam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, *,
   m~ = d1 m / (1 - b1^t), g~ = d1 g / (1 - b1^t), v~ = d2 v / (1 - b2^t),
   u = s_t (m~ + g~) / (sqrt(v~) + eps), with s_t = ln(sqrt(2 (t + 1))) when
   ``dynamic_step_size`` (v1's growing step size) and 1 otherwise (v2).
+  Computed in float32 (or wider); m and v are kept in float32 for float16
+  params (`normalize.statistics_dtype`: v of a 1e-4 gradient is 1e-11).
   """
+  # Local: moments does not import normalize at module level.
+  from optlab.primitives.normalize import accumulation_dtype, statistics_dtype
   for name, value in (("b1", b1), ("b2", b2)):
     V.check_decay("scale_by_exadam", name, value)
   V.check_nonneg("scale_by_exadam", "eps", eps)
 
   def init(params):
-    return MomentsState(jnp.zeros([], jnp.int32), tree_zeros_like(params),
-                        tree_zeros_like(params))
+    zeros = lambda: jax.tree.map(lambda p: zeros_like(p, statistics_dtype(p.dtype)), params)
+    return MomentsState(jnp.zeros([], jnp.int32), zeros(), zeros())
 
   def update(updates, state, params=None, **extra):
     del params, extra
     count = optax.safe_increment(state.count)
-    mu, nu = _ema_tree(state.mu, updates, b1), _ema_sq_tree(state.nu, updates, b2)
+    wide = jax.tree.map(lambda g: g.astype(accumulation_dtype(g.dtype)), updates)
+    mu, nu = _ema_tree(state.mu, wide, b1), _ema_sq_tree(state.nu, wide, b2)
     b1t, b2t = b1 ** count, b2 ** count
     step = 0.5 * jnp.log(2.0 * (count + 1.0)) if dynamic_step_size else 1.0
 
     def leaf(g, m, v):
+      dt = accumulation_dtype(m.dtype)
+      out_dtype, g, m, v = g.dtype, g.astype(dt), m.astype(dt), v.astype(dt)
       m_sq = safe_square(m)
       d1 = 1.0 + safe_div(v, v + eps) * b2t
       d2 = 1.0 + safe_div(m_sq, m_sq + eps) * b1t
       num = (m + g) * d1 / (1.0 - b1t)
       den = jnp.sqrt(v / (1.0 - b2t) * d2) + eps
-      return (step * safe_div(num, den)).astype(g.dtype)
+      return (step * safe_div(num, den)).astype(out_dtype)
 
     return jax.tree.map(leaf, updates, mu, nu), MomentsState(count, mu, nu)
 

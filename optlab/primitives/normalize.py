@@ -19,7 +19,7 @@ from optlab import _validate as V
 
 __all__ = [
     "scale_by_sign", "scale_by_rms_normalize", "scale_by_trust_ratio", "tensor_norm",
-    "tensor_sq_norm", "tensor_rms",
+    "tensor_sq_norm", "tensor_rms", "statistics_dtype",
 ]
 
 
@@ -37,6 +37,16 @@ def scale_by_sign() -> optax.GradientTransformationExtraArgs:
 def accumulation_dtype(dtype: Any) -> Any:
   """The dtype norms are computed in: float32, or the input's if wider."""
   return jnp.promote_types(dtype, jnp.float32)
+
+
+def statistics_dtype(dtype: Any) -> Any:
+  """The dtype a param-shaped statistic is kept in for params of `dtype`: theirs,
+  but float32 for float16. float16's 5-bit exponent squares a gradient entry
+  below 2.4e-4 to 0 and one above 256 to inf, so a second moment stored in it
+  is 0 for small gradients (and m / (sqrt(v) + eps) explodes) or inf for large
+  ones; bfloat16 has float32's exponent range."""
+  dtype = jnp.dtype(dtype)
+  return jnp.dtype(jnp.float32) if dtype == jnp.float16 else dtype
 
 
 def _scales(dtype: Any) -> tuple[float, float, float]:
@@ -127,15 +137,17 @@ def scale_by_rms_normalize(eps: Any = 0.0) -> optax.GradientTransformationExtraA
   """u <- u / (rms(u) + eps) for each tensor, rms(u) = sqrt(mean(u^2)).
 
   Every tensor leaves with RMS 1 (a scalar becomes sign(u)). A tensor whose
-  denominator is 0 (all zero, eps = 0) is returned unchanged. The result is
-  bounded by sqrt(size) element-wise, so it stays finite for any finite input.
+  denominator is 0 (all zero, eps = 0) is returned unchanged; one with a NaN
+  entry becomes all NaN (its RMS is NaN), as a plain division would. The
+  result is bounded by sqrt(size) element-wise, so it stays finite for any
+  finite input.
   """
   V.check_nonneg("scale_by_rms_normalize", "eps", eps)
 
   def one(u):
     rms = tensor_rms(u)
     denom = rms + eps
-    denom = jnp.where(denom > 0, denom, jnp.ones_like(denom))
+    denom = jnp.where(denom <= 0, jnp.ones_like(denom), denom)  # a NaN stays NaN
     return (u / denom).astype(u.dtype)
 
   def update(updates, state, params=None, **extra):

@@ -49,7 +49,7 @@ import optax
 from optlab import _validate as V
 from optlab.primitives.basis import LINEAR, SECOND, declare_basis
 from optlab.primitives.moments import (
-    _cast_like, _value_at, safe_div, safe_square, tree_zeros_like)
+    _cast_like, _value_at, bound_gradient, safe_div, safe_square, tree_zeros_like)
 from optlab.primitives.normalize import accumulation_dtype, tensor_norm, tensor_sq_norm
 from optlab.primitives.wrappers import one_minus_power
 
@@ -162,7 +162,10 @@ def scale_by_distance_over_gradients(init_step: tuple[str, Any] = ("heuristic", 
     eps: added to the sum of squared gradient norms.
     layerwise: LDoG: rbar, the sum and eta per tensor (each leaf a "layer").
 
-  Needs `params` in update. A zero denominator gives a zero step.
+  Needs `params` in update. A zero denominator gives a zero step. The gradient
+  is taken through `bound_gradient`, so one huge finite entry moves the sum of
+  squares and the step g consistently (|u| <= rbar_t per entry); as Adagrad's
+  sum, that sum never forgets, and later steps stay small: the method's math.
   """
   where = "scale_by_distance_over_gradients"
   if not (isinstance(init_step, (tuple, list)) and len(init_step) == 2):
@@ -187,7 +190,7 @@ def scale_by_distance_over_gradients(init_step: tuple[str, Any] = ("heuristic", 
     dtype = state.rbar.dtype
     first = state.count == 0
     x0 = jax.tree.map(lambda p, a: jnp.where(first, p, a), params, state.x0)
-    g_leaves, treedef = jax.tree.flatten(updates)
+    g_leaves, treedef = jax.tree.flatten(bound_gradient(updates))
     p_leaves, x0_leaves = jax.tree.leaves(params), jax.tree.leaves(x0)
     dist = [tensor_norm(p.astype(dtype) - a.astype(dtype)) for p, a in zip(p_leaves, x0_leaves)]
     sq = [tensor_sq_norm(g).astype(dtype) for g in g_leaves]
@@ -347,7 +350,9 @@ def scale_by_dadapt_adam(learning_rate: Any = 1.0, b1: Any = 0.9, b2: Any = 0.99
     u = -m / (sqrt(v) + eps)  - dlr_k weight_decay x_k  (the latter if ``decouple``).
   Returns the final update (learning rate inside m: no `scale_by_learning_rate`
   follows). A step with ||s||_1 = 0 (all gradients so far zero) is zero and
-  leaves d and the numerator as they are, as the official code. Needs `params`.
+  leaves d and the numerator as they are, as the official code. Both moments
+  see g through `bound_gradient` (one huge entry cannot saturate v while m
+  follows it). Needs `params`.
   """
   where = "scale_by_dadapt_adam"
   _check_dadapt(where, learning_rate, d0, growth_rate, weight_decay)
@@ -371,6 +376,7 @@ def scale_by_dadapt_adam(learning_rate: Any = 1.0, b1: Any = 0.9, b2: Any = 0.99
     c = (jnp.sqrt(one_minus_power(b2, count, dtype)) / one_minus_power(b1, count, dtype)
          if use_bias_correction else 1.0)
     dlr = (state.d * lr * c).astype(dtype)
+    updates = bound_gradient(updates)
     g = updates if decouple else jax.tree.map(lambda u, p: u + weight_decay * p, updates, params)
     weighted = jax.tree.map(lambda a, v: safe_div(a, jnp.sqrt(v) + eps), state.s, state.nu)
     top = jnp.finfo(dtype).max
@@ -764,11 +770,13 @@ def scale_by_polyak_step(preconditioner: Any = None, lower_bound: Any = 0.0, *,
     if rule == "sania":
       ratio = safe_div(2.0 * f, big_g)
       # 1 - sqrt(1 - r) written as r / (1 + sqrt(1 - r)): no cancellation for small r
-      gamma = jnp.where(ratio <= 1.0, ratio / (1.0 + jnp.sqrt(jnp.maximum(1.0 - ratio, 0.0))),
-                        1.0)
-      gamma = jnp.where(big_g > 0, gamma, 0.0)
+      # Comparisons written so that a NaN ratio or G (a NaN gradient) gives a NaN
+      # step instead of a full one (1) or none (0), which would hide it.
+      gamma = jnp.where(ratio > 1.0, 1.0,
+                        ratio / (1.0 + jnp.sqrt(jnp.maximum(1.0 - ratio, 0.0))))
+      gamma = jnp.where(big_g <= 0, 0.0, gamma)
     else:
-      live = big_g >= min_norm
+      live = jnp.logical_not(big_g < min_norm)  # NaN stays live, so it shows in the step
       plain = safe_div(f, big_g)
       if slack == "l1":
         temp = jnp.maximum(0.0, f - s + lmd) / (1.0 + big_g)
@@ -782,7 +790,12 @@ def scale_by_polyak_step(preconditioner: Any = None, lower_bound: Any = 0.0, *,
         gamma = plain
       gamma = jnp.where(live, gamma, 0.0)
     gamma = jnp.minimum(gamma, jnp.finfo(dtype).max)
-    out = jax.tree.map(lambda d: gamma * d, direction)
-    return _cast_like(out, updates), PolyakStepState(count, nu, s.astype(dtype), key)
+    # The step is computed in float32+; where it exceeds the update's dtype (a
+    # tiny gradient at a large loss, in float16) it saturates there instead of
+    # becoming inf. NaN stays NaN.
+    out = jax.tree.map(
+        lambda d, g: jnp.clip(gamma * d, -jnp.finfo(g.dtype).max, jnp.finfo(g.dtype).max
+                              ).astype(g.dtype), direction, updates)
+    return out, PolyakStepState(count, nu, s.astype(dtype), key)
 
   return optax.GradientTransformationExtraArgs(init, update)

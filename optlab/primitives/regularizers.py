@@ -24,7 +24,7 @@ from optlab.primitives.clipping import find_second_moment, unit_norm
 from optlab.primitives.moments import (
     WideMomentsState, _ema_sq_tree, safe_div, tree_zeros_like)
 from optlab.primitives.normalize import accumulation_dtype
-from optlab.primitives.wrappers import one_minus_power
+from optlab.primitives.wrappers import one_minus_power, unzip_tree
 
 __all__ = ["centralize_gradient", "normalize_gradient_std", "scale_by_pnm_adam",
            "StableWeightDecayState", "with_stable_weight_decay", "add_norm_loss"]
@@ -133,8 +133,7 @@ def scale_by_pnm_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
       return u.astype(g.dtype), new_a, new_b
 
     triples = jax.tree.map(leaf, updates, state.mu, state.mu2, nu)
-    out, mu, mu2 = jax.tree.transpose(jax.tree.structure(updates),
-                                      jax.tree.structure((0, 0, 0)), triples)
+    out, mu, mu2 = unzip_tree(updates, triples, 3)
     return out, WideMomentsState(count, mu, nu, mu2, ())
 
   return optax.GradientTransformationExtraArgs(init, update)

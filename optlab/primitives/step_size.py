@@ -35,8 +35,8 @@ import optax
 from optlab import _validate as V
 from optlab.primitives.basis import LINEAR, SECOND, declare_basis
 from optlab.primitives.moments import (
-    MomentsState, _cast_like, _value_at, bias_correction, ema, ema_sq, max_ema_sq, safe_div,
-    tree_zeros_like)
+    MomentsState, _cast_like, _value_at, bias_correction, bound_gradient, ema, ema_sq,
+    max_ema_sq, safe_div, tree_zeros_like)
 
 __all__ = [
     "ScaleByLearningRateState", "scale_by_learning_rate",
@@ -115,7 +115,10 @@ def scale_by_rectified_moments(first: Any, second: Any, *, b2: Any = None, eps: 
   that keep one tree each (e.g. ``ema(b1)``, ``ema_sq(b2)``, or ``belief(b2)``
   for a rectified AdaBelief); `b2` is the second moment's decay, read from
   ``second.b2`` when not given. The state is a `MomentsState`, so it runs
-  inside basis wrappers unchanged.
+  inside basis wrappers unchanged. Both rules see g through `bound_gradient`,
+  as in `scale_by_moments`. While rho_t < threshold the step is the momentum
+  m_hat itself, linear in g by the method's design: a huge gradient entry in
+  those first steps gives a huge step.
   """
   for rule in (first, second):
     if len(getattr(rule, "slots", ("one",))) != 1:
@@ -137,6 +140,7 @@ def scale_by_rectified_moments(first: Any, second: Any, *, b2: Any = None, eps: 
   def update(updates, state, params=None, **extra):
     del params, extra
     count = optax.safe_increment(state.count)
+    updates = bound_gradient(updates)
     mu, m = first.update(state.mu, updates, count)
     nu, s = second.update(state.nu, updates, count, mu)
     rho, r = radam_rectification(b2, count)
@@ -259,6 +263,11 @@ def scale_by_bounded_step_size(bound: Optional[Any], b1: Any = 0.9, b2: Any = 0.
       value is both the current and the base learning rate.
     amsgrad: normalise by the running maximum of v_t (AMSBound).
     mu_dtype: storage dtype of the first moment.
+
+  Both moments see g through `bound_gradient` (one huge entry cannot saturate
+  v while m follows it). AdaBound's lower bound on a_t makes the step linear
+  in m_t once v_t is huge (the bounds converge to SGD by design), so a huge
+  gradient entry gives a step ~ lr * final_lr / base_lr * m_t there.
   """
   where = "scale_by_bounded_step_size"
   V.check_decay(where, "b1", b1)
@@ -293,6 +302,7 @@ def scale_by_bounded_step_size(bound: Optional[Any], b1: Any = 0.9, b2: Any = 0.
     lr = _value_at(learning_rate, state.count)
     base_lr = _value_at(learning_rate, jnp.zeros([], jnp.int32))
     count = optax.safe_increment(state.count)
+    updates = bound_gradient(updates)
     mu, m = first.update(state.mu, updates, count)
     if amsgrad:
       (nu, nu_max), s = second.update((state.nu, state.nu_max), updates, count)

@@ -12,7 +12,10 @@
   quantisation scales) in one flat vector. A tree of such arrays would be
   taken for a copy of the params by `optax.tree_map_params` (which would then
   hand a matrix's sharding spec to a row vector); one vector is a single leaf
-  whatever the params are, so it is seen as what it is, a non-param leaf.
+  whatever the params are, so it is seen as what it is, a non-param leaf. A
+  statistic with no entries for the given params is None, not a zero-size
+  array (`flat_zeros`, `repack_flat`): checkpointers such as orbax refuse to
+  save zero-size arrays.
 
 Sharding. Every wrapper here maps its inner state leaf by leaf, element-wise:
 stored leaves (bf16 copies, uint8 codes) are computed from the param-shaped
@@ -29,7 +32,7 @@ which is replicated.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +46,7 @@ __all__ = [
     "pack_flat", "unpack_flat", "StateBytes", "state_bytes", "WithStateDtypeState",
     "with_state_dtype", "WithQuantizedState", "with_quantized_state", "dynamic_map",
     "quantize_blockwise", "dequantize_blockwise", "stochastic_round", "quantization_error_bound",
-    "flat_dtype",
+    "flat_dtype", "flat_zeros", "repack_flat",
 ]
 
 
@@ -55,25 +58,46 @@ def pack_flat(arrays: Sequence[jax.Array], dtype: Any) -> jax.Array:
   return jnp.concatenate([jnp.reshape(a, [-1]).astype(dtype) for a in arrays])
 
 
-def unpack_flat(flat: jax.Array, shapes: Sequence[tuple[int, ...]], tree: Any = None,
+def flat_zeros(n: int, dtype: Any, leaves: Sequence[Any]) -> Optional[jax.Array]:
+  """A flat statistic of `n` zeros for the params `leaves`; None when it has no entries.
+
+  None instead of a zero-size placeholder, which orbax refuses to save. With no
+  params leaves at all (the placeholder tree `optax.tree_map_params` traces
+  `init` with, or an empty tree) the size-0 array stays: the placeholder's state
+  must be a tree prefix of every real one, and only a leaf is a prefix of both
+  an array and None.
+  """
+  if n == 0 and len(leaves):
+    return None
+  return jnp.zeros([n], dtype)
+
+
+def repack_flat(arrays: Sequence[jax.Array], like: Optional[jax.Array]) -> Optional[jax.Array]:
+  """`pack_flat` into the dtype of the state field `like`; None where `like` is None
+  (a statistic without entries, see `flat_zeros`), so the state keeps its tree."""
+  return None if like is None else pack_flat(arrays, like.dtype)
+
+
+def unpack_flat(flat: Optional[jax.Array], shapes: Sequence[tuple[int, ...]], tree: Any = None,
                 where: str = "optlab") -> list[jax.Array]:
   """Splits a `pack_flat` vector back into arrays of `shapes` (static offsets).
 
   A size mismatch (updates whose tree differs from the params the state was
-  built for) raises a ValueError listing `tree`'s leaf paths when given.
+  built for) raises a ValueError listing `tree`'s leaf paths when given. A
+  None `flat` (`flat_zeros`) holds no entries.
   """
-  out, start = [], 0
-  for shape in shapes:
-    n = int(np.prod(shape, dtype=np.int64))
-    out.append(jnp.reshape(flat[start:start + n], shape))
-    start += n
+  if flat is None:
+    flat = jnp.zeros([0], jnp.float32)
+  sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
+  start = sum(sizes)
   if start != flat.shape[0]:
     paths = ("" if tree is None else " " + ", ".join(
         "params" + jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)))
     raise ValueError(f"{where}: the state holds {flat.shape[0]} statistics but the updates'"
                      f" leaves{paths} need {start}: the updates' tree does not match the params"
                      " the state was built for (pass params to update() to name the leaf)")
-  return out
+  offsets = np.cumsum([0] + sizes)
+  return [jnp.reshape(flat[a:a + n], shape) for a, n, shape in zip(offsets, sizes, shapes)]
 
 
 def flat_dtype(leaves: Sequence[Any]) -> Any:
@@ -323,8 +347,9 @@ def dequantize_blockwise(codes: jax.Array, scales: jax.Array, block_size: int,
 
 class WithQuantizedState(NamedTuple):
   inner_state: Any   # inner's state; each quantised leaf holds uint8 codes, param-shaped
-  scales: jax.Array  # [blocks of all quantised leaves], float32 (float64 under x64):
-                     # absmax of each block, leaves in tree order
+  scales: Optional[jax.Array]  # [blocks of all quantised leaves], float32 (float64 under
+                               # x64): absmax of each block, leaves in tree order; None
+                               # when no leaf is quantised (flat_zeros)
 
 
 def with_quantized_state(inner: optax.GradientTransformation, bits: int = 8,
@@ -391,12 +416,14 @@ def with_quantized_state(inner: optax.GradientTransformation, bits: int = 8,
       codes, absmax = quantize_blockwise(x, block_size, s)
       out.append(codes)
       scales.append(absmax)
-    dt = flat_dtype(jax.tree.leaves(template))
-    return jax.tree.unflatten(treedef, out), pack_flat(scales, dt)
+    return jax.tree.unflatten(treedef, out), scales
 
   def init(params):
     state = inner.init(params)
     inner_state, scales = store(state, state)
+    dt = flat_dtype(jax.tree.leaves(state))
+    scales = (pack_flat(scales, dt) if scales else
+              flat_zeros(0, dt, jax.tree.leaves(params)))
     return WithQuantizedState(inner_state, scales)
 
   def update(updates, state, params=None, **extra):
@@ -408,6 +435,7 @@ def with_quantized_state(inner: optax.GradientTransformation, bits: int = 8,
             for x, s, t in zip(leaves, signs, jax.tree.leaves(template))]
     new_updates, new_inner = inner.update(updates, jax.tree.unflatten(treedef, full), params,
                                           **extra)
-    return new_updates, WithQuantizedState(*store(new_inner, template))
+    new_inner, new_scales = store(new_inner, template)
+    return new_updates, WithQuantizedState(new_inner, repack_flat(new_scales, state.scales))
 
   return optax.GradientTransformationExtraArgs(init, update)

@@ -28,7 +28,9 @@ State layout. The projected moments are not param-shaped, so they must not be
 taken for param-shaped trees by `optax.tree_map_params` (which would give them
 the params' sharding): every tree of `inner`'s state that has the params'
 structure is stored packed into one 1-D vector (its leaves raveled and
-concatenated), and the projectors are packed the same way. The packed state
+concatenated), and the projectors are packed the same way; a packed vector
+without entries (no projected leaf, no unprojected one, a projector without
+state of its own) is None, as orbax cannot save empty arrays. The packed state
 therefore carries no param-shaped leaves; it is unpacked and repacked inside
 each (jitted) step, which costs one copy of the (small) low-rank state. The
 price: the unprojected leaves' state is packed too, so it does not keep the
@@ -273,31 +275,54 @@ def _is_empty(x):
   return isinstance(x, _Empty)
 
 
-def _pack(tree: Any) -> jax.Array:
-  """All leaves of `tree`, raveled and concatenated in their common dtype (f32 if none)."""
+def _pack(tree: Any, params_leaves: Any = None) -> Optional[jax.Array]:
+  """All leaves of `tree`, raveled and concatenated in their common dtype (f32 if none).
+
+  None when they hold no entries (orbax cannot save an empty array); an empty
+  vector only when there are no params leaves at all (`params_leaves`, default
+  the leaves of `tree`): the placeholder tree of `optax.tree_map_params`, whose
+  state must be a tree prefix of every real one (see `storage.flat_zeros`).
+  """
   leaves = jax.tree.leaves(tree)
-  if not leaves:
-    return jnp.zeros([0], jnp.float32)
+  if not any(int(np.prod(jnp.shape(x))) for x in leaves):
+    anchor = leaves if params_leaves is None else params_leaves
+    return None if len(anchor) else jnp.zeros([0], jnp.float32)
   dt = jnp.result_type(*leaves)
   return jnp.concatenate([jnp.ravel(x).astype(dt) for x in leaves])
 
 
-def _unpack(vec: jax.Array, like: Any) -> Any:
+def _unpack(vec: Optional[jax.Array], like: Any) -> Any:
   """Inverse of `_pack` for a tree of ShapeDtypeStructs `like`."""
   leaves, treedef = jax.tree.flatten(like)
+  need = sum(int(np.prod(s.shape)) for s in leaves)
+  held = 0 if vec is None else int(vec.shape[0])
+  if held != need:
+    raise ValueError(f"optlab.in_subspace: the state holds {held} packed entries but the "
+                     f"updates' leaves need {need}: the updates' tree does not match the params "
+                     "the state was built for")
   out, start = [], 0
   for s in leaves:
     size = int(np.prod(s.shape))
-    out.append(vec[start:start + size].reshape(s.shape).astype(s.dtype))
+    out.append(jnp.zeros(s.shape, s.dtype) if vec is None else
+               vec[start:start + size].reshape(s.shape).astype(s.dtype))
     start += size
   return jax.tree.unflatten(treedef, out)
 
 
+def _repack(arrays: list, old: Optional[jax.Array]) -> Optional[jax.Array]:
+  """`_pack` of `arrays` into the dtype of the state field `old` (`old` itself, None or
+  empty, when they hold no entries), so the state keeps its tree."""
+  if old is None or not any(int(np.prod(jnp.shape(x))) for x in arrays):
+    return old
+  return _pack(arrays).astype(old.dtype)
+
+
 def _pack_state(state: Any, template: Any) -> tuple:
-  """Leaves of `state`, with each param-structured tree (an _Empty in `template`) packed."""
+  """Leaves of `state`, with each param-structured tree (an _Empty in `template`) packed
+  (None for a tree without entries: kept as an entry, so the tuple's length is fixed)."""
   filled = jax.tree.map(lambda t, s: _pack(s) if _is_empty(t) else s, template, state,
                         is_leaf=_is_empty)
-  return tuple(jax.tree.leaves(filled))
+  return tuple(jax.tree.structure(template, is_leaf=_is_empty).flatten_up_to(filled))
 
 
 def _unpack_state(leaves: tuple, template: Any, shapes: Any) -> Any:
@@ -312,13 +337,16 @@ def _unpack_state(leaves: tuple, template: Any, shapes: Any) -> Any:
 class SubspaceState(NamedTuple):
   count: jax.Array  # [], int32: steps taken
   key: jax.Array  # [2], uint32: raw PRNG key (random projectors; unused otherwise)
-  projectors: jax.Array  # [k]: every projected leaf's projector, raveled and concatenated
-  proj_aux: jax.Array  # [slots * k]: the projector's own state (online PCA's AdamW
-                       # moments), packed the same way; shape (0,) for other projectors
+  projectors: Optional[jax.Array]  # [k]: every projected leaf's projector, raveled and
+                                   # concatenated (None when no leaf is projected)
+  proj_aux: Optional[jax.Array]  # [slots * k]: the projector's own state (online PCA's
+                                 # AdamW moments), packed the same way; None for other
+                                 # projectors (and when no leaf is projected)
   inner_state: tuple  # leaves of inner's state for the projected leaves, each
                       # param-structured tree packed into one 1-D vector (moments of an
-                      # (m, n) leaf live at (m, r) or (r, n); other leaves hold shape (0,))
-  regular_state: tuple  # the same for the unprojected leaves (projected ones hold (0,))
+                      # (m, n) leaf live at (m, r) or (r, n); other leaves add nothing);
+                      # None for a tree without entries (no projected leaf)
+  regular_state: tuple  # the same for the unprojected leaves (projected ones add nothing)
   prev_norm: jax.Array  # [n_leaves]: norm-growth limiter's last norm per leaf (0 if unused)
   signature: jax.Array  # [k], uint8: the params' leaf paths and shapes (UTF-8), so that a
                         # mismatched update tree is named in the error (the packed state
@@ -490,8 +518,9 @@ def in_subspace(inner: optax.GradientTransformation, projector: Any = None, rank
     return SubspaceState(
         count=jnp.zeros([], jnp.int32),
         key=jax.random.key_data(jax.random.PRNGKey(seed)).astype(jnp.uint32),
-        projectors=_pack(projs),
-        proj_aux=_pack(aux),
+        projectors=_pack(projs, leaves),
+        # A projector without state of its own has none, whatever the params.
+        proj_aux=_pack(aux, leaves) if _slots(projector) else None,
         inner_state=inner_state,
         regular_state=regular_state,
         prev_norm=jnp.zeros([len(leaves)], acc),
@@ -612,8 +641,8 @@ def in_subspace(inner: optax.GradientTransformation, projector: Any = None, rank
 
     new_state = SubspaceState(
         count=count, key=key,
-        projectors=_pack(stored).astype(state.projectors.dtype) if stored else state.projectors,
-        proj_aux=_pack(new_aux).astype(state.proj_aux.dtype) if new_aux else state.proj_aux,
+        projectors=_repack(stored, state.projectors),
+        proj_aux=_repack(new_aux, state.proj_aux),
         inner_state=_pack_state(inner_state, template),
         regular_state=_pack_state(regular_state, template),
         prev_norm=jnp.stack(norms).astype(state.prev_norm.dtype) if norms else state.prev_norm,

@@ -18,12 +18,23 @@ from optlab.primitives.basis import LINEAR, SECOND, declare_basis
 from optlab.primitives.moments import (
     _debias, _ema_sq_tree, _saturate, _value_at, bias_correction, full_like, safe_div,
     safe_square, tree_zeros_like, zeros_like)
-from optlab.primitives.normalize import accumulation_dtype, tensor_norm
-from optlab.primitives.wrappers import _new_key, leaf_normals, one_minus_power
+from optlab.primitives.normalize import accumulation_dtype, statistics_dtype, tensor_norm
+from optlab.primitives.wrappers import _new_key, leaf_normals, one_minus_power, unzip_tree
 
 __all__ = ["coupled_ema_sq", "embedding_paths", "InnapropState", "scale_by_innaprop",
            "GravityState", "scale_by_gravity", "CriticalMomentaState",
            "scale_by_critical_momenta", "CoreState", "scale_by_core"]
+
+
+def _statistics_zeros(params: Any) -> Any:
+  """Zeros shaped like `params`, in `statistics_dtype` (float32 for float16)."""
+  return jax.tree.map(lambda p: zeros_like(p, statistics_dtype(p.dtype)), params)
+
+
+def _widen(tree: Any) -> Any:
+  """The leaves in float32 or wider, so that squares of float16 entries neither
+  underflow nor overflow (a no-op for float32 and float64)."""
+  return jax.tree.map(lambda x: x.astype(accumulation_dtype(x.dtype)), tree)
 
 
 # --------------------------------------------------------------- Coupled Adam
@@ -79,8 +90,9 @@ class coupled_ema_sq:
 @declare_basis(nu=SECOND)
 class InnapropState(NamedTuple):
   count: jax.Array  # [], int32: steps taken
-  psi: Any          # param-shaped, params' dtype: INNA's auxiliary variable
-  nu: Any           # param-shaped, params' dtype: EMA of g^2 (not debiased)
+  psi: Any          # param-shaped, params' dtype (float32 for float16): INNA's auxiliary
+                    # variable
+  nu: Any           # param-shaped, same dtype: EMA of g^2 (not debiased)
 
 
 def scale_by_innaprop(learning_rate: Any, alpha: Any = 0.1, beta: Any = 0.9,
@@ -95,7 +107,9 @@ def scale_by_innaprop(learning_rate: Any, alpha: Any = 0.1, beta: Any = 0.9,
   Emits u = -(p_new - p) / lr, so that a following
   ``scale_by_learning_rate(learning_rate)`` gives exactly p_new (the official
   step is not linear in lr; lr must be the same number or schedule, a
-  schedule is evaluated at the 0-based step). Needs `params`.
+  schedule is evaluated at the 0-based step). Needs `params`. Computed in
+  float32 (or wider); psi and v are kept in float32 for float16 params
+  (`normalize.statistics_dtype`).
   """
   where = "scale_by_innaprop"
   V.check_learning_rate(where, learning_rate)
@@ -106,15 +120,16 @@ def scale_by_innaprop(learning_rate: Any, alpha: Any = 0.1, beta: Any = 0.9,
   V.check_nonneg(where, "weight_decay", weight_decay)
 
   def init(params):
-    psi = jax.tree.map(lambda p: ((1 - alpha * beta) * p).astype(p.dtype), params)
-    return InnapropState(jnp.zeros([], jnp.int32), psi, tree_zeros_like(params))
+    psi = jax.tree.map(lambda p: ((1 - alpha * beta) * p).astype(statistics_dtype(p.dtype)),
+                       params)
+    return InnapropState(jnp.zeros([], jnp.int32), psi, _statistics_zeros(params))
 
   def update(updates, state, params=None, **extra):
     del extra
     V.require_params(where, params)
     lr = _value_at(learning_rate, state.count)
     count = optax.safe_increment(state.count)
-    nu = _ema_sq_tree(state.nu, updates, sigma)
+    nu = _ema_sq_tree(state.nu, _widen(updates), sigma)
     corr = jnp.sqrt(bias_correction(sigma, count))
 
     def leaf(g, p, psi, v):
@@ -128,7 +143,7 @@ def scale_by_innaprop(learning_rate: Any, alpha: Any = 0.1, beta: Any = 0.9,
       return u, psi_new.astype(psi.dtype)
 
     pairs = jax.tree.map(leaf, updates, params, state.psi, nu)
-    out, psi = jax.tree.transpose(jax.tree.structure(updates), jax.tree.structure((0, 0)), pairs)
+    out, psi = unzip_tree(updates, pairs, 2)
     out = jax.tree.map(lambda u, g: u.astype(g.dtype), out, updates)
     return out, InnapropState(count, psi, nu)
 
@@ -195,10 +210,12 @@ def scale_by_gravity(learning_rate: Any, alpha: Any = 0.01, beta: Any = 0.9, see
 @declare_basis(mu=LINEAR, nu=SECOND, buffer=LINEAR)
 class CriticalMomentaState(NamedTuple):
   count: jax.Array       # [], int32: steps taken
-  mu: Any                # param-shaped: EMA of g (not debiased)
-  nu: Any                # param-shaped: EMA of the squared aggregated momentum
-  buffer: Any            # tuple of `topc` param-shaped trees: the critical momenta
-  priorities: jax.Array  # [topc], default float: their (decaying) gradient norms
+  mu: Any                # param-shaped, params' dtype (float32 for float16): EMA of g (not
+                         # debiased)
+  nu: Any                # param-shaped, same dtype: EMA of the squared aggregated momentum
+  buffer: Any            # tuple of `topc` param-shaped trees, same dtype: the critical momenta
+  priorities: jax.Array  # [topc], float32 (float64 for float64 params): their (decaying)
+                         # gradient norms
   filled: jax.Array      # [], int32: number of buffer slots in use
 
 
@@ -214,7 +231,9 @@ def scale_by_critical_momenta(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
   lowest-priority one if ||g|| exceeds its priority); v <- b2 v + (1 - b2) a^2;
   u = a / (1 - b1^t) / (sqrt(v / (1 - b2^t)) + eps). The norm is the official
   ``synced`` one: the sum of the per-tensor 2-norms. The official code's
-  random FIFO replacement (``critical_test`` > 0) is not offered.
+  random FIFO replacement (``critical_test`` > 0) is not offered. The
+  gradient enters in float32 (or wider) and the moments are kept in float32
+  for float16 params (`normalize.statistics_dtype`).
   """
   where = "scale_by_critical_momenta"
   V.check_decay(where, "b1", b1)
@@ -224,13 +243,16 @@ def scale_by_critical_momenta(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
   V.check_range(where, "topc", topc, 1)
 
   def init(params):
+    dt = jnp.result_type(jnp.float32, *jax.tree.leaves(params))  # never the x64 default
     return CriticalMomentaState(
-        jnp.zeros([], jnp.int32), tree_zeros_like(params), tree_zeros_like(params),
-        tuple(tree_zeros_like(params) for _ in range(topc)), jnp.zeros([topc], float),
+        jnp.zeros([], jnp.int32), _statistics_zeros(params), _statistics_zeros(params),
+        tuple(_statistics_zeros(params) for _ in range(topc)), jnp.zeros([topc], dt),
         jnp.zeros([], jnp.int32))
 
   def update(updates, state, params=None, **extra):
     del params, extra
+    out_dtypes = updates
+    updates = _widen(updates)  # computed in float32 or wider
     count = optax.safe_increment(state.count)
     first = count == 1
     norms = [tensor_norm(g) for g in jax.tree.leaves(updates)]
@@ -256,7 +278,7 @@ def scale_by_critical_momenta(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
     dt = state.priorities.dtype
     c1, c2 = one_minus_power(b1, count, dt), jnp.sqrt(one_minus_power(b2, count, dt))
     out = jax.tree.map(lambda a, v, g: safe_div(a / c1, jnp.sqrt(v) / c2 + eps).astype(g.dtype),
-                       used, nu, updates)
+                       _widen(used), _widen(nu), out_dtypes)
     return out, CriticalMomentaState(count, mu, nu, buffer, priorities * decay, filled)
 
   return optax.GradientTransformationExtraArgs(init, update)

@@ -29,9 +29,9 @@ import optax
 
 from optlab import _validate as V
 from optlab.primitives.basis import LINEAR, SECOND, declare_basis
-from optlab.primitives.moments import full_like, tree_zeros_like
-from optlab.primitives.normalize import accumulation_dtype
-from optlab.primitives.wrappers import _new_key, _require_state, leaf_normals
+from optlab.primitives.moments import full_like, zeros_like
+from optlab.primitives.normalize import accumulation_dtype, statistics_dtype
+from optlab.primitives.wrappers import _new_key, _require_state, leaf_normals, unzip_tree
 
 __all__ = ["IvonState", "scale_by_ivon", "ivon_sample_params"]
 
@@ -40,10 +40,12 @@ __all__ = ["IvonState", "scale_by_ivon", "ivon_sample_params"]
 class IvonState(NamedTuple):
   count: jax.Array         # [], int32: steps taken
   key: jax.Array           # [2], uint32: the seed's key (noise is folded from it)
-  ess: jax.Array           # [], default float: effective sample size (for the helper)
-  weight_decay: jax.Array  # [], default float: the prior precision delta (for the helper)
-  mu: Any                  # param-shaped: momentum of the sampled gradients (not debiased)
-  hess: Any                # param-shaped: diagonal Hessian estimate h
+  ess: jax.Array           # [], float32 (float64 for float64 params): effective sample
+                           # size (for the helper)
+  weight_decay: jax.Array  # [], same dtype: the prior precision delta (for the helper)
+  mu: Any                  # param-shaped, params' dtype (float32 for float16): momentum of
+                           # the sampled gradients (not debiased)
+  hess: Any                # param-shaped, same dtype: diagonal Hessian estimate h
 
 
 def _noise(key, count, sample, params, hess, ess, wd):
@@ -80,6 +82,8 @@ def scale_by_ivon(ess: Any, hess_init: Any = 1.0, b1: Any = 0.9, b2: Any = 0.999
   Then ``scale_by_learning_rate(lr)`` gives the official step (the factor
   hess_init + wd makes the first step an SGD step). With `axis_name`, the
   sampled gradients are averaged over that pmap axis (the official ``sync``).
+  Computed in float32 (or wider); mu and h are kept in float32 for float16
+  params (`normalize.statistics_dtype`).
   """
   where = "scale_by_ivon"
   V.check_positive(where, "ess", ess)
@@ -91,9 +95,12 @@ def scale_by_ivon(ess: Any, hess_init: Any = 1.0, b1: Any = 0.9, b2: Any = 0.999
   V.check_positive(where, "clip_radius", clip_radius)
 
   def init(params):
-    return IvonState(jnp.zeros([], jnp.int32), _new_key(seed), jnp.asarray(ess, float),
-                     jnp.asarray(weight_decay, float), tree_zeros_like(params),
-                     jax.tree.map(lambda p: full_like(p, hess_init), params))
+    dt = jnp.result_type(jnp.float32, *jax.tree.leaves(params))  # never the x64 default
+    return IvonState(jnp.zeros([], jnp.int32), _new_key(seed), jnp.asarray(ess, dt),
+                     jnp.asarray(weight_decay, dt),
+                     jax.tree.map(lambda p: zeros_like(p, statistics_dtype(p.dtype)), params),
+                     jax.tree.map(lambda p: full_like(p, hess_init, statistics_dtype(p.dtype)),
+                                  params))
 
   def update(updates, state, params=None, **extra):
     V.require_params(where, params)
@@ -106,7 +113,8 @@ def scale_by_ivon(ess: Any, hess_init: Any = 1.0, b1: Any = 0.9, b2: Any = 0.999
       noise = _noise(state.key, state.count, s, params, state.hess, ess, weight_decay)
       if use_obj_fn:
         g = jax.grad(obj_fn)(_perturb(params, noise))
-        g = jax.tree.map(lambda x, u: jnp.asarray(x).astype(u.dtype), g, updates)
+        g = jax.tree.map(lambda x, u: jnp.asarray(x).astype(accumulation_dtype(u.dtype)), g,
+                         updates)
       else:
         g = updates
       if axis_name is not None:
@@ -130,8 +138,7 @@ def scale_by_ivon(ess: Any, hess_init: Any = 1.0, b1: Any = 0.9, b2: Any = 0.999
       return u, m32.astype(m.dtype), h_new.astype(h.dtype)
 
     triples = jax.tree.map(leaf, g, nxg, state.mu, state.hess, params)
-    out, mu, hess = jax.tree.transpose(jax.tree.structure(updates),
-                                       jax.tree.structure((0, 0, 0)), triples)
+    out, mu, hess = unzip_tree(updates, triples, 3)
     out = jax.tree.map(lambda u, x: u.astype(x.dtype), out, updates)
     return out, IvonState(count, state.key, state.ess, state.weight_decay, mu, hess)
 

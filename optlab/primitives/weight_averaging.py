@@ -20,7 +20,7 @@ import optax
 
 from optlab import _validate as V
 from optlab.primitives.normalize import accumulation_dtype
-from optlab.primitives.wrappers import _require_state
+from optlab.primitives.wrappers import _require_state, unzip_tree
 
 __all__ = ["LookaheadState", "lookahead", "lookahead_params", "ScheduleFreeState",
            "schedule_free", "schedule_free_eval_params"]
@@ -33,7 +33,7 @@ def _copy(params: Any, dtype: Any = None) -> Any:
 
 def _unzip(pairs: Any, like: Any) -> tuple[Any, Any]:
   """A tree of (a, b) leaves, shaped like `like`, as two trees."""
-  return jax.tree.transpose(jax.tree.structure(like), jax.tree.structure((0, 0)), pairs)
+  return unzip_tree(like, pairs, 2)
 
 
 # ------------------------------------------------------------------ Lookahead

@@ -25,7 +25,8 @@ from optlab.primitives.normalize import accumulation_dtype
 
 __all__ = ["SkipNonFiniteState", "skip_non_finite", "leaf_normals", "find_state",
            "GradientNoiseState", "with_gradient_noise", "SwitchState", "after_steps",
-           "swats_trigger", "switch", "one_minus_power", "XGradState", "xgrad", "xgrad_params"]
+           "swats_trigger", "switch", "one_minus_power", "XGradState", "xgrad", "xgrad_params",
+           "unzip_tree"]
 
 
 class SkipNonFiniteState(NamedTuple):
@@ -94,6 +95,16 @@ def leaf_normals(key: jax.Array, like: Any) -> Any:
                            jnp.float32).astype(jnp.result_type(x))
          for i, x in enumerate(leaves)]
   return jax.tree.unflatten(treedef, out)
+
+
+def unzip_tree(like: Any, tree: Any, n: int) -> tuple[Any, ...]:
+  """A tree of n-tuples, shaped like `like`, as n trees shaped like `like`.
+
+  `jax.tree.transpose` cannot tell the tuples' structure from a tree without
+  leaves (an empty params tree); this gives n empty trees then."""
+  treedef = jax.tree.structure(like)
+  rows = treedef.flatten_up_to(tree)
+  return tuple(treedef.unflatten([row[i] for row in rows]) for i in range(n))
 
 
 def find_state(state: Any, state_type: type) -> Any:
@@ -167,8 +178,9 @@ def with_gradient_noise(inner: optax.GradientTransformation, eta: Any = 0.01,
 class SwitchState(NamedTuple):
   count: jax.Array          # [], int32: steps taken
   switched: jax.Array       # [], bool: True once `second` has taken over
-  scale: jax.Array          # [], default float: factor on `second`'s updates
-  trigger_state: Any        # the trigger rule's state (scalars)
+  scale: jax.Array          # [], float32 (float64 for float64 params): factor on `second`'s
+                            # updates
+  trigger_state: Any        # the trigger rule's state (scalars, floats in scale's dtype)
   first_state: Any          # state of the transformation used before the switch
   second_state: Any         # state of the transformation used after it
 
@@ -214,7 +226,7 @@ class swats_trigger:
   tol: Any = 1e-9
 
   def init(self):
-    return jnp.zeros([], float)  # lambda (not bias corrected), default float dtype
+    return jnp.zeros([], jnp.float32)  # lambda (not bias corrected); `switch` sets the dtype
 
   def update(self, lam, grads, updates, count):
     npn, ng, cos = _tree_vdot(updates, grads)
@@ -255,8 +267,14 @@ def switch(first: optax.GradientTransformation, second: optax.GradientTransforma
   second = optax.with_extra_args_support(second)
 
   def init(params):
-    return SwitchState(jnp.zeros([], jnp.int32), jnp.zeros([], bool), jnp.ones([], float),
-                       trigger.init(), first.init(params), second.init(params))
+    # The scalars follow the params (float32, or float64 for float64 params), never
+    # the x64 default float.
+    dt = jnp.result_type(jnp.float32, *jax.tree.leaves(params))
+    trig = jax.tree.map(
+        lambda x: x.astype(dt) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x,
+        trigger.init())
+    return SwitchState(jnp.zeros([], jnp.int32), jnp.zeros([], bool), jnp.ones([], dt), trig,
+                       first.init(params), second.init(params))
 
   def update(updates, state, params=None, **extra):
     count = optax.safe_increment(state.count)

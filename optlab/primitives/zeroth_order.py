@@ -413,11 +413,13 @@ def random_coordinates(key: jax.Array, like: Any, sparsity: float) -> Any:
   distinct flat indices, the first k of ``permutation(fold_in(key, zo_leaf_id(path)), n)``.
 
   `sparsity` must be a Python number (k is a static shape). Returns a tree of
-  int32 index vectors (scalars: ``[0]``)."""
+  int32 index vectors (scalars: ``[0]``; a zero-size leaf: none)."""
   base = jax.random.wrap_key_data(key)
 
   def leaf(path, x):
-    n = max(int(math.prod(jnp.shape(x))), 1)
+    n = int(math.prod(jnp.shape(x)))
+    if n == 0:
+      return jnp.zeros([0], jnp.int32)
     k = max(1, math.ceil((1.0 - sparsity) * n))
     perm = jax.random.permutation(jax.random.fold_in(base, jnp.uint32(zo_leaf_id(path))), n)
     return perm[:k].astype(jnp.int32)
@@ -442,6 +444,9 @@ def cge_gradient(obj_fn: ObjFn, params: Any, coords: Any, mu: Any = 5e-3
 
   def leaf_estimate(i):
     x = leaves[i]
+    acc = accumulation_dtype(x.dtype)
+    if x.size == 0:  # no coordinate, no forward pass
+      return jnp.zeros(x.shape, acc)
 
     def one(j):
       bumped = x.reshape(-1).at[j].add(jnp.asarray(mu, x.dtype)).reshape(x.shape)
@@ -449,8 +454,7 @@ def cge_gradient(obj_fn: ObjFn, params: Any, coords: Any, mu: Any = 5e-3
       return (_scalar_f32(obj_fn(moved)) - base) / mu
 
     d = jax.lax.map(one, idx_leaves[i])
-    acc = accumulation_dtype(x.dtype)
-    flat = jnp.zeros([max(x.size, 1)], acc).at[idx_leaves[i]].set(d.astype(acc))
+    flat = jnp.zeros([x.size], acc).at[idx_leaves[i]].set(d.astype(acc))
     return flat.reshape(x.shape)
 
   return jax.tree.unflatten(treedef, [leaf_estimate(i) for i in range(len(leaves))]), base

@@ -89,6 +89,9 @@ def adagrad(learning_rate: Any, initial_accumulator_value: Any = 0.1, eps: Any =
   Hyperparameters: learning_rate, initial_accumulator_value, eps. Matches
   optax.adagrad: eps sits inside the root and G starts at 0.1; the paper's
   diagonal variant uses diag(G)^(1/2) + delta with G starting at 0.
+  G never forgets: after one huge gradient entry (clamped by `bound_gradient`,
+  so the step itself stays below lr per entry) that coordinate barely moves for
+  the rest of training. That stall is Adagrad's own math, not an overflow.
   """
   V.check_learning_rate("adagrad", learning_rate)
   V.check_nonneg("adagrad", "initial_accumulator_value", initial_accumulator_value)
@@ -273,6 +276,7 @@ def ademamix(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, b3: Any = 0.999
 def _ademamix_schedules(where, alpha, b3, b1, t_alpha_b3):
   if t_alpha_b3 is None:
     return alpha, b3
+  V.check_positive(where, "t_alpha_b3", t_alpha_b3)
   if callable(alpha) or callable(b3):
     raise ValueError(f"optlab.{where}: give t_alpha_b3 or schedules for alpha / b3, not both")
   return ademamix_alpha_warmup(alpha, t_alpha_b3), ademamix_b3_warmup(b3, b1, t_alpha_b3)

@@ -87,6 +87,8 @@ def coupled_adam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 
   V.check_decay("coupled_adam", "b2", b2)
   V.check_nonneg("coupled_adam", "eps", eps)
   V.check_nonneg("coupled_adam", "eps_root", eps_root)
+  if vocab_axis is not None:
+    V.check_int("coupled_adam", "vocab_axis", vocab_axis, "the vocabulary axis of embeddings")
   second = coupled_ema_sq(b2, embedding_mask, 0 if vocab_axis is None else vocab_axis, eps_root)
   return recipe_chain("coupled_adam", scale_by_moments(ema(b1, dtype=mu_dtype), second, eps=eps),
                       add_decayed_weights(weight_decay, mask),
@@ -204,6 +206,7 @@ def ranger21(learning_rate: Any, num_iterations: int = 1000, b1: Any = 0.9, b2: 
                       ("normloss_factor", normloss_factor), ("warmdown_min_lr", warmdown_min_lr)):
     V.check_nonneg("ranger21", name, value)
   V.check_range("ranger21", "lookahead_blending_alpha", lookahead_blending_alpha, 0.0, 1.0)
+  V.check_range("ranger21", "lookahead_mergetime", lookahead_mergetime, 1)
   lr = learning_rate
   if not callable(learning_rate) and (use_warmup or warmdown_active):
     b2v = V._concrete(b2)
@@ -278,6 +281,7 @@ def gravity(learning_rate: Any, alpha: Any = 0.01, beta: Any = 0.9, seed: int = 
   convergence problems (`known_failures` in its catalogue entry).
   """
   V.check_learning_rate("gravity", learning_rate)
+  V.check_seed("gravity", seed)
   return recipe_chain("gravity", scale_by_gravity(learning_rate, alpha, beta, seed),
                       scale_by_learning_rate(learning_rate))
 

@@ -47,6 +47,8 @@ def sophia_h(learning_rate: Any, b1: Any = 0.965, b2: Any = 0.99, eps: Any = 1e-
   """
   V.check_learning_rate("sophia_h", learning_rate)
   V.check_nonneg("sophia_h", "weight_decay", weight_decay)
+  V.check_range("sophia_h", "n_probes", n_probes, 1)
+  V.check_seed("sophia_h", seed)
   return recipe_chain(
       "sophia_h",
       scale_by_sophia(hutchinson(n_probes), b1, b2, gamma, eps, clip_threshold, update_interval,
@@ -85,6 +87,7 @@ def sophia_g(learning_rate: Any, b1: Any = 0.965, b2: Any = 0.99, eps: Any = 1e-
   """
   V.check_learning_rate("sophia_g", learning_rate)
   V.check_nonneg("sophia_g", "weight_decay", weight_decay)
+  V.check_seed("sophia_g", seed)
   return recipe_chain(
       "sophia_g",
       scale_by_sophia(gauss_newton_bartlett(), b1, b2, gamma, eps, clip_threshold,
@@ -118,6 +121,8 @@ def adahessian(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e
   """
   V.check_learning_rate("adahessian", learning_rate)
   V.check_nonneg("adahessian", "weight_decay", weight_decay)
+  V.check_range("adahessian", "n_probes", n_probes, 1)
+  V.check_seed("adahessian", seed)
   return recipe_chain(
       "adahessian",
       scale_by_adahessian(b1, b2, eps, hessian_power, update_interval, weight_decay,
@@ -179,6 +184,7 @@ def fosi(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
   V.check_learning_rate("fosi", learning_rate)
   V.check_nonneg("fosi", "eps", eps)
   V.check_nonneg("fosi", "weight_decay", weight_decay)
+  V.check_seed("fosi", seed)
   if base is None:
     base = optax.chain(scale_by_adam(b1, b2, eps), add_decayed_weights(weight_decay),
                        scale_by_learning_rate(learning_rate))

@@ -244,7 +244,7 @@ def muon(learning_rate: Any, ns_coeffs: tuple = (3.4445, -4.7750, 2.0315), ns_st
   for name, value in (("beta", beta), ("adam_b1", adam_b1), ("adam_b2", adam_b2)):
     V.check_decay("muon", name, value)
   for name, value in (("eps", eps), ("adam_eps", adam_eps), ("weight_decay", weight_decay),
-                      ("adam_weight_decay", adam_weight_decay)):
+                      ("adam_weight_decay", adam_weight_decay), ("consistent_rms", consistent_rms)):
     V.check_nonneg("muon", name, value)
   adam_lr = learning_rate if adam_learning_rate is None else adam_learning_rate
   # unit_scale: no second moment for matrices, but Adam's state layout.
@@ -283,6 +283,9 @@ def _shampoo_body(where, learning_rate, block_size, b1, b2, matrix_eps, diagonal
   V.check_decay(where, "b1", b1)
   V.check_range(where, "b2", b2, 0.0, 1.0)
   V.check_nonneg(where, "weight_decay", weight_decay)
+  V.check_range(where, "start_preconditioning_step", start_preconditioning_step, 0)
+  V.check_range(where, "max_precond_dim", max_precond_dim, 1)
+  V.check_positive(where, "exponent_override", exponent_override)
   block_size = 128 if block_size is None else block_size
   max_precond_dim = 4096 if max_precond_dim is None else max_precond_dim
   return (scale_by_shampoo(block_size, b2, matrix_eps, diagonal_eps, graft_type,

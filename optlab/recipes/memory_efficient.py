@@ -67,6 +67,8 @@ def adafactor(learning_rate: Any = None, min_dim_size_to_factor: int = 128,
   V.check_nonneg("adafactor", "eps", eps)
   if momentum is not None:
     V.check_decay("adafactor", "momentum", momentum)
+  V.check_range("adafactor", "decay_offset", decay_offset, 0)
+  V.check_nonneg("adafactor", "weight_decay_rate", weight_decay_rate)
   steps = [scale_by_factored_rms(factored, decay_rate, decay_offset, min_dim_size_to_factor,
                                  eps)]
   if clipping_threshold is not None:
@@ -124,6 +126,7 @@ def adam_mini(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-
   """
   V.check_learning_rate("adam_mini", learning_rate)
   V.check_nonneg("adam_mini", "weight_decay", weight_decay)
+  V.check_range("adam_mini", "num_heads", num_heads, 1)
   return recipe_chain("adam_mini",
                       scale_by_adam_mini(b1, b2, eps, partition, num_heads, mu_dtype),
                       add_decayed_weights(weight_decay, adam_mini_mask if mask is None else mask),
@@ -218,6 +221,9 @@ def adam_subset_norm(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: An
   """
   V.check_learning_rate("adam_subset_norm", learning_rate)
   V.check_nonneg("adam_subset_norm", "weight_decay", weight_decay)
+  V.check_range("adam_subset_norm", "momentum_rank", momentum_rank, 1)
+  V.check_range("adam_subset_norm", "momentum_update_every", momentum_update_every, 1)
+  V.check_seed("adam_subset_norm", seed)
   if momentum_rank is None:
     core = scale_by_blockwise_adam(b1, b2, eps, partition or subset_norm_partition,
                                    reduce="sum", eps_before_debias=True,
@@ -283,6 +289,7 @@ def badam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
   V.check_learning_rate("badam", learning_rate)
   V.check_nonneg("badam", "eps", eps)
   V.check_nonneg("badam", "weight_decay", weight_decay)
+  V.check_seed("badam", seed)
   inner = optax.chain(scale_by_adam(b1, b2, eps), add_decayed_weights(weight_decay),
                       scale_by_learning_rate(learning_rate))
   return recipe_chain("badam", with_block_coordinate(inner, switch_every, order, blocks, seed))

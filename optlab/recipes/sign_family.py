@@ -18,8 +18,8 @@ from optlab._recipe import recipe_chain
 from optlab.catalog import Recipe
 from optlab.primitives.clipping import clip_spikes, with_momentum_reset
 from optlab.primitives.decay import add_decayed_weights, add_decayed_weights_after_step
-from optlab.primitives.masks import (cautious, with_grams, with_leaf_labels,
-                                     with_radial_projection)
+from optlab.primitives.masks import (cautious, check_channel_axis, with_grams,
+                                     with_leaf_labels, with_radial_projection)
 from optlab.primitives.moments import (ema, ema_sq, heavy_ball, scale_by_adam,
                                        scale_by_lion_momentum, scale_by_moments)
 from optlab.primitives.normalize import scale_by_sign
@@ -223,6 +223,8 @@ def spam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
   _check("spam", learning_rate)
   V.check_nonneg("spam", "eps", eps)
   V.check_nonneg("spam", "weight_decay", weight_decay)
+  V.check_range("spam", "delta_t", delta_t, 0)
+  V.check_range("spam", "clip_delay", clip_delay, 0)
   adam = clip_spikes(scale_by_adam(b1, b2, eps, eps_before_debias=True), threshold,
                      delay=clip_delay, period=delta_t)
   return recipe_chain("spam", with_momentum_reset(adam, delta_t, warmup_steps),
@@ -233,7 +235,7 @@ def spam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
 # --------------------------------------------------------------- AdamP / SGDP
 def adamp(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
           weight_decay: Any = 0.0, delta: Any = 0.1, wd_ratio: Any = 0.1,
-          nesterov: bool = False):
+          nesterov: bool = False, channel_axis: int = -1):
   """AdamP: "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
   Scale-invariant Weights" (arXiv:2006.08217), as in the official clovaai/AdamP code.
 
@@ -243,23 +245,29 @@ def adamp(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
   part of u is removed and the decay is scaled by wd_ratio;
   update = -lr * (u + weight_decay * ratio * p).
   Hyperparameters (official defaults): learning_rate, b1, b2, eps,
-  weight_decay, delta, wd_ratio, nesterov. The decay is part of the
-  projection wrapper, so there is no `mask` (use optax.partition).
+  weight_decay, delta, wd_ratio, nesterov; and channel_axis, the axis of
+  each weight that indexes output channels for the per-channel cosine:
+  -1 (default) for JAX / flax kernels, Dense (in, out) and Conv
+  (h, w, in, out); the official PyTorch code's (out, in, ...) weights are
+  ``channel_axis=0``. The decay is part of the projection wrapper, so there
+  is no `mask` (use optax.partition).
   """
   _check("adamp", learning_rate)
   V.check_nonneg("adamp", "eps", eps)
   V.check_nonneg("adamp", "weight_decay", weight_decay)
+  check_channel_axis("adamp", channel_axis)
   first = nesterov_ema(b1) if nesterov else ema(b1)
   for name, value in (("b1", b1), ("b2", b2)):
     V.check_decay("adamp", name, value)
   inner = scale_by_moments(first, ema_sq(b2), eps=eps)
-  return recipe_chain("adamp", with_radial_projection(inner, delta, wd_ratio, weight_decay, eps),
+  return recipe_chain("adamp", with_radial_projection(inner, delta, wd_ratio, weight_decay, eps,
+                                                      channel_axis),
                       scale_by_learning_rate(learning_rate))
 
 
 def sgdp(learning_rate: Any, momentum: Any = 0.0, dampening: Any = 0.0,
          weight_decay: Any = 0.0, nesterov: bool = False, eps: Any = 1e-8, delta: Any = 0.1,
-         wd_ratio: Any = 0.1):
+         wd_ratio: Any = 0.1, channel_axis: int = -1):
   """SGDP: "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
   Scale-invariant Weights" (arXiv:2006.08217), as in the official clovaai/AdamP code.
 
@@ -268,17 +276,20 @@ def sgdp(learning_rate: Any, momentum: Any = 0.0, dampening: Any = 0.0,
   update = -lr * (d + weight_decay * ratio / (1 - momentum) * p) -- the
   official code divides the decay by 1 - momentum.
   Hyperparameters (official defaults): learning_rate, momentum, dampening,
-  weight_decay, nesterov, eps, delta, wd_ratio. As in the official code (and
-  unlike torch.optim.SGD), nesterov with dampening is allowed; the Nesterov
-  term uses the raw gradient.
+  weight_decay, nesterov, eps, delta, wd_ratio; and channel_axis, the output
+  channel axis of each weight (-1, the JAX / flax layout, by default; see
+  `adamp`). As in the official code (and unlike torch.optim.SGD), nesterov
+  with dampening is allowed; the Nesterov term uses the raw gradient.
   """
   _check("sgdp", learning_rate, momentum=momentum)
   V.check_range("sgdp", "dampening", dampening, 0.0, 1.0)
   V.check_nonneg("sgdp", "weight_decay", weight_decay)
   V.check_nonneg("sgdp", "eps", eps)
+  check_channel_axis("sgdp", channel_axis)
   inner = scale_by_moments(heavy_ball(momentum, nesterov, dampening=dampening), None)
   decay = weight_decay / (1.0 - momentum)
-  return recipe_chain("sgdp", with_radial_projection(inner, delta, wd_ratio, decay, eps),
+  return recipe_chain("sgdp", with_radial_projection(inner, delta, wd_ratio, decay, eps,
+                                                     channel_axis),
                       scale_by_learning_rate(learning_rate))
 
 
@@ -286,6 +297,9 @@ _CAUTIOUS = "Cautious Optimizers: Improving Training with One Line of Code"
 _MARS = "MARS: Unleashing the Power of Variance Reduction for Training Large Models"
 _ADAMP = ("AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant "
           "Weights")
+_ADAMP_AXIS = ("The per-channel cosine runs over output channels, the last axis of JAX / flax "
+               "kernels (Dense (in, out), Conv (h, w, in, out)) by default; the official "
+               "PyTorch code's axis 0 of (out, in, ...) weights is channel_axis=0.")
 _HF_EPS = ("Official code (HF-transformers AdamW base) adds eps to sqrt(v) before the bias "
            "correction, i.e. an effective eps / sqrt(1 - b2^t); followed here (the paper adds "
            "it to sqrt(v_hat)).")
@@ -342,10 +356,13 @@ RECIPES = (
     Recipe("adamp", adamp, "sign", _ADAMP, "2006.08217", reference="sign_family:adamp",
            hparams={"learning_rate": 0.02},
            cases=({"delta": 3.0, "weight_decay": 0.1},
-                  {"delta": 1.0, "wd_ratio": 0.5, "weight_decay": 0.1, "nesterov": True})),
+                  {"delta": 1.0, "wd_ratio": 0.5, "weight_decay": 0.1, "nesterov": True},
+                  {"delta": 3.0, "channel_axis": 0}),
+           static=("channel_axis",), notes=_ADAMP_AXIS),
     Recipe("sgdp", sgdp, "sign", _ADAMP, "2006.08217", reference="sign_family:sgdp",
            hparams={"learning_rate": 0.01, "momentum": 0.9},
            cases=({"delta": 3.0, "weight_decay": 0.1, "dampening": 0.1},
                   {"delta": 1.0, "weight_decay": 0.1, "nesterov": True, "dampening": 0.2},
-                  {"momentum": 0.0})),
+                  {"momentum": 0.0, "delta": 3.0, "weight_decay": 0.1, "channel_axis": 0}),
+           static=("channel_axis",), notes=_ADAMP_AXIS),
 )

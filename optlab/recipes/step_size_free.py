@@ -295,6 +295,7 @@ def sps(learning_rate: Any = 1.0, preconditioner: str = "hutchinson", lower_boun
   where = "sps"
   V.check_learning_rate(where, learning_rate)
   V.check_positive(where, "alpha", alpha)
+  V.check_seed(where, seed)
   power = 1.0 if preconditioner == "hutchinson" else 0.5
   rule = _diagonal(where, preconditioner, b2=b2, floor=alpha ** (1.0 / power), power=power,
                    probes=probes, axis_name=axis_name)
@@ -332,6 +333,7 @@ def sania(learning_rate: Any = 1.0, preconditioner: str = "adam", b2: Any = 0.99
   where = "sania"
   V.check_learning_rate(where, learning_rate)
   V.check_positive(where, "eps", eps)
+  V.check_seed(where, seed)
   rule = _diagonal(where, preconditioner, b2=b2, floor=eps, power=0.5 if is_sqrt else 1.0,
                    probes=probes, axis_name=axis_name)
   return recipe_chain(where, scale_by_polyak_step(rule, lower_bound, rule="sania", seed=seed),

@@ -124,6 +124,7 @@ def apollo(learning_rate: Any, rank: int = 256, update_proj_gap: int = 200, scal
   V.check_nonneg("apollo", "scale", scale)
   V.check_choice("apollo", "scale_type", scale_type, ("channel", "tensor"))
   V.check_choice("apollo", "proj", proj, _PROJS)
+  V.check_seed("apollo", seed)
   projector = random_projector() if proj == "random" else svd_projector()
   sub = in_subspace(_raw_hf_adam(b1, b2, eps), projector, rank, update_proj_gap,
                     scale=scale ** 0.5, proj_type=proj_type, gradient_scaling=scale_type,
@@ -148,6 +149,7 @@ def apollo_mini(learning_rate: Any, rank: int = 1, update_proj_gap: int = 200,
   V.check_range("apollo_mini", "update_proj_gap", update_proj_gap, 1)
   V.check_nonneg("apollo_mini", "scale", scale)
   V.check_choice("apollo_mini", "proj", proj, _PROJS)
+  V.check_seed("apollo_mini", seed)
   projector = random_projector() if proj == "random" else svd_projector()
   sub = in_subspace(_raw_hf_adam(b1, b2, eps), projector, rank, update_proj_gap,
                     scale=scale ** 0.5, proj_type=proj_type, gradient_scaling="tensor",
@@ -212,6 +214,7 @@ def frugal(learning_rate: Any, rank: int = 128, update_gap: int = 200,
   official RandK and block projectors are not built).
   """
   _check("frugal", learning_rate, b1, b2, eps, weight_decay)
+  V.check_range("frugal", "update_gap", update_gap, 1)
   V.check_nonneg("frugal", "proj_params_lr_scale", proj_params_lr_scale)
   V.check_nonneg("frugal", "inactive_lr_scale", inactive_lr_scale)
   sub = in_subspace(scale_by_adam(b1, b2, eps), svd_projector(), rank, update_gap,

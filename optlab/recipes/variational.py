@@ -43,6 +43,8 @@ def ivon(learning_rate: Any, ess: Any = 1e4, hess_init: Any = 1.0, b1: Any = 0.9
   `optlab.primitives.variational`).
   """
   V.check_learning_rate("ivon", learning_rate)
+  if seed is not None:
+    V.check_seed("ivon", seed)
   return recipe_chain(
       "ivon", scale_by_ivon(ess, hess_init, b1, b2, weight_decay,
                             1 if mc_samples is None else mc_samples, clip_radius,

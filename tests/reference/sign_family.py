@@ -182,11 +182,21 @@ def spam(params, grad_fn, steps, *, learning_rate, b1=0.9, b2=0.999, eps=1e-6,
 
 
 # ------------------------------------------------------------- AdamP / SGDP
-def _projection(p, g, perturb, delta, wd_ratio, eps):
-  """clovaai/AdamP _projection: channel view, then layer view."""
+def _projection(p, g, perturb, delta, wd_ratio, eps, channel_axis=-1):
+  """clovaai/AdamP _projection: channel view, then layer view.
+
+  The official (PyTorch) weights are (out, in, ...), channels on axis 0; JAX /
+  flax kernels are (in, out) and (h, w, in, out), channels last. The tensors
+  are put in the official layout (channel axis first), projected there, and
+  put back.
+  """
   if p.ndim <= 1:
     return perturb, 1.0
-  for rows in (lambda x: x.reshape(x.shape[0], -1), lambda x: x.reshape(1, -1)):
+  if p.size == 0:  # optlab: an empty tensor is not projected (the official code fails)
+    return perturb, 1.0
+  shape = np.moveaxis(p, channel_axis, 0).shape
+  p, g, perturb = (np.moveaxis(x, channel_axis, 0) for x in (p, g, perturb))
+  for rows in (lambda x: x.reshape(shape[0], -1), lambda x: x.reshape(1, -1)):
     pr, gr = rows(p), rows(g)
     # torch.nn.functional.cosine_similarity (recent versions): each norm clamped at eps.
     pn_ = np.maximum(np.linalg.norm(pr, axis=1, keepdims=True), eps)
@@ -196,12 +206,12 @@ def _projection(p, g, perturb, delta, wd_ratio, eps):
       p_n = pr / (np.linalg.norm(pr, axis=1, keepdims=True) + eps)
       ur = rows(perturb)
       ur = ur - p_n * np.sum(p_n * ur, axis=1, keepdims=True)
-      return ur.reshape(p.shape), wd_ratio
-  return perturb, 1.0
+      return np.moveaxis(ur.reshape(shape), 0, channel_axis), wd_ratio
+  return np.moveaxis(perturb, 0, channel_axis), 1.0
 
 
 def adamp(params, grad_fn, steps, *, learning_rate, b1=0.9, b2=0.999, eps=1e-8,
-          weight_decay=0.0, delta=0.1, wd_ratio=0.1, nesterov=False):
+          weight_decay=0.0, delta=0.1, wd_ratio=0.1, nesterov=False, channel_axis=-1):
   p, m, v, out = _copy(params), _zeros(params), _zeros(params), []
   for t in range(1, steps + 1):
     g = grad_fn(p, t - 1)
@@ -214,7 +224,7 @@ def adamp(params, grad_fn, steps, *, learning_rate, b1=0.9, b2=0.999, eps=1e-8,
         perturb = (b1 * m[k] + (1 - b1) * g[k]) / denom
       else:
         perturb = m[k] / denom
-      perturb, ratio = _projection(p[k], g[k], perturb, delta, wd_ratio, eps)
+      perturb, ratio = _projection(p[k], g[k], perturb, delta, wd_ratio, eps, channel_axis)
       p[k] = p[k] * (1 - learning_rate * weight_decay * ratio)
       p[k] = p[k] - (learning_rate / bc1) * perturb
     out.append(_copy(p))
@@ -222,14 +232,15 @@ def adamp(params, grad_fn, steps, *, learning_rate, b1=0.9, b2=0.999, eps=1e-8,
 
 
 def sgdp(params, grad_fn, steps, *, learning_rate, momentum=0.0, dampening=0.0,
-         weight_decay=0.0, nesterov=False, eps=1e-8, delta=0.1, wd_ratio=0.1):
+         weight_decay=0.0, nesterov=False, eps=1e-8, delta=0.1, wd_ratio=0.1,
+         channel_axis=-1):
   p, buf, out = _copy(params), _zeros(params), []
   for t in range(steps):
     g = grad_fn(p, t)
     for k in p:
       buf[k] = momentum * buf[k] + (1 - dampening) * g[k]
       d = g[k] + momentum * buf[k] if nesterov else buf[k]
-      d, ratio = _projection(p[k], g[k], d, delta, wd_ratio, eps)
+      d, ratio = _projection(p[k], g[k], d, delta, wd_ratio, eps, channel_axis)
       p[k] = p[k] * (1 - learning_rate * weight_decay * ratio / (1 - momentum))
       p[k] = p[k] - learning_rate * d
     out.append(_copy(p))
