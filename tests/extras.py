@@ -30,8 +30,9 @@ def _pairwise_logits(params: Any) -> jax.Array:
   for the i-th of the d flattened entries. Every logit is 0 with a unit gradient,
   so the Gauss-Newton-Bartlett estimate B * grad^2 is exactly 1 / (4 d) whatever
   labels are drawn: deterministic, for the contract and the reference."""
-  x = jnp.concatenate([jnp.zeros((0,), jnp.float32)] + [  # no leaves: a batch of 0 rows
-      jnp.ravel(l).astype(jnp.promote_types(l.dtype, jnp.float32)) for l in jax.tree.leaves(params)])
+  flat = [jnp.ravel(l).astype(jnp.promote_types(l.dtype, jnp.float32))
+          for l in jax.tree.leaves(params)]
+  x = jnp.concatenate(flat) if flat else jnp.zeros((0,), jnp.float32)  # no params: no rows
   return jnp.stack([x - jax.lax.stop_gradient(x), jnp.zeros_like(x)], -1)
 
 

@@ -52,3 +52,17 @@ def test_random_order_visits_every_block_once_per_epoch():
     u, state = tx.update(g, state, params)
     seen += [k for k, v in u["params"].items() if np.any(np.asarray(v[next(iter(v))]) != 0)]
   assert sorted(seen) == ["embed", "head", "layer_0"]
+
+
+def test_zero_size_blocks_take_no_turn():
+  # Issue 12, item 5: an empty leaf contributes nothing, so it is not a block.
+  params = {"a": jnp.ones(2), "b": jnp.zeros((0, 3)), "c": jnp.ones(2)}
+  tx = BC.with_block_coordinate(optlab.sgd(1.0), switch_every=1)
+  state = tx.init(params)
+  g = jax.tree.map(jnp.ones_like, params)
+  moved = []
+  for _ in range(4):
+    u, state = tx.update(g, state, params)
+    assert u["b"].shape == (0, 3)
+    moved.append(tuple(k for k, v in u.items() if np.any(np.asarray(v) != 0)))
+  assert moved == [("a",), ("c",), ("a",), ("c",)]

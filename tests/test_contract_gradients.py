@@ -22,7 +22,8 @@ import numpy as np
 import optax
 import pytest
 
-from tests.test_contract import by_recipe, grads_at, jitted_update, make_params, plain
+from tests.test_contract import (RECIPES, by_recipe, grads_at, jitted_update, make_params,
+                                 plain)
 
 STEPS, BAD_STEP = 5, 2
 SPIKE = 1e30
@@ -115,7 +116,6 @@ def _assert_ignored(recipe, bad, every_leaf, clean):
 
 
 def test_exemptions_name_catalogue_recipes():
-  from tests.test_contract import RECIPES
   names = {r.name for r in RECIPES}
   assert set(GROWS_WITH_G) | IGNORE_GRADIENTS <= names
   assert not set(GROWS_WITH_G) & IGNORE_GRADIENTS

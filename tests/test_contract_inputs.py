@@ -3,7 +3,8 @@
 * A zero-size leaf (shape (0, 3)) gets a zero-size update of its dtype, and the
   other leaves' updates are those of the same run without it: an empty tensor
   holds nothing to precondition, normalise or count, so it contributes nothing
-  to a per-tensor statistic, a global norm, a flattened window or a block cycle.
+  to a per-tensor statistic, a global norm or a flattened window (and takes no
+  turn in a block cycle: tests/test_block_coordinate.py).
 * An empty params tree gets an empty update, step after step.
 * float16 params, with ordinary gradients (grads_at, entries ~0.1-1) and tiny
   ones (1e-4 times them), the latter both with the loss scaled alike and with
@@ -17,8 +18,8 @@
 
 The zero-size run reuses test_contract's compiled update for the plain tree (one
 new compile: the tree with the extra leaf); float16 is one compiled 2-step scan
-per recipe, called for both gradient scales; the empty tree runs eagerly; the
-x64 check is one subprocess for all recipes, traced only (`jax.eval_shape`)."""
+per recipe, called for the three cases; the empty tree runs eagerly; the x64
+check is one subprocess for all recipes, traced only (`jax.eval_shape`)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 from jax.tree_util import Partial
 
 from tests.test_contract import (
@@ -138,7 +138,7 @@ def test_float16_updates_are_finite(recipe):
 
 # ------------------------------------------------------------------ x64 states
 _X64_PROBE = r"""
-import json, sys
+import json
 import tests.conftest  # the suite's XLA flags
 import jax
 jax.config.update("jax_enable_x64", True)

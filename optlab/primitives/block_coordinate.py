@@ -60,7 +60,9 @@ def _layout(tree, blocks):
       order.append(lab)
     labels[lab].append(i)
   sizes = [int(np.prod(jnp.shape(x), dtype=np.int64)) for _, x in leaves]
-  groups = [labels[lab] for lab in order]
+  # A block without entries (zero-size leaves only) takes no turn: its leaves'
+  # updates stay zero-size.
+  groups = [labels[lab] for lab in order if sum(sizes[i] for i in labels[lab]) > 0]
   largest = max([sum(sizes[i] for i in g) for g in groups], default=0)
   return sizes, groups, largest
 

@@ -105,7 +105,7 @@ class BlockPlan:
       block_size: split dimensions into blocks of at most this size; None:
         one block.
       min_ndim: tensors of lower rank get no factors (SOAP's precondition_1d
-        is ``min_ndim=1``).
+        is ``min_ndim=1``). Nor does a tensor without entries.
     """
     shape = tuple(int(d) for d in shape)
     merged = shape
