@@ -24,6 +24,7 @@ from optlab import _validate as V
 from optlab.primitives.basis import INVARIANT, LINEAR, SECOND, declare_basis
 from optlab.primitives.moments import bound_gradient, safe_square, zeros_like
 from optlab.primitives.normalize import accumulation_dtype, tensor_sq_norm
+from optlab.primitives.wrappers import unzip_tree
 
 __all__ = [
     "LayerwiseSecondMomentState", "scale_by_layerwise_second_moment", "ScaleByMadgradState",
@@ -34,11 +35,6 @@ __all__ = [
 def _is_zero(value: Any) -> bool:
   """True only for a concrete number equal to 0 (never for schedules or tracers)."""
   return V._concrete(value) == 0.0  # pylint: disable=protected-access
-
-
-def _unzip(like: Any, tree_of_tuples: Any, n: int) -> tuple[Any, ...]:
-  """Splits a tree (shaped like `like`) of n-tuples into n trees."""
-  return tuple(jax.tree.map(lambda _, t, i=i: t[i], like, tree_of_tuples) for i in range(n))
 
 
 # --------------------------------------------------------------- NovoGrad
@@ -183,7 +179,7 @@ def scale_by_madgrad(learning_rate: Any, momentum: Any = 0.9, eps: Any = 1e-6,
       return delta, s, nu, x0
 
     outs = jax.tree.map(one, updates, params, state.s, state.nu, state.x0)
-    delta, s, nu, x0 = _unzip(updates, outs, 4)
+    delta, s, nu, x0 = unzip_tree(updates, outs, 4)
     delta = jax.tree.map(lambda d, u: d.astype(u.dtype), delta, updates)
     cast = lambda new, old: jax.tree.map(lambda a, b: a.astype(b.dtype), new, old)
     return delta, ScaleByMadgradState(optax.safe_increment(k), cast(s, state.s),

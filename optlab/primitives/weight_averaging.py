@@ -31,11 +31,6 @@ def _copy(params: Any, dtype: Any = None) -> Any:
   return jax.tree.map(lambda p: jnp.asarray(p, dtype or p.dtype) + 0, params)
 
 
-def _unzip(pairs: Any, like: Any) -> tuple[Any, Any]:
-  """A tree of (a, b) leaves, shaped like `like`, as two trees."""
-  return unzip_tree(like, pairs, 2)
-
-
 # ------------------------------------------------------------------ Lookahead
 class LookaheadState(NamedTuple):
   count: jax.Array   # [], int32: steps since the last synchronisation
@@ -81,7 +76,7 @@ def lookahead(inner: optax.GradientTransformation, sync_period: int = 5,
     # Only the synchronising step touches the slow weights (lax.cond: the other
     # steps cost no extra memory traffic).
     out, slow = jax.lax.cond(
-        sync, lambda: _unzip(jax.tree.map(leaf, new, params, state.slow), params),
+        sync, lambda: unzip_tree(params, jax.tree.map(leaf, new, params, state.slow), 2),
         lambda: (new, state.slow))
     if reset_state:
       fresh = inner.init(params)
@@ -175,7 +170,7 @@ def schedule_free(inner: optax.GradientTransformation, learning_rate: Any, b1: A
       y_new = b1 * x + (1.0 - b1) * z_new
       return (y_new - y32).astype(u.dtype), z_new.astype(z.dtype)
 
-    out, z = _unzip(jax.tree.map(leaf, params, state.z, base), params)
+    out, z = unzip_tree(params, jax.tree.map(leaf, params, state.z, base), 2)
     return out, ScheduleFreeState(count, state.b1, total, max_lr, z, inner_state)
 
   return optax.GradientTransformationExtraArgs(init, update)
