@@ -1,28 +1,37 @@
-# `make test` and `make demo` each create .venv on first use.
+# Every target creates .venv on first use (and reinstalls when pyproject.toml changes).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-all demo bench readme docs clean
+.PHONY: venv quick test demo bench readme api docs dist notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@# the distribution was called `optlab` before it became `optlab-jax`: drop that editable install
+	if $(PY) -m pip show optlab 2>/dev/null | grep -q "^Editable project location: $(CURDIR)$$"; then \
+	  $(PY) -m pip uninstall -q -y optlab; fi
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# the whole suite except tests marked slow (pyproject's addopts: -m 'not slow')
-test: $(STAMP)
-	$(PY) -m pytest -n 2 -q -m "not slow"
+# .venv with optlab (editable) and the test tools; then `. .venv/bin/activate`
+venv: $(STAMP)
 
-test-all: $(STAMP)
-	$(PY) -m pytest -n 2 -q -m ""
+# the first thing to try: imports every module, each recipe's NumPy reference and
+# one contract point, the unit tests (-m quick: tests/conftest.py defines it)
+quick: $(STAMP)
+	$(PY) -m pytest -n 2 -q -m quick
+
+# the whole suite, tests marked slow included (what CI runs: .ci/run)
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q
 
 # the preset comparison: tables, results.json, report.md and plots in bench_out/demo/
 demo: $(STAMP)
 	$(PY) -m optlab.cli demo
 
+# step time against optax (benchmarks/README.md)
 bench: $(STAMP)
 	$(PY) benchmarks/step_time.py
 
@@ -30,7 +39,20 @@ bench: $(STAMP)
 readme: $(STAMP)
 	$(PY) -m optlab.cli catalog --write README.md --docs docs/
 
+# regenerate optlab/__init__.py, the explicit public namespace, from the modules' __all__
+api: $(STAMP)
+	$(PY) -m tests.api --write
+
 docs: readme
 
+# the wheel and the sdist of optlab-jax, in dist/
+dist: $(STAMP)
+	$(PY) -m build --no-isolation --outdir dist .
+
+# jupyter in .venv ([notebooks] extra), then the notebooks in the browser
+notebooks: $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,notebooks]'
+	$(VENV)/bin/jupyter notebook notebooks/
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build dist bench_out notebooks/bench_out

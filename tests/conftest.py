@@ -5,6 +5,9 @@ test module imports jax.
 """
 
 import os
+import signal
+
+import pytest
 
 # Compilation is most of this suite's run time. The legacy CPU fusion emitters
 # compile about a quarter faster than the default MLIR ones; they fuse reductions
@@ -21,6 +24,19 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
+def _recipe_names():
+  import optlab
+  return {r.name for r in optlab.catalog() + optlab.held_out()}
+
+
+def _recipe_of(nodeid, names):
+  """The first recipe name among the `-`-separated parts of a test's parameter id, or None."""
+  if nodeid.endswith("]") and "[" in nodeid:
+    for part in nodeid[nodeid.index("[") + 1:-1].split("-"):
+      if part in names:
+        return part
+  return None
+
 
 def pytest_xdist_make_scheduler(config, log):
   """Sends every test of one recipe to the same xdist worker, in collection order,
@@ -35,18 +51,83 @@ def pytest_xdist_make_scheduler(config, log):
   """
   from xdist.scheduler import LoadScopeScheduling
 
-  import optlab
-  names = {r.name for r in optlab.catalog() + optlab.held_out()}
+  names = _recipe_names()
 
   class ByRecipe(LoadScopeScheduling):
     def _split_scope(self, nodeid):
-      if nodeid.endswith("]") and "[" in nodeid:
-        for part in nodeid[nodeid.index("[") + 1:-1].split("-"):
-          if part in names:
-            return "recipe:" + part
-      return nodeid
+      recipe = _recipe_of(nodeid, names)
+      return nodeid if recipe is None else "recipe:" + recipe
 
   return ByRecipe(config, log)
+
+
+# `make quick` (`pytest -m quick`): for every recipe, the first collected case of
+# each of these tests -- its NumPy reference at the contract's hparams (25 jitted
+# float64 steps), and one contract point that is traced, not compiled (an update
+# at those hparams traces, and a missing extra arg is named) -- plus every
+# test that is neither per recipe, nor a hypothesis sweep (test_properties: every
+# primitive on drawn awkward gradients, a third of the unit tests' time), nor
+# marked slow: the unit tests and the import of every module. This is the only
+# place that defines the selection.
+QUICK_PER_RECIPE = ("test_matches_numpy_reference", "test_missing_extra_args_are_named")
+
+
+def pytest_collection_modifyitems(config, items):
+  names, seen = _recipe_names(), set()
+  for item in items:
+    recipe = _recipe_of(item.nodeid, names)
+    if recipe is None:
+      sweep = getattr(getattr(item, "obj", None), "is_hypothesis_test", False)
+      quick = not sweep and item.get_closest_marker("slow") is None
+    else:
+      key = (item.originalname, recipe)
+      quick = item.originalname in QUICK_PER_RECIPE and key not in seen
+      seen.add(key)
+    if quick:
+      item.add_marker("quick")
+  # The selection must not rot: a renamed test or a recipe left out fails loudly.
+  whole_suite = config.args_source == pytest.Config.ArgsSource.TESTPATHS
+  for test in QUICK_PER_RECIPE:
+    covered = {name for t, name in seen if t == test}
+    if whole_suite and covered != names:
+      raise pytest.UsageError(f"tests/conftest.py QUICK_PER_RECIPE: {test} was not collected "
+                              f"for {sorted(names - covered) or 'any recipe'}")
+
+
+def pytest_configure(config):
+  """Ctrl-C (SIGINT) stops the suite within seconds.
+
+  * SIGINT raises KeyboardInterrupt here even when the run inherited it ignored
+    (a background job of a non-interactive shell does): Python then installs no
+    handler of its own, and the suite ignored SIGINT until its end.
+  * An xdist worker dies at once on SIGINT (the default action, not a Python
+    handler): a Python handler runs only between bytecodes, so a worker inside an
+    XLA compile or a long jitted run did not stop until that returned.
+  * The controller passes its SIGINT on to the workers (a `kill -INT` of the
+    pytest process alone reaches only it), then stops; `--max-worker-restart=0`
+    (pyproject's addopts) keeps xdist from replacing the workers that died.
+  """
+  if hasattr(config, "workerinput"):
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    return
+
+  def interrupt(signum, frame):
+    for pid in _worker_pids(config):
+      try:
+        os.kill(pid, signal.SIGINT)
+      except OSError:
+        pass
+    signal.default_int_handler(signum, frame)
+
+  signal.signal(signal.SIGINT, interrupt)
+
+
+def _worker_pids(config):
+  """The process ids of the running xdist workers (none without xdist)."""
+  dsession = config.pluginmanager.getplugin("dsession")
+  group = getattr(getattr(dsession, "nodemanager", None), "group", None) or ()
+  popens = (getattr(getattr(gw, "_io", None), "popen", None) for gw in group)
+  return [p.pid for p in popens if p is not None and p.poll() is None]
 
 
 def _hypothesis_profiles():
