@@ -1,8 +1,10 @@
 """Step time of optlab recipes against optax, side by side in one process.
 
-For every recipe in `optlab.catalog()` whose ``optax`` field is set, this
-builds optlab's version (``recipe.build()``) and optax's
-(``recipe.optax(**recipe.hparams)``), and times one jitted training step,
+For every recipe in `optlab.catalog()` that the tests compare with optax
+(an ``optax`` entry in tests/recipe_config.py), this builds optlab's version at
+its documented defaults (``recipe.build(**kwargs)``, ``kwargs`` the bench's
+default learning rate, `optlab.bench.defaults`) and optax's from the same
+keyword arguments, and times one jitted training step,
 
     updates, state = tx.update(grads, state, params)
     params = optax.apply_updates(params, updates)
@@ -20,6 +22,7 @@ median step time, and its fraction of the machine's measured copy bandwidth.
     python benchmarks/step_time.py                        # all recipes with optax=
     python benchmarks/step_time.py --only adam,adamw --steps 50
     python benchmarks/step_time.py --size 2000000 --hlo   # + compiled HLO op counts
+    python benchmarks/step_time.py --size 1000000 --copies  # donated-buffer copies only
 
 Writes ``--out`` (JSON) and a Markdown table next to it (same stem, ``.md``).
 """
@@ -52,6 +55,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import optlab  # noqa: E402
+from optlab.bench.defaults import default_kwargs  # noqa: E402
+from tests import recipe_config  # noqa: E402  (the optax counterparts the tests compare with)
 
 DEFAULT_OUT = os.path.join("benchmarks", "results", "step_time.json")
 
@@ -206,6 +211,50 @@ def hlo_summary(step, params, state, grads) -> dict[str, Any]:
   }
 
 
+_COPY_RE = re.compile(r"=\s*(\S+)\s+copy\(%([^)\s]+)\)")
+
+
+def donated_copies(step, params, state, grads) -> list[tuple[str, str]]:
+  """The ``copy`` instructions of the compiled step's ENTRY computation, as
+  (shape, operand) pairs.
+
+  With params and state donated, an elementwise step should update every state
+  buffer in place. A copy of a param-shaped state buffer (``f32[256,256]
+  copy(%s_0__nu__w0__)``) is a full extra pass over it per step: XLA:CPU makes
+  one when a consumer fused into the update still needs the old, donated value,
+  e.g. after a statistic is saturated with ``jnp.minimum`` instead of a select
+  (`optlab/_src/numerics.py`, `saturate`). Scalars (the step count) are cheap
+  and reported too.
+  """
+  text = step.lower(params, state, grads).compile().as_text()
+  entry = text[text.index("\nENTRY"):]
+  entry = entry[:entry.index("\n}")]
+  return [(m.group(1), m.group(2)) for m in _COPY_RE.finditer(entry)]
+
+
+# Recipes whose param-shaped statistics saturate (the `saturate` select), with the
+# factory arguments the copy check builds them with.
+COPY_CHECK = {"adam": {"learning_rate": 1e-3}, "adagrad": {"learning_rate": 1e-2},
+              "rmsprop": {"learning_rate": 1e-3}, "adahessian": {"learning_rate": 1e-3},
+              "sophia_h": {"learning_rate": 1e-3}, "momo_adam": {"learning_rate": 1e-2},
+              "dog": {}, "dadapt_adam": {}}
+
+
+def copy_report(names, params, grads) -> list[str]:
+  """One line per recipe: its ENTRY copies, param-shaped (non-scalar) ones first."""
+  lines = []
+  for name in names:
+    recipe = optlab.get_recipe(name)
+    tx = recipe.factory(**COPY_CHECK.get(name, {}))
+    state = jax.jit(tx.init)(params)
+    copies = donated_copies(make_step(tx, recipe), params, state, grads)
+    big = [c for c in copies if not c[0].split("{")[0].endswith("[]")]
+    lines.append(f"{name}: {len(big)} param-shaped copies, {len(copies) - len(big)} scalar"
+                 + "".join(f"\n    {shape} copy(%{op})" for shape, op in big[:4])
+                 + (f"\n    ... {len(big) - 4} more" if len(big) > 4 else ""))
+  return lines
+
+
 # --------------------------------------------------------------------- timing
 def _median_pass(f, args, donated: int, reps: int) -> float:
   """Median seconds of f(*args), feeding the output back as the donated argument."""
@@ -268,13 +317,14 @@ class Runner:
 
 def bench_recipe(recipe, params, grads, steps: int, warmup: int, copy_gbs: float,
                  hlo: bool) -> dict[str, Any]:
+  kwargs = default_kwargs(recipe, seed=0)
   row: dict[str, Any] = {"recipe": recipe.name, "family": recipe.family,
-                         "hparams": {k: repr(v) for k, v in recipe.hparams.items()}}
+                         "hparams": {k: repr(v) for k, v in kwargs.items()}}
   stage = "build optlab"
   try:
-    ours_tx = recipe.build()
+    ours_tx = recipe.build(**kwargs)
     stage = "build optax"
-    theirs_tx = recipe.optax(**recipe.hparams)
+    theirs_tx = recipe_config.optax_of(recipe)(**kwargs)
     stage = "init optlab"
     ours = Runner(ours_tx, recipe, params, grads)
     stage = "init optax"
@@ -375,6 +425,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                   help="elements of the copy-bandwidth array (default: --size)")
   ap.add_argument("--hlo", action="store_true",
                   help="also record jaxpr/compiled-HLO op counts of both steps")
+  ap.add_argument("--copies", action="store_true",
+                  help="only compile the donated steps of the COPY_CHECK recipes (or --only) "
+                       "and print their ENTRY copy instructions; no timing")
   ap.add_argument("--caveat", default="", help="a note stored in the JSON (e.g. shared machine)")
   ap.add_argument("--out", default=DEFAULT_OUT, help="JSON path; the .md table goes beside it")
   args = ap.parse_args(argv)
@@ -382,7 +435,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"warning: --steps {args.steps} < 30; medians will be noisy", file=sys.stderr)
 
   only = [s.strip() for s in args.only.split(",") if s.strip()]
-  recipes = [r for r in optlab.catalog() if r.optax is not None]
+  recipes = [r for r in optlab.catalog() if recipe_config.optax_of(r) is not None]
   if only:
     known = {r.name for r in optlab.catalog()}
     missing = [n for n in only if n not in known]
@@ -390,12 +443,15 @@ def main(argv: Optional[list[str]] = None) -> int:
       ap.error(f"unknown recipes {missing}; known: {sorted(known)}")
     recipes = [r for r in recipes if r.name in only]
     no_optax = [n for n in only if n not in {r.name for r in recipes}]
-    if no_optax:
+    if no_optax and not args.copies:
       print(f"note: no optax counterpart, skipped: {no_optax}", file=sys.stderr)
 
   shapes = transformer_shapes(args.size)
   params = make_tree(shapes, seed=0)
   grads = make_tree(shapes, seed=1, scale=1e-3)
+  if args.copies:
+    print("\n".join(copy_report(only or list(COPY_CHECK), params, grads)))
+    return 0
   n_params = sum(int(x.size) for x in jax.tree.leaves(params))
   n_leaves = len(jax.tree.leaves(params))
   copy = copy_bandwidth(args.copy_size or n_params)

@@ -48,7 +48,7 @@ def inner():
 
 
 WRAPPERS = {
-    "lookahead": lambda: optlab.lookahead(inner(), 5, 0.5),
+    "with_lookahead": lambda: optlab.with_lookahead(inner(), 5, 0.5),
     "schedule_free": lambda: optlab.schedule_free(
         optlab.adamw(1e-3, b1=0.0, weight_decay=0.01), 1e-3),
     "with_gradient_noise": lambda: optlab.with_gradient_noise(inner(), 0.01),

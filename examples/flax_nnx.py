@@ -63,8 +63,8 @@ def main(steps: int = 100) -> dict[str, float]:
   if "sophia_h" in needs_obj_fn:
     runs["sophia_h (obj_fn)"] = (optlab.sophia_h(5e-3), train_step_obj_fn)
   elif needs_obj_fn:
-    runs[f"{needs_obj_fn[0]} (obj_fn)"] = (optlab.get_recipe(needs_obj_fn[0]).build(),
-                                           train_step_obj_fn)
+    runs[f"{needs_obj_fn[0]} (obj_fn)"] = (
+        optlab.get_recipe(needs_obj_fn[0]).build(learning_rate=5e-3), train_step_obj_fn)
   finals = {}
   for name, (tx, step) in runs.items():
     model = MLP(nnx.Rngs(0))

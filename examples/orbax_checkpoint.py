@@ -70,7 +70,7 @@ def main() -> None:
   if "sophia_h" in names:  # keeps a random key and a Hessian estimate in its state
     recipes["sophia_h"] = optlab.sophia_h(1e-2)
   if "soap" in names:  # an eigenbasis per matrix; none for this problem's vector and scalar
-    recipes["soap"] = optlab.get_recipe("soap").build()
+    recipes["soap"] = optlab.soap(3e-3, precondition_frequency=2)
   for name, tx in recipes.items():
     p_a, p_b = run(tx)
     same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p_a), jax.tree.leaves(p_b)))

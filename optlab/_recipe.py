@@ -9,25 +9,18 @@ import numpy as np
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.basis import INVARIANT, basis_declaration
+from optlab.primitives.basis import LINEAR, SECOND, iter_fields
 from optlab.primitives.moments import bound_gradient
 
 __all__ = ["recipe_chain"]
 
 
 def _first_param_tree(state: Any) -> Any:
-  """The first declared (param-shaped) field found in a nested state, or None."""
-  decl = basis_declaration(state)
-  if decl is not None:
-    for name, kind in decl.items():
-      value = getattr(state, name)
-      if kind != INVARIANT and not (isinstance(value, tuple) and not value):
-        return value
-  if isinstance(state, (tuple, list)):
-    for s in state:
-      found = _first_param_tree(s)
-      if found is not None:
-        return found
+  """The first non-empty field declared LINEAR or SECOND (a tree shaped like the
+  gradients) found in a nested state, or None."""
+  for field in iter_fields(state):
+    if field.kind in (LINEAR, SECOND) and not (isinstance(field.value, tuple) and not field.value):
+      return field.value
   return None
 
 

@@ -3,10 +3,11 @@
 AdamW vs Lion vs SOAP vs Sophia-H (whichever of them this version's catalogue
 holds) on the character-level language model over CPython's stdlib
 (`lm-stdlib`, a smaller model than the bench default so the whole demo stays
-within a few minutes on two CPU cores, at the catalogue's learning rates
-scaled by the task's lr_scale) and on the digits MLP (mini-batches, three
-learning rates per recipe). Each task writes
-its table, results.json, report.md and loss plots under `out/<task>/`.
+within a few minutes on two CPU cores) and on the digits MLP (mini-batches,
+three learning rates per recipe). Every recipe runs at its documented defaults,
+with the bench's default learning rate (`optlab.bench.defaults`) scaled by the
+task's lr_scale. Each task writes its table, results.json, report.md and loss
+plots under `out/<task>/`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ PRESET = {
 
 
 def main(names: Optional[Sequence[str]] = None, tasks: Optional[Sequence[str]] = None,
-         steps: Optional[int] = None, out: str = "bench_out/demo", progress: bool = True
+         steps: Optional[int] = None, out: str = "bench_out/demo", *, progress: bool = True
          ) -> dict[str, dict]:
   known = {r.name for r in catalog()}
   names = list(names) if names else [n for n in DEFAULT if n in known]

@@ -9,19 +9,18 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+from optlab.bench.defaults import default_learning_rate
 from optlab.catalog import FAMILY_ORDER, catalog, held_out
 
 BEGIN, END = "<!-- catalog:begin -->", "<!-- catalog:end -->"
 
 
 def catalog_table() -> str:
-  rows = ["| recipe | family | paper | arXiv | extra args | optax equivalent |",
-          "|---|---|---|---|---|---|"]
+  rows = ["| recipe | family | paper | arXiv | extra args |", "|---|---|---|---|---|"]
   for r in catalog():
     arxiv = f"[{r.arxiv}](https://arxiv.org/abs/{r.arxiv})" if r.arxiv else "-"
     extra = ", ".join(f"`{a}`" for a in r.needs_extra_args) or "-"
-    rows.append(f"| `{r.name}` | {r.family} | {r.paper} | {arxiv} | {extra} | "
-                f"{'yes' if r.optax else '-'} |")
+    rows.append(f"| `{r.name}` | {r.family} | {r.paper} | {arxiv} | {extra} |")
   out = held_out()
   if out:
     names = "; ".join(f"`{r.name}` ({', '.join(sorted(r.known_failures))}, "
@@ -59,37 +58,51 @@ def _value(v) -> str:
   return repr(v)
 
 
+def _signature(r) -> str:
+  """``optlab.<name>(...)`` with the factory's real arguments and defaults."""
+  parts, star = [], False
+  for p in inspect.signature(r.factory).parameters.values():
+    if p.kind == p.KEYWORD_ONLY and not star:
+      parts.append("*")
+      star = True
+    parts.append(p.name if p.default is p.empty else f"{p.name}={_value(p.default)}")
+  return f"optlab.{r.name}({', '.join(parts)})"
+
+
+def _bench_rate(r) -> str:
+  lr, scaled = default_learning_rate(r)
+  if lr is None:
+    return "`None`, its default (the method's own step size; not swept)"
+  if not scaled:
+    return f"`{lr!r}`, its default, used as given"
+  return f"`{lr:g}` times the task's `lr_scale`"
+
+
 def _family_page(family: str, recipes, held=()) -> str:
   title = FAMILY_TITLES.get(family, family)
   lines = [_GENERATED, "", f"# {title}", "",
            f"{len(recipes)} recipe(s). Every recipe is `optlab.<name>(learning_rate, ...)`, an "
            "`optax.GradientTransformationExtraArgs`; see [the index](index.md) and "
            "[the architecture](architecture.md).", "",
-           "| recipe | paper | arXiv | extra args | optax equivalent |", "|---|---|---|---|---|"]
+           "| recipe | paper | arXiv | extra args |", "|---|---|---|---|"]
   for r in recipes:
     arxiv = f"[{r.arxiv}](https://arxiv.org/abs/{r.arxiv})" if r.arxiv else "-"
     extra = ", ".join(f"`{a}`" for a in r.needs_extra_args) or "-"
-    lines.append(f"| [`{r.name}`](#{r.name}) | {r.paper} | {arxiv} | {extra} | "
-                 f"{'yes' if r.optax else '-'} |")
+    lines.append(f"| [`{r.name}`](#{r.name}) | {r.paper} | {arxiv} | {extra} |")
   if held:
     lines += ["", "Held out of `optlab.catalog()` (they fail a contract convergence problem by "
               "design; see their sections): " + ", ".join(f"[`{r.name}`](#{r.name})" for r in held)
               + "."]
   for r in (*recipes, *held):
-    lines += ["", f"## {r.name}", "", _summary(r.factory) or "(no docstring)", ""]
+    lines += ["", f"## {r.name}", "", _summary(r.factory) or "(no docstring)", "",
+              f"`{_signature(r)}`", ""]
     lines.append(f"- **Paper:** {r.paper}" +
                  (f" ([arXiv:{r.arxiv}](https://arxiv.org/abs/{r.arxiv}))" if r.arxiv else ""))
     extra = ", ".join(f"`{a}`" for a in r.needs_extra_args)
     lines.append(f"- **Extra args:** {extra or 'none'}" +
                  (" (pass them to `tx.update(grads, state, params, ...)`)" if extra else ""))
-    lines.append(f"- **Reference:** `tests/reference/{r.reference.replace(':', '.py:')}`"
-                 if r.reference else "- **Reference:** none")
-    lines.append(f"- **optax equivalent:** {'compared in tests' if r.optax else 'none'}")
-    if r.hparams:
-      hp = ", ".join(f"`{k}={_value(v)}`" for k, v in r.hparams.items())
-      lines.append(f"- **Bench/test defaults:** {hp}")
-    if r.cases:
-      lines.append(f"- **Option cases tested:** {len(r.cases)}")
+    lines.append(f"- **Bench learning rate** (`optlab.bench.defaults`): {_bench_rate(r)}; "
+                 "every other argument at its default")
     if r.notes:
       lines += ["", f"Notes: {' '.join(r.notes.split())}"]
     for task, why in sorted(r.known_failures.items()):

@@ -13,14 +13,15 @@ import optax
 from jax.tree_util import Partial
 
 from tests import extras
+from tests import recipe_config as cfg
 
 
 def reference_module(recipe):
-  return importlib.import_module(f"tests.reference.{recipe.reference.split(':')[0]}")
+  return importlib.import_module(f"tests.reference.{cfg.reference(recipe).split(':')[0]}")
 
 
 def reference_fn(recipe):
-  return getattr(reference_module(recipe), recipe.reference.split(":")[1])
+  return getattr(reference_module(recipe), cfg.reference(recipe).split(":")[1])
 
 
 def extra_args_for(recipe, loss_fn, params, t) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import subprocess
@@ -201,3 +202,36 @@ def test_docs_pages_are_current():
 def test_bench_finds_held_out_recipes_by_name():
   name = optlab.held_out()[0].name
   assert [s.name for s in bench.resolve_optimizers([name])] == [name]
+
+
+def test_bench_builds_every_recipe_at_its_documented_defaults():
+  """The bench passes a recipe only a learning rate (and a seed): every other argument
+  keeps the factory's default, never the contract tests' settings."""
+  from optlab.bench import defaults
+  recipes = optlab.catalog() + optlab.held_out()
+  assert set(defaults.LEARNING_RATES) <= {r.name for r in recipes}
+  params = {"w": jnp.ones((16, 8)), "b": jnp.ones(8)}
+  for r, spec in zip(recipes, bench.resolve_optimizers([r.name for r in recipes])):
+    kwargs = defaults.default_kwargs(r, 2.0, seed=1)
+    assert set(kwargs) <= {"learning_rate", "seed"}, r.name
+    lr, scaled = defaults.default_learning_rate(r)
+    assert spec.scale_lr == scaled and spec.learning_rate == lr, r.name
+    assert lr is None or lr > 0, r.name
+    assert scaled == (inspect.signature(r.factory).parameters["learning_rate"].default
+                      is inspect.Parameter.empty), r.name
+    jax.eval_shape(spec.build(spec.learning_rate, 0).init, params)  # builds; traces only
+
+
+def test_spec_file_rates_are_used_as_given(tmp_path):
+  spec = tmp_path / "spec.py"
+  spec.write_text(SPEC)
+  task = bench.make_task("quadratic-illcond", dim=8, lr_scale=10.0)
+  logs = []
+  results = bench.run_bench(task, bench.resolve_optimizers(["cautious_lion_chain", "adamw"],
+                                                           str(spec)),
+                            steps=2, progress=False, log=logs.append)
+  rates = {r["name"]: r["learning_rate"] for r in results["optimizers"]}
+  assert rates["cautious_lion_chain"] == pytest.approx(1e-2)  # LEARNING_RATES in SPEC
+  assert rates["adamw"] == pytest.approx(1e-3 * 10.0)
+  assert any("cautious_lion_chain: learning rate 0.01 (as given)" in s for s in logs)
+  assert any("adamw: learning rate 0.01 (0.001 x task lr_scale 10)" in s for s in logs)

@@ -30,7 +30,7 @@ def test_default_partition_on_flax_paths():
   for path, x in jax.tree_util.tree_leaves_with_path(_flax_like()):
     names = B.path_names(path)
     view, axes = B.block_view(part(names, x.shape), x.shape)
-    got["/".join(names[1:])] = B._stat_shape(view, axes)
+    got["/".join(names[1:])] = B.block_stat_shape(view, axes)
   assert got == {
       "Embed_0/embedding": (11,),              # per token
       "attn/query/kernel": (2,),               # per head

@@ -17,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import optlab
 from tests import extras, problems
+from tests import recipe_config as cfg
 
 RECIPES = optlab.catalog() + optlab.held_out()
 by_recipe = pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
@@ -60,7 +61,8 @@ _PLAIN: dict = {}
 
 
 def plain(recipe):
-  """The recipe built with its catalog hparams, one per recipe and test process.
+  """The recipe built with its contract hparams (tests/recipe_config.py), one per
+  recipe and test process.
 
   Sharing it shares its compiled step (`compiled_step`) between the tests; the
   conftest sends every test of one recipe to the same xdist worker."""
@@ -69,7 +71,7 @@ def plain(recipe):
     # (and so their executables), so a worker's memory stays bounded.
     _PLAIN.clear()
     _COMPILED.clear()
-    _PLAIN[recipe.name] = recipe.build()
+    _PLAIN[recipe.name] = cfg.build(recipe)
   return _PLAIN[recipe.name]
 
 
@@ -120,7 +122,7 @@ def shapes_of(tree):
 @by_recipe
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 def test_jit_dtype_and_stable_state(recipe, dtype):
-  tx, params = (plain(recipe) if dtype == jnp.float32 else recipe.build()), make_params(dtype)
+  tx, params = (plain(recipe) if dtype == jnp.float32 else cfg.build(recipe)), make_params(dtype)
   state0 = jax.jit(tx.init)(params)
   step = compiled_step(tx, recipe)
   p, states = params, [state0]
@@ -150,16 +152,16 @@ def test_jit_dtype_and_stable_state(recipe, dtype):
 
 # ------------------------------------------------ 3: inject_hyperparams, masked
 def _float_hparams(recipe):
-  return {k: v for k, v in recipe.hparams.items()
+  return {k: v for k, v in cfg.hparams(recipe).items()
           if isinstance(v, float) and not isinstance(v, bool) and k not in recipe.static}
 
 
 @by_recipe
 def test_inject_hyperparams(recipe):
   floats = _float_hparams(recipe)
-  assert "learning_rate" in floats, "catalog hparams must give a float learning_rate"
-  static = tuple({k for k in recipe.hparams if k not in floats} | set(recipe.static))
-  injected = optax.inject_hyperparams(recipe.factory, static_args=static)(**recipe.hparams)
+  assert "learning_rate" in floats, "recipe_config hparams must give a float learning_rate"
+  static = tuple({k for k in cfg.hparams(recipe) if k not in floats} | set(recipe.static))
+  injected = optax.inject_hyperparams(recipe.factory, static_args=static)(**cfg.hparams(recipe))
   params = make_params()
   want, _, _ = run(plain(recipe), recipe, params, 4)
   got, state, _ = run(injected, recipe, params, 4)
@@ -188,10 +190,10 @@ def test_masked_and_partition(recipe, wrapper):
   params = make_params()
   inside = ("w1", "w2", "scale")
   if wrapper == "masked":
-    tx = optax.masked(recipe.build(), {k: k in inside for k in params})
+    tx = optax.masked(cfg.build(recipe), {k: k in inside for k in params})
   else:
     labels = {k: "opt" if k in inside else "sgd" for k in params}
-    tx = optax.partition({"opt": recipe.build(), "sgd": optax.sgd(0.1)}, labels)
+    tx = optax.partition({"opt": cfg.build(recipe), "sgd": optax.sgd(0.1)}, labels)
 
   sub_tx = plain(recipe)
   update = jitted_update(tx, recipe)
@@ -221,7 +223,7 @@ def test_masked_and_partition(recipe, wrapper):
 def test_multisteps(recipe):
   params = make_params()
   tx = plain(recipe)
-  ms = optax.MultiSteps(recipe.build(), every_k_schedule=2)
+  ms = optax.MultiSteps(cfg.build(recipe), every_k_schedule=2)
   ms_update, update = jitted_update(ms, recipe), jitted_update(tx, recipe)
   p_ms, s_ms = params, ms.init(params)
   p, s = params, tx.init(params)
@@ -322,7 +324,7 @@ def test_pmap_and_sharding_match_single_device(recipe):
   # pmap over 8 devices: each replica averages the (identical) per-device gradients.
   # A recipe that communicates itself (axis_name=) is given the pmap axis.
   takes_axis = "axis_name" in inspect.signature(recipe.factory).parameters
-  tx = recipe.build(axis_name="batch") if takes_axis else recipe.build()
+  tx = cfg.build(recipe, axis_name="batch") if takes_axis else cfg.build(recipe)
   devices = jax.devices()[:8]
   rep = lambda tree: jax.tree.map(lambda x: jnp.stack([x] * 8), tree)
 
@@ -388,7 +390,7 @@ def test_save_restore_mid_run(recipe):
 def test_rejects_integer_params(recipe):
   params = {**make_params(), "b1": jnp.zeros(6, jnp.int32)}
   with pytest.raises(TypeError, match=r"\['b1'\]"):
-    recipe.build().init(params)
+    cfg.build(recipe).init(params)
 
 
 @by_recipe
@@ -423,7 +425,7 @@ def test_rejects_out_of_range_hyperparameters(recipe):
   assert "learning_rate" in checked
   for name in checked:
     with pytest.raises(ValueError, match=name):
-      recipe.build(**{name: BAD_VALUES[name]})
+      cfg.build(recipe, **{name: BAD_VALUES[name]})
 
 
 @by_recipe
@@ -444,7 +446,7 @@ def test_missing_extra_args_are_named(recipe):
 
 @by_recipe
 def test_skip_non_finite_keeps_state(recipe):
-  tx, params = optlab.skip_non_finite(recipe.build()), make_params()
+  tx, params = optlab.skip_non_finite(cfg.build(recipe)), make_params()
   p1, s1, _ = run(tx, recipe, params, 2)
   bad = grads_at(p1, 2)
   bad = {**bad, "w2": bad["w2"].at[1, 2].set(jnp.nan)}

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from jax.tree_util import Partial
 
 from tests.test_contract import (
@@ -144,6 +145,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp
 from tests.test_contract import RECIPES, extra_for, grads_at, make_params
+from tests import recipe_config as cfg
 
 def wide(tree, what):
   return [f"{what}{jax.tree_util.keystr(k)}" for k, v in jax.tree_util.tree_leaves_with_path(tree)
@@ -152,7 +154,7 @@ def wide(tree, what):
 report = {}
 for recipe in RECIPES:
   try:
-    tx, params = recipe.build(), make_params(jnp.bfloat16)
+    tx, params = cfg.build(recipe), make_params(jnp.bfloat16)
     state = tx.init(params)
     updates, new_state = jax.eval_shape(
         lambda: tx.update(grads_at(params, 0), state, params, **extra_for(recipe, params)))
@@ -167,6 +169,7 @@ print("X64_REPORT " + json.dumps(report))
 """
 
 
+@pytest.mark.slow  # one subprocess that traces every recipe under x64 (~13 s)
 def test_x64_states_follow_param_dtypes():
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from tests.test_contract import RECIPES, extra_for, grads_at, loss_fn, make_params, plain
+from tests import recipe_config as cfg
 
 # Refuses a state initialised for w1.T (its packed row/column lengths follow the
 # last two dims: 12 and 16 instead of 14 and 14) with a ValueError naming the
@@ -84,8 +85,8 @@ def test_mismatched_shapes_are_named(recipe, case):
 
 
 # ---------------------------------------------------------- hyperparameters
-# Arguments that default to None, take a number when given, and that no catalogue
-# entry sets (the others are found from the values in hparams and cases).
+# Arguments that default to None, take a number when given, and that no entry of
+# tests/recipe_config.py sets (the others are found from its hparams and cases).
 OPTIONAL_NUMBERS = {"base_lr": float, "weight_decay": float, "num_heads": int, "vocab_axis": int}
 # Arguments that default to None and take no number (trees, functions, dtypes, names).
 NOT_NUMBERS = {"axis_name", "base", "blocks", "clip_value_fn", "mask", "matrices", "mu_dtype",
@@ -102,7 +103,8 @@ def _numeric_args(recipe):
   for name, p in inspect.signature(recipe.factory).parameters.items():
     if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
       continue
-    values = [recipe.hparams.get(name, p.default)] + [c[name] for c in recipe.cases if name in c]
+    values = ([cfg.hparams(recipe).get(name, p.default)]
+              + [c[name] for c in cfg.cases(recipe) if name in c])
     given = [v for v in values if _is_number(v)]
     if given:
       found[name] = int if all(isinstance(v, numbers.Integral) for v in given) else float
@@ -127,7 +129,7 @@ def test_nan_hyperparameters_are_rejected(recipe):
   for name, kind in args.items():
     errors = (ValueError,) if kind is float else (ValueError, TypeError)
     with pytest.raises(errors) as err:
-      recipe.build(**{name: math.nan})
+      cfg.build(recipe, **{name: math.nan})
     assert _names(name, str(err.value)), f"{recipe.name}({name}=nan): {err.value}"
 
 
@@ -143,7 +145,7 @@ def test_hyperparameter_errors_name_the_argument(recipe):
   for name, kind in _numeric_args(recipe).items():
     for value in INT_PROBES if kind is int else FLOAT_PROBES:
       try:
-        recipe.build(**{name: value})
+        cfg.build(recipe, **{name: value})
       except Exception as e:  # noqa: BLE001 -- any error must name the argument
         assert _names(name, str(e)), f"{recipe.name}({name}={value}): {type(e).__name__}: {e}"
 

@@ -158,12 +158,12 @@ def test_onebit_compressed_mean_eight_workers_matches_reference():
 
 
 def test_yogi_rule_by_hand():
-  rule = C.yogi_sq(b2=0.9, initial=0.25)
+  rule = optlab.rules.yogi_sq(b2=0.9, initial=0.25)
   nu = rule.init({"a": jnp.zeros(2)})
-  np.testing.assert_allclose(np.asarray(nu["a"]), [0.25, 0.25])
+  np.testing.assert_allclose(np.asarray(nu.nu["a"]), [0.25, 0.25])
   nu, scale = rule.update(nu, {"a": jnp.array([1.0, 0.1])}, 1)
   # v - 0.1 g^2 sign(v - g^2): [0.25 + 0.1, 0.25 - 0.001]
-  np.testing.assert_allclose(np.asarray(nu["a"]), [0.35, 0.249], rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(nu.nu["a"]), [0.35, 0.249], rtol=1e-6)
   np.testing.assert_allclose(np.asarray(scale["a"]), np.sqrt([0.35, 0.249]), rtol=1e-6)
 
 

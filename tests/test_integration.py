@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import optlab
+from tests import recipe_config as cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.xdist_group("integration")
@@ -34,7 +35,7 @@ def test_flax_nnx_missing_extra_arg_is_named():
     pytest.skip("no recipe needing obj_fn in this catalogue")
   module = _example("flax_nnx")
   model = module["MLP"](nnx.Rngs(0), hidden=4)
-  optimizer = nnx.Optimizer(model, needs[0].build(), wrt=nnx.Param)
+  optimizer = nnx.Optimizer(model, cfg.build(needs[0]), wrt=nnx.Param)
   grads = nnx.grad(lambda m: module["cross_entropy"](m, jax.numpy.ones((2, 64)),
                                                      jax.numpy.zeros(2, "int32")))(model)
   with pytest.raises(TypeError, match="obj_fn"):
@@ -52,7 +53,7 @@ def test_orbax_restore_continues_bit_identically(tmp_path):
   names = {r.name for r in optlab.catalog()}
   for name in ("sophia_h", "soap", "adafactor"):  # keys, bases, empty leaves
     if name in names:
-      recipes.append(optlab.get_recipe(name).build())
+      recipes.append(cfg.build(name))
   for i, tx in enumerate(recipes):
     p_a, p_b = module["run"](tx, steps_before=3, steps_after=3, directory=str(tmp_path / str(i)))
     for a, b in zip(jax.tree.leaves(p_a), jax.tree.leaves(p_b)):

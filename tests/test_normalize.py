@@ -15,6 +15,7 @@ import optlab
 from optlab.primitives import normalize
 from tests import harness, problems
 from tests.reference import layerwise as ref
+from tests import recipe_config as cfg
 
 F32_MAX = float(np.finfo(np.float32).max)
 
@@ -355,10 +356,10 @@ def test_injected_zero_weight_decay_keeps_the_state_shape(name):
   # inject_hyperparams hands weight_decay=0.0 over as a concrete array at init and as
   # a tracer inside jit: the recipe must build the same chain both times.
   recipe = optlab.get_recipe(name)
-  tx = optax.inject_hyperparams(recipe.factory)(**recipe.hparams, weight_decay=0.0)
+  tx = optax.inject_hyperparams(recipe.factory)(**cfg.hparams(recipe), weight_decay=0.0)
   params = {"w": jnp.ones((3, 2)), "s": jnp.asarray(0.5)}
   state = tx.init(params)
   u, state = jax.jit(tx.update)(jax.tree.map(lambda p: 0.1 * p, params), state, params)
-  want, _ = _step(recipe.build(), jax.tree.map(lambda p: 0.1 * p, params), params)
+  want, _ = _step(cfg.build(recipe), jax.tree.map(lambda p: 0.1 * p, params), params)
   for k in params:
     np.testing.assert_allclose(u[k], want[k], rtol=1e-5, atol=1e-7)

@@ -18,6 +18,7 @@ import pytest
 import optlab
 from optlab.primitives import parameter_free as PF
 from tests import harness, problems
+from tests import recipe_config as cfg
 
 
 def _run(tx, grads, params, **extra):
@@ -34,7 +35,7 @@ def _run(tx, grads, params, **extra):
 def _check_reference(name, steps=25, **kwargs):
   """The recipe `name` with `kwargs` against its NumPy reference (float64)."""
   recipe = optlab.get_recipe(name)
-  kwargs = {**recipe.hparams, **kwargs}
+  kwargs = {**cfg.hparams(recipe), **kwargs}
   params, grad_fn, loss_fn = problems.reference_problem()
   want = harness.reference_fn(recipe)(params, grad_fn, steps, **kwargs)
   with jax.enable_x64(True):
@@ -50,7 +51,7 @@ def _finite(tree):
 # ------------------------------------------------------------------------ DoG
 def test_dog_first_steps_by_hand():
   params = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.0])}
-  tx = PF.scale_by_distance_over_gradients(("heuristic", 0.1), eps=0.0)
+  tx = PF.scale_by_dog(("heuristic", 0.1), eps=0.0)
   g1 = {"a": jnp.array([1.0, 0.0]), "b": jnp.array([2.0])}
   (u1,), state, p1 = _run(tx, [g1], params)
   # r_eps = 0.1 * (1 + ||x0||) = 0.6; sum = ||g1||^2 = 5
@@ -69,7 +70,7 @@ def test_dog_first_steps_by_hand():
 
 def test_ldog_has_one_step_size_per_tensor():
   params = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.0])}
-  tx = PF.scale_by_distance_over_gradients(("heuristic", 0.1), eps=0.0, layerwise=True)
+  tx = PF.scale_by_dog(("heuristic", 0.1), eps=0.0, layerwise=True)
   g = {"a": jnp.array([1.0, 0.0]), "b": jnp.array([2.0])}
   (u,), state, _ = _run(tx, [g], params)
   np.testing.assert_allclose(u["a"], [0.1 * 6 / 1.0, 0.0], rtol=1e-6)
@@ -78,7 +79,7 @@ def test_ldog_has_one_step_size_per_tensor():
 
 
 def test_dog_takes_x0_from_the_first_update():
-  tx = PF.scale_by_distance_over_gradients(("distance", 1.0), eps=0.0)
+  tx = PF.scale_by_dog(("distance", 1.0), eps=0.0)
   state = tx.init({"a": jnp.zeros(2)})  # init sees other params than the first step
   p = {"a": jnp.array([5.0, 5.0])}
   _, state = tx.update({"a": jnp.array([1.0, 0.0])}, state, p)
@@ -88,12 +89,12 @@ def test_dog_takes_x0_from_the_first_update():
 
 def test_dog_learning_rate_init_step_and_zero_gradients():
   params = {"a": jnp.array([1.0, 2.0])}
-  tx = PF.scale_by_distance_over_gradients(("learning_rate", 0.25), eps=0.0)
+  tx = PF.scale_by_dog(("learning_rate", 0.25), eps=0.0)
   (u1, u2), _, _ = _run(tx, [{"a": jnp.array([2.0, 0.0])}, {"a": jnp.zeros(2)}], params)
   np.testing.assert_allclose(u1["a"], [0.5, 0.0])
   np.testing.assert_array_equal(u2["a"], [0.0, 0.0])
   # All-zero gradients with eps = 0: a zero step, not 0/0.
-  tx = PF.scale_by_distance_over_gradients(eps=0.0, layerwise=True)
+  tx = PF.scale_by_dog(eps=0.0, layerwise=True)
   (u,), _, _ = _run(tx, [{"a": jnp.zeros(2)}], params)
   np.testing.assert_array_equal(u["a"], [0.0, 0.0])
 
@@ -102,7 +103,7 @@ def test_dog_learning_rate_init_step_and_zero_gradients():
 def test_dog_huge_gradients_stay_finite(layerwise):
   params = {"a": jnp.array([1.0, -1.0], jnp.float32), "b": jnp.ones((2, 2), jnp.bfloat16)}
   g = {"a": jnp.array([1e30, -1e30], jnp.float32), "b": jnp.full((2, 2), 1e30, jnp.bfloat16)}
-  tx = PF.scale_by_distance_over_gradients(layerwise=layerwise)
+  tx = PF.scale_by_dog(layerwise=layerwise)
   us, state, _ = _run(tx, [g, g], params)
   assert _finite(us) and _finite(state)
   assert us[0]["b"].dtype == jnp.bfloat16

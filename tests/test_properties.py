@@ -32,6 +32,7 @@ from hypothesis.extra import numpy as hnp
 
 import optlab
 from tests import extras
+from tests import recipe_config as cfg
 
 STEPS = 3
 SHAPES = {"w": (4, 3), "b": (5,), "s": ()}  # a matrix, a vector and a scalar leaf
@@ -154,7 +155,7 @@ KNOWN_EXTRA_ARGS = tuple(extras.BUILDERS)
 def _recipe_run(name: str, dtype_name: str) -> Callable:
   del dtype_name  # one cache entry (and compilation) per dtype
   recipe = optlab.get_recipe(name)
-  return _make_run(recipe.build(), tuple(recipe.needs_extra_args))
+  return _make_run(cfg.build(recipe), tuple(recipe.needs_extra_args))
 
 
 def test_every_extra_arg_is_supplied():
@@ -184,18 +185,18 @@ test_recipe_finite_bfloat16 = _finite_test(RECIPE_NAMES, _recipe_run, "bfloat16"
 # ---------------------------------------------------------------- primitives
 def _explicit_primitives() -> dict[str, Callable[[], Any]]:
   """Configurations that the defaults-only discovery below would not reach."""
-  o = optlab
+  o, r = optlab, optlab.rules
   return {
       "scale_by_adam(nesterov)": lambda: o.scale_by_adam(nesterov=True),
       "scale_by_adam(mu_dtype=bf16)": lambda: o.scale_by_adam(mu_dtype=jnp.bfloat16),
       "scale_by_adam(eps_root=1e-16)": lambda: o.scale_by_adam(eps_root=1e-16),
       "moments(ema, ema_sq, laprop)": lambda: o.scale_by_moments(
-          o.ema(0.9), o.ema_sq(0.99), order="laprop"),
-      "moments(None, ema_sq)": lambda: o.scale_by_moments(None, o.ema_sq(0.99)),
+          r.ema(0.9), r.ema_sq(0.99), order="laprop"),
+      "moments(None, ema_sq)": lambda: o.scale_by_moments(None, r.ema_sq(0.99)),
       "moments(ema no debias, ema_sq no debias)": lambda: o.scale_by_moments(
-          o.ema(0.9, debias=False), o.ema_sq(0.99, debias=False)),
-      "moments(heavy_ball nesterov)": lambda: o.scale_by_moments(o.heavy_ball(0.9, True), None),
-      "moments(lion_interp)": lambda: o.scale_by_moments(o.lion_interp(), None),
+          r.ema(0.9, debias=False), r.ema_sq(0.99, debias=False)),
+      "moments(heavy_ball nesterov)": lambda: o.scale_by_moments(r.heavy_ball(0.9, nesterov=True), None),
+      "moments(lion_interp)": lambda: o.scale_by_moments(r.lion_interp(), None),
       "add_decayed_weights(0.1)": lambda: o.add_decayed_weights(0.1),
       "scale_by_learning_rate(schedule)": lambda: o.scale_by_learning_rate(
           optax.cosine_decay_schedule(0.1, 10)),

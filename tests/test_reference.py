@@ -6,6 +6,7 @@ import pytest
 
 import optlab
 from tests import harness, problems
+from tests import recipe_config as cfg
 
 STEPS = 25
 RTOL, ATOL = 1e-5, 1e-9  # atol only guards exact zeros
@@ -15,7 +16,7 @@ HELD_OUT = optlab.held_out()
 
 
 def _cases(recipe):
-  return [(recipe, {**recipe.hparams, **case}) for case in ({},) + tuple(recipe.cases)]
+  return [(recipe, {**cfg.hparams(recipe), **case}) for case in ({},) + tuple(cfg.cases(recipe))]
 
 
 def _ids(cases):
@@ -29,12 +30,12 @@ def _ids(cases):
 
 
 
-REF_CASES = [c for r in RECIPES + HELD_OUT if r.reference for c in _cases(r)]
-OPTAX_CASES = [c for r in RECIPES if r.optax for c in _cases(r)]
+REF_CASES = [c for r in RECIPES + HELD_OUT if cfg.reference(r) for c in _cases(r)]
+OPTAX_CASES = [c for r in RECIPES if cfg.optax_of(r) for c in _cases(r)]
 
 
 def test_every_recipe_has_a_reference():
-  missing = [r.name for r in RECIPES + HELD_OUT if not r.reference]
+  missing = [r.name for r in RECIPES + HELD_OUT if not cfg.reference(r)]
   assert not missing, f"recipes without a NumPy reference: {missing}"
 
 
@@ -55,7 +56,7 @@ def test_matches_numpy_reference(recipe, kwargs):
 def test_matches_optax(recipe, kwargs):
   params, grad_fn, loss_fn = problems.reference_problem()
   with jax.enable_x64(True):
-    want = harness.run_jax(recipe.optax(**kwargs), params, grad_fn, STEPS,
+    want = harness.run_jax(cfg.optax_of(recipe)(**kwargs), params, grad_fn, STEPS,
                            loss_fn=loss_fn, recipe=recipe)
     got = harness.run_jax(recipe.factory(**kwargs), params, grad_fn, STEPS,
                           loss_fn=loss_fn, recipe=recipe)

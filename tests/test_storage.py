@@ -12,6 +12,7 @@ import pytest
 
 import optlab
 from optlab.primitives import storage as S
+from tests import recipe_config as cfg
 
 
 def _params(seed=0):
@@ -72,12 +73,12 @@ def test_blockwise_roundtrip_within_stated_bound(signed):
   x[3] = 0.0
   x = jnp.asarray(x, jnp.float32)
   block = 64
-  codes, scales = S.quantize_blockwise(x, block, signed)
+  codes, scales = S.quantize_blockwise(x, block, signed=signed)
   assert codes.shape == x.shape and codes.dtype == jnp.uint8
   assert scales.shape == (-(-x.size // block),)
-  back = np.asarray(S.dequantize_blockwise(codes, scales, block, signed))
+  back = np.asarray(S.dequantize_blockwise(codes, scales, block, signed=signed))
   err = np.abs(back - np.asarray(x)).reshape(-1)
-  bound = S.quantization_error_bound(signed)
+  bound = S.quantization_error_bound(signed=signed)
   per_entry = np.repeat(np.asarray(scales), block)[:x.size]
   assert np.all(err <= bound * per_entry * (1 + 1e-5) + 1e-30)
   assert bound < 0.0075
@@ -88,8 +89,8 @@ def test_blockwise_roundtrip_within_stated_bound(signed):
 
 def test_blockwise_handles_zeros_and_huge_values():
   x = jnp.asarray([0.0, 0.0, 1e30, -3e38, 1e-30], jnp.float32)
-  codes, scales = S.quantize_blockwise(x, 2, True)
-  back = S.dequantize_blockwise(codes, scales, 2, True)
+  codes, scales = S.quantize_blockwise(x, 2, signed=True)
+  back = S.dequantize_blockwise(codes, scales, 2, signed=True)
   assert np.all(np.isfinite(np.asarray(back)))
   assert np.all(np.asarray(back)[:2] == 0)
   # block [1e30, -3e38]: 1e30 is below the map's resolution of that block (-> 0),
@@ -117,7 +118,7 @@ def test_stochastic_rounding_keeps_specials_finite():
 def _soap():
   if "soap" not in [r.name for r in optlab.catalog()]:
     pytest.skip("soap is not in the catalogue")
-  return optlab.get_recipe("soap").build()
+  return cfg.build("soap")
 
 
 INNERS = {"adamw": lambda: optlab.adamw(0.01, weight_decay=0.01),

@@ -12,6 +12,7 @@ import optlab
 from optlab.primitives import subspace as S
 from tests import harness, problems
 from tests.reference import subspace as ref
+from tests import recipe_config as cfg
 
 SHAPES = {"b": (6,), "v": (6, 8), "w": (8, 6)}
 
@@ -54,15 +55,15 @@ def test_galore_moments_are_low_rank(proj_type, expected):
   assert state.projectors.size == (2 * 6 + 6 * 2 if proj_type == "std" else 8 * 2 + 2 * 8)
 
 
-SUBSPACE_RECIPES = [r for r in optlab.catalog() if r.reference
-                    and r.reference.startswith("subspace:")]
+SUBSPACE_RECIPES = [r for r in optlab.catalog() if cfg.reference(r)
+                    and cfg.reference(r).startswith("subspace:")]
 
 
 @pytest.mark.parametrize("recipe", SUBSPACE_RECIPES, ids=[r.name for r in SUBSPACE_RECIPES])
 def test_no_recipe_keeps_a_full_size_moment(recipe):
   """Every moment of the two (8,6)/(6,8) matrices lives in the subspace: each packed
   moment vector is at most half the matrices' size; the bias alone is full-size."""
-  state = _subspace_state(recipe.build().init(_params()))
+  state = _subspace_state(cfg.build(recipe).init(_params()))
   proj, reg = _packed_sizes(state)
   assert proj and all(0 < n <= (48 + 48) // 2 for n in proj), proj
   assert all(n == 6 for n in reg), reg
@@ -110,12 +111,12 @@ def test_galore_std_side_matches_reference():
 def test_galore_matches_optax_contrib_galore():
   """optax.contrib.galore computes its SVD in float32 even for float64 params, so the
   comparison is at atol 1e-6 (the projector's float32 precision), not rtol 1e-5."""
-  from optlab.recipes.subspace import _optax_galore
+  from tests.recipe_config import optax_galore
   kw = dict(learning_rate=0.02, rank=2, update_proj_gap=30, scale=1.0,
             proj_type="reverse_std", eps=1e-8, weight_decay=0.1)
   params, grad_fn, _ = problems.reference_problem()
   with jax.enable_x64(True):
-    want = harness.run_jax(_optax_galore(**kw), params, grad_fn, 25)
+    want = harness.run_jax(optax_galore(**kw), params, grad_fn, 25)
     got = harness.run_jax(optlab.galore_adamw(**kw), params, grad_fn, 25)
   harness.assert_trajectories_close(got, want, 1e-5, 1e-6, "galore vs optax")
 
@@ -124,7 +125,7 @@ def test_galore_matches_optax_contrib_galore():
 def test_project_on_refresh_maps_momentum_exactly():
   """on_refresh='project': the momentum m (in old coordinates) becomes m P_old P_new^T."""
   b1 = 0.5
-  inner = optlab.scale_by_moments(optlab.ema(b1, debias=False), None)
+  inner = optlab.scale_by_moments(optlab.rules.ema(b1, debias=False), None)
   tx = S.in_subspace(inner, S.svd_projector(), 2, 2, on_refresh="project")
   params = {"w": jnp.zeros((8, 6))}
   rng = np.random.default_rng(3)

@@ -99,13 +99,13 @@ def test_norm_loss_pulls_units_towards_norm_one():
 
 # ------------------------------------------------------------- Coupled Adam
 def test_coupled_second_moment_averages_over_the_vocabulary():
-  rule = optlab.coupled_ema_sq(0.5, {"embed": True, "w": False})
+  rule = optlab.rules.coupled_ema_sq(0.5, {"embed": True, "w": False})
   g = {"embed": jnp.array([[1.0, 2.0], [3.0, 0.0]]), "w": jnp.array([[1.0, 2.0], [3.0, 0.0]])}
   _, scale = rule.update(rule.init(g), g, jnp.asarray(1))
   np.testing.assert_allclose(scale["embed"], np.sqrt([[5.0, 2.0], [5.0, 2.0]]), rtol=1e-6)
   np.testing.assert_allclose(scale["w"], np.abs(np.asarray(g["w"])), rtol=1e-6)
-  paths = optlab.embedding_paths({"Embed_0": {"embedding": jnp.zeros((4, 2))},
-                                  "Dense_0": {"kernel": jnp.zeros((2, 2))}})
+  paths = optlab.rules.embedding_paths({"Embed_0": {"embedding": jnp.zeros((4, 2))},
+                                        "Dense_0": {"kernel": jnp.zeros((2, 2))}})
   assert paths == {"Embed_0": {"embedding": True}, "Dense_0": {"kernel": False}}
 
 

@@ -66,7 +66,7 @@ def _close(a, b, rtol=1e-5, atol=1e-6):
 # ------------------------------------------------------------------ lookahead
 @by_inner_2nd
 def test_lookahead_matches_optax_fast_and_slow_weights(inner):
-  tx = optlab.lookahead(INNERS[inner](), 3, 0.4)
+  tx = optlab.with_lookahead(INNERS[inner](), 3, 0.4)
   ref = optax.lookahead(INNERS[inner](), 3, 0.4)
   ps, _, s = _run(tx, 7)
   lp = optax.LookaheadParams.init_synced(_params())
@@ -80,21 +80,21 @@ def test_lookahead_matches_optax_fast_and_slow_weights(inner):
 
 
 def test_lookahead_syncs_params_to_slow_weights_and_can_reset():
-  tx = optlab.lookahead(optlab.sgd(0.1, momentum=0.9), 2, 0.5, reset_state=True)
+  tx = optlab.with_lookahead(optlab.sgd(0.1, momentum=0.9), 2, 0.5, reset_state=True)
   ps, _, s = _run(tx, 4)
   _close(ps[-1], optlab.lookahead_params(s), rtol=0, atol=0)
-  inner = optlab.find_state(s, optlab.LookaheadState).inner_state
+  inner = optlab.find_state(s, optlab.WithLookaheadState).inner_state
   assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(inner)
              if jnp.ndim(x) > 0), "reset_state left a momentum"
 
 
 def test_lookahead_rejects_bad_hyperparameters():
   with pytest.raises(ValueError, match="sync_period"):
-    optlab.lookahead(optlab.sgd(0.1), 0)
+    optlab.with_lookahead(optlab.sgd(0.1), 0)
   with pytest.raises(ValueError, match="slow_step_size"):
-    optlab.lookahead(optlab.sgd(0.1), 5, 1.5)
+    optlab.with_lookahead(optlab.sgd(0.1), 5, 1.5)
   with pytest.raises(ValueError, match="params"):
-    tx = optlab.lookahead(optlab.sgd(0.1))
+    tx = optlab.with_lookahead(optlab.sgd(0.1))
     tx.update(_params(), tx.init(_params()))
 
 

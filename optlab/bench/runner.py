@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optlab.bench.defaults import default_learning_rate
 from optlab.bench.tasks import Task
 from optlab.catalog import catalog, held_out
 
@@ -33,12 +34,18 @@ class BenchError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
-  """How to build one optimizer at a given learning rate (and seed)."""
+  """How to build one optimizer at a given learning rate (and seed).
+
+  `learning_rate` is the rate the sweep centres on; with `scale_lr` the bench
+  multiplies it by the task's ``lr_scale`` first (catalogue recipes with an
+  Adam-sized step; see `optlab.bench.defaults`), otherwise it is used as given.
+  """
   name: str
   build: Callable[..., optax.GradientTransformation]  # (learning_rate, seed) -> tx
   learning_rate: Optional[float]  # default rate; None = fixed (no sweep)
   extra_args: tuple[str, ...] = ()
   source: str = "catalog"
+  scale_lr: bool = False
 
 
 def _accepts(fn, name: str) -> bool:
@@ -49,17 +56,16 @@ def _accepts(fn, name: str) -> bool:
 
 
 def _from_recipe(recipe) -> OptimizerSpec:
-  lr = recipe.hparams.get("learning_rate")
-  if lr is None:
-    default = inspect.signature(recipe.factory).parameters["learning_rate"].default
-    lr = default if isinstance(default, (int, float)) else 1e-3
+  """A catalogue recipe at its factory's defaults: the bench sets only the learning
+  rate (`optlab.bench.defaults`) and, where the factory takes one, the run's seed."""
+  lr, scale_lr = default_learning_rate(recipe)
   takes_seed = _accepts(recipe.factory, "seed")
 
   def build(learning_rate, seed):
-    extra = {"seed": seed} if takes_seed and "seed" not in recipe.hparams else {}
-    return recipe.build(learning_rate=learning_rate, **extra)
+    return recipe.build(learning_rate=learning_rate, **({"seed": seed} if takes_seed else {}))
 
-  return OptimizerSpec(recipe.name, build, float(lr), tuple(recipe.needs_extra_args))
+  return OptimizerSpec(recipe.name, build, None if lr is None else float(lr),
+                       tuple(recipe.needs_extra_args), scale_lr=scale_lr)
 
 
 def load_spec_file(path: str) -> dict[str, OptimizerSpec]:
@@ -67,7 +73,8 @@ def load_spec_file(path: str) -> dict[str, OptimizerSpec]:
 
   The file defines ``OPTIMIZERS``, a dict from a name to either
   - a callable ``learning_rate -> GradientTransformation`` (swept around
-    ``LEARNING_RATES[name]``, default 1e-3), or
+    ``LEARNING_RATES[name]``, default 1e-3, used as given: the task's
+    ``lr_scale`` does not apply to a spec file's rates), or
   - a ready ``GradientTransformation`` (run as is, never swept),
   and optionally ``EXTRA_ARGS = {name: ("obj_fn", ...)}`` for chains that need
   extra args. See ``examples/bench_spec.py``.
@@ -179,7 +186,7 @@ def train(task: Task, spec: OptimizerSpec, learning_rate, seed: int, steps: int,
           progress: bool = True, desc: str = "") -> dict:
   """One run: returns losses (per step, the loss at the params before the step),
   step times, compile time, state bytes per parameter and held-out metrics."""
-  from tqdm.auto import tqdm
+  from tqdm import tqdm  # not tqdm.auto: in Jupyter without ipywidgets it warns (IProgress)
 
   try:
     tx = spec.build(learning_rate, seed)
@@ -244,7 +251,7 @@ def _summarise(spec: OptimizerSpec, runs: list[dict], sweep: list[dict], window:
   return {
       "name": spec.name, "source": spec.source, "extra_args": list(spec.extra_args),
       "learning_rate": runs[0]["learning_rate"],
-      "default_learning_rate": spec.learning_rate,
+      "default_learning_rate": spec.learning_rate, "lr_scaled": spec.scale_lr,
       "sweep": [{"learning_rate": s["learning_rate"],
                  "final_loss": _final(s["losses"], window)} for s in sweep],
       "final_loss": float(np.mean(finals)), "final_loss_per_seed": finals,
@@ -283,7 +290,12 @@ def run_bench(task: Task, specs: Sequence[OptimizerSpec], steps: int, seeds: int
   results = []
   for spec in specs:
     sweep = []
-    centre = None if spec.learning_rate is None else spec.learning_rate * task.lr_scale
+    scale = task.lr_scale if spec.scale_lr and spec.learning_rate is not None else 1.0
+    centre = None if spec.learning_rate is None else spec.learning_rate * scale
+    if centre is not None:
+      how = (f"{spec.learning_rate:.3g} x task lr_scale {scale:g}" if spec.scale_lr
+             else "as given")
+      log(f"  {spec.name}: learning rate {centre:.3g} ({how})")
     grid = lr_grid(centre, lr_sweep)
     for lr in grid:
       desc = f"{spec.name} lr={lr:.3g}" if lr is not None else spec.name

@@ -29,10 +29,13 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
+from optlab._src.dtypes import accumulation_dtype, tree_accumulation_dtype
+from optlab._src.numerics import clip_finite, safe_div, safe_square, saturate
+from optlab._src.tree import zeros_like
 from optlab.primitives import linalg
-from optlab.primitives.basis import SECOND, declare_basis, rebase_state
-from optlab.primitives.moments import safe_div, safe_square, zeros_like
-from optlab.primitives.normalize import accumulation_dtype, tensor_norm
+from optlab.primitives.basis import (COUNT, NESTED, OPAQUE_STAT, SECOND_MOMENT, declare_state,
+                                     rebase_state)
+from optlab.primitives.normalize import tensor_norm
 
 __all__ = ["EigenbasisState", "in_eigenbasis", "scale_by_newton_schulz", "ShampooState",
            "scale_by_shampoo"]
@@ -54,15 +57,6 @@ def _slots(tree: Any, make_plan) -> tuple[Any, list[_Slot]]:
 
 def _is_array(x: Any) -> bool:
   return isinstance(x, (jax.Array, jnp.ndarray)) or hasattr(x, "shape") and hasattr(x, "dtype")
-
-
-def _stats_dtype(leaves) -> Any:
-  return jnp.result_type(jnp.float32, *[accumulation_dtype(jnp.result_type(x)) for x in leaves])
-
-
-def _saturate(x: jax.Array) -> jax.Array:
-  top = jnp.finfo(x.dtype).max
-  return jnp.clip(x, -top, top)
 
 
 def _flat_factors(layout: linalg.FactorLayout, flat: jax.Array, leaves: list) -> Any:
@@ -94,7 +88,7 @@ def _buffer_dtype(where: str, layout: linalg.FactorLayout, state_buffer: Any,
                      "the state was built for")
   if state_buffer is not None:
     return state_buffer.dtype
-  return _stats_dtype(jax.tree.leaves(updates))
+  return tree_accumulation_dtype(jax.tree.leaves(updates))
 
 
 def _factors_of(layout: linalg.FactorLayout, groups: dict, slot: _Slot) -> list:
@@ -127,10 +121,13 @@ def _update_stats(layout, slots, leaves, stats, beta, dtype):
           outer[(slot.index, d)] = linalg.outer_stats(gb, d)
   old = layout.split(stats)
   new = layout.stack(outer)
-  return {b: _saturate(beta * old[b] + (1 - beta) * new[b]) for b in layout.sizes}
+  return {b: clip_finite(beta * old[b] + (1 - beta) * new[b]) for b in layout.sizes}
 
 
 # ---------------------------------------------------------------- eigenbasis
+# The factors and eigenvectors cannot follow an outer change (OPAQUE: nesting this
+# wrapper in another basis wrapper is refused); the moment walkers enter inner_state.
+@declare_state(count=COUNT, stats=OPAQUE_STAT, basis=OPAQUE_STAT, inner_state=NESTED)
 class EigenbasisState(NamedTuple):
   count: jax.Array  # [], int32: calls so far (the first only builds the basis)
   stats: Optional[jax.Array]  # [S], float32 (float64 for float64 params): every Kronecker
@@ -188,7 +185,7 @@ class _EigenChange:
 
 def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: int = 10,
                   shampoo_beta: Any = 0.95, max_precond_dim: int = 10000,
-                  merge_dims: bool = False, precondition_1d: bool = False
+                  *, merge_dims: bool = False, precondition_1d: bool = False
                   ) -> optax.GradientTransformationExtraArgs:
   """Runs `inner` in the eigenbasis of Shampoo's Kronecker factors (SOAP's basis).
 
@@ -214,9 +211,8 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
   matrix is allocated for a dimension that is not rotated.
 
   Args:
-    inner: any transformation whose param-shaped state fields are declared
-      with `declare_basis` (every moment primitive of optlab, optax's Adam,
-      Lion, trace, ...).
+    inner: any transformation whose state is declared with `declare_state`
+      (every primitive of optlab, optax's Adam, Lion, trace, ...).
     precondition_frequency: refresh the basis every this many inner steps.
     shampoo_beta: decay of the factors' EMA (SOAP uses Adam's b2 by default).
     max_precond_dim: largest dimension that gets a factor.
@@ -235,7 +231,7 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
     _, slots = _slots(params, make_plan)
     layout = linalg.FactorLayout([s.plan for s in slots])
     leaves = jax.tree.leaves(params)
-    dtype = _stats_dtype(leaves)
+    dtype = tree_accumulation_dtype(leaves)
     return EigenbasisState(jnp.zeros([], jnp.int32),
                            _flat_factors(layout, layout.zeros(dtype), leaves),
                            _flat_factors(layout, layout.identity(dtype), leaves),
@@ -320,7 +316,7 @@ def scale_by_newton_schulz(ns_steps: int = 5,
 _GRAFTS = ("sgd", "adagrad", "rmsprop", "rmsprop_normalized")
 
 
-@declare_basis(graft_nu=SECOND)
+@declare_state(count=COUNT, stats=OPAQUE_STAT, roots=OPAQUE_STAT, graft_nu=SECOND_MOMENT)
 class ShampooState(NamedTuple):
   count: jax.Array  # [], int32: steps taken
   stats: Optional[jax.Array]  # [S], float32 (float64 for float64 params): the Kronecker
@@ -382,7 +378,7 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
     _, slots = _slots(params, make_plan)
     layout = linalg.FactorLayout([s.plan for s in slots])
     leaves = jax.tree.leaves(params)
-    dtype = _stats_dtype(leaves)
+    dtype = tree_accumulation_dtype(leaves)
     nu = () if graft_type == "sgd" else jax.tree.map(
         lambda p: zeros_like(p, accumulation_dtype(p.dtype)), params)
     return ShampooState(jnp.zeros([], jnp.int32),
@@ -404,10 +400,10 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
     if graft_type == "rmsprop_normalized":
       g = safe_div(g, tensor_norm(g))
     if graft_type == "adagrad":
-      nu = _saturate(nu + safe_square(g))
+      nu = saturate(nu + safe_square(g))
     else:
       w2 = 1.0 if isinstance(b2, (int, float)) and b2 == 1 else 1 - b2
-      nu = _saturate(b2 * nu + w2 * safe_square(g))
+      nu = saturate(b2 * nu + w2 * safe_square(g))
     return g / (jnp.sqrt(nu) + diagonal_eps), nu
 
   def update(updates, state, params=None, **extra):
@@ -420,7 +416,7 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
     flat_stats = _or_empty(state.stats, dtype)
     stats = _update_stats(layout, slots, jax.tree.leaves(updates), flat_stats, 0.0, dtype)
     old = layout.split(flat_stats)
-    stats = jax.tree.map(lambda o, n: _saturate(w1 * o + w2 * n), old, stats)
+    stats = jax.tree.map(lambda o, n: clip_finite(w1 * o + w2 * n), old, stats)
     due = count % statistics_compute_steps == 0
     stats = {b: jnp.where(due, stats[b], old[b]) for b in layout.sizes}
     roots = layout.split(_or_empty(state.roots, dtype))

@@ -27,8 +27,10 @@ import numpy as np
 import optax
 
 from optlab import _validate as V
+from optlab._src.random import new_key
+from optlab._src.tree import flat_dtype
+from optlab.primitives.basis import COUNT, INVARIANT_STAT, OPAQUE_STAT, declare_state
 from optlab.primitives.blockwise import path_names
-from optlab.primitives.storage import flat_dtype
 
 __all__ = ["BlockCoordinateState", "with_block_coordinate", "block_by_layer"]
 
@@ -40,6 +42,9 @@ def block_by_layer(names: tuple[str, ...], shape: tuple[int, ...]) -> Hashable:
   return names[0] if names else ""
 
 
+# inner_state lives on a flat buffer of the active block, not in the params'
+# coordinates: OPAQUE, so that no walker takes it for a param-shaped moment.
+@declare_state(count=COUNT, key=INVARIANT_STAT, sizes=INVARIANT_STAT, inner_state=OPAQUE_STAT)
 class BlockCoordinateState(NamedTuple):
   count: jax.Array    # [], int32: steps taken
   key: jax.Array      # [2], uint32: raw key of the random block order
@@ -92,7 +97,7 @@ def with_block_coordinate(inner: optax.GradientTransformation, switch_every: int
   def init(params):
     sizes, _, largest = _layout(params, blocks)
     return BlockCoordinateState(jnp.zeros([], jnp.int32),
-                                jnp.asarray(jax.random.PRNGKey(seed), jnp.uint32),
+                                new_key(seed),
                                 jnp.asarray(sizes, jnp.int32).reshape([len(sizes)]),
                                 {"buffer": inner.init(buffer(params, largest))})
 

@@ -26,18 +26,15 @@ import numpy as np
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.basis import LINEAR, declare_basis
+from optlab._src.dtypes import accumulation_dtype
+from optlab._src.numerics import bias_correction, bound_gradient, safe_div, safe_square, saturate
+from optlab._src.tree import flat_dtype, pack_flat, unpack_flat
+from optlab.primitives.basis import COUNT, LINEAR_MOMENT, OPAQUE_STAT, declare_state
 from optlab.primitives.factored import safe_mean
-from optlab.primitives.moments import (_saturate, bias_correction, bound_gradient, ema,
-                                       safe_div, safe_square)
-from optlab.primitives.normalize import accumulation_dtype
-from optlab.primitives.storage import flat_dtype, pack_flat, unpack_flat
+from optlab.rules import MomentumState, ema
 
-__all__ = [
-    "path_names", "block_view", "adam_mini_partition", "BlockMomentsState",
-    "scale_by_adam_mini", "adam_mini_mask", "scale_by_blockwise_adam",
-    "subset_norm_partition", "slim_adam_partition", "slim_adam_mask",
-]
+__all__ = ["adam_mini_partition", "BlockMomentsState", "scale_by_adam_mini", "adam_mini_mask",
+    "scale_by_blockwise_adam", "subset_norm_partition", "slim_adam_partition", "slim_adam_mask"]
 
 
 def path_names(path) -> tuple[str, ...]:
@@ -65,7 +62,8 @@ def block_view(spec: Any, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tupl
   return view, axes
 
 
-def _stat_shape(view, axes):
+def block_stat_shape(view, axes):
+  """The shape of a block statistic: `view` without the averaged `axes`."""
   return tuple(s for i, s in enumerate(view) if i not in axes)
 
 
@@ -126,14 +124,14 @@ def adam_mini_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
-@declare_basis(mu=LINEAR)
+@declare_state(count=COUNT, mu=LINEAR_MOMENT, nu=OPAQUE_STAT)
 class BlockMomentsState(NamedTuple):
   count: jax.Array  # [], int32: steps taken
   mu: Any           # first moment, param-shaped (mu_dtype or the param dtype)
   nu: jax.Array     # [total number of blocks], float32: EMA of each block's mean g^2
 
 
-def _specs(where, partition, tree):
+def block_specs(where, partition, tree):
   """Per leaf (in tree order): (view, axes) from `partition(names, shape)`."""
   out = []
   for path, x in jax.tree_util.tree_leaves_with_path(tree):
@@ -181,33 +179,33 @@ def scale_by_blockwise_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
   first = ema(b1, debias=True, dtype=mu_dtype)
 
   def init(params):
-    specs = _specs(where, partition, params)
-    n = sum(int(np.prod(_stat_shape(v, a), dtype=np.int64)) for v, a in specs)
-    return BlockMomentsState(jnp.zeros([], jnp.int32), first.init(params),
+    specs = block_specs(where, partition, params)
+    n = sum(int(np.prod(block_stat_shape(v, a), dtype=np.int64)) for v, a in specs)
+    return BlockMomentsState(jnp.zeros([], jnp.int32), first.init(params).mu,
                              jnp.zeros([n], flat_dtype(jax.tree.leaves(params))))
 
   def update(updates, state, params=None, **extra):
     del params, extra
     count = optax.safe_increment(state.count)
-    specs = _specs(where, partition, updates)
+    specs = block_specs(where, partition, updates)
     updates = bound_gradient(updates)
-    mu, m_hat = first.update(state.mu, updates, count)
+    s1, m_hat = first.update(MomentumState(state.mu), updates, count)
     leaves, treedef = jax.tree.flatten(updates)
-    nus = unpack_flat(state.nu, [_stat_shape(v, a) for v, a in specs])
+    nus = unpack_flat(state.nu, [block_stat_shape(v, a) for v, a in specs])
     c2 = bias_correction(b2, count)
     new_nu, out = [], []
     for g, m, nu, (view, axes) in zip(leaves, jax.tree.leaves(m_hat), nus, specs):
       g32 = g.astype(accumulation_dtype(g.dtype))
       stat = block_mean_sq(g32, view, axes)
       if reduce == "sum" and axes:
-        stat = _saturate(stat * float(np.prod([view[a] for a in axes])))
-      nu = _saturate(b2 * nu + (1 - b2) * stat).astype(nu.dtype)
+        stat = saturate(stat * float(np.prod([view[a] for a in axes])))
+      nu = saturate(b2 * nu + (1 - b2) * stat).astype(nu.dtype)
       den = (jnp.sqrt(nu) + eps) / jnp.sqrt(c2) if eps_before_debias else jnp.sqrt(nu / c2) + eps
       den = broadcast_blocks(den, view, axes, g.shape)
       out.append(safe_div(m.astype(den.dtype), den).astype(g.dtype))
       new_nu.append(nu)
     return (jax.tree.unflatten(treedef, out),
-            BlockMomentsState(count, mu, pack_flat(new_nu, state.nu.dtype)))
+            BlockMomentsState(count, s1.mu, pack_flat(new_nu, state.nu.dtype)))
 
   return optax.GradientTransformationExtraArgs(init, update)
 

@@ -24,8 +24,10 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.basis import SECOND, basis_declaration, rebase_state
-from optlab.primitives.normalize import accumulation_dtype, tensor_norm
+from optlab._src.dtypes import accumulation_dtype
+from optlab.primitives.basis import (COUNT, INVARIANT_STAT, MOMENT, NESTED, SECOND_MOMENT,
+                                     check_declared, declare_state, iter_fields, map_fields)
+from optlab.primitives.normalize import tensor_norm
 
 __all__ = [
     "clip", "clip_by_global_norm", "clip_by_tensor_norm", "ClipSpikesState",
@@ -38,7 +40,7 @@ __all__ = [
 # ------------------------------------------------------------------ safe norms
 # Whole-tensor norms are normalize.tensor_norm (shared with the trust-ratio
 # methods); what is added here is the norm of a whole tree and norms per row.
-def safe_norm(x: jax.Array, axis: Any = None, keepdims: bool = False) -> jax.Array:
+def safe_norm(x: jax.Array, axis: Any = None, *, keepdims: bool = False) -> jax.Array:
   """The 2-norm of `x` over `axis` (all axes by default) without overflow.
 
   In at least float32. A full reduction is `tensor_norm`; along an axis, the
@@ -133,23 +135,12 @@ def clip_by_tensor_norm(max_norm: Any) -> optax.GradientTransformationExtraArgs:
 
 # ---------------------------------------------------------- spike-aware (SPAM)
 def find_second_moment(state: Any, like: Any) -> Any:
-  """The first field declared SECOND in a (nested) state whose tree matches `like`."""
-  decl = basis_declaration(state)
-  if decl is not None:
-    for name, kind in decl.items():
-      value = getattr(state, name)
-      if kind == SECOND and jax.tree.structure(value) == jax.tree.structure(like):
-        return value
-  if isinstance(state, (tuple, list)):
-    for s in state:
-      found = find_second_moment(s, like)
-      if found is not None:
-        return found
-  if isinstance(state, dict):
-    for s in state.values():
-      found = find_second_moment(s, like)
-      if found is not None:
-        return found
+  """The first field declared (SECOND, MOMENT) in a (nested) state whose tree
+  matches `like`, or None."""
+  for field in iter_fields(state):
+    if ((field.kind, field.role) == SECOND_MOMENT
+        and jax.tree.structure(field.value) == jax.tree.structure(like)):
+      return field.value
   return None
 
 
@@ -167,6 +158,7 @@ def _steps_since_reset(count: jax.Array, period: Any) -> jax.Array:
   return jnp.where(jnp.asarray(period) > 0, count % jnp.maximum(period, 1), count)
 
 
+@declare_state(count=COUNT, inner_state=NESTED)
 class ClipSpikesState(NamedTuple):
   count: jax.Array   # [], int32: steps taken
   inner_state: Any   # the wrapped transformation's state
@@ -179,11 +171,11 @@ def clip_spikes(inner: optax.GradientTransformation, threshold: Any = 5000.0, *,
   Before `inner` sees the gradient, every entry with g^2 > threshold * v is
   replaced by sign(g) * sqrt(threshold * v), where v is `inner`'s running
   second moment as it stands before this step (the first state field declared
-  SECOND with the gradient's tree, e.g. `scale_by_adam`'s nu, not bias
+  (SECOND, MOMENT) with the gradient's tree, e.g. `scale_by_adam`'s nu, not bias
   corrected). Both of `inner`'s moments then see the clipped gradient.
 
   Args:
-    inner: a transformation with a SECOND-declared state field (Adam-like).
+    inner: a transformation with a (SECOND, MOMENT) state field (Adam-like).
     threshold: theta; 0 turns clipping off (as in the official code).
     delay: no clipping during the first `delay` steps after each momentum
       reset, when v starts again from zero (the official ``grad_accu_steps``).
@@ -204,7 +196,7 @@ def clip_spikes(inner: optax.GradientTransformation, threshold: Any = 5000.0, *,
     nu = find_second_moment(state.inner_state, updates)
     if nu is None:
       raise TypeError("optlab.clip_spikes: the inner transformation has no second-moment "
-                      "state (a field declared 'second' shaped like the updates); wrap an "
+                      "state (a field declared (SECOND, MOMENT) shaped like the updates); wrap an "
                       "Adam-like transform such as optlab.scale_by_adam")
     phase = _steps_since_reset(count, period)
     active = (phase >= delay) & (jnp.asarray(threshold) > 0)
@@ -223,21 +215,23 @@ def clip_spikes(inner: optax.GradientTransformation, threshold: Any = 5000.0, *,
   return optax.GradientTransformationExtraArgs(init, update)
 
 
+@declare_state(count=COUNT, inner_state=NESTED)
 class MomentumResetState(NamedTuple):
   count: jax.Array   # [], int32: steps taken
   inner_state: Any   # the wrapped transformation's state
 
 
-class _ZeroIf:
-  """A BasisChange that zeroes linear and second-moment fields when `flag` is set."""
+def _zero_moments(state: Any, flag: jax.Array, where: str) -> Any:
+  """`state` with every field of role MOMENT set to zero where `flag` is set
+  (anchors, statistics and counters are kept)."""
+  check_declared("with_momentum_reset", state, where)
 
-  def __init__(self, flag):
-    self.flag = flag
+  def zero(field):
+    if field.role != MOMENT:
+      return field.value
+    return jax.tree.map(lambda x: jnp.where(flag, jnp.zeros_like(x), x), field.value)
 
-  def _zero(self, tree):
-    return jax.tree.map(lambda x: jnp.where(self.flag, jnp.zeros_like(x), x), tree)
-
-  linear = second = _zero
+  return map_fields(zero, state, where)
 
 
 def with_momentum_reset(inner: optax.GradientTransformation, interval: int = 500,
@@ -245,9 +239,9 @@ def with_momentum_reset(inner: optax.GradientTransformation, interval: int = 500
   """SPAM's momentum reset with cosine warm-up (arXiv:2501.06842, official code).
 
   At every step t (1-based) with ``t % interval == 0`` the moment fields of
-  `inner` (every state field declared linear or second through
-  `declare_basis`) are set to zero before `inner` runs; step counters are
-  kept, so bias corrections continue from the global step, as in the official
+  `inner` (every state field of role MOMENT, see `declare_state`) are set to
+  zero before `inner` runs; anchors (DoG's x0), other statistics and step
+  counters are kept, so bias corrections continue from the global step, as in the official
   code. After each reset the output of `inner` is multiplied by
   ``1 - 0.99 * (1 + cos(pi * c / (warmup_steps + 1))) / 2`` for the
   ``c = t % interval < warmup_steps`` steps since it (0.01 at the reset step,
@@ -275,7 +269,7 @@ def with_momentum_reset(inner: optax.GradientTransformation, interval: int = 500
       return new, MomentumResetState(count, inner_state)
     period = jnp.maximum(interval, 1)
     reset = (jnp.asarray(interval) > 0) & (count % period == 0)
-    inner_state = rebase_state(inner_state, _ZeroIf(reset), "with_momentum_reset.inner")
+    inner_state = _zero_moments(inner_state, reset, "with_momentum_reset.inner")
     new, inner_state = inner.update(updates, inner_state, params, **extra)
     if not _is_zero(warmup_steps):
       since = (count % period).astype(float)  # the default float dtype
@@ -307,13 +301,15 @@ def limit_norm_growth(x: jax.Array, prev_norm: jax.Array, first: Any, gamma: Any
   return (x.astype(dt) / limiter.astype(dt)).astype(x.dtype), norm / limiter
 
 
+@declare_state(count=COUNT, prev_norm=INVARIANT_STAT)
 class NormGrowthState(NamedTuple):
   count: jax.Array  # [], int32: steps taken
   prev_norm: jax.Array  # [n_leaves], float32: each leaf's norm after the last step
                         # (one vector, declared invariant: see docs/architecture.md)
 
 
-def clip_by_norm_growth(gamma: Any = 1.01, eps: Any = 1e-8) -> optax.GradientTransformationExtraArgs:
+def clip_by_norm_growth(gamma: Any = 1.01, eps: Any = 1e-8
+                        ) -> optax.GradientTransformationExtraArgs:
   """The norm-growth limiter of Fira (arXiv:2410.01623) applied to every leaf.
 
   Each tensor's norm may grow by at most a factor gamma per step:

@@ -11,7 +11,7 @@ side compression error) differs.
     mean_over_workers(axis)                 # plain f32 all-reduce (pmean)
     scale_by_sign_vote(axis)                # Distributed Lion's majority vote
     scale_by_onebit_adam(..., axis)         # 1-bit Adam (error-feedback compression)
-    yogi_sq(b2)                             # Yogi's second moment (FedYogi's server)
+    rules.yogi_sq(b2)                       # Yogi's second moment (FedYogi's server)
     bytes_per_step(scheme, params, n)       # bytes each worker sends per step
 
 Messages are real bits: signs are packed with `jnp.packbits` (8 per byte)
@@ -21,7 +21,6 @@ counts.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, NamedTuple, Optional
 
@@ -31,15 +30,14 @@ import numpy as np
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.basis import LINEAR, SECOND, declare_basis
-from optlab.primitives.moments import (
-    _saturate, safe_div, safe_square, tree_zeros_like, zeros_like)
-from optlab.primitives.normalize import accumulation_dtype, statistics_dtype, tensor_norm
+from optlab._src.dtypes import accumulation_dtype
+from optlab._src.numerics import safe_div, safe_square, saturate
+from optlab._src.tree import statistics_zeros_like
+from optlab.primitives.basis import COUNT, LINEAR_MOMENT, LINEAR_STAT, SECOND_MOMENT, declare_state
+from optlab.primitives.normalize import tensor_norm
 
-__all__ = [
-    "n_workers", "mean_over_workers", "scale_by_sign_vote", "onebit_compressed_mean",
-    "OnebitAdamState", "scale_by_onebit_adam", "yogi_sq", "bytes_per_step",
-]
+__all__ = ["mean_over_workers", "scale_by_sign_vote", "OnebitAdamState", "scale_by_onebit_adam",
+    "bytes_per_step"]
 
 
 # -------------------------------------------------------------------- workers
@@ -170,7 +168,8 @@ def onebit_compressed_mean(x: jax.Array, worker_error: jax.Array, server_error: 
           new_se.reshape(shape).astype(server_error.dtype))
 
 
-@declare_basis(mu=LINEAR, nu=SECOND, worker_error=LINEAR, server_error=LINEAR)
+@declare_state(count=COUNT, mu=LINEAR_MOMENT, nu=SECOND_MOMENT, worker_error=LINEAR_STAT,
+               server_error=LINEAR_STAT)
 class OnebitAdamState(NamedTuple):
   count: jax.Array    # [], int32: steps taken
   mu: Any             # param-shaped, params' dtype (float32 for float16): momentum
@@ -202,7 +201,7 @@ def scale_by_onebit_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
   V.check_range("scale_by_onebit_adam", "warmup_steps", warmup_steps, 0)
 
   def init(params):
-    z = lambda: jax.tree.map(lambda p: zeros_like(p, statistics_dtype(p.dtype)), params)
+    z = lambda: statistics_zeros_like(params)
     return OnebitAdamState(jnp.zeros([], jnp.int32), z(), z(), z(), z())
 
   def update(updates, state, params=None, **extra):
@@ -215,7 +214,7 @@ def scale_by_onebit_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
     def warm(_):
       g = updates if axis_name is None else jax.lax.pmean(updates, axis_name)
       mu = jax.tree.map(ema, state.mu, g)
-      nu = jax.tree.map(lambda v, x: _saturate((b2 * v + (1 - b2) * safe_square(x)).astype(v.dtype)),
+      nu = jax.tree.map(lambda v, x: saturate((b2 * v + (1 - b2) * safe_square(x)).astype(v.dtype)),
                         state.nu, g)
       return mu, nu, state.worker_error, state.server_error
 
@@ -234,36 +233,6 @@ def scale_by_onebit_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
     return out, OnebitAdamState(count, mu, nu, we, se)
 
   return optax.GradientTransformationExtraArgs(init, update)
-
-
-# ------------------------------------------------------------- server rules
-@dataclasses.dataclass(frozen=True)
-class yogi_sq:
-  """Yogi's second moment (Zaheer et al., NeurIPS 2018), a moment rule for
-  `scale_by_moments`: v <- v - (1 - b2) g^2 sign(v - g^2); scale sqrt(v + eps_root).
-
-  Starts at ``initial`` (FedYogi: tau^2). No bias correction.
-  """
-  b2: Any = 0.99
-  initial: Any = 1e-6
-  eps_root: Any = 0.0
-
-  def init(self, params):
-    return jax.tree.map(lambda p: tree_zeros_like(p) + jnp.asarray(self.initial, p.dtype), params)
-
-  def scale(self, nu, count):
-    del count
-    return jax.tree.map(lambda v: jnp.sqrt(v + self.eps_root), nu)
-
-  def update(self, nu, g, count, mu=None):
-    del mu
-
-    def leaf(v, x):
-      x2 = safe_square(x).astype(v.dtype)
-      return _saturate(v - (1 - self.b2) * x2 * jnp.sign(v - x2)).astype(v.dtype)
-
-    nu = jax.tree.map(leaf, nu, g)
-    return nu, self.scale(nu, count)
 
 
 # ------------------------------------------------------------ bytes per step

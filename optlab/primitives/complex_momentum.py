@@ -18,15 +18,14 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.basis import LINEAR, declare_basis
-from optlab.primitives.moments import tree_zeros_like
-from optlab.primitives.normalize import accumulation_dtype
-from optlab.primitives.wrappers import unzip_tree
+from optlab._src.dtypes import accumulation_dtype
+from optlab._src.tree import tree_zeros_like, unzip_tree
+from optlab.primitives.basis import LINEAR_MOMENT, declare_state
 
 __all__ = ["ComplexMomentumState", "scale_by_complex_momentum"]
 
 
-@declare_basis(mu_re=LINEAR, mu_im=LINEAR)
+@declare_state(mu_re=LINEAR_MOMENT, mu_im=LINEAR_MOMENT)
 class ComplexMomentumState(NamedTuple):
   mu_re: Any   # param-shaped, params' dtype: real part of the momentum buffer
   mu_im: Any   # param-shaped, params' dtype: imaginary part of the momentum buffer

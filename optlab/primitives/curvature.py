@@ -31,17 +31,16 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.basis import LINEAR, SECOND, declare_basis
-from optlab.primitives.moments import (
-    _ema_tree, bias_correction, bound_gradient, safe_div, safe_square, tree_zeros_like)
-from optlab.primitives.wrappers import one_minus_power
+from optlab._src.numerics import (bias_correction, bound_gradient, one_minus_power, safe_div,
+                                  safe_square, saturate, tree_ema)
+from optlab._src.random import new_key
+from optlab._src.tree import tree_zeros_like
+from optlab.primitives.basis import (COUNT, INVARIANT_STAT, LINEAR_MOMENT, NESTED, OPAQUE_STAT,
+                                     SECOND_MOMENT, declare_state)
 
-__all__ = [
-    "hvp", "hutchinson_diagonal", "gnb_diagonal", "spatial_average",
-    "hutchinson", "gauss_newton_bartlett", "CurvatureState",
-    "scale_by_sophia", "scale_by_adahessian", "lanczos_top_eigs",
-    "MFACState", "scale_by_mfac", "FosiState", "with_fosi",
-]
+__all__ = ["hvp", "hutchinson_diagonal", "gnb_diagonal", "hutchinson", "gauss_newton_bartlett",
+    "CurvatureState", "scale_by_sophia", "scale_by_adahessian", "lanczos_top_eigs", "MFACState",
+    "scale_by_mfac", "FosiState", "with_fosi"]
 
 
 # ------------------------------------------------------------------ pure helpers
@@ -191,12 +190,8 @@ def _check_estimator(where: str, estimator: Any) -> None:
                     f"optlab.hutchinson() or optlab.gauss_newton_bartlett(), got {estimator!r}")
 
 
-def _seed_key(seed: int) -> jax.Array:
-  return jax.random.PRNGKey(seed)  # raw uint32[2]: flax serialization round-trips it
-
-
 # ------------------------------------------------------------------ transforms
-@declare_basis(mu=LINEAR, nu=SECOND)
+@declare_state(count=COUNT, mu=LINEAR_MOMENT, nu=SECOND_MOMENT, key=INVARIANT_STAT)
 class CurvatureState(NamedTuple):
   count: jax.Array  # [], int32: steps taken
   mu: Any           # EMA of the gradient, param-shaped (mu_dtype or the param dtype)
@@ -212,7 +207,7 @@ def _curvature_init(seed: int, mu_dtype: Any):
   """Sophia's and AdaHessian's init: zero count, m (mu_dtype), h, and the probe key."""
   def init(params):
     return CurvatureState(jnp.zeros([], jnp.int32), tree_zeros_like(params, mu_dtype),
-                          tree_zeros_like(params), _seed_key(seed))
+                          tree_zeros_like(params), new_key(seed))
   return init
 
 
@@ -267,7 +262,7 @@ def scale_by_sophia(estimator: Any = None, b1: Any = 0.965, b2: Any = 0.99,
     new_nu = jax.tree.map(
         lambda h, e: jnp.where(fresh, (b2 * h + (1 - b2) * e).astype(h.dtype), h),
         state.nu, est)
-    mu = _ema_tree(state.mu, updates, b1)
+    mu = tree_ema(state.mu, updates, b1)
     c = bias_correction(b1, count) if debias else 1.0
     nu = new_nu if refresh == "before" else state.nu
 
@@ -323,10 +318,10 @@ def scale_by_adahessian(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-4,
     est, key = _fresh_estimate(where, estimator, fresh, state.key, params, extra, axis_name,
                                state.nu)
     nu = jax.tree.map(
-        lambda v, d: jnp.where(fresh, jnp.minimum(b2 * v + (1 - b2) * safe_square(d),
-                                                  jnp.finfo(v.dtype).max).astype(v.dtype), v),
+        lambda v, d: jnp.where(
+            fresh, saturate((b2 * v + (1 - b2) * safe_square(d)).astype(v.dtype)), v),
         state.nu, est)
-    mu = _ema_tree(state.mu, updates, b1)
+    mu = tree_ema(state.mu, updates, b1)
     refreshes = (count - 1) // update_interval + 1
     # accurate 1 - b^t, the same whether b is a number or injected (see one_minus_power)
     c1, c2 = one_minus_power(b1, count, float), one_minus_power(b2, refreshes, float)
@@ -432,6 +427,7 @@ def _safe_matvec(a: jax.Array, v: jax.Array) -> jax.Array:
   return jax.lax.cond(jnp.all(jnp.isfinite(plain)), lambda: plain, scaled)
 
 
+@declare_state(count=COUNT, grads=OPAQUE_STAT, gram=INVARIANT_STAT)
 class MFACState(NamedTuple):
   count: jax.Array  # [], int32: steps taken (the ring buffer's next row is count % m)
   grads: jax.Array  # [m, d], float32 (float64 for float64 params): the gradient window G,
@@ -489,6 +485,8 @@ def scale_by_mfac(num_grads: int = 1024, damp: Any = 1e-5
 
 
 # ------------------------------------------------------------------------- FOSI
+@declare_state(count=COUNT, base_state=NESTED, velocity=LINEAR_MOMENT, eigvecs=OPAQUE_STAT,
+               inv_eigvals=INVARIANT_STAT, scaling=INVARIANT_STAT)
 class FosiState(NamedTuple):
   count: jax.Array      # [], int32: steps taken
   base_state: Any       # the base optimizer's state (param-shaped where the base's is)
@@ -499,7 +497,6 @@ class FosiState(NamedTuple):
   scaling: jax.Array    # [], same dtype: the base step's factor, clip(lr_1 / lr_k, 1, clip)
 
 
-declare_basis(FosiState, velocity=LINEAR)
 
 
 def with_fosi(base: optax.GradientTransformation, k: int = 5, num_iters: Optional[int] = None,
@@ -561,7 +558,7 @@ def with_fosi(base: optax.GradientTransformation, k: int = 5, num_iters: Optiona
         return _flatten(hv, dt)
 
       d = state.eigvecs.shape[1]
-      evals, evecs = lanczos_top_eigs(matvec, d, _seed_key(seed), iters, k, dt)
+      evals, evecs = lanczos_top_eigs(matvec, d, new_key(seed), iters, k, dt)
       tiny = jnp.finfo(dt).tiny
       inv = jnp.where(jnp.abs(evals) > tiny, 1.0 / jnp.where(jnp.abs(evals) > tiny,
                                                              jnp.abs(evals), 1.0), 0.0)

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.normalize import accumulation_dtype
+from optlab._src.dtypes import accumulation_dtype
+from optlab.primitives.basis import COUNT, declare_state
 
 __all__ = ["add_decayed_weights", "add_cautious_decayed_weights", "DecayAfterStepState",
            "add_decayed_weights_after_step"]
@@ -65,13 +66,15 @@ def add_cautious_decayed_weights(weight_decay: Any = 0.0, mask: MaskOrFn = None
   return optax.masked(tx, mask) if mask is not None else tx
 
 
+@declare_state(count=COUNT)
 class DecayAfterStepState(NamedTuple):
   count: jax.Array  # [], int32: steps taken (the learning-rate schedule's argument); unused
                     # when the learning rate is a number or None
 
 
 def add_decayed_weights_after_step(weight_decay: Any = 0.0, learning_rate: Any = None,
-                                   mask: Optional[Union[Any, Callable[[Any], Any]]] = None
+                                   mask: Optional[Union[Any, Callable[[Any], Any]]] = None,
+                                   *, proximal: bool = False
                                    ) -> optax.GradientTransformationExtraArgs:
   """Weight decay of the weights *after* the step: d <- d - c * (p + d).
 
@@ -84,12 +87,17 @@ def add_decayed_weights_after_step(weight_decay: Any = 0.0, learning_rate: Any =
   AdamW's decay of the weights before the step (`add_decayed_weights`) by
   c * d, a term of order lr^2 * weight_decay.
 
+  With ``proximal`` the new weights are (p + d) / (1 + c) instead, the
+  proximal step of the L2 penalty, d <- (d - c * p) / (1 + c) (Adan's
+  default, arXiv:2208.06677 Algorithm 1 and its official code).
+
   Args:
     weight_decay: the decay rate.
     learning_rate: None, a number or a schedule of the 0-based step (the same
       as given to `scale_by_learning_rate`).
     mask: a tree of bools or a function of params selecting the leaves that
       decay (as optax); all by default.
+    proximal: divide by 1 + c instead of multiplying by 1 - c.
   """
   V.check_nonneg("add_decayed_weights_after_step", "weight_decay", weight_decay)
   if learning_rate is not None:
@@ -108,8 +116,10 @@ def add_decayed_weights_after_step(weight_decay: Any = 0.0, learning_rate: Any =
 
     def leaf(d, p):
       dt = accumulation_dtype(d.dtype)
-      d32 = d.astype(dt)
-      return (d32 - rate * (p.astype(dt) + d32)).astype(d.dtype)
+      d32, p32 = d.astype(dt), p.astype(dt)
+      if proximal:
+        return ((d32 - rate * p32) / (1 + rate)).astype(d.dtype)
+      return (d32 - rate * (p32 + d32)).astype(d.dtype)
 
     new = jax.tree.map(leaf, updates, params)
     return new, DecayAfterStepState(optax.safe_increment(state.count))

@@ -26,20 +26,18 @@ import numpy as np
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.basis import LINEAR, declare_basis
-from optlab.primitives.moments import safe_div, safe_square, zeros_like
-from optlab.primitives.normalize import accumulation_dtype, tensor_rms
-from optlab.primitives.storage import flat_dtype, flat_zeros, repack_flat, unpack_flat
+from optlab._src.dtypes import accumulation_dtype
+from optlab._src.numerics import safe_div, safe_square, saturate
+from optlab._src.tree import flat_dtype, flat_zeros, repack_flat, unpack_flat, zeros_like
+from optlab.primitives.basis import COUNT, LINEAR_MOMENT, OPAQUE_STAT, declare_state
+from optlab.primitives.normalize import tensor_rms
 
-__all__ = [
-    "factored_dims", "FactoredLayout", "safe_mean", "factored_ema", "factored_reconstruct",
-    "FactoredRmsState", "scale_by_factored_rms", "clip_by_block_rms",
-    "scale_by_param_block_rms", "adafactor_decay_rate", "relative_step_size",
-    "last_two_dims", "CameState", "scale_by_came",
-]
+__all__ = ["FactoredRmsState", "scale_by_factored_rms", "clip_by_block_rms",
+    "scale_by_param_block_rms", "adafactor_decay_rate", "relative_step_size", "CameState",
+    "scale_by_came"]
 
 
-def factored_dims(shape: tuple[int, ...], factored: bool = True,
+def factored_dims(shape: tuple[int, ...], *, factored: bool = True,
                   min_dim_size_to_factor: int = 128) -> Optional[tuple[int, int]]:
   """(d_col, d_row): the second-largest and largest dims to factor over, or None.
 
@@ -69,7 +67,7 @@ class FactoredLayout(NamedTuple):
     for x in leaves:
       shape = tuple(jnp.shape(x))
       d = (dims_fn(shape) if dims_fn is not None else
-           factored_dims(shape, factored, min_dim))
+           factored_dims(shape, factored=factored, min_dim_size_to_factor=min_dim))
       dims.append(d)
       if d is None:
         rows.append((0,)), cols.append((0,)), full.append(shape)
@@ -99,22 +97,17 @@ def factored_ema(stat: tuple[jax.Array, jax.Array, jax.Array], x: jax.Array,
   # decay in the statistic's dtype, so that 1 - decay rounds the same whether
   # decay is a Python float or an array injected by optax.inject_hyperparams
   decay = jnp.asarray(decay, x.dtype)
-  ema = lambda s, v: _clamp(decay * s + (1 - decay) * v).astype(s.dtype)
+  ema = lambda s, v: saturate(decay * s + (1 - decay) * v).astype(s.dtype)
   if dims is None:
     return row, col, ema(full, x)
   d_col, d_row = dims
   return ema(row, safe_mean(x, d_row)), ema(col, safe_mean(x, d_col)), full
 
 
-def safe_mean(x: jax.Array, axis: Any = None, keepdims: bool = False) -> jax.Array:
+def safe_mean(x: jax.Array, axis: Any = None, *, keepdims: bool = False) -> jax.Array:
   """mean(x) as a sum of x / n: no overflow for entries near the largest finite value."""
   n = np.prod([x.shape[a] for a in np.atleast_1d(axis)]) if axis is not None else x.size
   return jnp.sum(x * (1.0 / max(int(n), 1)), axis=axis, keepdims=keepdims)
-
-
-def _clamp(x: jax.Array) -> jax.Array:
-  top = jnp.finfo(x.dtype).max
-  return jnp.where(x > top, top, x)
 
 
 def factored_reconstruct(stat: tuple[jax.Array, jax.Array, jax.Array],
@@ -148,6 +141,9 @@ def relative_step_size(step: jax.Array) -> jax.Array:
   return jnp.minimum(1e-2, jax.lax.rsqrt(jnp.asarray(step, jnp.float32) + 1.0))
 
 
+# The factored statistics are packed flat (storage.pack_flat): OPAQUE, and
+# statistics rather than moments, so momentum resets and 8-bit storage keep them.
+@declare_state(count=COUNT, v_row=OPAQUE_STAT, v_col=OPAQUE_STAT, v=OPAQUE_STAT)
 class FactoredRmsState(NamedTuple):
   count: jax.Array  # [], int32: steps taken
   v_row: Optional[jax.Array]  # [sum of row-statistic sizes], float32: EMA of row means of
@@ -158,9 +154,9 @@ class FactoredRmsState(NamedTuple):
                               # of g^2 (None without unfactored leaves)
 
 
-def scale_by_factored_rms(factored: bool = True, decay_rate: Any = 0.8,
+def scale_by_factored_rms(*, factored: bool = True, decay_rate: Any = 0.8,
                           step_offset: Any = 0, min_dim_size_to_factor: int = 128,
-                          epsilon: Any = 1e-30, *, dims_fn: Any = None
+                          epsilon: Any = 1e-30, dims_fn: Any = None
                           ) -> optax.GradientTransformationExtraArgs:
   """Adafactor's scaling, u = g / sqrt(V_hat) (arXiv:1804.04235, Alg. 4-5).
 
@@ -195,8 +191,7 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: Any = 0.8,
     out, new = [], []
     for g, stat, dims in zip(leaves, stats, layout.dims):
       g32 = g.astype(accumulation_dtype(g.dtype))
-      stat = factored_ema(stat, jnp.minimum(safe_square(g32) + epsilon,
-                                            jnp.finfo(g32.dtype).max), dims, decay)
+      stat = factored_ema(stat, saturate(safe_square(g32) + epsilon), dims, decay)
       out.append((g32 * _rsqrt0(factored_reconstruct(stat, dims))).astype(g.dtype))
       new.append(stat)
     flat = [repack_flat([s[i] for s in new], like)
@@ -240,7 +235,8 @@ def scale_by_param_block_rms(min_scale: Any = 1e-3) -> optax.GradientTransformat
 
 
 # ----------------------------------------------------------------------- CAME
-@declare_basis(mu=LINEAR)
+@declare_state(count=COUNT, mu=LINEAR_MOMENT, v_row=OPAQUE_STAT, v_col=OPAQUE_STAT,
+               v=OPAQUE_STAT, r_row=OPAQUE_STAT, r_col=OPAQUE_STAT)
 class CameState(NamedTuple):
   count: jax.Array  # [], int32: steps taken
   mu: Any           # EMA of the clipped Adafactor update, param-shaped
@@ -292,12 +288,12 @@ def scale_by_came(b1: Any = 0.9, b2: Any = 0.999, b3: Any = 0.9999, eps1: Any = 
     for g, m, stat, (rr, rc), dims in zip(leaves, jax.tree.leaves(state.mu), stats, res,
                                           lay.dims):
       g32 = g.astype(accumulation_dtype(g.dtype))
-      stat = factored_ema(stat, _clamp(safe_square(g32) + eps1), dims, b2)
+      stat = factored_ema(stat, saturate(safe_square(g32) + eps1), dims, b2)
       u = g32 * _rsqrt0(factored_reconstruct(stat, dims))
       u = u / jnp.maximum(1.0, tensor_rms(u) / clip_threshold)
       m32 = b1 * m.astype(u.dtype) + (1 - b1) * u
       if dims is not None:
-        rr, rc, _ = factored_ema((rr, rc, None), _clamp(safe_square(u - m32) + eps2), dims, b3)
+        rr, rc, _ = factored_ema((rr, rc, None), saturate(safe_square(u - m32) + eps2), dims, b3)
         o = m32 * _rsqrt0(factored_reconstruct((rr, rc, None), dims))
       else:
         o = m32

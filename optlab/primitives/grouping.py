@@ -17,12 +17,15 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.basis import LINEAR, basis_declaration
-from optlab.primitives.moments import zeros_like
+from optlab._src.tree import zeros_like
+from optlab.primitives.basis import (COUNT, LINEAR_MOMENT, NESTED, OPAQUE_STAT, declare_state,
+                                     iter_fields)
 
-__all__ = ["SGGState", "sgg", "find_first_moment", "kmeans_1d"]
+__all__ = ["SGGState", "sgg"]
 
 
+@declare_state(count=COUNT, labels=OPAQUE_STAT, centers=OPAQUE_STAT, means=OPAQUE_STAT,
+               scales=OPAQUE_STAT, inner_state=NESTED)
 class SGGState(NamedTuple):
   count: jax.Array   # [], int32: steps taken
   labels: Any        # param-shaped, int32: the cluster of every entry
@@ -33,19 +36,12 @@ class SGGState(NamedTuple):
 
 
 def find_first_moment(state: Any, like: Any) -> Any:
-  """The first field declared LINEAR in a (nested) state whose tree matches `like`."""
-  decl = basis_declaration(state)
-  if decl is not None:
-    for name, kind in decl.items():
-      value = getattr(state, name)
-      if kind == LINEAR and jax.tree.structure(value) == jax.tree.structure(like):
-        return value
-  children = (state.values() if isinstance(state, dict) else
-              state if isinstance(state, (tuple, list)) else ())
-  for s in children:
-    found = find_first_moment(s, like)
-    if found is not None:
-      return found
+  """The first field declared (LINEAR, MOMENT) in a (nested) state whose tree
+  matches `like`, or None."""
+  for field in iter_fields(state):
+    if ((field.kind, field.role) == LINEAR_MOMENT
+        and jax.tree.structure(field.value) == jax.tree.structure(like)):
+      return field.value
   return None
 
 

@@ -21,10 +21,12 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.basis import INVARIANT, LINEAR, SECOND, declare_basis
-from optlab.primitives.moments import bound_gradient, safe_square, zeros_like
-from optlab.primitives.normalize import accumulation_dtype, tensor_sq_norm
-from optlab.primitives.wrappers import unzip_tree
+from optlab._src.dtypes import accumulation_dtype
+from optlab._src.numerics import bound_gradient, safe_square, saturate
+from optlab._src.tree import unzip_tree, zeros_like
+from optlab.primitives.basis import (ANCHOR_POINT, COUNT, INVARIANT_STAT, LINEAR_MOMENT,
+                                     SECOND_MOMENT, declare_state)
+from optlab.primitives.normalize import tensor_sq_norm
 
 __all__ = [
     "LayerwiseSecondMomentState", "scale_by_layerwise_second_moment", "ScaleByMadgradState",
@@ -40,7 +42,7 @@ def _is_zero(value: Any) -> bool:
 # --------------------------------------------------------------- NovoGrad
 # A tensor's Frobenius norm is unchanged by the orthogonal rotations of an
 # eigenbasis, so the per-tensor statistics are invariant, not element-wise.
-@declare_basis(nu=INVARIANT)
+@declare_state(nu=INVARIANT_STAT)
 class LayerwiseSecondMomentState(NamedTuple):
   nu: jax.Array  # [number of param leaves], float32 (float64 with float64 params):
   #                EMA of each tensor's ||g||^2, in jax.tree.leaves order; 0 = not yet seen
@@ -88,7 +90,7 @@ def scale_by_layerwise_second_moment(b2: Any = 0.98, eps: Any = 0.0, eps_root: A
     nu = state.nu
     sq = jnp.stack([tensor_sq_norm(g).astype(nu.dtype) for g in leaves])
     nu = jnp.where(nu == 0, sq, b2 * nu + (1 - b2) * sq)
-    nu = jnp.minimum(nu, jnp.finfo(nu.dtype).max).astype(state.nu.dtype)
+    nu = saturate(nu.astype(state.nu.dtype))
     denom = jnp.sqrt(nu + eps_root) + eps
     denom = jnp.where(denom <= 0, jnp.ones_like(denom), denom)  # a NaN stays NaN
     out = [(g / denom[i]).astype(g.dtype) for i, g in enumerate(leaves)]
@@ -98,7 +100,7 @@ def scale_by_layerwise_second_moment(b2: Any = 0.98, eps: Any = 0.0, eps_root: A
 
 
 # ---------------------------------------------------------------- MADGRAD
-@declare_basis(s=LINEAR, nu=SECOND)
+@declare_state(count=COUNT, s=LINEAR_MOMENT, nu=SECOND_MOMENT, x0=ANCHOR_POINT)
 class ScaleByMadgradState(NamedTuple):
   count: jax.Array  # [], int32: steps taken (k of the paper for the next step)
   s: Any            # param-shaped, float32 (or the params' wider dtype): sum of lambda_k g_k

@@ -33,12 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optlab.primitives.normalize import accumulation_dtype, tensor_norm
+from optlab.primitives.normalize import tensor_norm
+from optlab._src.dtypes import accumulation_dtype
 
-__all__ = [
-    "merge_dims", "BlockPlan", "FactorLayout", "outer_stats", "apply_factors", "eigenbasis",
-    "refresh_eigenbasis", "inverse_pth_root", "newton_schulz",
-]
+__all__ = ["inverse_pth_root", "newton_schulz"]
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -183,7 +181,7 @@ def outer_stats(blocks: jax.Array, dim: int) -> jax.Array:
 
 
 def apply_factors(blocks: jax.Array, mats: Sequence[Optional[jax.Array]],
-                  transpose: bool = False) -> jax.Array:
+                  *, transpose: bool = False) -> jax.Array:
   """Multiplies dimension i of every block by mats[i] (K, b_i, b_i), x_i <- sum_a x_a M[a, i].
 
   For a matrix block G and factors (Q_L, Q_R) this is Q_L^T G Q_R, or with

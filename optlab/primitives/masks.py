@@ -24,8 +24,8 @@ import numpy as np
 import optax
 
 from optlab import _validate as V
+from optlab._src.dtypes import accumulation_dtype
 from optlab.primitives.clipping import safe_norm
-from optlab.primitives.normalize import accumulation_dtype
 
 __all__ = ["cautious", "with_grams", "with_radial_projection", "with_leaf_labels"]
 

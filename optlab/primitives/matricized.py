@@ -29,13 +29,13 @@ import numpy as np
 import optax
 
 from optlab import _validate as V
+from optlab._src.dtypes import accumulation_dtype
+from optlab._src.numerics import safe_div, safe_square, saturate
+from optlab._src.tree import flat_dtype, flat_zeros, repack_flat, unpack_flat
+from optlab.primitives.basis import COUNT, OPAQUE_STAT, declare_state
 from optlab.primitives.factored import adafactor_decay_rate
-from optlab.primitives.moments import safe_div, safe_square
-from optlab.primitives.normalize import accumulation_dtype
-from optlab.primitives.storage import flat_dtype, flat_zeros, repack_flat, unpack_flat
 
-__all__ = ["square_shape", "nnmf_rank1", "pack_signs", "unpack_signs", "SmmfState",
-           "scale_by_smmf"]
+__all__ = ["SmmfState", "scale_by_smmf"]
 
 
 def square_shape(n: int) -> tuple[int, int]:
@@ -48,11 +48,6 @@ def square_shape(n: int) -> tuple[int, int]:
   return n, 1
 
 
-def _saturate(x: jax.Array) -> jax.Array:
-  top = jnp.finfo(x.dtype).max
-  return jnp.where(x > top, top, x)
-
-
 def nnmf_rank1(a: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(r, c) with a ~ r c^T for a non-negative matrix `a`.
 
@@ -62,12 +57,12 @@ def nnmf_rank1(a: jax.Array) -> tuple[jax.Array, jax.Array]:
   saturate at the dtype's largest value instead of overflowing.
   """
   rows, cols = a.shape
-  r = _saturate(jnp.sum(a, axis=1))
-  c = _saturate(jnp.sum(a, axis=0))
+  r = saturate(jnp.sum(a, axis=1))
+  c = saturate(jnp.sum(a, axis=0))
   if rows < cols:
-    r = safe_div(r, _saturate(jnp.sum(r)))
+    r = safe_div(r, saturate(jnp.sum(r)))
   else:
-    c = safe_div(c, _saturate(jnp.sum(c)))
+    c = safe_div(c, saturate(jnp.sum(c)))
   return r, c
 
 
@@ -82,6 +77,8 @@ def unpack_signs(bits: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return jnp.unpackbits(bits, count=n).astype(bool).reshape(shape)
 
 
+@declare_state(count=COUNT, m_row=OPAQUE_STAT, m_col=OPAQUE_STAT, sign=OPAQUE_STAT,
+               v_row=OPAQUE_STAT, v_col=OPAQUE_STAT, m=OPAQUE_STAT, v=OPAQUE_STAT)
 class SmmfState(NamedTuple):
   # Every field but count is None when unused: without momentum (b1=None) for the
   # m fields, with vector_reshape for m and v, or when no leaf has that kind.
@@ -124,7 +121,7 @@ def _sizes(shapes) -> int:
 
 
 def scale_by_smmf(b1: Any = 0.9, eps: Any = 1e-8, decay_rate: Any = 0.5,
-                  growth_rate: Any = 0.999, vector_reshape: bool = True
+                  growth_rate: Any = 0.999, *, vector_reshape: bool = True
                   ) -> optax.GradientTransformationExtraArgs:
   """SMMF's direction m / (sqrt(v) + eps) from rank-1 square-matricized moments.
 
@@ -182,14 +179,14 @@ def scale_by_smmf(b1: Any = 0.9, eps: Any = 1e-8, decay_rate: Any = 0.5,
       g32 = g.astype(accumulation_dtype(g.dtype))
       if mat is None:           # element-wise moments (vector_reshape=False)
         gm = jnp.reshape(g32, [-1]).astype(dt)
-        vf = _saturate(b2_t * vf + (1 - b2_t) * safe_square(gm))
+        vf = saturate(b2_t * vf + (1 - b2_t) * safe_square(gm))
         if momentum:
           mf = b1_t * mf + (1 - b1_t) * gm
         num = mf if momentum else gm
         u = num / (jnp.sqrt(vf) + eps)
       else:
         gm = jnp.reshape(g32, mat).astype(dt)
-        v = _saturate(b2_t * jnp.outer(vr, vc) + (1 - b2_t) * safe_square(gm))
+        v = saturate(b2_t * jnp.outer(vr, vc) + (1 - b2_t) * safe_square(gm))
         vr, vc = nnmf_rank1(v)
         if momentum:
           m_abs = jnp.outer(mr, mc)

@@ -16,11 +16,9 @@ import numpy as np
 import optax
 
 from optlab import _validate as V
+from optlab._src.dtypes import accumulation_dtype, statistics_dtype
 
-__all__ = [
-    "scale_by_sign", "scale_by_rms_normalize", "scale_by_trust_ratio", "tensor_norm",
-    "tensor_sq_norm", "tensor_rms", "statistics_dtype",
-]
+__all__ = ["scale_by_sign", "scale_by_rms_normalize", "scale_by_trust_ratio"]
 
 
 def scale_by_sign() -> optax.GradientTransformationExtraArgs:
@@ -34,21 +32,6 @@ def scale_by_sign() -> optax.GradientTransformationExtraArgs:
 
 
 # ------------------------------------------------------------- tensor norms
-def accumulation_dtype(dtype: Any) -> Any:
-  """The dtype norms are computed in: float32, or the input's if wider."""
-  return jnp.promote_types(dtype, jnp.float32)
-
-
-def statistics_dtype(dtype: Any) -> Any:
-  """The dtype a param-shaped statistic is kept in for params of `dtype`: theirs,
-  but float32 for float16. float16's 5-bit exponent squares a gradient entry
-  below 2.4e-4 to 0 and one above 256 to inf, so a second moment stored in it
-  is 0 for small gradients (and m / (sqrt(v) + eps) explodes) or inf for large
-  ones; bfloat16 has float32's exponent range."""
-  dtype = jnp.dtype(dtype)
-  return jnp.dtype(jnp.float32) if dtype == jnp.float16 else dtype
-
-
 def _scales(dtype: Any) -> tuple[float, float, float]:
   """(down, up, tiny) powers of two for the scaled sums of squares.
 

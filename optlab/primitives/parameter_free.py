@@ -2,7 +2,7 @@
 
 Distance-based rules estimate how far the solution is and step accordingly:
 
-* `scale_by_distance_over_gradients` -- DoG and layer-wise LDoG
+* `scale_by_dog` -- DoG and layer-wise LDoG
   (arXiv:2302.12022): eta_t = max_i ||x_i - x_0|| / sqrt(sum_i ||g_i||^2),
   globally or per tensor.
 * `scale_by_dadapt_sgd`, `scale_by_dadapt_adam`, `scale_by_dadapt_lion` --
@@ -38,7 +38,6 @@ per-tensor statistics (LDoG) are one vector with an entry per leaf, in
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, NamedTuple, Optional
 
@@ -47,14 +46,17 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.basis import LINEAR, SECOND, declare_basis
-from optlab.primitives.moments import (
-    _cast_like, _value_at, bound_gradient, safe_div, safe_square, tree_zeros_like)
-from optlab.primitives.normalize import accumulation_dtype, tensor_norm, tensor_sq_norm
-from optlab.primitives.wrappers import one_minus_power
+from optlab._src.dtypes import tree_accumulation_dtype
+from optlab._src.numerics import (bound_gradient, one_minus_power, safe_div, safe_square, saturate,
+                                  value_at)
+from optlab._src.random import new_key
+from optlab._src.tree import cast_like, saturating_vdot, tree_zeros_like
+from optlab.primitives.basis import (ANCHOR_POINT, COUNT, INVARIANT_STAT, LINEAR_MOMENT,
+                                     LINEAR_STAT, SECOND_MOMENT, declare_state)
+from optlab.primitives.normalize import tensor_norm, tensor_sq_norm
 
 __all__ = [
-    "DistanceOverGradientsState", "scale_by_distance_over_gradients",
+    "DistanceOverGradientsState", "scale_by_dog",
     "dadapt_bound", "DAdaptSGDState", "scale_by_dadapt_sgd", "DAdaptAdamState",
     "scale_by_dadapt_adam", "DAdaptLionState", "scale_by_dadapt_lion",
     "adam_diagonal", "adagrad_diagonal", "hutchinson_diagonal_ema",
@@ -63,13 +65,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------ helpers
-def _stat_dtype(tree: Any) -> Any:
-  """float32, or the widest accumulation dtype among the leaves (float64 params)."""
-  return functools.reduce(jnp.promote_types,
-                          [accumulation_dtype(jnp.result_type(x)) for x in jax.tree.leaves(tree)],
-                          jnp.dtype(jnp.float32))
-
-
 def _wide(x: jax.Array, dtype: Any) -> jax.Array:
   return jnp.asarray(x).astype(dtype)
 
@@ -92,32 +87,6 @@ def _global_norm(norms: list[jax.Array], dtype: Any) -> jax.Array:
   return jnp.minimum(safe_m * jnp.sqrt(jnp.sum(jnp.square(n / safe_m))), jnp.finfo(dtype).max)
 
 
-def _tree_vdot(a: Any, b: Any, dtype: Any) -> jax.Array:
-  """sum over leaves of <a, b>, accumulated in `dtype`, clipped to finite values.
-
-  A leaf whose plain sum is not finite (huge products of mixed sign sum to
-  inf - inf = nan) is summed again from products clipped to finite values and
-  divided by the leaf's size, which cannot overflow."""
-  top = jnp.finfo(dtype).max
-
-  def saturated(x, y):
-    n = max(x.size, 1)
-    prod = jnp.clip(x.astype(dtype) * y.astype(dtype), -top, top)
-    return jnp.clip(jnp.sum(prod / n) * n, -top, top)
-
-  def leaf_dot(x, y):
-    plain = jnp.sum(x.astype(dtype) * y.astype(dtype))
-    # lax.cond on the inputs, not where: the plain sum keeps its own reduction,
-    # so pmap / sharded runs keep matching a single device.
-    return jax.lax.cond(jnp.isfinite(plain), lambda x, y: plain, saturated, x, y)
-
-  parts = [leaf_dot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
-  if not parts:
-    return jnp.zeros([], dtype)
-  total = jnp.sum(jnp.clip(jnp.stack(parts), -top, top))
-  return jnp.clip(total, -top, top)
-
-
 def _tree_l1(tree: Any, dtype: Any) -> jax.Array:
   parts = [jnp.minimum(jnp.sum(jnp.abs(x.astype(dtype))), jnp.finfo(dtype).max)
            for x in jax.tree.leaves(tree)]
@@ -132,7 +101,7 @@ def _scale_tree(tree: Any, factor: jax.Array) -> Any:
 # ================================================================ DoG / LDoG
 # x0 is a point in parameter space: a rotation of coordinates maps it linearly
 # (and leaves the distances ||x - x0|| unchanged).
-@declare_basis(x0=LINEAR)
+@declare_state(count=COUNT, x0=ANCHOR_POINT, rbar=INVARIANT_STAT, sum_sq=INVARIANT_STAT)
 class DistanceOverGradientsState(NamedTuple):
   count: jax.Array    # [], int32: steps taken
   x0: Any             # params-shaped, params' dtype: the params seen at the first step
@@ -144,9 +113,8 @@ class DistanceOverGradientsState(NamedTuple):
 _INIT_STEPS = ("heuristic", "distance", "learning_rate")
 
 
-def scale_by_distance_over_gradients(init_step: tuple[str, Any] = ("heuristic", 1e-6),
-                                     eps: Any = 1e-8, *, layerwise: bool = False
-                                     ) -> optax.GradientTransformationExtraArgs:
+def scale_by_dog(init_step: tuple[str, Any] = ("heuristic", 1e-6), eps: Any = 1e-8, *,
+                 layerwise: bool = False) -> optax.GradientTransformationExtraArgs:
   """DoG's step size (arXiv:2302.12022, official formll/dog code): u = eta_t g.
 
   eta_t = rbar_t / sqrt(eps + sum_{i<=t} ||g_i||^2),  rbar_t = max(r_eps,
@@ -167,7 +135,7 @@ def scale_by_distance_over_gradients(init_step: tuple[str, Any] = ("heuristic", 
   squares and the step g consistently (|u| <= rbar_t per entry); as Adagrad's
   sum, that sum never forgets, and later steps stay small: the method's math.
   """
-  where = "scale_by_distance_over_gradients"
+  where = "scale_by_dog"
   if not (isinstance(init_step, (tuple, list)) and len(init_step) == 2):
     raise ValueError(f"optlab.{where}: init_step must be a pair (tag, value), got {init_step!r}")
   tag, init_value = init_step
@@ -178,7 +146,7 @@ def scale_by_distance_over_gradients(init_step: tuple[str, Any] = ("heuristic", 
   def init(params):
     leaves = jax.tree.leaves(params)
     k = len(leaves) if layerwise else 1
-    dtype = _stat_dtype(params)
+    dtype = tree_accumulation_dtype(params)
     return DistanceOverGradientsState(
         count=jnp.zeros([], jnp.int32),
         x0=jax.tree.map(lambda p: jnp.array(p, copy=True), params),
@@ -210,7 +178,7 @@ def scale_by_distance_over_gradients(init_step: tuple[str, Any] = ("heuristic", 
     else:
       r_eps = jnp.zeros_like(dist)
     rbar = jnp.maximum(jnp.where(first, r_eps, state.rbar), dist)
-    sum_sq = jnp.minimum(jnp.where(first, eps, state.sum_sq) + sq, jnp.finfo(dtype).max)
+    sum_sq = saturate(jnp.where(first, eps, state.sum_sq) + sq)
     eta = safe_div(rbar, jnp.sqrt(sum_sq))
     if tag == "learning_rate":
       eta = jnp.where(first, jnp.asarray(init_value, dtype), eta)
@@ -241,7 +209,7 @@ def dadapt_bound(d: jax.Array, numerator: jax.Array, s_norm: jax.Array, *, scale
 
 
 def _dadapt_learning_rate(learning_rate: Any, count: jax.Array, dtype: Any) -> jax.Array:
-  return jnp.asarray(_value_at(learning_rate, count)).astype(dtype)
+  return jnp.asarray(value_at(learning_rate, count)).astype(dtype)
 
 
 def _check_dadapt(where: str, learning_rate: Any, d0: Any, growth_rate: Any,
@@ -252,7 +220,10 @@ def _check_dadapt(where: str, learning_rate: Any, d0: Any, growth_rate: Any,
   V.check_nonneg(where, "weight_decay", weight_decay)
 
 
-@declare_basis(s=LINEAR, x0=LINEAR)
+# s (the weighted sum of steps) and x0 feed the distance estimate d: a statistic
+# and an anchor, which momentum resets and 8-bit storage must keep exact.
+@declare_state(count=COUNT, s=LINEAR_STAT, x0=ANCHOR_POINT, g0_norm=INVARIANT_STAT,
+               d=INVARIANT_STAT, numerator=INVARIANT_STAT)
 class DAdaptSGDState(NamedTuple):
   count: jax.Array      # [], int32: steps taken
   s: Any                # params-shaped, params' dtype: sum of dlr_k g_k
@@ -283,7 +254,7 @@ def scale_by_dadapt_sgd(learning_rate: Any = 1.0, momentum: Any = 0.0, weight_de
   V.check_decay(where, "momentum", momentum)
 
   def init(params):
-    dtype = _stat_dtype(params)
+    dtype = tree_accumulation_dtype(params)
     scalar = lambda v: jnp.asarray(v, dtype)
     return DAdaptSGDState(jnp.zeros([], jnp.int32), tree_zeros_like(params),
                           jax.tree.map(lambda p: jnp.array(p, copy=True), params),
@@ -300,7 +271,7 @@ def scale_by_dadapt_sgd(learning_rate: Any = 1.0, momentum: Any = 0.0, weight_de
     lr = _dadapt_learning_rate(learning_rate, state.count, dtype)
     dlr = safe_div(state.d * lr, g0_norm)
     g = jax.tree.map(lambda u, p: u + weight_decay * p, updates, params)
-    numerator = state.numerator + dlr * _tree_vdot(g, state.s, dtype)
+    numerator = state.numerator + dlr * saturating_vdot(g, state.s, dtype)
     s = jax.tree.map(lambda a, x: (a + dlr * x).astype(a.dtype), state.s, g)
     s_norm = _global_norm([tensor_norm(x) for x in jax.tree.leaves(s)], dtype)
     d = dadapt_bound(state.d, numerator, s_norm, scale=2.0, growth_rate=growth_rate,
@@ -311,7 +282,7 @@ def scale_by_dadapt_sgd(learning_rate: Any = 1.0, momentum: Any = 0.0, weight_de
                                                           - p.astype(dtype)), 0.0),
         params, x0, s)
     numerator = jnp.where(live, numerator, state.numerator).astype(dtype)
-    return _cast_like(out, updates), DAdaptSGDState(
+    return cast_like(out, updates), DAdaptSGDState(
         optax.safe_increment(state.count), s, x0, g0_norm.astype(dtype), d, numerator)
 
   return optax.GradientTransformationExtraArgs(init, update)
@@ -322,7 +293,8 @@ def _ema_accumulate(s: Any, x: Any, dlr: jax.Array, beta: Any) -> Any:
   return jax.tree.map(lambda a, v: (beta * a + (1 - beta) * dlr * v).astype(a.dtype), s, x)
 
 
-@declare_basis(mu=LINEAR, nu=SECOND, s=LINEAR)
+@declare_state(count=COUNT, mu=LINEAR_MOMENT, nu=SECOND_MOMENT, s=LINEAR_STAT,
+               d=INVARIANT_STAT, numerator=INVARIANT_STAT)
 class DAdaptAdamState(NamedTuple):
   count: jax.Array      # [], int32: steps taken
   mu: Any               # params-shaped, params' dtype: EMA of dlr_k g_k
@@ -361,7 +333,7 @@ def scale_by_dadapt_adam(learning_rate: Any = 1.0, b1: Any = 0.9, b2: Any = 0.99
   V.check_nonneg(where, "eps", eps)
 
   def init(params):
-    dtype = _stat_dtype(params)
+    dtype = tree_accumulation_dtype(params)
     return DAdaptAdamState(jnp.zeros([], jnp.int32), tree_zeros_like(params),
                            tree_zeros_like(params), tree_zeros_like(params),
                            jnp.asarray(d0, dtype), jnp.zeros([], dtype))
@@ -380,7 +352,7 @@ def scale_by_dadapt_adam(learning_rate: Any = 1.0, b1: Any = 0.9, b2: Any = 0.99
     g = updates if decouple else jax.tree.map(lambda u, p: u + weight_decay * p, updates, params)
     weighted = jax.tree.map(lambda a, v: safe_div(a, jnp.sqrt(v) + eps), state.s, state.nu)
     top = jnp.finfo(dtype).max
-    acc = jnp.clip(dlr * _tree_vdot(g, weighted, dtype), -top, top)
+    acc = jnp.clip(dlr * saturating_vdot(g, weighted, dtype), -top, top)
     mu = jax.tree.map(lambda m, x: (b1 * m + (1 - b1) * dlr * x).astype(m.dtype), state.mu, g)
     nu = jax.tree.map(lambda v, x: (b2 * v + (1 - b2) * safe_square(x)).astype(v.dtype),
                       state.nu, g)
@@ -399,12 +371,13 @@ def scale_by_dadapt_adam(learning_rate: Any = 1.0, b1: Any = 0.9, b2: Any = 0.99
 
     out = jax.tree.map(step, mu, nu, params)
     numerator = jnp.where(live, numerator, state.numerator).astype(dtype)
-    return _cast_like(out, updates), DAdaptAdamState(count, mu, nu, s, d, numerator)
+    return cast_like(out, updates), DAdaptAdamState(count, mu, nu, s, d, numerator)
 
   return optax.GradientTransformationExtraArgs(init, update)
 
 
-@declare_basis(mu=LINEAR, s=LINEAR)
+@declare_state(count=COUNT, mu=LINEAR_MOMENT, s=LINEAR_STAT, d=INVARIANT_STAT,
+               numerator=INVARIANT_STAT)
 class DAdaptLionState(NamedTuple):
   count: jax.Array      # [], int32: steps taken
   mu: Any               # params-shaped, params' dtype: Lion's momentum of dlr_k g_k
@@ -435,7 +408,7 @@ def scale_by_dadapt_lion(learning_rate: Any = 1.0, b1: Any = 0.9, b2: Any = 0.99
   V.check_decay(where, "b2", b2)
 
   def init(params):
-    dtype = _stat_dtype(params)
+    dtype = tree_accumulation_dtype(params)
     return DAdaptLionState(jnp.zeros([], jnp.int32), tree_zeros_like(params),
                            tree_zeros_like(params), jnp.asarray(d0, dtype), jnp.zeros([], dtype))
 
@@ -451,14 +424,14 @@ def scale_by_dadapt_lion(learning_rate: Any = 1.0, b1: Any = 0.9, b2: Any = 0.99
                        direction, params)
     mu = jax.tree.map(lambda m, g: (b2 * m + (1 - b2) * dlr * g).astype(m.dtype),
                       state.mu, updates)
-    acc = dlr * _tree_vdot(direction, state.s, dtype)
+    acc = dlr * saturating_vdot(direction, state.s, dtype)
     s = _ema_accumulate(state.s, direction, dlr, beta)
     s_l1 = _tree_l1(s, dtype)
     numerator = beta * state.numerator + (1 - beta) * acc
     d = dadapt_bound(state.d, numerator, (1 - beta) * s_l1, live=lr > 0)
     numerator = jnp.where(jnp.logical_not(s_l1 <= 0), numerator, state.numerator).astype(dtype)
-    return _cast_like(out, updates), DAdaptLionState(optax.safe_increment(state.count), mu, s,
-                                                     d, numerator)
+    return cast_like(out, updates), DAdaptLionState(optax.safe_increment(state.count), mu, s,
+                                                    d, numerator)
 
   return optax.GradientTransformationExtraArgs(init, update)
 
@@ -498,6 +471,7 @@ class adam_diagonal:
   eps: Any = 0.0
   floor: Any = 0.0
   power: Any = 0.5
+  _: dataclasses.KW_ONLY
   debias: bool = True
   needs_key = False
   extra_arg = None
@@ -508,8 +482,8 @@ class adam_diagonal:
   def update(self, nu, g, count, **ctx):
     del ctx
     nu = jax.tree.map(
-        lambda v, x: jnp.minimum(self.b2 * v + (1 - self.b2) * safe_square(x),
-                                 jnp.finfo(v.dtype).max).astype(v.dtype), nu, g)
+        lambda v, x: saturate((self.b2 * v + (1 - self.b2) * safe_square(x)).astype(v.dtype)),
+        nu, g)
     c = one_minus_power(self.b2, count) if self.debias else 1.0
     scale = jax.tree.map(
         lambda v: _shape_scale(v / c.astype(v.dtype) if self.debias else v, self.floor,
@@ -531,8 +505,7 @@ class adagrad_diagonal:
 
   def update(self, nu, g, count, **ctx):
     del count, ctx
-    nu = jax.tree.map(lambda v, x: jnp.minimum(v + safe_square(x), jnp.finfo(v.dtype).max
-                                               ).astype(v.dtype), nu, g)
+    nu = jax.tree.map(lambda v, x: saturate((v + safe_square(x)).astype(v.dtype)), nu, g)
     return nu, jax.tree.map(lambda v: _shape_scale(v, self.floor, self.power, self.eps), nu)
 
 
@@ -561,7 +534,7 @@ class hutchinson_diagonal_ema:
     return tree_zeros_like(params)
 
   def update(self, nu, g, count, *, params=None, extra=None, key=None):
-    from optlab.primitives.curvature import hutchinson_diagonal  # pylint: disable=g-import-not-at-top
+    from optlab.primitives.curvature import hutchinson_diagonal  # a cycle at module level
     where = "hutchinson_diagonal_ema"
     obj_fn = V.require_extra_arg(where, extra or {}, "obj_fn",
                                  "params -> loss on the current batch, differentiable twice")
@@ -604,12 +577,9 @@ def _divide(tree: Any, scale: Any, dtype: Any) -> Any:
   return jax.tree.map(lambda x, d: safe_div(x.astype(dtype), d.astype(dtype)), tree, scale)
 
 
-def _seed_key(seed: int) -> jax.Array:
-  return jax.random.PRNGKey(seed)  # raw uint32[2]: flax serialization round-trips it
-
-
 # ==================================================================== MoMo
-@declare_basis(mu=LINEAR, nu=SECOND)
+@declare_state(count=COUNT, mu=LINEAR_MOMENT, nu=SECOND_MOMENT, barf=INVARIANT_STAT,
+               gamma=INVARIANT_STAT, lower_bound=INVARIANT_STAT)
 class MomoState(NamedTuple):
   count: jax.Array     # [], int32: steps taken
   mu: Any              # params-shaped, params' dtype: EMA of the gradient (d_k)
@@ -654,7 +624,7 @@ def scale_by_momo(learning_rate: Any = 1.0, beta: Any = 0.9, lower_bound: Any = 
                      "key-free preconditioners such as adam_diagonal()")
 
   def init(params):
-    dtype = _stat_dtype(params)
+    dtype = tree_accumulation_dtype(params)
     zero = jnp.zeros([], dtype)
     nu = preconditioner.init(params) if preconditioner is not None else ()
     return MomoState(jnp.zeros([], jnp.int32), tree_zeros_like(params), nu, zero, zero,
@@ -672,13 +642,13 @@ def scale_by_momo(learning_rate: Any = 1.0, beta: Any = 0.9, lower_bound: Any = 
     f = jnp.asarray(value).astype(dtype)
     barf = bt * state.barf + (1 - bt) * f
     mu = jax.tree.map(lambda m, g: (bt * m + (1 - bt) * g).astype(m.dtype), state.mu, updates)
-    gamma = bt * state.gamma + (1 - bt) * _tree_vdot(updates, params, dtype)
+    gamma = bt * state.gamma + (1 - bt) * saturating_vdot(updates, params, dtype)
     nu, _, scale = _precondition(where, preconditioner, state.nu, None, updates, count, params,
                                  extra)
     direction = _divide(mu, scale, dtype)
-    norm = _tree_vdot(mu, direction, dtype)
-    dot = _tree_vdot(params, mu, dtype)
-    lr = jnp.asarray(_value_at(learning_rate, state.count)).astype(dtype)
+    norm = saturating_vdot(mu, direction, dtype)
+    dot = saturating_vdot(params, mu, dtype)
+    lr = jnp.asarray(value_at(learning_rate, state.count)).astype(dtype)
     c = 1.0 + lr * weight_decay
     lb = state.lower_bound
     if adapt_lower_bound:
@@ -696,14 +666,14 @@ def scale_by_momo(learning_rate: Any = 1.0, beta: Any = 0.9, lower_bound: Any = 
       return -lr * weight_decay * p - tau * dd
 
     out = jax.tree.map(step, direction, params)
-    return _cast_like(out, updates), MomoState(count, mu, nu, barf.astype(dtype),
-                                               gamma.astype(dtype), lb.astype(dtype))
+    return cast_like(out, updates), MomoState(count, mu, nu, barf.astype(dtype),
+                                              gamma.astype(dtype), lb.astype(dtype))
 
   return optax.GradientTransformationExtraArgs(init, update)
 
 
 # ============================================ preconditioned Polyak steps
-@declare_basis(nu=SECOND)
+@declare_state(count=COUNT, nu=SECOND_MOMENT, slack=INVARIANT_STAT, key=INVARIANT_STAT)
 class PolyakStepState(NamedTuple):
   count: jax.Array   # [], int32: steps taken
   nu: Any            # the preconditioner's params-shaped statistic; () without one
@@ -753,9 +723,9 @@ def scale_by_polyak_step(preconditioner: Any = None, lower_bound: Any = 0.0, *,
   _check_preconditioner(where, preconditioner)
 
   def init(params):
-    dtype = _stat_dtype(params)
+    dtype = tree_accumulation_dtype(params)
     nu = preconditioner.init(params) if preconditioner is not None else ()
-    return PolyakStepState(jnp.zeros([], jnp.int32), nu, jnp.zeros([], dtype), _seed_key(seed))
+    return PolyakStepState(jnp.zeros([], jnp.int32), nu, jnp.zeros([], dtype), new_key(seed))
 
   def update(updates, state, params=None, **extra):
     value = V.require_extra_arg(where, extra, "value", "the loss at the current params")
@@ -764,7 +734,7 @@ def scale_by_polyak_step(preconditioner: Any = None, lower_bound: Any = 0.0, *,
     nu, key, scale = _precondition(where, preconditioner, state.nu, state.key, updates, count,
                                    params, extra)
     direction = _divide(updates, scale, dtype)
-    big_g = _tree_vdot(updates, direction, dtype)
+    big_g = saturating_vdot(updates, direction, dtype)
     f = jnp.asarray(value).astype(dtype) - lower_bound
     s = state.slack
     if rule == "sania":

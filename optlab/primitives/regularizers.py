@@ -20,13 +20,13 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
+from optlab._src.dtypes import accumulation_dtype
+from optlab._src.numerics import one_minus_power, safe_div, tree_ema_sq
+from optlab._src.tree import tree_zeros_like, unzip_tree
+from optlab.primitives.basis import COUNT, LINEAR_MOMENT, NESTED, SECOND_MOMENT, declare_state
 from optlab.primitives.clipping import find_second_moment, unit_norm
-from optlab.primitives.moments import (
-    WideMomentsState, _ema_sq_tree, safe_div, tree_zeros_like)
-from optlab.primitives.normalize import accumulation_dtype
-from optlab.primitives.wrappers import one_minus_power, unzip_tree
 
-__all__ = ["centralize_gradient", "normalize_gradient_std", "scale_by_pnm_adam",
+__all__ = ["centralize_gradient", "normalize_gradient_std", "scale_by_pnm_adam", "PnmAdamState",
            "StableWeightDecayState", "with_stable_weight_decay", "add_norm_loss"]
 
 
@@ -37,7 +37,7 @@ def _stateless(fn):
   return optax.GradientTransformationExtraArgs(lambda _: optax.EmptyState(), update)
 
 
-def centralize_gradient(conv_only: bool = False) -> optax.GradientTransformationExtraArgs:
+def centralize_gradient(*, conv_only: bool = False) -> optax.GradientTransformationExtraArgs:
   """Gradient Centralization: g <- g - mean(g over every axis but the first).
 
   For tensors with more than one axis (more than three with `conv_only`);
@@ -85,6 +85,15 @@ def _softplus(x: jax.Array, beta: Any) -> jax.Array:
   return jnp.where(z > 20, x, jnp.log1p(jnp.exp(jnp.minimum(z, 20))) / beta)
 
 
+@declare_state(count=COUNT, mu=LINEAR_MOMENT, mu_b=LINEAR_MOMENT, nu=SECOND_MOMENT)
+@declare_state(count=COUNT, mu=LINEAR_MOMENT, mu_b=LINEAR_MOMENT, nu=SECOND_MOMENT)
+class PnmAdamState(NamedTuple):
+  count: jax.Array  # [], int32: steps taken
+  mu: Any           # param-shaped: m_a, updated on odd steps
+  mu_b: Any         # param-shaped: m_b, updated on even steps
+  nu: Any           # param-shaped: EMA of g^2
+
+
 def scale_by_pnm_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
                       pnm_momentum: Any = 1.0, softplus_beta: Any = 50.0
                       ) -> optax.GradientTransformationExtraArgs:
@@ -97,8 +106,8 @@ def scale_by_pnm_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
   beta0 is `pnm_momentum`. Follows the official Ranger21 code, which uses b2
   (not beta0, as the PNM paper) in the noise norm and b1 in the bias
   correction although the momenta decay with b1^2; ``softplus_beta=None``
-  turns the softplus off. The state is a `WideMomentsState` (m_a in mu, m_b
-  in mu2, v in nu), so `with_stable_weight_decay` and basis wrappers see it.
+  turns the softplus off. The state, `PnmAdamState`, declares both momenta and
+  v, so `with_stable_weight_decay` and basis wrappers see them.
   """
   where = "scale_by_pnm_adam"
   V.check_decay(where, "b1", b1)
@@ -107,17 +116,17 @@ def scale_by_pnm_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
   V.check_nonneg(where, "pnm_momentum", pnm_momentum)
 
   def init(params):
-    return WideMomentsState(jnp.zeros([], jnp.int32), tree_zeros_like(params),
-                            tree_zeros_like(params), tree_zeros_like(params), ())
+    zeros = lambda: tree_zeros_like(params)
+    return PnmAdamState(jnp.zeros([], jnp.int32), zeros(), zeros(), zeros())
 
   def update(updates, state, params=None, **extra):
     del params, extra
     count = optax.safe_increment(state.count)
     odd = count % 2 == 1
-    nu = _ema_sq_tree(state.nu, updates, b2)
+    nu = tree_ema_sq(state.nu, updates, b2)
     b1sq = b1 * b1
     noise = jnp.sqrt((1 + b2) ** 2 + b2 ** 2)
-    c1 = one_minus_power(b1, count, float)  # accurate 1 - b^t (see wrappers)
+    c1 = one_minus_power(b1, count, float)  # accurate 1 - b^t (see _src.numerics)
     c2 = jnp.sqrt(one_minus_power(b2, count, float))
 
     def leaf(g, ma, mb, v):
@@ -132,13 +141,14 @@ def scale_by_pnm_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
       new_b = jnp.where(odd, mb.astype(dt), pos).astype(mb.dtype)
       return u.astype(g.dtype), new_a, new_b
 
-    triples = jax.tree.map(leaf, updates, state.mu, state.mu2, nu)
-    out, mu, mu2 = unzip_tree(updates, triples, 3)
-    return out, WideMomentsState(count, mu, nu, mu2, ())
+    triples = jax.tree.map(leaf, updates, state.mu, state.mu_b, nu)
+    out, mu, mu_b = unzip_tree(updates, triples, 3)
+    return out, PnmAdamState(count, mu, mu_b, nu)
 
   return optax.GradientTransformationExtraArgs(init, update)
 
 
+@declare_state(count=COUNT, inner_state=NESTED)
 class StableWeightDecayState(NamedTuple):
   count: jax.Array   # [], int32: steps taken
   inner_state: Any   # the wrapped transformation's state

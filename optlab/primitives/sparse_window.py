@@ -30,12 +30,12 @@ import numpy as np
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.moments import safe_div
-from optlab.primitives.normalize import accumulation_dtype
-from optlab.primitives.storage import flat_dtype, pack_flat, unpack_flat
+from optlab._src.dtypes import accumulation_dtype
+from optlab._src.numerics import bias_correction, clip_finite, safe_div
+from optlab._src.tree import flat_dtype, pack_flat, unpack_flat
+from optlab.primitives.basis import COUNT, OPAQUE_STAT, declare_state
 
-__all__ = ["topk_blocks", "quantize_4bit", "dequantize_4bit", "MicroAdamState",
-           "scale_by_microadam"]
+__all__ = ["MicroAdamState", "scale_by_microadam"]
 
 _MAX_TOPK_BLOCK = 2 ** 15  # block-local indices are stored as int16
 
@@ -114,6 +114,8 @@ def dequantize_4bit(packed: jax.Array, lo: jax.Array, hi: jax.Array, block: int,
   return codes.astype(lo.dtype) * u + _per_entry(lo, block, d)
 
 
+@declare_state(count=COUNT, indices=OPAQUE_STAT, values=OPAQUE_STAT, error=OPAQUE_STAT,
+               error_lo=OPAQUE_STAT, error_hi=OPAQUE_STAT)
 class MicroAdamState(NamedTuple):
   count: jax.Array    # [], int32: steps taken (the ring row written next is count % m)
   indices: jax.Array  # [m, sum of k over leaves], int16: block-local top-k indices
@@ -121,11 +123,6 @@ class MicroAdamState(NamedTuple):
   error: jax.Array    # [sum of ceil(d / 2) over leaves], uint8: 4-bit error codes
   error_lo: jax.Array  # [sum of quantisation blocks], float32: each block's minimum
   error_hi: jax.Array  # [sum of quantisation blocks], float32: each block's maximum
-
-
-def _clamp(x: jax.Array) -> jax.Array:
-  top = jnp.finfo(x.dtype).max
-  return jnp.clip(x, -top, top)
 
 
 def scale_by_microadam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, m: int = 10,
@@ -193,8 +190,8 @@ def scale_by_microadam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, m: int =
     ages = jnp.mod(count - jnp.arange(m), m).astype(dt)   # steps since each row was written
     w1, w2 = jnp.asarray(b1, dt) ** ages, jnp.asarray(b2, dt) ** ages
     t = (count + 1).astype(dt)
-    c1 = (1 - jnp.asarray(b1, dt)) / (1 - jnp.asarray(b1, dt) ** t)
-    c2 = (1 - jnp.asarray(b2, dt)) / (1 - jnp.asarray(b2, dt) ** t)
+    c1 = (1 - jnp.asarray(b1, dt)) / bias_correction(jnp.asarray(b1, dt), t)
+    c2 = (1 - jnp.asarray(b2, dt)) / bias_correction(jnp.asarray(b2, dt), t)
     new_idx, new_val, new_codes, new_lo, new_hi = [], [], [], [], []
     for g, p, e, lo, hi in zip(leaves, ps, codes, los, his):
       if p.d == 0:
@@ -202,7 +199,7 @@ def scale_by_microadam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, m: int =
         new_codes.append(e), new_lo.append(lo), new_hi.append(hi)
         continue
       a = g.astype(accumulation_dtype(g.dtype)).astype(dt).reshape(-1)
-      a = _clamp(a + dequantize_4bit(e, lo, hi, qb, p.d))
+      a = clip_finite(a + dequantize_4bit(e, lo, hi, qb, p.d))
       local = topk_blocks(a, p)
       flat = local + jnp.asarray(_offsets(p))
       new_idx.append(local.astype(jnp.int16))
@@ -229,7 +226,7 @@ def scale_by_microadam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, m: int =
       mu = jnp.zeros([p.d], dt).at[flat_idx].add((w1[:, None] * val).reshape(-1))
       nu = jnp.zeros([p.d], dt).at[flat_idx].add((w2[:, None] * val * val).reshape(-1))
       u = safe_div(c1 * mu, jnp.sqrt(c2 * nu) + safe_div(jnp.asarray(eps, dt), top))
-      out.append(_clamp(u).reshape(jnp.shape(g)).astype(g.dtype))
+      out.append(clip_finite(u).reshape(jnp.shape(g)).astype(g.dtype))
     return (jax.tree.unflatten(treedef, out),
             MicroAdamState(optax.safe_increment(count), indices, values,
                            pack_flat(new_codes, jnp.uint8), pack_flat(new_lo, dt),

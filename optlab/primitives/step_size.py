@@ -33,10 +33,12 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.basis import LINEAR, SECOND, declare_basis
-from optlab.primitives.moments import (
-    MomentsState, _cast_like, _value_at, bias_correction, bound_gradient, ema, ema_sq,
-    max_ema_sq, safe_div, tree_zeros_like)
+from optlab._src.numerics import bias_correction, bound_gradient, safe_div, value_at
+from optlab._src.tree import cast_like, tree_zeros_like
+from optlab.primitives.basis import COUNT, LINEAR_MOMENT, SECOND_MOMENT, SECOND_STAT, declare_state
+from optlab.primitives.moments import MomentsState
+from optlab.rules import (MaxSecondMomentState, MomentumState, SecondMomentState, ema,
+                          ema_sq, max_ema_sq)
 
 __all__ = [
     "ScaleByLearningRateState", "scale_by_learning_rate",
@@ -51,6 +53,7 @@ def _positive_or_one(x: Any) -> jax.Array:
 
 
 # ---------------------------------------------------------------- learning rate
+@declare_state(count=COUNT)
 class ScaleByLearningRateState(NamedTuple):
   count: jax.Array  # [], int32: steps taken (the schedule's argument)
 
@@ -111,19 +114,15 @@ def scale_by_rectified_moments(first: Any, second: Any, *, b2: Any = None, eps: 
   select steps where r_t is undefined: they give a zero update here (NaN in
   optax). A zero denominator gives a zero update.
 
-  ``first`` and ``second`` are moment rules from `optlab.primitives.moments`
-  that keep one tree each (e.g. ``ema(b1)``, ``ema_sq(b2)``, or ``belief(b2)``
-  for a rectified AdaBelief); `b2` is the second moment's decay, read from
+  ``first`` and ``second`` are moment rules from `optlab.rules` (e.g.
+  ``ema(b1)``, ``ema_sq(b2)``, or ``belief(b2)`` for a rectified AdaBelief);
+  `b2` is the second moment's decay, read from
   ``second.b2`` when not given. The state is a `MomentsState`, so it runs
   inside basis wrappers unchanged. Both rules see g through `bound_gradient`,
   as in `scale_by_moments`. While rho_t < threshold the step is the momentum
   m_hat itself, linear in g by the method's design: a huge gradient entry in
   those first steps gives a huge step.
   """
-  for rule in (first, second):
-    if len(getattr(rule, "slots", ("one",))) != 1:
-      raise ValueError(f"optlab.scale_by_rectified_moments: {rule!r} keeps several state "
-                       "trees; only single-tree moment rules are supported here")
   if b2 is None:
     b2 = getattr(second, "b2", None)
     if b2 is None:
@@ -134,19 +133,18 @@ def scale_by_rectified_moments(first: Any, second: Any, *, b2: Any = None, eps: 
   V.check_range("scale_by_rectified_moments", "threshold", threshold)
 
   def init(params):
-    return MomentsState(count=jnp.zeros([], jnp.int32), mu=first.init(params),
-                        nu=second.init(params))
+    return MomentsState(jnp.zeros([], jnp.int32), first.init(params), second.init(params))
 
   def update(updates, state, params=None, **extra):
     del params, extra
     count = optax.safe_increment(state.count)
     updates = bound_gradient(updates)
-    mu, m = first.update(state.mu, updates, count)
-    nu, s = second.update(state.nu, updates, count, mu)
+    s1, m = first.update(state.first, updates, count)
+    s2, s = second.update(state.second, updates, count, s1)
     rho, r = radam_rectification(b2, count)
     rectify = rho >= threshold
     out = jax.tree.map(lambda x, y: jnp.where(rectify, safe_div(r * x, y + eps), x), m, s)
-    return _cast_like(out, updates), MomentsState(count, mu, nu)
+    return cast_like(out, updates), MomentsState(count, s1, s2)
 
   return optax.GradientTransformationExtraArgs(init, update)
 
@@ -231,7 +229,8 @@ class momental_bound:
     return s, out
 
 
-@declare_basis(mu=LINEAR, nu=SECOND, nu_max=SECOND, bound=SECOND)
+@declare_state(count=COUNT, mu=LINEAR_MOMENT, nu=SECOND_MOMENT, nu_max=SECOND_MOMENT,
+               bound=SECOND_STAT)
 class ScaleByBoundedStepSizeState(NamedTuple):
   count: jax.Array  # [], int32: steps taken
   mu: Any           # params-shaped, mu_dtype or params' dtype: EMA of g (not debiased)
@@ -292,29 +291,30 @@ def scale_by_bounded_step_size(bound: Optional[Any], b1: Any = 0.9, b2: Any = 0.
   second = max_ema_sq(b2, debias=False) if amsgrad else ema_sq(b2, debias=False)
 
   def init(params):
-    nu, nu_max = second.init(params) if amsgrad else (second.init(params), ())
+    s2 = second.init(params)
     return ScaleByBoundedStepSizeState(
-        count=jnp.zeros([], jnp.int32), mu=first.init(params), nu=nu, nu_max=nu_max,
+        count=jnp.zeros([], jnp.int32), mu=first.init(params).mu, nu=s2.nu,
+        nu_max=s2.nu_max if amsgrad else (),
         bound=bound.init(params) if bound is not None else ())
 
   def update(updates, state, params=None, **extra):
     del params, extra
-    lr = _value_at(learning_rate, state.count)
-    base_lr = _value_at(learning_rate, jnp.zeros([], jnp.int32))
+    lr = value_at(learning_rate, state.count)
+    base_lr = value_at(learning_rate, jnp.zeros([], jnp.int32))
     count = optax.safe_increment(state.count)
     updates = bound_gradient(updates)
-    mu, m = first.update(state.mu, updates, count)
+    s1, m = first.update(MomentumState(state.mu), updates, count)
     if amsgrad:
-      (nu, nu_max), s = second.update((state.nu, state.nu_max), updates, count)
+      s2, s = second.update(MaxSecondMomentState(state.nu, state.nu_max), updates, count)
     else:
-      (nu, s), nu_max = second.update(state.nu, updates, count), ()
+      s2, s = second.update(SecondMomentState(state.nu), updates, count)
     c = jnp.sqrt(bias_correction(b2, count)) / bias_correction(b1, count)
     a = jax.tree.map(lambda y: safe_div(c, y + eps), s)
     bound_state = state.bound
     if bound is not None:
       bound_state, a = bound.update(bound_state, a, count, lr, base_lr)
     out = jax.tree.map(lambda x, y: x * y, a, m)
-    return _cast_like(out, updates), ScaleByBoundedStepSizeState(count, mu, nu, nu_max,
-                                                                 bound_state)
+    return cast_like(out, updates), ScaleByBoundedStepSizeState(
+        count, s1.mu, s2.nu, s2.nu_max if amsgrad else (), bound_state)
 
   return optax.GradientTransformationExtraArgs(init, update)

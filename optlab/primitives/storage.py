@@ -32,7 +32,7 @@ which is replicated.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -40,70 +40,13 @@ import numpy as np
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.basis import INVARIANT, LINEAR, SECOND, basis_declaration
+from optlab._src.random import new_key
+from optlab._src.tree import flat_dtype, flat_zeros, pack_flat, repack_flat, unpack_flat
+from optlab.primitives.basis import (INVARIANT_STAT, MOMENT, NESTED, SECOND, StateField,
+                                     declare_state, map_fields)
 
-__all__ = [
-    "pack_flat", "unpack_flat", "StateBytes", "state_bytes", "WithStateDtypeState",
-    "with_state_dtype", "WithQuantizedState", "with_quantized_state", "dynamic_map",
-    "quantize_blockwise", "dequantize_blockwise", "stochastic_round", "quantization_error_bound",
-    "flat_dtype", "flat_zeros", "repack_flat",
-]
-
-
-# ------------------------------------------------------------ flat statistics
-def pack_flat(arrays: Sequence[jax.Array], dtype: Any) -> jax.Array:
-  """Concatenates `arrays`, flattened and cast to `dtype`, into one vector."""
-  if not arrays:
-    return jnp.zeros([0], dtype)
-  return jnp.concatenate([jnp.reshape(a, [-1]).astype(dtype) for a in arrays])
-
-
-def flat_zeros(n: int, dtype: Any, leaves: Sequence[Any]) -> Optional[jax.Array]:
-  """A flat statistic of `n` zeros for the params `leaves`; None when it has no entries.
-
-  None instead of a zero-size placeholder, which orbax refuses to save. With no
-  params leaves at all (the placeholder tree `optax.tree_map_params` traces
-  `init` with, or an empty tree) the size-0 array stays: the placeholder's state
-  must be a tree prefix of every real one, and only a leaf is a prefix of both
-  an array and None.
-  """
-  if n == 0 and len(leaves):
-    return None
-  return jnp.zeros([n], dtype)
-
-
-def repack_flat(arrays: Sequence[jax.Array], like: Optional[jax.Array]) -> Optional[jax.Array]:
-  """`pack_flat` into the dtype of the state field `like`; None where `like` is None
-  (a statistic without entries, see `flat_zeros`), so the state keeps its tree."""
-  return None if like is None else pack_flat(arrays, like.dtype)
-
-
-def unpack_flat(flat: Optional[jax.Array], shapes: Sequence[tuple[int, ...]], tree: Any = None,
-                where: str = "optlab") -> list[jax.Array]:
-  """Splits a `pack_flat` vector back into arrays of `shapes` (static offsets).
-
-  A size mismatch (updates whose tree differs from the params the state was
-  built for) raises a ValueError listing `tree`'s leaf paths when given. A
-  None `flat` (`flat_zeros`) holds no entries.
-  """
-  if flat is None:
-    flat = jnp.zeros([0], jnp.float32)
-  sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
-  start = sum(sizes)
-  if start != flat.shape[0]:
-    paths = ("" if tree is None else " " + ", ".join(
-        "params" + jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)))
-    raise ValueError(f"{where}: the state holds {flat.shape[0]} statistics but the updates'"
-                     f" leaves{paths} need {start}: the updates' tree does not match the params"
-                     " the state was built for (pass params to update() to name the leaf)")
-  offsets = np.cumsum([0] + sizes)
-  return [jnp.reshape(flat[a:a + n], shape) for a, n, shape in zip(offsets, sizes, shapes)]
-
-
-def flat_dtype(leaves: Sequence[Any]) -> Any:
-  """float32, or float64 when any leaf is float64 (the statistics' dtype)."""
-  dtypes = [jnp.result_type(x) for x in leaves]
-  return jnp.promote_types(jnp.result_type(*dtypes), jnp.float32) if dtypes else jnp.float32
+__all__ = ["StateBytes", "state_bytes", "WithStateDtypeState", "with_state_dtype",
+    "WithQuantizedState", "with_quantized_state", "quantize_blockwise", "dequantize_blockwise"]
 
 
 # ---------------------------------------------------------------- state bytes
@@ -149,31 +92,28 @@ def state_bytes(tx: optax.GradientTransformation, params: Any) -> StateBytes:
 
 
 # ------------------------------------------------------------ selecting leaves
-def _leaf_kinds(state: Any, kind: str = "undeclared") -> Any:
-  """A tree like `state` whose leaves are the basis kind of the field holding them."""
-  decl = basis_declaration(state)
-  if decl is not None:
-    return type(state)(**{f: _leaf_kinds(getattr(state, f), decl.get(f, INVARIANT))
-                          for f in state._fields})
-  if isinstance(state, tuple) and hasattr(state, "_fields"):
-    return type(state)(*(_leaf_kinds(getattr(state, f), kind) for f in state._fields))
-  if isinstance(state, (tuple, list)):
-    return type(state)(_leaf_kinds(s, kind) for s in state)
-  if isinstance(state, dict):
-    return type(state)((k, _leaf_kinds(v, kind)) for k, v in state.items())
-  return jax.tree.map(lambda _: kind, state)
+def _leaf_fields(state: Any) -> list[StateField]:
+  """The field (`basis.StateField`) holding each leaf of `state`, in leaf order;
+  kind, role and owner are None for a leaf outside any declared state."""
+  records = []
+
+  def index(field):
+    records.append(field)
+    return jax.tree.map(lambda _: len(records) - 1, field.value)
+
+  return [records[i] for i in jax.tree.leaves(map_fields(index, state, undeclared=True))]
 
 
 _WHICH = ("moments", "all")
 
 
-def _selector(where: str, which: Any) -> Callable[[str], bool]:
+def _selector(where: str, which: Any) -> Callable[[StateField], bool]:
   if callable(which):
     return which
   V.check_choice(where, "which", which, _WHICH)
   if which == "all":
-    return lambda kind: True
-  return lambda kind: kind in (LINEAR, SECOND)
+    return lambda field: True
+  return lambda field: field.role == MOMENT
 
 
 def _floating_tensor(x: Any) -> bool:
@@ -206,13 +146,14 @@ def stochastic_round(x: jax.Array, key: jax.Array, dtype: Any = jnp.bfloat16) ->
   return y.astype(jnp.bfloat16)
 
 
+@declare_state(inner_state=NESTED, key=INVARIANT_STAT)
 class WithStateDtypeState(NamedTuple):
   inner_state: Any  # inner's state; the selected floating leaves are stored in `dtype`
   key: jax.Array    # [2], uint32: raw key of the stochastic rounding (unused without it)
 
 
 def with_state_dtype(inner: optax.GradientTransformation, dtype: Any = jnp.bfloat16,
-                     stochastic_rounding: bool = True, *, which: Any = "all",
+                     *, stochastic_rounding: bool = True, which: Any = "all",
                      seed: int = 0) -> optax.GradientTransformationExtraArgs:
   """Stores the state of any `inner` transformation in `dtype` (bfloat16).
 
@@ -220,9 +161,9 @@ def with_state_dtype(inner: optax.GradientTransformation, dtype: Any = jnp.bfloa
   runs `inner`, and stores the new state again, rounding stochastically
   (bfloat16 only; unbiased, E[stored] = exact, with error below one bf16 ulp,
   2^-8 relative) or to nearest. ``which="all"`` stores every floating tensor
-  leaf (ndim >= 1; scalars stay), ``"moments"`` only fields declared linear or
-  second-moment in the basis protocol; a callable gets each leaf's basis kind
-  and decides. Leaves already no wider than `dtype` are left alone. The
+  leaf (ndim >= 1; scalars stay), ``"moments"`` only fields of role MOMENT in
+  the state schema (`declare_state`); a callable gets the `StateField` holding
+  each leaf (kind, role, path) and decides. Leaves already no wider than `dtype` are left alone. The
   rounding key lives in the state (seeded by `seed`), so runs are
   reproducible and identical across devices.
   """
@@ -233,11 +174,10 @@ def with_state_dtype(inner: optax.GradientTransformation, dtype: Any = jnp.bfloa
     raise ValueError(f"optlab.with_state_dtype: stochastic_rounding needs bfloat16, got {dtype}")
 
   def chosen(template):
-    kinds = _leaf_kinds(template)
-    return jax.tree.map(
-        lambda x, k: bool(_floating_tensor(x) and select(k)
-                          and jnp.dtype(x.dtype).itemsize > dtype.itemsize),
-        template, kinds)
+    leaves, treedef = jax.tree.flatten(template)
+    return jax.tree.unflatten(treedef, [
+        bool(_floating_tensor(x) and select(f) and jnp.dtype(x.dtype).itemsize > dtype.itemsize)
+        for x, f in zip(leaves, _leaf_fields(template))])
 
   def store(state, template, key):
     flags = chosen(template)
@@ -254,7 +194,7 @@ def with_state_dtype(inner: optax.GradientTransformation, dtype: Any = jnp.bfloa
 
   def init(params):
     state = inner.init(params)
-    key = jnp.asarray(jax.random.PRNGKey(seed), jnp.uint32)
+    key = new_key(seed)
     # nearest rounding at init: the initial state is usually exact (zeros)
     flags = chosen(state)
     state = jax.tree.map(lambda x, f: x.astype(dtype) if f else x, state, flags)
@@ -288,12 +228,12 @@ def _dynamic_map_np(signed: bool) -> np.ndarray:
   return np.sort(np.asarray(data, np.float64))
 
 
-def dynamic_map(signed: bool = True, dtype: Any = jnp.float32) -> jax.Array:
+def dynamic_map(*, signed: bool = True, dtype: Any = jnp.float32) -> jax.Array:
   """The 256 values of the 8-bit dynamic (tree) quantisation map, sorted."""
   return jnp.asarray(_dynamic_map_np(signed), dtype)
 
 
-def quantization_error_bound(signed: bool = True) -> float:
+def quantization_error_bound(*, signed: bool = True) -> float:
   """Largest |x - dequantize(quantize(x))| / absmax(block) for |x| <= absmax:
   half the widest gap of the map (0.0071 signed: the negative side stops at
   -0.993; 0.0035 unsigned)."""
@@ -317,7 +257,7 @@ def _per_entry(scales: jax.Array, block_size: int, shape: tuple[int, ...]) -> ja
   return full.reshape(-1)[:n].reshape(shape)
 
 
-def quantize_blockwise(x: jax.Array, block_size: int, signed: bool = True
+def quantize_blockwise(x: jax.Array, block_size: int, *, signed: bool = True
                        ) -> tuple[jax.Array, jax.Array]:
   """(codes, scales): uint8 codes shaped like `x`, and one absmax per block of
   `block_size` consecutive entries of the flattened `x` (float32, or float64
@@ -330,21 +270,23 @@ def quantize_blockwise(x: jax.Array, block_size: int, signed: bool = True
   x = x.astype(dt)
   absmax = jnp.max(jnp.abs(_blocks(x, block_size)), axis=1)
   scale = _per_entry(jnp.where(absmax > 0, absmax, jnp.ones_like(absmax)), block_size, x.shape)
-  table = dynamic_map(signed, dt)
+  table = dynamic_map(signed=signed, dtype=dt)
   mids = (table[1:] + table[:-1]) / 2
   codes = jnp.searchsorted(mids, x / scale, method="scan_unrolled").astype(jnp.uint8)
   return codes, absmax
 
 
 def dequantize_blockwise(codes: jax.Array, scales: jax.Array, block_size: int,
-                         signed: bool = True, dtype: Any = jnp.float32) -> jax.Array:
+                         *, signed: bool = True, dtype: Any = jnp.float32) -> jax.Array:
   """The inverse of `quantize_blockwise`: map[codes] * absmax of the block."""
   dt = jnp.promote_types(jnp.dtype(dtype), scales.dtype)
-  table = dynamic_map(signed, dt)
+  table = dynamic_map(signed=signed, dtype=dt)
   return (table[codes.astype(jnp.int32)] * _per_entry(scales, block_size, codes.shape)
           ).astype(dtype)
 
 
+# The codes keep their fields' declarations; rebase_state refuses them (not floating).
+@declare_state(inner_state=NESTED, scales=INVARIANT_STAT)
 class WithQuantizedState(NamedTuple):
   inner_state: Any   # inner's state; each quantised leaf holds uint8 codes, param-shaped
   scales: Optional[jax.Array]  # [blocks of all quantised leaves], float32 (float64 under
@@ -374,12 +316,13 @@ def with_quantized_state(inner: optax.GradientTransformation, bits: int = 8,
     block_size: entries per block; the paper uses 2048.
     min_size: tensors with fewer entries stay in full precision (bitsandbytes'
       ``min_8bit_size``, 4096).
-    which: ``"moments"`` quantises the leaves of fields declared linear
-      (signed map) or second-moment (unsigned map) in the basis protocol --
-      Adam's m and v, Lion's m, the moments inside SOAP -- and leaves
-      everything else (SOAP's eigenbases, Adafactor's factors, counts) alone;
-      ``"all"`` quantises every floating tensor (undeclared ones with the
-      signed map); a callable gets a leaf's basis kind and decides.
+    which: ``"moments"`` quantises the leaves of fields of role MOMENT in the
+      state schema (`declare_state`) -- Adam's m and v, Lion's m, the moments
+      inside SOAP -- and leaves everything else (anchors such as DoG's x0,
+      SOAP's eigenbases, Adafactor's factors, counts) exact; ``"all"``
+      quantises every floating tensor; a callable gets the `StateField`
+      holding a leaf (kind, role, path) and decides. The map is unsigned for
+      fields of kind SECOND (non-negative), signed for all others.
 
   Deviation: bitsandbytes fuses dequantise-update-quantise in one kernel; here
   XLA fuses it, with the same arithmetic (nearest rounding, new absmax from
@@ -394,11 +337,10 @@ def with_quantized_state(inner: optax.GradientTransformation, bits: int = 8,
 
   def plan(template):
     """Per leaf of the inner state: None (kept) or signed (bool) if quantised."""
-    kinds = jax.tree.leaves(_leaf_kinds(template))
     out = []
-    for x, k in zip(jax.tree.leaves(template), kinds):
-      ok = _floating_tensor(x) and x.size >= max(min_size, 1) and select(k)
-      out.append((k != SECOND) if ok else None)
+    for x, f in zip(jax.tree.leaves(template), _leaf_fields(template)):
+      ok = _floating_tensor(x) and x.size >= max(min_size, 1) and select(f)
+      out.append((f.kind != SECOND) if ok else None)
     return out
 
   def scale_shapes(template, signs):
@@ -413,7 +355,7 @@ def with_quantized_state(inner: optax.GradientTransformation, bits: int = 8,
       if s is None:
         out.append(x)
         continue
-      codes, absmax = quantize_blockwise(x, block_size, s)
+      codes, absmax = quantize_blockwise(x, block_size, signed=s)
       out.append(codes)
       scales.append(absmax)
     return jax.tree.unflatten(treedef, out), scales
@@ -431,7 +373,7 @@ def with_quantized_state(inner: optax.GradientTransformation, bits: int = 8,
     signs = plan(template)
     scales = iter(unpack_flat(state.scales, scale_shapes(template, signs)))
     leaves, treedef = jax.tree.flatten(state.inner_state)
-    full = [x if s is None else dequantize_blockwise(x, next(scales), block_size, s, t.dtype)
+    full = [x if s is None else dequantize_blockwise(x, next(scales), block_size, signed=s, dtype=t.dtype)
             for x, s, t in zip(leaves, signs, jax.tree.leaves(template))]
     new_updates, new_inner = inner.update(updates, jax.tree.unflatten(treedef, full), params,
                                           **extra)

@@ -61,12 +61,18 @@ import numpy as np
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.basis import declare_basis, rebase_state
-from optlab.primitives.blockwise import _specs, _stat_shape, block_mean_sq, broadcast_blocks
+from optlab._src.dtypes import accumulation_dtype, tree_accumulation_dtype
+from optlab._src.numerics import bias_correction, clip_finite, safe_square, saturate
+from optlab._src.random import new_key
+from optlab._src.tree import flat_dtype, pack_flat, unpack_flat
+from optlab.primitives.basis import (COUNT, INVARIANT_STAT, NESTED, OPAQUE_STAT, declare_state,
+                                     rebase_state)
+from optlab.primitives.blockwise import (block_mean_sq, block_specs, block_stat_shape,
+                                         broadcast_blocks)
 from optlab.primitives.clipping import limit_norm_growth, safe_norm
-from optlab.primitives.moments import ema, safe_square, scale_by_moments
-from optlab.primitives.normalize import accumulation_dtype, tensor_norm
-from optlab.primitives.storage import flat_dtype, pack_flat, unpack_flat
+from optlab.primitives.moments import scale_by_moments
+from optlab.rules import ema
+from optlab.primitives.normalize import tensor_norm
 
 __all__ = [
     "SubspaceState", "in_subspace", "svd_projector", "random_projector",
@@ -107,6 +113,7 @@ class svd_projector:
   kept across a refresh depend on an arbitrary choice; aligned, the whole run
   is independent of it).
   """
+  _: dataclasses.KW_ONLY
   align_signs: bool = True
   per_step = False
 
@@ -207,13 +214,6 @@ def _haar_matrix(n: int, level: int) -> jax.Array:
     pair[np.arange(k), 2 * np.arange(k) + 1] = 1 / math.sqrt(2)
     h = pair @ h
   return jnp.asarray(h)
-
-
-def _saturate(x: jax.Array, dtype: Any) -> jax.Array:
-  """x clipped to `dtype`'s finite range: a norm ratio of up to 1e8 times a huge
-  gradient must not overflow to inf (NaN stays NaN)."""
-  top = jnp.finfo(dtype).max
-  return jnp.clip(x, -top, top)
 
 
 def _slots(projector) -> int:
@@ -333,7 +333,12 @@ def _unpack_state(leaves: tuple, template: Any, shapes: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- state
-@declare_basis  # every field invariant: a subspace wrapper is not itself rebased
+# A subspace wrapper is never rebased: its projectors and packed inner states live
+# in its own coordinates and have no image under an outer change (OPAQUE, so that
+# rebase_state refuses them instead of leaving them silently in the old basis).
+@declare_state(count=COUNT, key=INVARIANT_STAT, projectors=OPAQUE_STAT, proj_aux=OPAQUE_STAT,
+               inner_state=OPAQUE_STAT, regular_state=OPAQUE_STAT, prev_norm=INVARIANT_STAT,
+               signature=INVARIANT_STAT)
 class SubspaceState(NamedTuple):
   count: jax.Array  # [], int32: steps taken
   key: jax.Array  # [2], uint32: raw PRNG key (random projectors; unused otherwise)
@@ -514,10 +519,10 @@ def in_subspace(inner: optax.GradientTransformation, projector: Any = None, rank
     regular_state = _pack_state(inner.init(regular), template)
     projs = [jnp.zeros(s.shape, s.dtype) for s in proj_structs(leaves)]
     aux = projs * _slots(projector)
-    acc = jnp.result_type(*[accumulation_dtype(p.dtype) for p in leaves]) if leaves else jnp.float32
+    acc = tree_accumulation_dtype(leaves)
     return SubspaceState(
         count=jnp.zeros([], jnp.int32),
-        key=jax.random.key_data(jax.random.PRNGKey(seed)).astype(jnp.uint32),
+        key=new_key(seed),
         projectors=_pack(projs, leaves),
         # A projector without state of its own has none, whatever the params.
         proj_aux=_pack(aux, leaves) if _slots(projector) else None,
@@ -615,7 +620,7 @@ def in_subspace(inner: optax.GradientTransformation, projector: Any = None, rank
               safe_norm(low32, axis=axis, keepdims=True) + 1e-8)
         else:
           factor = safe_norm(u32) / (safe_norm(low32) + 1e-8)
-        main = _saturate(g32 * factor.astype(dt), g.dtype)
+        main = clip_finite(g32 * factor.astype(dt), g.dtype)
         if norm_growth is not None and limit_before_scale:
           main, prev = limit_norm_growth(main, prev, first, norm_growth)
         main = main * jnp.asarray(scale, dt)
@@ -626,8 +631,8 @@ def in_subspace(inner: optax.GradientTransformation, projector: Any = None, rank
         if residual == "norm_scaled":
           phi = safe_norm(u32, axis=axis, keepdims=True) / (
               safe_norm(low32, axis=axis, keepdims=True) + 1e-8)
-          res = _saturate((g32 - jnp.asarray(scale, dt) * _back(low32, p, side))
-                          * phi.astype(dt), g.dtype)
+          res = clip_finite((g32 - jnp.asarray(scale, dt) * _back(low32, p, side))
+                            * phi.astype(dt), g.dtype)
           if norm_growth is not None:
             res, prev = limit_norm_growth(res, prev, first, norm_growth)
           main = main + res
@@ -636,7 +641,7 @@ def in_subspace(inner: optax.GradientTransformation, projector: Any = None, rank
           main = main + jnp.asarray(sign_scale, dt) * jnp.sign(res)
         elif residual == "identity":
           main = main + (g32 - _back(low32, p, side))
-      out.append(_saturate(main, g.dtype).astype(g.dtype))
+      out.append(clip_finite(main, g.dtype).astype(g.dtype))
       norms.append(prev.astype(state.prev_norm.dtype))
 
     new_state = SubspaceState(
@@ -653,11 +658,13 @@ def in_subspace(inner: optax.GradientTransformation, projector: Any = None, rank
 
 
 # ------------------------------------------------------------ bias correction
+@declare_state(count=COUNT)
 class BiasCorrectionState(NamedTuple):
   count: jax.Array  # [], int32: steps taken
 
 
-def scale_by_bias_correction(b1: Any = 0.9, b2: Any = 0.999) -> optax.GradientTransformationExtraArgs:
+def scale_by_bias_correction(b1: Any = 0.9, b2: Any = 0.999
+                             ) -> optax.GradientTransformationExtraArgs:
   """u <- u * sqrt(1 - b2^t) / (1 - b1^t), Adam's bias correction as a separate link.
 
   The official APOLLO and Fira codes compute their norm ratios from the
@@ -694,6 +701,7 @@ def scale_by_bias_correction(b1: Any = 0.9, b2: Any = 0.999) -> optax.GradientTr
 
 
 # ----------------------------------------------------------- Subspace-Momentum
+@declare_state(count=COUNT, numerator=NESTED, nu=OPAQUE_STAT)
 class SubspaceMomentumState(NamedTuple):
   count: jax.Array        # [], int32: steps taken
   numerator: SubspaceState  # in_subspace's state: the low-rank momentum and projectors
@@ -729,32 +737,33 @@ def scale_by_subspace_momentum(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
                           on_refresh="reset", seed=seed)
 
   def init(params):
-    specs = _specs(where, partition, params)
-    n = sum(int(np.prod(_stat_shape(v, a), dtype=np.int64)) for v, a in specs)
+    specs = block_specs(where, partition, params)
+    n = sum(int(np.prod(block_stat_shape(v, a), dtype=np.int64)) for v, a in specs)
     return SubspaceMomentumState(jnp.zeros([], jnp.int32), numerator.init(params),
                                  jnp.zeros([n], flat_dtype(jax.tree.leaves(params))))
 
   def update(updates, state, params=None, **extra):
     count = optax.safe_increment(state.count)
-    specs = _specs(where, partition, updates)
+    specs = block_specs(where, partition, updates)
     num, num_state = numerator.update(updates, state.numerator, params, **extra)
     leaves, treedef = jax.tree.flatten(updates)
-    nus = unpack_flat(state.nu, [_stat_shape(v, a) for v, a in specs], updates,
+    nus = unpack_flat(state.nu, [block_stat_shape(v, a) for v, a in specs], updates,
                       "optlab." + where)
     t = count.astype(state.nu.dtype)
-    factor = jnp.sqrt(1 - jnp.asarray(b2, t.dtype) ** t) / (1 - jnp.asarray(b1, t.dtype) ** t)
+    factor = (jnp.sqrt(bias_correction(jnp.asarray(b2, t.dtype), t))
+              / bias_correction(jnp.asarray(b1, t.dtype), t))
     out, new_nu = [], []
     for g, n_, nu, (view, axes) in zip(leaves, jax.tree.leaves(num), nus, specs):
       g32 = g.astype(accumulation_dtype(g.dtype))
       stat = block_mean_sq(g32, view, axes)
       if axes:
-        stat = _saturate(stat * float(np.prod([view[a] for a in axes])), stat.dtype)
-      nu = _saturate(b2 * nu + (1 - b2) * stat, nu.dtype).astype(nu.dtype)
+        stat = saturate(stat * float(np.prod([view[a] for a in axes])))
+      nu = saturate((b2 * nu + (1 - b2) * stat).astype(nu.dtype))
       den = broadcast_blocks(jnp.sqrt(nu) + eps, view, axes, g.shape)
       u = n_.astype(den.dtype) * factor.astype(den.dtype)
       ok = den > 0
       u = jnp.where(ok, u / jnp.where(ok, den, 1), 0)
-      out.append(_saturate(u, g.dtype).astype(g.dtype))
+      out.append(clip_finite(u, g.dtype).astype(g.dtype))
       new_nu.append(nu)
     return (jax.tree.unflatten(treedef, out),
             SubspaceMomentumState(count, num_state, pack_flat(new_nu, state.nu.dtype)))

@@ -11,7 +11,6 @@ the moments:
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -19,15 +18,15 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.basis import LINEAR, declare_basis
+from optlab._src.dtypes import accumulation_dtype
+from optlab._src.tree import tree_zeros_like
+from optlab.primitives.basis import LINEAR_STAT, declare_state
 from optlab.primitives.clipping import clip_leaf_by_norm
-from optlab.primitives.normalize import accumulation_dtype
-from optlab.primitives.moments import bias_correction, tree_zeros_like
 
-__all__ = ["MarsState", "add_mars_correction", "nesterov_ema"]
+__all__ = ["MarsState", "add_mars_correction"]
 
 
-@declare_basis(prev_grad=LINEAR)
+@declare_state(prev_grad=LINEAR_STAT)
 class MarsState(NamedTuple):
   prev_grad: Any  # param-shaped tree, param dtype: the gradient of the previous step (0 at first)
 
@@ -76,50 +75,3 @@ def add_mars_correction(b1: Any = 0.95, gamma: Any = 0.025, max_norm: Optional[A
     return new, MarsState(prev_grad=prev)
 
   return optax.GradientTransformationExtraArgs(init, update)
-
-
-@dataclasses.dataclass(frozen=True)
-class nesterov_ema:
-  """A first-moment rule for `scale_by_moments`: AdamP's Nesterov option.
-
-  m <- b1 m + (1 - b1) g, returns (b1 m + (1 - b1) g) / (1 - b1^t) with the
-  new m (official clovaai/AdamP, ``nesterov=True``). This differs from
-  NAdam's look-ahead in `ema(nesterov=True)`, which corrects the two terms
-  with 1 - b1^(t+1) and 1 - b1^t separately.
-  """
-  b1: Any = 0.9
-  dtype: Any = None
-
-  def init(self, params):
-    return tree_zeros_like(params, self.dtype)
-
-  def update(self, mu, g, count):
-    b1 = self.b1
-    mu = jax.tree.map(lambda m, x: (b1 * m + (1 - b1) * x).astype(m.dtype), mu, g)
-    c = bias_correction(b1, count)
-    return mu, jax.tree.map(lambda m, x: (b1 * m + (1 - b1) * x) / c, mu, g)
-
-
-@dataclasses.dataclass(frozen=True)
-class unit_scale:
-  """A second-moment rule that scales by 1 and keeps an all-zero slot.
-
-  Gives a first-moment-only transformation the state layout of an Adam-like
-  one, so that both can share a state under `with_leaf_labels` (MARS-Lion's
-  matrices next to the AdamW that trains its other tensors; the official code
-  allocates that slot too).
-  """
-
-  def init(self, params):
-    # The slot is never written, so it keeps its initial sharding; zeros
-    # computed from the params (0 where finite) follow the params' sharding
-    # under jit, where jnp.zeros_like would come out replicated.
-    return jax.tree.map(lambda p: jnp.where(jnp.isfinite(p), p - p, jnp.zeros_like(p)), params)
-
-  def scale(self, nu, count):
-    del count
-    return jax.tree.map(jnp.ones_like, nu)
-
-  def update(self, nu, g, count, mu=None):
-    del g, mu
-    return nu, self.scale(nu, count)

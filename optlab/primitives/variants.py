@@ -6,29 +6,25 @@ CoRe's Rprop-like per-element step sizes with plasticity factors.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.basis import LINEAR, SECOND, declare_basis
-from optlab.primitives.moments import (
-    _debias, _ema_sq_tree, _saturate, _value_at, bias_correction, full_like, safe_div,
-    safe_square, tree_zeros_like, zeros_like)
-from optlab.primitives.normalize import accumulation_dtype, statistics_dtype, tensor_norm
-from optlab.primitives.wrappers import _new_key, leaf_normals, one_minus_power, unzip_tree
+from optlab._src.dtypes import accumulation_dtype, statistics_dtype
+from optlab._src.numerics import (bias_correction, one_minus_power, safe_div, safe_square,
+                                  saturate, tree_ema_sq, value_at)
+from optlab._src.random import leaf_normals, new_key
+from optlab._src.tree import full_like, statistics_zeros_like, unzip_tree, zeros_like
+from optlab.primitives.basis import (ANCHOR_POINT, COUNT, INVARIANT_STAT, LINEAR_MOMENT,
+                                     SECOND_MOMENT, SECOND_STAT, declare_state)
+from optlab.primitives.normalize import tensor_norm
 
-__all__ = ["coupled_ema_sq", "embedding_paths", "InnapropState", "scale_by_innaprop",
+__all__ = ["InnapropState", "scale_by_innaprop",
            "GravityState", "scale_by_gravity", "CriticalMomentaState",
            "scale_by_critical_momenta", "CoreState", "scale_by_core"]
-
-
-def _statistics_zeros(params: Any) -> Any:
-  """Zeros shaped like `params`, in `statistics_dtype` (float32 for float16)."""
-  return jax.tree.map(lambda p: zeros_like(p, statistics_dtype(p.dtype)), params)
 
 
 def _widen(tree: Any) -> Any:
@@ -37,57 +33,11 @@ def _widen(tree: Any) -> Any:
   return jax.tree.map(lambda x: x.astype(accumulation_dtype(x.dtype)), tree)
 
 
-# --------------------------------------------------------------- Coupled Adam
-def embedding_paths(tree: Any, pattern: str = "embed") -> Any:
-  """A tree of bools: True for 2-D leaves whose path contains `pattern`
-  (case-insensitive), e.g. flax's ``params['Embed_0']['embedding']``."""
-  def leaf(path, x):
-    return jnp.ndim(x) == 2 and pattern.lower() in jax.tree_util.keystr(path).lower()
-  return jax.tree_util.tree_map_with_path(leaf, tree)
-
-
-@dataclasses.dataclass(frozen=True)
-class coupled_ema_sq:
-  """Coupled Adam's second moment (Stollenwerk & Stollenwerk, arXiv:2502.08441).
-
-  v <- b2 v + (1 - b2) g^2 as Adam; for the leaves selected by `mask`
-  (embedding matrices of shape [vocabulary, hidden]) the scale uses the mean of
-  v over the vocabulary axis, so that every token's embedding gets the same
-  per-dimension step size: scale = sqrt(mean_i v_hat[i, :] + eps_root).
-  Other leaves get Adam's sqrt(v_hat + eps_root). `mask` is a tree of bools or
-  a function of the gradient tree (same structure as params), e.g.
-  `embedding_paths`. Averaging commutes with the EMA, so the stored v is
-  Adam's.
-  """
-  b2: Any = 0.999
-  mask: Union[Any, Callable[[Any], Any]] = embedding_paths
-  vocab_axis: int = 0
-  eps_root: Any = 0.0
-  debias: bool = True
-
-  def init(self, params):
-    return tree_zeros_like(params)
-
-  def update(self, nu, g, count, mu=None):
-    del mu
-    nu = _ema_sq_tree(nu, g, self.b2)
-    return nu, self.scale(nu, count, g)
-
-  def scale(self, nu, count, like=None):
-    keep = self.mask(nu if like is None else like) if callable(self.mask) else self.mask
-    hat = _debias(nu, self.b2, count, self.debias)
-
-    def leaf(v, coupled):
-      if bool(coupled):
-        v = jnp.broadcast_to(jnp.mean(v.astype(accumulation_dtype(v.dtype)), self.vocab_axis,
-                                      keepdims=True), v.shape).astype(v.dtype)
-      return jnp.sqrt(v + self.eps_root)
-
-    return jax.tree.map(leaf, hat, keep)
-
-
 # ------------------------------------------------------------------- INNAprop
-@declare_basis(nu=SECOND)
+# psi is a point in parameter space (psi_0 = (1 - alpha beta) p_0, then mixed with
+# the params p_d each step), so it transforms like the params and the gradient
+# (LINEAR); it is an anchor, not a moment: zeroing it would jump the iterate.
+@declare_state(count=COUNT, psi=ANCHOR_POINT, nu=SECOND_MOMENT)
 class InnapropState(NamedTuple):
   count: jax.Array  # [], int32: steps taken
   psi: Any          # param-shaped, params' dtype (float32 for float16): INNA's auxiliary
@@ -122,14 +72,14 @@ def scale_by_innaprop(learning_rate: Any, alpha: Any = 0.1, beta: Any = 0.9,
   def init(params):
     psi = jax.tree.map(lambda p: ((1 - alpha * beta) * p).astype(statistics_dtype(p.dtype)),
                        params)
-    return InnapropState(jnp.zeros([], jnp.int32), psi, _statistics_zeros(params))
+    return InnapropState(jnp.zeros([], jnp.int32), psi, statistics_zeros_like(params))
 
   def update(updates, state, params=None, **extra):
     del extra
     V.require_params(where, params)
-    lr = _value_at(learning_rate, state.count)
+    lr = value_at(learning_rate, state.count)
     count = optax.safe_increment(state.count)
-    nu = _ema_sq_tree(state.nu, _widen(updates), sigma)
+    nu = tree_ema_sq(state.nu, _widen(updates), sigma)
     corr = jnp.sqrt(bias_correction(sigma, count))
 
     def leaf(g, p, psi, v):
@@ -151,7 +101,7 @@ def scale_by_innaprop(learning_rate: Any, alpha: Any = 0.1, beta: Any = 0.9,
 
 
 # -------------------------------------------------------------------- Gravity
-@declare_basis(velocity=LINEAR)
+@declare_state(count=COUNT, key=INVARIANT_STAT, velocity=LINEAR_MOMENT)
 class GravityState(NamedTuple):
   count: jax.Array     # [], int32: steps taken
   key: jax.Array       # [2], uint32: the seed's key (used once, at init)
@@ -175,11 +125,11 @@ def scale_by_gravity(learning_rate: Any, alpha: Any = 0.01, beta: Any = 0.9, see
   V.check_decay(where, "beta", beta)
 
   def init(params):
-    key = _new_key(seed)
-    lr0 = _value_at(learning_rate, 0)
+    key = new_key(seed)
+    lr0 = value_at(learning_rate, 0)
     std = jnp.where(jnp.asarray(lr0) > 0, alpha / jnp.where(jnp.asarray(lr0) > 0, lr0, 1.0), 0.0)
     noise = leaf_normals(key, params)
-    # 0 * p + ... keeps the params' sharding under jit (see moments.full_like).
+    # 0 * p + ... keeps the params' sharding under jit (see _src.tree.full_like).
     velocity = jax.tree.map(
         lambda p, n: (jnp.where(jnp.isfinite(p), p, 0) * 0 + std * n).astype(p.dtype),
         params, noise)
@@ -207,7 +157,8 @@ def scale_by_gravity(learning_rate: Any, alpha: Any = 0.01, beta: Any = 0.9, see
 
 
 # ------------------------------------------------------- critical momenta (CM)
-@declare_basis(mu=LINEAR, nu=SECOND, buffer=LINEAR)
+@declare_state(count=COUNT, mu=LINEAR_MOMENT, nu=SECOND_MOMENT, buffer=LINEAR_MOMENT,
+               priorities=INVARIANT_STAT, filled=COUNT)
 class CriticalMomentaState(NamedTuple):
   count: jax.Array       # [], int32: steps taken
   mu: Any                # param-shaped, params' dtype (float32 for float16): EMA of g (not
@@ -245,8 +196,8 @@ def scale_by_critical_momenta(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
   def init(params):
     dt = jnp.result_type(jnp.float32, *jax.tree.leaves(params))  # never the x64 default
     return CriticalMomentaState(
-        jnp.zeros([], jnp.int32), _statistics_zeros(params), _statistics_zeros(params),
-        tuple(_statistics_zeros(params) for _ in range(topc)), jnp.zeros([topc], dt),
+        jnp.zeros([], jnp.int32), statistics_zeros_like(params), statistics_zeros_like(params),
+        tuple(statistics_zeros_like(params) for _ in range(topc)), jnp.zeros([topc], dt),
         jnp.zeros([], jnp.int32))
 
   def update(updates, state, params=None, **extra):
@@ -273,7 +224,7 @@ def scale_by_critical_momenta(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
     priorities = jnp.where(insert & (jnp.arange(topc) == slot), gnorm, state.priorities)
     filled = jnp.where(insert & ~full, state.filled + 1, state.filled).astype(jnp.int32)
     used = jax.tree.map(lambda a, m: jnp.where(first, m, a), aggr, mu)  # step 1: m = 0
-    nu = _ema_sq_tree(state.nu, used, b2)
+    nu = tree_ema_sq(state.nu, used, b2)
     # Accurate 1 - b^t (b2^t in float32 loses 1e-5 relative at small t).
     dt = state.priorities.dtype
     c1, c2 = one_minus_power(b1, count, dt), jnp.sqrt(one_minus_power(b2, count, dt))
@@ -285,7 +236,8 @@ def scale_by_critical_momenta(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
 
 
 # ----------------------------------------------------------------------- CoRe
-@declare_basis(mu=LINEAR, nu=SECOND, step_size=SECOND, score=SECOND)
+@declare_state(count=COUNT, mu=LINEAR_MOMENT, nu=SECOND_MOMENT, step_size=SECOND_STAT,
+               score=SECOND_STAT)
 class CoreState(NamedTuple):
   count: jax.Array  # [], int32: steps taken
   mu: Any           # param-shaped, float32+: EMA of g with the scheduled b1 (not debiased)
@@ -304,7 +256,7 @@ def scale_by_core(learning_rate: Any = 1e-3, b1a: Any = 0.7375, b1b: Any = 0.812
                   b1c: Any = 250.0, b2: Any = 0.99, eps: Any = 1e-8, eta_minus: Any = 0.7375,
                   eta_plus: Any = 1.2, step_size_min: Any = 1e-6, step_size_max: Any = 1e-2,
                   weight_decay: Any = 0.0, score_history: int = 0, frozen: float = 0.0,
-                  adam_like: bool = True) -> optax.GradientTransformationExtraArgs:
+                  *, adam_like: bool = True) -> optax.GradientTransformationExtraArgs:
   """CoRe's step (Eckhoff & Reiher, arXiv:2307.15663; official ReiherGroup/CoRe_optimizer).
 
   With t the 0-based step and b1 = b1b + (b1a - b1b) exp(-(t / b1c)^2):
@@ -351,7 +303,7 @@ def scale_by_core(learning_rate: Any = 1e-3, b1a: Any = 0.7375, b1b: Any = 0.812
 
   def init(params):
     dt = lambda p: accumulation_dtype(p.dtype)
-    lr0 = _value_at(learning_rate, 0)
+    lr0 = value_at(learning_rate, 0)
     zeros = lambda: jax.tree.map(lambda p: zeros_like(p, dt(p)), params)
     return CoreState(jnp.zeros([], jnp.int32), zeros(), zeros() if adam_like else (),
                      jax.tree.map(lambda p: full_like(p, lr0, dt(p)), params),
@@ -364,7 +316,7 @@ def scale_by_core(learning_rate: Any = 1e-3, b1a: Any = 0.7375, b1b: Any = 0.812
     t = state.count
     b1 = _core_b1(b1a, b1b, b1c, t)
     tf = jnp.asarray(t, float) + 1.0
-    c1, c2 = 1.0 - b1 ** tf, 1.0 - b2 ** tf
+    c1, c2 = bias_correction(b1, tf), bias_correction(b2, tf)
 
     def leaf(g, p, m, v, s, score):
       dt = m.dtype
@@ -382,7 +334,7 @@ def scale_by_core(learning_rate: Any = 1e-3, b1a: Any = 0.7375, b1b: Any = 0.812
       factor = jnp.where(agree > 0, eta_plus, jnp.where(agree < 0, eta_minus, 1.0))
       s_new = jnp.clip(s * factor, step_size_min, step_size_max).astype(dt)
       if adam_like:
-        v = _saturate(b2 * v + (1 - b2) * safe_square(g)).astype(dt)
+        v = saturate(b2 * v + (1 - b2) * safe_square(g)).astype(dt)
         u = safe_div(m_new / c1, jnp.sqrt(v) / jnp.sqrt(c2) + eps)
       else:
         u = jnp.sign(m_new)

@@ -28,15 +28,18 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.basis import LINEAR, SECOND, declare_basis
-from optlab.primitives.moments import full_like, zeros_like
-from optlab.primitives.normalize import accumulation_dtype, statistics_dtype
-from optlab.primitives.wrappers import _new_key, _require_state, leaf_normals, unzip_tree
+from optlab._src.dtypes import accumulation_dtype, statistics_dtype
+from optlab._src.numerics import bias_correction
+from optlab._src.random import fold_in, leaf_normals, new_key
+from optlab._src.tree import full_like, require_state, statistics_zeros_like, unzip_tree
+from optlab.primitives.basis import COUNT, INVARIANT_STAT, LINEAR_MOMENT, SECOND_STAT, declare_state
 
 __all__ = ["IvonState", "scale_by_ivon", "ivon_sample_params"]
 
 
-@declare_basis(mu=LINEAR, hess=SECOND)
+# hess starts at h0 > 0 and sets the posterior's variance: a statistic, never reset.
+@declare_state(count=COUNT, key=INVARIANT_STAT, ess=INVARIANT_STAT,
+               weight_decay=INVARIANT_STAT, mu=LINEAR_MOMENT, hess=SECOND_STAT)
 class IvonState(NamedTuple):
   count: jax.Array         # [], int32: steps taken
   key: jax.Array           # [2], uint32: the seed's key (noise is folded from it)
@@ -49,8 +52,7 @@ class IvonState(NamedTuple):
 
 
 def _noise(key, count, sample, params, hess, ess, wd):
-  k = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(key), count), sample)
-  eps = leaf_normals(jax.random.key_data(k), params)
+  eps = leaf_normals(fold_in(fold_in(key, count), sample), params)
   return jax.tree.map(
       lambda e, h: (e.astype(accumulation_dtype(h.dtype))
                     / jnp.sqrt(ess * (h.astype(accumulation_dtype(h.dtype)) + wd))), eps, hess)
@@ -63,7 +65,7 @@ def _perturb(params, noise):
 def ivon_sample_params(state: Any, params: Any, sample: int = 0) -> Any:
   """Weights drawn from IVON's posterior, m + noise, for the forward pass of the
   next step (`state`: an IVON state or a chain containing one)."""
-  st = _require_state("ivon_sample_params", state, IvonState)
+  st = require_state("ivon_sample_params", state, IvonState)
   return _perturb(params, _noise(st.key, st.count, sample, params, st.hess, st.ess,
                                  st.weight_decay))
 
@@ -96,9 +98,9 @@ def scale_by_ivon(ess: Any, hess_init: Any = 1.0, b1: Any = 0.9, b2: Any = 0.999
 
   def init(params):
     dt = jnp.result_type(jnp.float32, *jax.tree.leaves(params))  # never the x64 default
-    return IvonState(jnp.zeros([], jnp.int32), _new_key(seed), jnp.asarray(ess, dt),
+    return IvonState(jnp.zeros([], jnp.int32), new_key(seed), jnp.asarray(ess, dt),
                      jnp.asarray(weight_decay, dt),
-                     jax.tree.map(lambda p: zeros_like(p, statistics_dtype(p.dtype)), params),
+                     statistics_zeros_like(params),
                      jax.tree.map(lambda p: full_like(p, hess_init, statistics_dtype(p.dtype)),
                                   params))
 
@@ -124,7 +126,7 @@ def scale_by_ivon(ess: Any, hess_init: Any = 1.0, b1: Any = 0.9, b2: Any = 0.999
     mean = lambda trees: jax.tree.map(lambda *xs: sum(xs[1:], xs[0]) / len(xs), *trees)
     g, nxg = mean(grads), mean(nxgs)
     count = optax.safe_increment(state.count)
-    debias = 1 - b1 ** count.astype(float)
+    debias = bias_correction(b1, count.astype(float))
 
     def leaf(gi, nx, m, h, p):
       dt = accumulation_dtype(h.dtype)

@@ -19,10 +19,11 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.normalize import accumulation_dtype
-from optlab.primitives.wrappers import _require_state, unzip_tree
+from optlab._src.dtypes import accumulation_dtype
+from optlab._src.tree import require_state, unzip_tree
+from optlab.primitives.basis import ANCHOR_POINT, COUNT, INVARIANT_STAT, NESTED, declare_state
 
-__all__ = ["LookaheadState", "lookahead", "lookahead_params", "ScheduleFreeState",
+__all__ = ["WithLookaheadState", "with_lookahead", "lookahead_params", "ScheduleFreeState",
            "schedule_free", "schedule_free_eval_params"]
 
 
@@ -32,15 +33,16 @@ def _copy(params: Any, dtype: Any = None) -> Any:
 
 
 # ------------------------------------------------------------------ Lookahead
-class LookaheadState(NamedTuple):
+@declare_state(count=COUNT, slow=ANCHOR_POINT, inner_state=NESTED)
+class WithLookaheadState(NamedTuple):
   count: jax.Array   # [], int32: steps since the last synchronisation
   slow: Any          # param-shaped, params' dtype: the slow weights phi
   inner_state: Any   # the wrapped (fast) transformation's state
 
 
-def lookahead(inner: optax.GradientTransformation, sync_period: int = 5,
-              slow_step_size: Any = 0.5, reset_state: bool = False
-              ) -> optax.GradientTransformationExtraArgs:
+def with_lookahead(inner: optax.GradientTransformation, sync_period: int = 5,
+                   slow_step_size: Any = 0.5, *, reset_state: bool = False
+                   ) -> optax.GradientTransformationExtraArgs:
   """Lookahead ("Lookahead Optimizer: k steps forward, 1 step back", Zhang et al.,
   arXiv:1907.08610) around any inner transformation.
 
@@ -55,15 +57,15 @@ def lookahead(inner: optax.GradientTransformation, sync_period: int = 5,
   `inner`'s state at every synchronisation (as optax's option). Needs
   `params`.
   """
-  V.check_range("lookahead", "sync_period", sync_period, 1)
-  V.check_range("lookahead", "slow_step_size", slow_step_size, 0.0, 1.0)
+  V.check_range("with_lookahead", "sync_period", sync_period, 1)
+  V.check_range("with_lookahead", "slow_step_size", slow_step_size, 0.0, 1.0)
   inner = optax.with_extra_args_support(inner)
 
   def init(params):
-    return LookaheadState(jnp.zeros([], jnp.int32), _copy(params), inner.init(params))
+    return WithLookaheadState(jnp.zeros([], jnp.int32), _copy(params), inner.init(params))
 
   def update(updates, state, params=None, **extra):
-    V.require_params("lookahead", params)
+    V.require_params("with_lookahead", params)
     new, inner_state = inner.update(updates, state.inner_state, params, **extra)
     sync = state.count == sync_period - 1
 
@@ -82,17 +84,19 @@ def lookahead(inner: optax.GradientTransformation, sync_period: int = 5,
       fresh = inner.init(params)
       inner_state = jax.tree.map(lambda a, b: jnp.where(sync, a, b), fresh, inner_state)
     count = jnp.where(sync, 0, state.count + 1).astype(jnp.int32)
-    return out, LookaheadState(count, slow, inner_state)
+    return out, WithLookaheadState(count, slow, inner_state)
 
   return optax.GradientTransformationExtraArgs(init, update)
 
 
 def lookahead_params(state: Any) -> Any:
-  """The slow weights of a `lookahead` state (or of a chain containing one)."""
-  return _require_state("lookahead_params", state, LookaheadState).slow
+  """The slow weights of a `with_lookahead` state (or of a chain containing one)."""
+  return require_state("lookahead_params", state, WithLookaheadState).slow
 
 
 # ------------------------------------------------------------- Schedule-Free
+@declare_state(count=COUNT, b1=INVARIANT_STAT, weight_sum=INVARIANT_STAT,
+               max_lr=INVARIANT_STAT, z=ANCHOR_POINT, inner_state=NESTED)
 class ScheduleFreeState(NamedTuple):
   count: jax.Array         # [], int32: steps taken
   b1: jax.Array            # [], params' dtype: the interpolation weight (for eval)
@@ -182,7 +186,7 @@ def schedule_free_eval_params(state: Any, params: Any) -> Any:
   `state` is a `schedule_free` state or the state of a chain containing one;
   `params` are the current params (y).
   """
-  found = _require_state("schedule_free_eval_params", state, ScheduleFreeState)
+  found = require_state("schedule_free_eval_params", state, ScheduleFreeState)
   b1 = found.b1
   return jax.tree.map(
       lambda y, z: ((y.astype(accumulation_dtype(y.dtype)) - (1.0 - b1) * z) / b1

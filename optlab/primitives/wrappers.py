@@ -10,7 +10,6 @@ gradient grouping (SGG) in `grouping.py`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -18,17 +17,20 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.basis import LINEAR, declare_basis
+from optlab._src.numerics import one_minus_power
+from optlab._src.random import leaf_normals, new_key, split
+from optlab._src.tree import find_state, norms_and_cosine, require_state, unzip_tree
+from optlab.primitives.basis import COUNT, INVARIANT_STAT, LINEAR_STAT, NESTED, declare_state
 from optlab.primitives.clipping import safe_global_norm
 from optlab.primitives.moments import tree_zeros_like
 from optlab.primitives.normalize import accumulation_dtype
 
-__all__ = ["SkipNonFiniteState", "skip_non_finite", "leaf_normals", "find_state",
-           "GradientNoiseState", "with_gradient_noise", "SwitchState", "after_steps",
-           "swats_trigger", "switch", "one_minus_power", "XGradState", "xgrad", "xgrad_params",
-           "unzip_tree"]
+__all__ = ["SkipNonFiniteState", "skip_non_finite", "find_state", "GradientNoiseState",
+           "with_gradient_noise", "SwitchState", "after_steps", "swats_trigger", "switch",
+           "XGradState", "xgrad", "xgrad_params"]
 
 
+@declare_state(inner_state=NESTED, skipped=COUNT, total_skipped=COUNT)
 class SkipNonFiniteState(NamedTuple):
   inner_state: Any
   skipped: jax.Array           # [], int32: steps skipped in a row
@@ -75,64 +77,8 @@ def skip_non_finite(inner: optax.GradientTransformation,
   return optax.GradientTransformationExtraArgs(init, update)
 
 
-# ------------------------------------------------------------- shared helpers
-def _new_key(seed: int) -> jax.Array:
-  """A raw uint32 key of shape (2,) (serialisable by flax, unlike typed keys)."""
-  return jax.random.key_data(jax.random.key(seed)).astype(jnp.uint32)
-
-
-def leaf_normals(key: jax.Array, like: Any) -> Any:
-  """Standard normal noise shaped like each leaf of `like`, in its dtype.
-
-  Leaf i uses ``fold_in(key, i)`` (leaf order of `jax.tree.leaves`), drawn in
-  float32 whatever the leaf's dtype (so float64 runs draw the same numbers),
-  then cast. With the default partitionable threefry the numbers do not
-  depend on how the leaves are sharded.
-  """
-  base = jax.random.wrap_key_data(key)
-  leaves, treedef = jax.tree.flatten(like)
-  out = [jax.random.normal(jax.random.fold_in(base, i), jnp.shape(x),
-                           jnp.float32).astype(jnp.result_type(x))
-         for i, x in enumerate(leaves)]
-  return jax.tree.unflatten(treedef, out)
-
-
-def unzip_tree(like: Any, tree: Any, n: int) -> tuple[Any, ...]:
-  """A tree of n-tuples, shaped like `like`, as n trees shaped like `like`.
-
-  `jax.tree.transpose` cannot tell the tuples' structure from a tree without
-  leaves (an empty params tree); this gives n empty trees then."""
-  treedef = jax.tree.structure(like)
-  rows = treedef.flatten_up_to(tree)
-  return tuple(treedef.unflatten([row[i] for row in rows]) for i in range(n))
-
-
-def find_state(state: Any, state_type: type) -> Any:
-  """The first (depth-first) sub-state of type `state_type` in a nested state, or None."""
-  if isinstance(state, state_type):
-    return state
-  if isinstance(state, (tuple, list)):
-    for s in state:
-      found = find_state(s, state_type)
-      if found is not None:
-        return found
-  if isinstance(state, dict):
-    for s in state.values():
-      found = find_state(s, state_type)
-      if found is not None:
-        return found
-  return None
-
-
-def _require_state(where: str, state: Any, state_type: type) -> Any:
-  found = find_state(state, state_type)
-  if found is None:
-    raise ValueError(f"optlab.{where}: no {state_type.__name__} found in the given state; "
-                     "pass the optimizer state of a transformation built with it")
-  return found
-
-
 # ------------------------------------------------------------- gradient noise
+@declare_state(count=COUNT, key=INVARIANT_STAT, inner_state=NESTED)
 class GradientNoiseState(NamedTuple):
   count: jax.Array   # [], int32: steps taken
   key: jax.Array     # [2], uint32: raw PRNG key, split every step
@@ -157,24 +103,25 @@ def with_gradient_noise(inner: optax.GradientTransformation, eta: Any = 0.01,
   inner = optax.with_extra_args_support(inner)
 
   def init(params):
-    return GradientNoiseState(jnp.zeros([], jnp.int32), _new_key(seed), inner.init(params))
+    return GradientNoiseState(jnp.zeros([], jnp.int32), new_key(seed), inner.init(params))
 
   def update(updates, state, params=None, **extra):
-    key = jax.random.wrap_key_data(state.key)
-    key, sub = jax.random.split(key)
+    key, sub = split(state.key)
     count = optax.safe_increment(state.count)
     std = jnp.sqrt(eta / count.astype(float) ** gamma)  # count = 1 + t
-    noise = leaf_normals(jax.random.key_data(sub), updates)
+    noise = leaf_normals(sub, updates)
     noisy = jax.tree.map(
         lambda g, n: (g.astype(accumulation_dtype(g.dtype)) + std * n).astype(g.dtype),
         updates, noise)
     new, inner_state = inner.update(noisy, state.inner_state, params, **extra)
-    return new, GradientNoiseState(count, jax.random.key_data(key), inner_state)
+    return new, GradientNoiseState(count, key, inner_state)
 
   return optax.GradientTransformationExtraArgs(init, update)
 
 
 # --------------------------------------------------------------------- switch
+@declare_state(count=COUNT, switched=INVARIANT_STAT, scale=INVARIANT_STAT,
+               trigger_state=NESTED, first_state=NESTED, second_state=NESTED)
 class SwitchState(NamedTuple):
   count: jax.Array          # [], int32: steps taken
   switched: jax.Array       # [], bool: True once `second` has taken over
@@ -183,17 +130,6 @@ class SwitchState(NamedTuple):
   trigger_state: Any        # the trigger rule's state (scalars, floats in scale's dtype)
   first_state: Any          # state of the transformation used before the switch
   second_state: Any         # state of the transformation used after it
-
-
-def _tree_vdot(a: Any, b: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(||a||, ||b||, cos(a, b)) over whole trees, without overflow (cos 0 if a norm is 0)."""
-  na, nb = safe_global_norm(a), safe_global_norm(b)
-  dt = jnp.result_type(na, nb)
-  inv = lambda n: jnp.where(n > 0, 1.0 / jnp.where(n > 0, n, 1.0), 0.0)
-  ia, ib = inv(na.astype(dt)), inv(nb.astype(dt))
-  cos = sum((jnp.sum((x.astype(dt) * ia) * (y.astype(dt) * ib)) for x, y in
-             zip(jax.tree.leaves(a), jax.tree.leaves(b))), jnp.zeros([], dt))
-  return na.astype(dt), nb.astype(dt), cos
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,7 +165,7 @@ class swats_trigger:
     return jnp.zeros([], jnp.float32)  # lambda (not bias corrected); `switch` sets the dtype
 
   def update(self, lam, grads, updates, count):
-    npn, ng, cos = _tree_vdot(updates, grads)
+    npn, ng, cos = norms_and_cosine(updates, grads, safe_global_norm)
     live = (cos != 0) & (ng > 0)
     denom = jnp.where(live, -ng * cos, 1.0)
     gamma = jnp.where(live, npn / denom, 0.0).astype(lam.dtype)
@@ -238,16 +174,6 @@ class swats_trigger:
     corrected = new_lam / one_minus_power(self.b2, count, lam.dtype)
     fire = live & (count > 1) & (jnp.abs(corrected - gamma) < self.tol)
     return new_lam, fire, corrected
-
-
-def one_minus_power(b: Any, count: jax.Array, dtype: Any = None) -> jax.Array:
-  """1 - b^count as -expm1(count log b), accurate in float32 too: no cancellation
-  for b near 1, and log(b) in double precision when b is a Python number
-  (float32(0.999) alone would be off by 1e-5 relative). dtype: default float."""
-  dtype = dtype or jnp.result_type(float)
-  v = V._concrete(b)
-  log_b = math.log(v) if v is not None and v > 0 else jnp.log(jnp.asarray(b, dtype))
-  return -jnp.expm1(count.astype(dtype) * jnp.asarray(log_b, dtype))
 
 
 def switch(first: optax.GradientTransformation, second: optax.GradientTransformation,
@@ -300,7 +226,7 @@ def switch(first: optax.GradientTransformation, second: optax.GradientTransforma
 
 
 # ------------------------------------------------------------------- XGrad
-@declare_basis(previous=LINEAR)
+@declare_state(previous=LINEAR_STAT, inner_state=NESTED)
 class XGradState(NamedTuple):
   previous: Any      # param-shaped, params' dtype: the last update returned
   inner_state: Any   # the wrapped transformation's state
@@ -366,5 +292,5 @@ def xgrad_params(state: Any, params: Any, steps: Any = 1) -> Any:
   `state` is the state of an `xgrad` transformation, or of any chain that
   contains one; `steps` must be the same as given to `xgrad`.
   """
-  found = _require_state("xgrad_params", state, XGradState)
+  found = require_state("xgrad_params", state, XGradState)
   return _predict(params, found.previous, steps)

@@ -48,7 +48,6 @@ QuZO), a ``direction_fn`` (momentum-shifted perturbations, as ZO-AdaMU) and a
 from __future__ import annotations
 
 import math
-import zlib
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -56,59 +55,34 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
-from optlab.primitives.basis import LINEAR, declare_basis
-from optlab.primitives.moments import _cast_like, _value_at, tree_zeros_like
-from optlab.primitives.normalize import accumulation_dtype
-from optlab.primitives.wrappers import find_state
+from optlab._src.random import fold_in, leaf_id, new_key, path_key, path_normals
+from optlab._src.dtypes import accumulation_dtype, tree_accumulation_dtype
+from optlab._src.numerics import value_at
+from optlab._src.tree import cast_like, find_state, tree_zeros_like
+from optlab.primitives.basis import COUNT, INVARIANT_STAT, LINEAR_MOMENT, OPAQUE_STAT, declare_state
 
-__all__ = [
-    "ZerothOrderState", "zo_new_key", "zo_step_key", "zo_sample_key", "zo_leaf_id", "zo_normals",
-    "spsa_gradient",
-    "scale_by_spsa", "SparseZerothOrderState", "small_magnitude_threshold",
-    "small_magnitude_mask",
-    "ZoAdaMUState", "scale_by_zo_adamu",
-    "random_coordinates", "cge_gradient", "scale_by_cge",
-    "quantize_stochastic", "scale_by_quantized_spsa",
-    "zo_step",
-]
+__all__ = ["ZerothOrderState", "spsa_gradient", "scale_by_spsa", "SparseZerothOrderState",
+    "small_magnitude_threshold", "small_magnitude_mask", "ZoAdaMUState", "scale_by_zo_adamu",
+    "random_coordinates", "cge_gradient", "scale_by_cge", "scale_by_quantized_spsa", "zo_step"]
 
 ObjFn = Callable[[Any], jax.Array]
 
 
 # ------------------------------------------------------------------ key schedule
-def zo_new_key(seed: int) -> jax.Array:
-  """The state's raw key: ``key_data(jax.random.key(seed))``, uint32[2]."""
-  return jax.random.key_data(jax.random.key(seed)).astype(jnp.uint32)
+# One home for the key helpers (optlab/_src/random.py); the zo_* names are this
+# module's documented key schedule. zo_new_key: the state's raw uint32[2] key;
+# zo_leaf_id: a leaf's crc32 id; zo_normals: the leaf-path-keyed perturbation.
+zo_new_key, zo_leaf_id, zo_normals = new_key, leaf_id, path_normals
 
 
 def zo_step_key(key: jax.Array, step: Any) -> jax.Array:
   """The raw key of the 0-based step `step`: ``fold_in(key, step)``."""
-  base = jax.random.wrap_key_data(key)
-  return jax.random.key_data(jax.random.fold_in(base, step))
+  return fold_in(key, step)
 
 
 def zo_sample_key(step_key: jax.Array, sample: Any) -> jax.Array:
   """The raw key of perturbation `sample` within a step: ``fold_in(step_key, sample)``."""
-  base = jax.random.wrap_key_data(step_key)
-  return jax.random.key_data(jax.random.fold_in(base, sample))
-
-
-def zo_leaf_id(path: Any) -> int:
-  """A leaf's stable 32-bit id: ``zlib.crc32`` of ``jax.tree_util.keystr(path)``."""
-  return zlib.crc32(jax.tree_util.keystr(path).encode("utf-8"))
-
-
-def zo_normals(sample_key: jax.Array, like: Any) -> Any:
-  """The documented perturbation: the leaf of `like` at path ``path`` is
-  ``normal(fold_in(sample_key, zo_leaf_id(path)), shape, float32)`` cast to the
-  leaf's dtype."""
-  base = jax.random.wrap_key_data(sample_key)
-
-  def leaf(path, x):
-    k = jax.random.fold_in(base, jnp.uint32(zo_leaf_id(path)))
-    return jax.random.normal(k, jnp.shape(x), jnp.float32).astype(jnp.result_type(x))
-
-  return jax.tree_util.tree_map_with_path(leaf, like)
+  return fold_in(step_key, sample)
 
 
 # --------------------------------------------------------------------- helpers
@@ -134,7 +108,7 @@ def small_magnitude_threshold(params: Any, sparsity: Any) -> jax.Array:
   selected, and a state that stays finite). Returned in the leaves'
   accumulation dtype (float32, or float64 for float64 params)."""
   leaves = jax.tree.leaves(params)
-  dt = jnp.result_type(jnp.float32, *[accumulation_dtype(jnp.result_type(p)) for p in leaves])
+  dt = tree_accumulation_dtype(leaves)
 
   def leaf(p):
     if jnp.ndim(p) == 0 or jnp.size(p) == 0:
@@ -241,12 +215,14 @@ def spsa_gradient(obj_fn: ObjFn, params: Any, key: jax.Array, eps: Any = 1e-3,
 
 
 # --------------------------------------------------------------- transformation
+@declare_state(count=COUNT, key=INVARIANT_STAT, loss=INVARIANT_STAT)
 class ZerothOrderState(NamedTuple):
   count: jax.Array  # [], int32: steps taken
   key: jax.Array    # [2], uint32: raw PRNG key from `seed` (constant; folded with the step)
   loss: jax.Array   # [], float32: mean of the loss values queried at the last step
 
 
+@declare_state(count=COUNT, key=INVARIANT_STAT, loss=INVARIANT_STAT, threshold=OPAQUE_STAT)
 class SparseZerothOrderState(NamedTuple):
   count: jax.Array      # [], int32: steps taken
   key: jax.Array        # [2], uint32: raw PRNG key from `seed` (constant; folded with the step)
@@ -311,7 +287,7 @@ def scale_by_spsa(eps: Any = 1e-3, n_samples: int = 1, *, seed: int = 0, sparsit
     g, loss = spsa_gradient(obj_fn, params, key, eps, n_samples, mask=mask, point_fn=point_fn)
     new_state = state._replace(count=optax.safe_increment(state.count),
                                loss=loss.astype(jnp.float32))
-    return _cast_like(g, updates), new_state
+    return cast_like(g, updates), new_state
 
   init = _zo_init(seed) if sparsity is None else _sparse_zo_init(seed, sparsity)
   return optax.GradientTransformationExtraArgs(init, update)
@@ -319,7 +295,7 @@ def scale_by_spsa(eps: Any = 1e-3, n_samples: int = 1, *, seed: int = 0, sparsit
 
 # ------------------------------------------------------------------- ZO-AdaMU
 
-@declare_basis(m=LINEAR)
+@declare_state(count=COUNT, key=INVARIANT_STAT, loss=INVARIANT_STAT, m=LINEAR_MOMENT)
 class ZoAdaMUState(NamedTuple):
   count: jax.Array  # [], int32: steps taken
   key: jax.Array    # [2], uint32: raw PRNG key from `seed` (constant; folded with the step)
@@ -368,7 +344,7 @@ def scale_by_zo_adamu(eps: Any = 1e-3, alpha: Any = 0.5, b1: Any = 0.9, b2: Any 
   def update(updates, state, params=None, **extra):
     obj_fn = _require_obj_fn(where, extra)
     V.require_params(where, params)
-    a, w1, w2 = (_value_at(h, state.count) for h in (alpha, b1, b2))
+    a, w1, w2 = (value_at(h, state.count) for h in (alpha, b1, b2))
     step_key = zo_step_key(state.key, state.count)
 
     def parts(sample_key):
@@ -402,7 +378,7 @@ def scale_by_zo_adamu(eps: Any = 1e-3, alpha: Any = 0.5, b1: Any = 0.9, b2: Any 
       new_m = jax.tree.map(lambda x, p: (x / n_samples).astype(p.dtype), total, params)
     new_state = ZoAdaMUState(optax.safe_increment(state.count), state.key,
                              loss.astype(jnp.float32), new_m)
-    return _cast_like(g, updates), new_state
+    return cast_like(g, updates), new_state
 
   return optax.GradientTransformationExtraArgs(init, update)
 
@@ -414,14 +390,12 @@ def random_coordinates(key: jax.Array, like: Any, sparsity: float) -> Any:
 
   `sparsity` must be a Python number (k is a static shape). Returns a tree of
   int32 index vectors (scalars: ``[0]``; a zero-size leaf: none)."""
-  base = jax.random.wrap_key_data(key)
-
   def leaf(path, x):
     n = int(math.prod(jnp.shape(x)))
     if n == 0:
       return jnp.zeros([0], jnp.int32)
     k = max(1, math.ceil((1.0 - sparsity) * n))
-    perm = jax.random.permutation(jax.random.fold_in(base, jnp.uint32(zo_leaf_id(path))), n)
+    perm = jax.random.permutation(path_key(key, path), n)
     return perm[:k].astype(jnp.int32)
 
   return jax.tree_util.tree_map_with_path(leaf, like)
@@ -487,7 +461,7 @@ def scale_by_cge(mu: Any = 5e-3, sparsity: float = 0.0, mask_interval: int = 1, 
     g, loss = cge_gradient(obj_fn, params, coords, mu)
     new_state = ZerothOrderState(optax.safe_increment(state.count), state.key,
                                  loss.astype(jnp.float32))
-    return _cast_like(g, updates), new_state
+    return cast_like(g, updates), new_state
 
   return optax.GradientTransformationExtraArgs(_zo_init(seed), update)
 
@@ -501,7 +475,6 @@ def quantize_stochastic(tree: Any, key: jax.Array, bits: Any) -> Any:
   ``uniform(fold_in(key, zo_leaf_id(path)), shape, float32)``; computed in
   float32 (or wider), returned in x's dtype. Unbiased inside the range:
   E[q] = x. `key` is a raw uint32[2] key."""
-  base = jax.random.wrap_key_data(key)
 
   def leaf(path, x):
     acc = accumulation_dtype(jnp.result_type(x))
@@ -509,8 +482,7 @@ def quantize_stochastic(tree: Any, key: jax.Array, bits: Any) -> Any:
     qmax = jnp.exp2(jnp.asarray(bits, acc) - 1) - 1  # bits may be traced (inject_hyperparams)
     top = jnp.max(jnp.abs(xf)) if xf.size else jnp.zeros([], acc)
     s = jnp.where(top > 0, top / qmax, jnp.ones([], acc))
-    r = jax.random.uniform(jax.random.fold_in(base, jnp.uint32(zo_leaf_id(path))), xf.shape,
-                           jnp.float32).astype(acc)
+    r = jax.random.uniform(path_key(key, path), xf.shape, jnp.float32).astype(acc)
     q = jnp.clip(jnp.floor(xf / s + r), -qmax, qmax) * s
     return q.astype(jnp.result_type(x))
 
@@ -549,7 +521,7 @@ def scale_by_quantized_spsa(eps: Any = 1e-3, n_samples: int = 1, bits: Any = 8, 
                             direction_fn=direction, weight_fn=weight)
     new_state = ZerothOrderState(optax.safe_increment(state.count), state.key,
                                  loss.astype(jnp.float32))
-    return _cast_like(g, updates), new_state
+    return cast_like(g, updates), new_state
 
   return optax.GradientTransformationExtraArgs(_zo_init(seed), update)
 

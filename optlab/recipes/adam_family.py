@@ -8,23 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
-import optax
-
 from optlab import _validate as V
 from optlab._recipe import recipe_chain
-from optlab.catalog import Recipe
+from optlab._registry import Recipe
 from optlab.primitives.decay import add_decayed_weights, add_decayed_weights_after_step
-from optlab.primitives.moments import (
-    abs_max, ademamix_alpha_warmup, ademamix_b3_warmup, belief, centered_ema_sq, dual_ema,
-    ema, ema_sq, heavy_ball, max_ema_sq, momentum_sq, scale_by_adam, scale_by_adopt,
-    scale_by_exadam, scale_by_fadam, scale_by_moments, sum_sq)
+from optlab.primitives.moments import (ademamix_alpha_warmup, ademamix_b3_warmup, scale_by_adam,
+    scale_by_adopt, scale_by_exadam, scale_by_fadam, scale_by_moments)
+from optlab.rules import (abs_max, adan_momentum, belief, centered_ema_sq, dual_ema, ema, ema_sq,
+                          heavy_ball, max_ema_sq, momentum_sq, sum_sq)
 from optlab.primitives.step_size import scale_by_learning_rate
 
 __all__ = ["sgd", "adam", "adamw", "adagrad", "rmsprop", "adamax", "amsgrad", "nadam",
-           "adabelief", "laprop", "adopt", "ademamix", "exadam", "fadam", "adamomentum"]
+           "adabelief", "laprop", "adopt", "ademamix", "exadam", "fadam", "adamomentum", "adan"]
 
 
-def sgd(learning_rate: Any, momentum: Any = None, nesterov: bool = False,
+def sgd(learning_rate: Any, momentum: Any = None, *, nesterov: bool = False,
         weight_decay: Any = None, mask: Any = None):
   """Stochastic gradient descent with optional heavy-ball or Nesterov momentum.
 
@@ -40,7 +38,7 @@ def sgd(learning_rate: Any, momentum: Any = None, nesterov: bool = False,
     V.check_decay("sgd", "momentum", momentum)
   steps = [add_decayed_weights(weight_decay, mask)] if weight_decay is not None else []
   if momentum is not None:
-    steps.append(scale_by_moments(heavy_ball(momentum, nesterov), None))
+    steps.append(scale_by_moments(heavy_ball(momentum, nesterov=nesterov), None))
   return recipe_chain("sgd", *steps, scale_by_learning_rate(learning_rate))
 
 
@@ -102,7 +100,7 @@ def adagrad(learning_rate: Any, initial_accumulator_value: Any = 0.1, eps: Any =
 
 
 def rmsprop(learning_rate: Any, decay: Any = 0.9, eps: Any = 1e-8, initial_scale: Any = 0.0,
-            eps_in_sqrt: bool = True, centered: bool = False, momentum: Any = None,
+            *, eps_in_sqrt: bool = True, centered: bool = False, momentum: Any = None,
             nesterov: bool = False, bias_correction: bool = False):
   """RMSProp: "Lecture 6.5 - rmsprop" (Tieleman & Hinton, Coursera 2012; no arXiv
   id); the centred form is from Graves, arXiv:1308.0850.
@@ -121,9 +119,10 @@ def rmsprop(learning_rate: Any, decay: Any = 0.9, eps: Any = 1e-8, initial_scale
   if momentum is not None:
     V.check_decay("rmsprop", "momentum", momentum)
   root_eps, outer_eps = (eps, 0.0) if eps_in_sqrt else (0.0, eps)
-  rule = (centered_ema_sq(decay, bias_correction, root_eps, initial_scale) if centered else
-          ema_sq(decay, bias_correction, root_eps, initial_scale))
-  trace = [scale_by_moments(heavy_ball(momentum, nesterov), None)] if momentum is not None else []
+  kind = centered_ema_sq if centered else ema_sq
+  rule = kind(decay, debias=bias_correction, eps_root=root_eps, initial=initial_scale)
+  trace = ([scale_by_moments(heavy_ball(momentum, nesterov=nesterov), None)]
+           if momentum is not None else [])
   return recipe_chain("rmsprop", scale_by_moments(None, rule, eps=outer_eps),
                       scale_by_learning_rate(learning_rate), *trace)
 
@@ -143,7 +142,7 @@ def adamax(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8):
 
 
 def amsgrad(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
-            eps_root: Any = 0.0, mu_dtype: Any = None, bias_correction_mu: bool = True,
+            eps_root: Any = 0.0, mu_dtype: Any = None, *, bias_correction_mu: bool = True,
             bias_correction_nu: bool = True):
   """AMSGrad: "On the Convergence of Adam and Beyond" (arXiv:1904.09237).
 
@@ -157,8 +156,9 @@ def amsgrad(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
   V.check_nonneg("amsgrad", "eps", eps)
   V.check_nonneg("amsgrad", "eps_root", eps_root)
   return recipe_chain("amsgrad",
-                      scale_by_moments(ema(b1, bias_correction_mu, dtype=mu_dtype),
-                                       max_ema_sq(b2, bias_correction_nu, eps_root), eps=eps),
+                      scale_by_moments(ema(b1, debias=bias_correction_mu, dtype=mu_dtype),
+                                       max_ema_sq(b2, debias=bias_correction_nu,
+                                                  eps_root=eps_root), eps=eps),
                       scale_by_learning_rate(learning_rate))
 
 
@@ -282,12 +282,6 @@ def _ademamix_schedules(where, alpha, b3, b1, t_alpha_b3):
   return ademamix_alpha_warmup(alpha, t_alpha_b3), ademamix_b3_warmup(b3, b1, t_alpha_b3)
 
 
-def _optax_ademamix(t_alpha_b3=None, **kw):
-  alpha, b3 = _ademamix_schedules("ademamix", kw.pop("alpha", 5.0), kw.pop("b3", 0.9999),
-                                  kw.get("b1", 0.9), t_alpha_b3)
-  return optax.contrib.ademamix(alpha=alpha, b3=b3, **kw)
-
-
 def exadam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
            weight_decay: Any = 0.0, mask: Any = None, *, dynamic_step_size: bool = False):
   """EXAdam: "EXAdam: The Power of Adaptive Cross-Moments" (arXiv:2412.20302).
@@ -350,96 +344,97 @@ def adamomentum(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1
                       scale_by_learning_rate(learning_rate))
 
 
+def adan(learning_rate: Any, b1: Any = 0.98, b2: Any = 0.92, b3: Any = 0.99, eps: Any = 1e-8,
+         eps_root: Any = 0.0, weight_decay: Any = 0.0, mask: Any = None, mu_dtype: Any = None, *,
+         no_prox: bool = False):
+  """Adan: "Adan: Adaptive Nesterov Momentum Algorithm for Faster Optimizing Deep
+  Models" (arXiv:2208.06677).
+
+  With d = g - g_prev (0 on the first step): m <- b1 m + (1 - b1) g,
+  v <- b2 v + (1 - b2) d, n <- b3 n + (1 - b3) (g + b2 d)^2,
+  u = (m_hat + b2 v_hat) / (sqrt(n_hat + eps_root) + eps), then
+  p <- (p - lr u) / (1 + lr wd). Hyperparameters: learning_rate, b1, b2, b3
+  (decays, as the official code: the paper's beta_i is 1 - b_i), eps, eps_root
+  (optax's; 0 in the official code), weight_decay, mask, mu_dtype, no_prox (decay
+  p <- p (1 - lr wd) - lr u, as AdamW, instead of the proximal step). Follows the
+  official code (sail-sg/Adan), including its bias corrections, which the
+  paper's Algorithm 1 omits. optax.adan (0.2.8) weighs the difference terms by
+  1 - b2 instead of b2 (optax PR #1715) and decays as AdamW.
+  """
+  V.check_learning_rate("adan", learning_rate)
+  _check("adan", b1=b1, b2=b2, b3=b3)
+  V.check_nonneg("adan", "eps", eps)
+  V.check_nonneg("adan", "eps_root", eps_root)
+  V.check_nonneg("adan", "weight_decay", weight_decay)
+  moments = scale_by_moments(adan_momentum(b1, b2, mu_dtype), ema_sq(b3, eps_root=eps_root),
+                             eps=eps)
+  if no_prox:
+    return recipe_chain("adan", moments, add_decayed_weights(weight_decay, mask),
+                        scale_by_learning_rate(learning_rate))
+  return recipe_chain("adan", moments, scale_by_learning_rate(learning_rate),
+                      add_decayed_weights_after_step(weight_decay, learning_rate, mask,
+                                                     proximal=True))
+
+
 RECIPES = (
     Recipe("sgd", sgd, "adam",
-           "On the importance of initialization and momentum in deep learning", "",
-           reference="adam_family:sgd", optax=optax.sgd,
-           hparams={"learning_rate": 0.01, "momentum": 0.9},
-           cases=({"nesterov": True}, {"momentum": None})),
-    Recipe("adam", adam, "adam", "Adam: A Method for Stochastic Optimization", "1412.6980",
-           reference="adam_family:adam", optax=optax.adam, hparams={"learning_rate": 0.02},
-           cases=({"b1": 0.8, "b2": 0.99, "eps": 1e-6}, {"nesterov": True})),
-    Recipe("adamw", adamw, "adam", "Decoupled Weight Decay Regularization", "1711.05101",
-           reference="adam_family:adamw", optax=optax.adamw,
-           hparams={"learning_rate": 0.02, "weight_decay": 0.01},
-           cases=({"weight_decay": 0.1, "b2": 0.95},)),
+           "On the importance of initialization and momentum in deep learning", ""),
+    Recipe("adam", adam, "adam", "Adam: A Method for Stochastic Optimization", "1412.6980"),
+    Recipe("adamw", adamw, "adam", "Decoupled Weight Decay Regularization", "1711.05101"),
     Recipe("adagrad", adagrad, "adam",
            "Adaptive Subgradient Methods for Online Learning and Stochastic Optimization", "",
-           reference="adam_family:adagrad", optax=optax.adagrad,
-           hparams={"learning_rate": 0.3},
-           cases=({"initial_accumulator_value": 0.0, "eps": 1e-6},),
            notes="Matches optax: eps inside the root, accumulator starts at 0.1 (the "
                  "paper: delta outside the root, accumulator starts at 0)."),
     Recipe("rmsprop", rmsprop, "adam",
            "Lecture 6.5 - rmsprop: Divide the gradient by a running average of its recent "
            "magnitude", "",
-           reference="adam_family:rmsprop", optax=optax.rmsprop,
-           hparams={"learning_rate": 0.01},
-           cases=({"centered": True}, {"momentum": 0.9, "nesterov": True},
-                  {"eps_in_sqrt": False, "bias_correction": True, "initial_scale": 0.1},
-                  {"centered": True, "eps_in_sqrt": False, "momentum": 0.5, "decay": 0.95}),
            notes="Matches optax.rmsprop, momentum trace after the learning rate (as optax)."),
     Recipe("adamax", adamax, "adam", "Adam: A Method for Stochastic Optimization", "1412.6980",
-           reference="adam_family:adamax", optax=optax.adamax,
-           hparams={"learning_rate": 0.02}, cases=({"b1": 0.8, "b2": 0.99, "eps": 1e-6},),
            notes="Matches optax: eps inside the max (the paper has none)."),
     Recipe("amsgrad", amsgrad, "adam", "On the Convergence of Adam and Beyond", "1904.09237",
-           reference="adam_family:amsgrad", optax=optax.amsgrad,
-           hparams={"learning_rate": 0.02},
-           cases=({"b2": 0.99, "eps_root": 1e-8},
-                  {"bias_correction_mu": False, "bias_correction_nu": False}),
            notes="Matches optax (both bias corrections on by default); the paper's "
                  "Algorithm 2 corrects neither (bias_correction_mu/nu=False)."),
     Recipe("nadam", nadam, "adam", "Incorporating Nesterov Momentum into Adam", "",
-           reference="adam_family:nadam", optax=optax.nadam,
-           hparams={"learning_rate": 0.02}, cases=({"b1": 0.8, "b2": 0.99, "eps": 1e-6},),
            notes="Matches optax.nadam: constant momentum (no mu_t schedule), no extra b2 "
                  "factor on v_hat."),
     Recipe("adabelief", adabelief, "adam",
            "AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed Gradients",
-           "2010.07468", reference="adam_family:adabelief", optax=optax.adabelief,
-           hparams={"learning_rate": 0.02},
-           cases=({"nesterov": True}, {"eps": 1e-8, "eps_root": 1e-8, "b1": 0.8}),
+           "2010.07468",
            notes="Matches optax and the official code (eps=1e-16 inside s and outside the "
                  "root); the paper's text uses 1e-8."),
     Recipe("laprop", laprop, "adam", "LaProp: Separating Momentum and Adaptivity in Adam",
-           "2002.04839", reference="adam_family:laprop", hparams={"learning_rate": 0.02},
-           cases=({"b1": 0.8, "b2": 0.99, "eps": 1e-8}, {"weight_decay": 0.01, "eps": 0.1}),
+           "2002.04839",
            notes="Official code keeps lr inside the momentum (same as this chain for a "
                  "constant lr, not under a schedule); weight decay as the official code, "
                  "p -= wd * p after the step (not lr * wd). No optax version."),
     Recipe("adopt", adopt, "adam",
            "ADOPT: Modified Adam Can Converge with Any \u03b2_2 with the Optimal Rate",
-           "2411.02853", reference="adam_family:adopt", optax=optax.contrib.adopt,
-           hparams={"learning_rate": 0.02},
-           cases=({"use_clipping": False}, {"nesterov": True, "b2": 0.99}),
+           "2411.02853",
            notes="Matches optax.contrib.adopt and the current official code (clipping by "
                  "step**0.25); the paper's Algorithm 1 has no clipping."),
     Recipe("ademamix", ademamix, "adam", "The AdEMAMix Optimizer: Better, Faster, Older",
-           "2409.03350", reference="adam_family:ademamix", optax=_optax_ademamix,
-           hparams={"learning_rate": 0.01},
-           cases=({"t_alpha_b3": 10, "alpha": 8.0},
-                  {"weight_decay": 0.1, "b3": 0.999, "eps_root": 1e-8}),
+           "2409.03350",
            notes="Matches optax.contrib.ademamix (t_alpha_b3 builds the official warm-up "
                  "schedulers, which optax accepts as schedules); mu_dtype covers m1, m2 only."),
     Recipe("exadam", exadam, "adam", "EXAdam: The Power of Adaptive Cross-Moments",
-           "2412.20302", reference="adam_family:exadam", hparams={"learning_rate": 0.003},
-           cases=({"dynamic_step_size": True}, {"weight_decay": 0.1, "b1": 0.8}),
+           "2412.20302",
            notes="Follows the current official code and arXiv v2 (no growing step "
                  "size); arXiv v1's ln(sqrt(2(t+1))) is dynamic_step_size=True. "
                  "No optax version."),
     Recipe("fadam", fadam, "adam",
            "FAdam: Adam is a natural gradient optimizer using diagonal empirical Fisher "
-           "information", "2405.12807", reference="adam_family:fadam",
-           hparams={"learning_rate": 0.02},
-           cases=({"adaptive_eps": False, "clip": 0.5}, {"p": 0.25, "weight_decay": 0.1,
-                                                         "b2": 0.99}),
+           "information", "2405.12807",
            notes="Paper's Algorithm 1 (no official code); adaptive eps = eps * min(1, rms(g)) "
                  "as the public re-implementations. No optax version."),
     Recipe("adamomentum", adamomentum, "adam",
            "Rethinking Adam: A Twofold Exponential Moving Average Approach", "2106.11514",
-           reference="adam_family:adamomentum", hparams={"learning_rate": 0.005},
-           cases=({"b1": 0.8, "b2": 0.99, "eps": 1e-6},),
            notes="Paper's algorithm: v tracks m^2 + eps, no eps outside the root. No optax "
                  "version."),
+    Recipe("adan", adan, "adam",
+           "Adan: Adaptive Nesterov Momentum Algorithm for Faster Optimizing Deep Models",
+           "2208.06677",
+           notes="Official code: bias corrections, zero difference on step 1, proximal "
+                 "weight decay (no_prox=True: AdamW's). optax.adan (0.2.8) weighs the "
+                 "difference terms by 1 - b2 instead of b2 (optax PR #1715); they agree "
+                 "at b2 = 0.5."),
 )

@@ -3,7 +3,7 @@ Gravity, CoRe, INNAprop, Adam with critical momenta and Coupled Adam.
 
 All are in the "adam" family: each is a first-order method whose core is an
 Adam-like (or RMSProp-like) moment rule; the wrappers they use (`switch`,
-`lookahead`) apply to any chain.
+`with_lookahead`) apply to any chain.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import optax
 
 from optlab import _validate as V
 from optlab._recipe import recipe_chain
-from optlab.catalog import Recipe
+from optlab._registry import Recipe
 import math
 
 from optlab.primitives.clipping import clip_by_agc
@@ -24,12 +24,12 @@ from optlab.primitives.decay import add_decayed_weights
 from optlab.primitives.regularizers import (
     add_norm_loss, centralize_gradient, normalize_gradient_std, scale_by_pnm_adam,
     with_stable_weight_decay)
-from optlab.primitives.weight_averaging import lookahead
-from optlab.primitives.moments import ema, heavy_ball, scale_by_adam, scale_by_moments
+from optlab.primitives.weight_averaging import with_lookahead
+from optlab.primitives.moments import scale_by_adam, scale_by_moments
+from optlab.rules import coupled_ema_sq, ema, embedding_paths, heavy_ball
 from optlab.primitives.step_size import scale_by_learning_rate
-from optlab.primitives.variants import (
-    coupled_ema_sq, embedding_paths, scale_by_core, scale_by_critical_momenta, scale_by_gravity,
-    scale_by_innaprop)
+from optlab.primitives.variants import (scale_by_core, scale_by_critical_momenta,
+                                        scale_by_gravity, scale_by_innaprop)
 from optlab.primitives.wrappers import swats_trigger, switch
 
 __all__ = ["swats", "coupled_adam", "innaprop", "adam_cm", "ranger21",
@@ -170,7 +170,7 @@ def ranger21(learning_rate: Any, num_iterations: int = 1000, b1: Any = 0.9, b2: 
              eps: Any = 1e-8, weight_decay: Any = 1e-4, agc_clipping_value: Any = 1e-2,
              agc_eps: Any = 1e-3, pnm_momentum: Any = 1.0, softplus_beta: Any = 50.0,
              normloss_factor: Any = 1e-4, lookahead_mergetime: int = 5,
-             lookahead_blending_alpha: Any = 0.5, use_warmup: bool = True,
+             lookahead_blending_alpha: Any = 0.5, *, use_warmup: bool = True,
              warmdown_active: bool = True, warmdown_min_lr: Any = 3e-5):
   """Ranger21: "Ranger21: a synergistic deep learning optimizer" (Wright & Demeure,
   arXiv:2106.13731), official lessw2020/Ranger21 code, AdamW core.
@@ -220,13 +220,13 @@ def ranger21(learning_rate: Any, num_iterations: int = 1000, b1: Any = 0.9, b2: 
                                weight_decay, b2),
       add_norm_loss(normloss_factor, eps), scale_by_learning_rate(lr))
   return recipe_chain("ranger21",
-                      lookahead(core, lookahead_mergetime, lookahead_blending_alpha))
+                      with_lookahead(core, lookahead_mergetime, lookahead_blending_alpha))
 
 
 def core(learning_rate: Any, b1a: Any = 0.7375, b1b: Any = 0.8125, b1c: Any = 250.0,
          b2: Any = 0.99, eps: Any = 1e-8, eta_minus: Any = 0.7375, eta_plus: Any = 1.2,
          step_size_min: Any = 1e-6, step_size_max: Any = 1e-2, weight_decay: Any = 0.1,
-         score_history: Any = None, frozen: Any = None, adam_like: bool = True):
+         score_history: Any = None, frozen: Any = None, *, adam_like: bool = True):
   """CoRe: "CoRe Optimizer: An All-in-One Solution for Machine Learning"
   (Eckhoff & Reiher, arXiv:2307.15663).
 
@@ -262,7 +262,7 @@ def core(learning_rate: Any, b1a: Any = 0.7375, b1b: Any = 0.8125, b1c: Any = 25
   return recipe_chain("core", scale_by_core(
       learning_rate, b1a, b1b, b1c, b2, eps, eta_minus, eta_plus, step_size_min, step_size_max,
       weight_decay, 0 if score_history is None else score_history,
-      0.0 if frozen is None else frozen, adam_like), scale_by_learning_rate(1.0))
+      0.0 if frozen is None else frozen, adam_like=adam_like), scale_by_learning_rate(1.0))
 
 
 def gravity(learning_rate: Any, alpha: Any = 0.01, beta: Any = 0.9, seed: int = 0):
@@ -286,62 +286,34 @@ def gravity(learning_rate: Any, alpha: Any = 0.01, beta: Any = 0.9, seed: int = 
                       scale_by_learning_rate(learning_rate))
 
 
-def _matrices(tree):
-  """Couples every 2-D leaf (used by the tests, whose problems have no embedding)."""
-  import jax
-  return jax.tree.map(lambda x: x.ndim == 2, tree)
-
-
 RECIPES = (
     Recipe("swats", swats, "adam",
            "Improving Generalization Performance by Switching from Adam to SGD", "1712.07628",
-           reference="adam_variants:swats", hparams={"learning_rate": 0.02},
-           cases=({"switch_tol": 1e-2}, {"switch_tol": 0.1, "b1": 0.8, "b2": 0.99}),
            notes="No official code; follows the paper's Algorithm 1 with whole-model "
                  "projections (the PyTorch port works per tensor)."),
     Recipe("coupled_adam", coupled_adam, "adam", "Better Embeddings with Coupled Adam",
-           "2502.08441", reference="adam_variants:coupled_adam",
-           hparams={"learning_rate": 0.02, "embedding_mask": _matrices},
-           cases=({"embedding_mask": {"w1": True, "b1": False, "w2": False, "scale": False},
-                   "weight_decay": 0.1, "b2": 0.99},
-                  {"embedding_mask": embedding_paths}),
-           notes="The catalog's hparams couple every 2-D leaf (the test problems have no "
-                 "embedding); the default detects paths containing 'embed'."),
+           "2502.08441",
+           notes="The default detects paths containing 'embed' (the contract tests, whose "
+                 "problems have no embedding, couple every 2-D leaf)."),
     Recipe("innaprop", innaprop, "adam",
            "A second-order-like optimizer with adaptive gradient scaling for deep learning",
-           "2410.10243", reference="adam_variants:innaprop",
-           hparams={"learning_rate": 0.02},
-           cases=({"alpha": 2.0, "beta": 2.0, "weight_decay": 0.0},
-                  {"sigma": 0.99, "eps": 1e-6, "weight_decay": 0.1}),
+           "2410.10243",
            notes="Official-code step (decay first, eps outside the bias-corrected root)."),
     Recipe("adam_cm", adam_cm, "adam",
            "Promoting Exploration in Memory-Augmented Adam using Critical Momenta",
-           "2307.09638", reference="adam_variants:adam_cm",
-           hparams={"learning_rate": 0.02},
-           cases=({"topc": 2, "decay": 0.9, "weight_decay": 0.1}, {"b2": 0.99, "topc": 8}),
+           "2307.09638",
            notes="Official Adam_CM (synced norms = sum of tensor norms, no random FIFO)."),
     Recipe("ranger21", ranger21, "adam", "Ranger21: a synergistic deep learning optimizer",
-           "2106.13731", reference="adam_variants:ranger21",
-           hparams={"learning_rate": 0.02, "num_iterations": 400},
-           cases=({"num_iterations": 30, "weight_decay": 1e-3, "normloss_factor": 1e-3},
-                  {"use_warmup": False, "warmdown_active": False, "lookahead_mergetime": 3,
-                   "softplus_beta": None}),
+           "2106.13731",
            notes="Official code, except that stable decay and norm loss reach every tensor "
                  "(the official loop decays only the last one)."),
     Recipe("core", core, "adam", "CoRe Optimizer: An All-in-One Solution for Machine Learning",
-           "2307.15663", reference="adam_variants:core", hparams={"learning_rate": 1e-3},
-           cases=({"score_history": 5, "frozen": 0.1, "weight_decay": 0.0, "b1c": 5.0},
-                  {"adam_like": False, "step_size_max": 1.0, "eta_plus": 1.5,
-                   "score_history": 3, "frozen": 0.25},
-                  {"b2": 0.9, "eps": 1e-6, "step_size_min": 1e-4, "step_size_max": 0.1,
-                   "eta_minus": 0.5, "weight_decay": 0.5}),
+           "2307.15663",
            notes="Official ReiherGroup/CoRe_optimizer step; one weight decay and one frozen "
                  "fraction for all tensors."),
     Recipe("gravity", gravity, "adam",
            "Gravity Optimizer: a Kinematic Approach on Optimization in Deep Learning",
-           "2101.09192", reference="adam_variants:gravity", hparams={"learning_rate": 1.0},
-           cases=({"alpha": 0.0, "beta": 0.99}, {"alpha": 0.05, "beta": 0.5, "seed": 3}),
-           notes="Official Keras code (t from 0; the PyTorch port starts at 1).",
+           "2101.09192", notes="Official Keras code (t from 0; the PyTorch port starts at 1).",
            known_failures={
                "rosenbrock": "zeta = g / (1 + (g max|g|)^2) shrinks large gradients: at the "
                              "valley's start (|g| ~ 30) a step moves ~lr * 3e-5, so lr 1 ends at "

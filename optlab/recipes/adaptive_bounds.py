@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import optax
-
 from optlab import _validate as V
 from optlab._recipe import recipe_chain
-from optlab.catalog import Recipe
+from optlab._registry import Recipe
 from optlab.primitives.decay import add_decayed_weights
 from optlab.primitives.step_size import (
     dynamic_bound, momental_bound, scale_by_bounded_step_size, scale_by_learning_rate,
@@ -146,46 +144,24 @@ def adamod(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, beta3: Any = 0.99
       *_weight_decay(weight_decay, mask), scale_by_learning_rate(learning_rate))
 
 
-def _optax_radam(learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, threshold=5.0,
-                 weight_decay=0.0, mask=None, mu_dtype=None, *, nesterov=False):
-  """optax.radam, plus optax's decoupled weight decay where it is asked for."""
-  if mu_dtype is not None:
-    raise ValueError("optax.radam has no mu_dtype")
-  return optax.chain(
-      optax.scale_by_radam(b1, b2, eps, eps_root, threshold, nesterov=nesterov),
-      optax.add_decayed_weights(weight_decay, mask), optax.scale_by_learning_rate(learning_rate))
-
-
 _BOUND_NOTE = ("Follows the official code where it differs from the paper (bias "
                "corrections, final_lr/gamma bounds scaled by lr/base_lr, no 1/sqrt(t), "
                "coupled weight decay, eps on the raw sqrt(v)). No optax version.")
 
 RECIPES = (
     Recipe("radam", radam, "adam", "On the Variance of the Adaptive Learning Rate and Beyond",
-           "1908.03265", reference="adaptive_bounds:radam", optax=_optax_radam,
-           hparams={"learning_rate": 0.025},
-           cases=({"b2": 0.99, "threshold": 4.0, "eps": 1e-6}, {"nesterov": True},
-                  {"weight_decay": 0.1, "b1": 0.8}),
+           "1908.03265",
            notes="Matches optax.radam (threshold 5 with >=, eps on sqrt(v_hat)); the paper "
                  "uses rho_t > 4, the official code eps on the raw sqrt(v) and, in its later "
                  "versions, skips steps before the threshold instead of the momentum step."),
     Recipe("adabound", adabound, "adam",
            "Adaptive Gradient Methods with Dynamic Bound of Learning Rate", "1902.09843",
-           reference="adaptive_bounds:adabound", hparams={"learning_rate": 0.02},
-           cases=({"gamma": 0.5, "final_lr": 0.05, "learning_rate": 0.05},
-                  {"weight_decay": 0.05, "b1": 0.8, "b2": 0.99},
-                  {"base_lr": 0.05, "gamma": 0.1}),
            notes=_BOUND_NOTE),
     Recipe("amsbound", amsbound, "adam",
            "Adaptive Gradient Methods with Dynamic Bound of Learning Rate", "1902.09843",
-           reference="adaptive_bounds:amsbound", hparams={"learning_rate": 0.02},
-           cases=({"gamma": 0.5, "final_lr": 0.05, "learning_rate": 0.05},
-                  {"weight_decay": 0.05, "b2": 0.9}),
            notes=_BOUND_NOTE),
     Recipe("adamod", adamod, "adam",
            "An Adaptive and Momental Bound Method for Stochastic Learning", "1910.12249",
-           reference="adaptive_bounds:adamod", hparams={"learning_rate": 0.1},
-           cases=({"beta3": 0.9}, {"weight_decay": 0.1, "b1": 0.8, "b2": 0.99, "eps": 1e-6}),
            notes="Follows the official code (bias correction inside the averaged step size, "
                  "raw m, eps on the raw sqrt(v), decoupled weight decay times lr). No optax "
                  "version."),

@@ -11,12 +11,13 @@ import optax
 
 from optlab import _validate as V
 from optlab._recipe import recipe_chain
-from optlab.catalog import Recipe
+from optlab._registry import Recipe
 from optlab.primitives.curvature import (
     gauss_newton_bartlett, hutchinson, scale_by_adahessian, scale_by_mfac, scale_by_sophia,
     with_fosi)
 from optlab.primitives.decay import add_decayed_weights
-from optlab.primitives.moments import ema, scale_by_adam, scale_by_moments
+from optlab.primitives.moments import scale_by_adam, scale_by_moments
+from optlab.rules import ema
 from optlab.primitives.step_size import scale_by_learning_rate
 
 __all__ = ["sophia_h", "sophia_g", "adahessian", "mfac", "fosi"]
@@ -193,32 +194,18 @@ def fosi(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
                         seed=seed, axis_name=axis_name))
 
 
-def _optax_sophia(seed=0, axis_name=None, n_probes=1, **kw):
-  """optax.contrib.sophia from sophia_h's keyword arguments (same names otherwise)."""
-  del axis_name, n_probes
-  import jax
-  est = optax.contrib.hutchinson_estimator_diag_hessian(jax.random.PRNGKey(seed))
-  return optax.contrib.sophia(hessian_diagonal_fn=est, **kw)
-
-
 _SOPHIA = "Sophia: A Scalable Stochastic Second-order Optimizer for Language Model Pre-training"
 
 RECIPES = (
     Recipe("sophia_h", sophia_h, "second_order", _SOPHIA, "2305.14342",
-           needs_extra_args=("obj_fn",), reference="hessian:sophia_h", optax=_optax_sophia,
-           hparams={"learning_rate": 0.05, "weight_decay": 0.0, "n_probes": 1},
-           cases=({"update_interval": 3, "gamma": 0.5, "b1": 0.9, "weight_decay": 1e-3},
-                  {"clip_threshold": 0.1, "eps": 1e-4, "n_probes": 2}),
+           needs_extra_args=("obj_fn",),
            notes="Follows levanter / optax.contrib.sophia (bias-corrected m, Hessian "
                  "refreshed after the update on steps 1, k+1, ...), which it matches; plus "
                  "axis_name (pmean of the estimate). The reference problem's Hessian is "
                  "diagonal, so the Hutchinson estimate is exact and the NumPy reference "
                  "reads it from grad_fn.hessian_diag."),
     Recipe("sophia_g", sophia_g, "second_order", _SOPHIA, "2305.14342",
-           needs_extra_args=("logits_fn",), reference="hessian:sophia_g",
-           hparams={"learning_rate": 0.02, "weight_decay": 0.0},
-           cases=({"gamma": 1000.0, "update_interval": 2, "b2": 0.9},
-                  {"gamma": 300.0, "weight_decay": 0.1, "clip_threshold": 0.5}),
+           needs_extra_args=("logits_fn",),
            notes="Follows the official PyTorch code (no bias correction; refresh before the "
                  "update on steps k+1, 2k+1, ...). The labels are random, so the reference "
                  "test relies on the tests' logits_fn (tests/extras.py): each param entry is "
@@ -229,10 +216,7 @@ RECIPES = (
                  "expectation against the exact Gauss-Newton diagonal. No optax version."),
     Recipe("adahessian", adahessian, "second_order",
            "ADAHESSIAN: An Adaptive Second Order Optimizer for Machine Learning", "2006.00719",
-           needs_extra_args=("obj_fn",), reference="hessian:adahessian",
-           hparams={"learning_rate": 0.1, "n_probes": 1},
-           cases=({"hessian_power": 0.5, "b2": 0.99, "eps": 1e-6},
-                  {"update_interval": 4, "weight_decay": 0.01}),
+           needs_extra_args=("obj_fn",),
            notes="Official code's update: lr * (m_hat / denom + weight_decay * p), the decay "
                  "not divided by the bias correction. The "
                  "reference problem's Hessian is diagonal, so the "
@@ -240,19 +224,14 @@ RECIPES = (
                  "optax version."),
     Recipe("mfac", mfac, "second_order",
            "M-FAC: Efficient Matrix-Free Approximations of Second-Order Information",
-           "2107.03356", reference="hessian:mfac",
-           hparams={"learning_rate": 0.3, "momentum": 0.9, "damp": 1.0, "ngrads": 8},
-           cases=({"momentum": 0.0, "weight_decay": 0.01, "ngrads": 4, "damp": 0.5},
-                  {"ngrads": 30, "damp": 0.1}),
+           "2107.03356",
            notes="Official optimizer (coupled weight decay, momentum after the inverse "
                  "product); window flattened over all params; Woodbury with a Cholesky "
                  "solve instead of the official unpivoted-LU recursion (same maths). The "
                  "reference is a naive Woodbury recursion over the window, as the official "
                  "HInvSlow check. No optax version."),
     Recipe("fosi", fosi, "second_order", "FOSI: Hybrid First and Second Order Optimization",
-           "2302.08484", needs_extra_args=("obj_fn",), reference="hessian:fosi",
-           hparams={"learning_rate": 0.02, "k": 3, "num_iters": 103, "update_interval": 10},
-           cases=({"alpha": 0.5, "decay": 0.5, "warmup": 3, "weight_decay": 0.01},),
+           "2302.08484", needs_extra_args=("obj_fn",),
            notes="Official fosi_adam with an AdamW base on the complement; top-k only (no "
                  "approx_l). num_iters=103 in the tests: on the reference problem (d=103, "
                  "diagonal Hessian) a full Lanczos run gives the exact eigenpairs, which the "

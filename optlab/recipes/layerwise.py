@@ -12,10 +12,11 @@ import optax
 
 from optlab import _validate as V
 from optlab._recipe import recipe_chain
-from optlab.catalog import Recipe
+from optlab._registry import Recipe
 from optlab.primitives.decay import add_decayed_weights
 from optlab.primitives.layerwise import scale_by_layerwise_second_moment, scale_by_madgrad
-from optlab.primitives.moments import ema, heavy_ball, scale_by_adam, scale_by_moments
+from optlab.primitives.moments import scale_by_adam, scale_by_moments
+from optlab.rules import ema, heavy_ball
 from optlab.primitives.normalize import scale_by_trust_ratio
 from optlab.primitives.step_size import scale_by_learning_rate
 
@@ -110,7 +111,7 @@ def lamb(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
                       scale_by_learning_rate(learning_rate))
 
 
-def lars(learning_rate: Any, weight_decay: Any = 0.0, weight_decay_mask: Any = True,
+def lars(learning_rate: Any, weight_decay: Any = 0.0, *, weight_decay_mask: Any = True,
          trust_coefficient: Any = 0.001, eps: Any = 0.0, trust_ratio_mask: Any = True,
          momentum: Any = 0.9, nesterov: bool = False):
   """LARS: "Large Batch Training of Convolutional Networks" (arXiv:1708.03888).
@@ -151,7 +152,7 @@ def lars(learning_rate: Any, weight_decay: Any = 0.0, weight_decay_mask: Any = T
     trust = optax.masked(trust, trust_ratio_mask)
   tx = recipe_chain("lars", *_decay(weight_decay, weight_decay_mask), trust,
                     scale_by_learning_rate(learning_rate),
-                    scale_by_moments(heavy_ball(momentum, nesterov), None))
+                    scale_by_moments(heavy_ball(momentum, nesterov=nesterov), None))
 
   def init(params):
     state = tx.init(params)  # checks params first
@@ -234,80 +235,18 @@ def madgrad(learning_rate: Any, momentum: Any = 0.9, weight_decay: Any = 0.0, ep
 
 
 # ------------------------------------------------------------- optax adapters
-def _optax_novograd(learning_rate, *, grad_averaging=False, mu_dtype=None, **kw):
-  """optax.novograd has no grad_averaging; with it m is (1 - b1) times optax's m."""
-  del mu_dtype
-  if grad_averaging:
-    c, lr = 1.0 - kw.get("b1", 0.9), learning_rate
-    learning_rate = (lambda t: c * lr(t)) if callable(lr) else c * lr
-  return optax.novograd(learning_rate, **kw)
-
-
-def _optax_lamb(learning_rate, *, mu_dtype=None, **kw):
-  del mu_dtype
-  return optax.lamb(learning_rate, **kw)
-
-
-def _with_float_count(tx):
-  """Runs optax's MADGRAD step on a float copy of its int32 step count.
-
-  optax evaluates sqrt(count + 1) on the int32 count, which JAX computes in
-  float32 even with x64 enabled; with a float count the float64 comparison
-  measures the algorithm rather than that rounding. Nothing else changes.
-  """
-  def update(updates, state, params=None):
-    count = state.count
-    updates, state = tx.update(
-        updates, state._replace(count=count.astype(jnp.result_type(float))), params)
-    return updates, state._replace(count=optax.safe_increment(count))
-
-  return optax.GradientTransformation(tx.init, update)
-
-
-def _optax_madgrad(learning_rate, momentum=0.9, weight_decay=0.0, eps=1e-6, *,
-                   decouple_decay=False):
-  """optax.contrib.madgrad (= add_decayed_weights + scale_by_madgrad), with a float count;
-  the decoupled mode as optax's step minus (lr + eps) * weight_decay * p."""
-  step = _with_float_count(optax.contrib.scale_by_madgrad(learning_rate, momentum, eps))
-  if not decouple_decay:
-    return optax.chain(optax.add_decayed_weights(weight_decay), step)
-  assert not callable(learning_rate) and momentum != 0  # exact only in this case
-  return optax.chain(step, optax.add_decayed_weights(-(learning_rate + eps) * weight_decay))
-
-
-def _decaying_lr(count):
-  """A schedule for the tests: 0.05 / (1 + 0.1 k)."""
-  return 0.05 / (1.0 + 0.1 * count)
-
-
-_SOME = {"w1": True, "b1": False, "w2": True, "scale": False}  # the test problems' leaves
-
 RECIPES = (
     Recipe("novograd", novograd, "layerwise",
            "Stochastic Gradient Methods with Layer-wise Adaptive Moments for Training of "
            "Deep Networks", "1905.11286",
-           reference="layerwise:novograd", optax=_optax_novograd,
-           hparams={"learning_rate": 0.05, "b1": 0.95, "b2": 0.98, "eps": 0.0, "eps_root": 1e-8},
-           cases=({"weight_decay": 0.01},
-                  {"grad_averaging": True, "weight_decay": 0.001},
-                  {"b1": 0.9, "b2": 0.25, "eps": 1e-6, "eps_root": 0.0},
-                  {"learning_rate": _decaying_lr}),
-           notes="Defaults are optax's; the catalog hparams are the official code's "
+           notes="Defaults are optax's; the contract tests run the official code's "
                  "(b1=0.95, b2=0.98, eps 1e-8 inside the root). v is initialised while it is "
                  "0 (official), not at step 1 (optax)."),
     Recipe("lamb", lamb, "layerwise",
            "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes",
-           "1904.00962", reference="layerwise:lamb", optax=_optax_lamb,
-           hparams={"learning_rate": 0.01},
-           cases=({"weight_decay": 0.01, "mask": _SOME},
-                  {"b1": 0.8, "b2": 0.99, "eps": 1e-8, "eps_root": 1e-12})),
+           "1904.00962"),
     Recipe("lars", lars, "layerwise", "Large Batch Training of Convolutional Networks",
-           "1708.03888", reference="layerwise:lars", optax=optax.lars,
-           hparams={"learning_rate": 0.5, "trust_coefficient": 0.02},
-           cases=({"nesterov": True},
-                  {"weight_decay": 1e-3, "weight_decay_mask": _SOME,
-                   "trust_ratio_mask": {"w1": True, "b1": False, "w2": True, "scale": True}},
-                  {"momentum": 0.0, "eps": 1e-9, "trust_coefficient": 0.001}),
+           "1708.03888",
            notes="The local lr divides by ||g + wd p|| (optax) rather than the paper's "
                  "||g|| + wd ||p||. Meant for non-zero-initialised weights: an all-zero "
                  "tensor's trust ratio falls back to 1, so it takes the full step lr * g "
@@ -315,11 +254,6 @@ RECIPES = (
     Recipe("madgrad", madgrad, "layerwise",
            "Adaptivity without Compromise: A Momentumized, Adaptive, Dual Averaged Gradient "
            "Method for Stochastic Optimization", "2101.11075",
-           reference="layerwise:madgrad", optax=_optax_madgrad,
-           hparams={"learning_rate": 0.05},
-           cases=({"momentum": 0.0}, {"weight_decay": 0.01},
-                  {"weight_decay": 0.01, "decouple_decay": True}, {"eps": 0.0},
-                  {"learning_rate": _decaying_lr}),
            notes="Follows the official code: lr + eps in lambda_k (not when lr = 0), L2 decay "
                  "or decouple_decay; float32 state for 16-bit params. optax.contrib.madgrad "
                  "always adds eps and has no decoupled mode (the test adapter emulates it); the "

@@ -15,7 +15,7 @@ import optax
 
 from optlab import _validate as V
 from optlab._recipe import recipe_chain
-from optlab.catalog import Recipe
+from optlab._registry import Recipe
 from optlab.primitives.block_coordinate import with_block_coordinate
 from optlab.primitives.blockwise import (
     adam_mini_mask, scale_by_adam_mini, scale_by_blockwise_adam, slim_adam_mask,
@@ -25,7 +25,8 @@ from optlab.primitives.factored import (
     clip_by_block_rms, last_two_dims, relative_step_size, scale_by_came, scale_by_factored_rms,
     scale_by_param_block_rms)
 from optlab.primitives.matricized import scale_by_smmf
-from optlab.primitives.moments import ema, scale_by_adam, scale_by_moments
+from optlab.primitives.moments import scale_by_adam, scale_by_moments
+from optlab.rules import ema
 from optlab.primitives.sparse_window import scale_by_microadam
 from optlab.primitives.step_size import scale_by_learning_rate
 from optlab.primitives.storage import with_quantized_state
@@ -43,7 +44,7 @@ def _momentum(b1: Any, dtype: Any = None):
 
 def adafactor(learning_rate: Any = None, min_dim_size_to_factor: int = 128,
               decay_rate: Any = 0.8, decay_offset: int = 0,
-              multiply_by_parameter_scale: bool = True, clipping_threshold: Any = 1.0,
+              *, multiply_by_parameter_scale: bool = True, clipping_threshold: Any = 1.0,
               momentum: Any = None, dtype_momentum: Any = jnp.float32,
               weight_decay_rate: Any = None, eps: Any = 1e-30, factored: bool = True,
               weight_decay_mask: Any = None):
@@ -69,8 +70,8 @@ def adafactor(learning_rate: Any = None, min_dim_size_to_factor: int = 128,
     V.check_decay("adafactor", "momentum", momentum)
   V.check_range("adafactor", "decay_offset", decay_offset, 0)
   V.check_nonneg("adafactor", "weight_decay_rate", weight_decay_rate)
-  steps = [scale_by_factored_rms(factored, decay_rate, decay_offset, min_dim_size_to_factor,
-                                 eps)]
+  steps = [scale_by_factored_rms(factored=factored, decay_rate=decay_rate, step_offset=decay_offset,
+                                 min_dim_size_to_factor=min_dim_size_to_factor, epsilon=eps)]
   if clipping_threshold is not None:
     V.check_positive("adafactor", "clipping_threshold", clipping_threshold)
     steps.append(clip_by_block_rms(clipping_threshold))
@@ -181,7 +182,8 @@ def adalomo(learning_rate: Any, eps1: Any = 1e-30, eps2: Any = 1e-3,
   V.check_nonneg("adalomo", "eps2", eps2)
   V.check_positive("adalomo", "clip_threshold", clip_threshold)
   return recipe_chain("adalomo",
-                      scale_by_factored_rms(True, decay_rate, 0, 0, eps1, dims_fn=last_two_dims),
+                      scale_by_factored_rms(decay_rate=decay_rate, min_dim_size_to_factor=0, epsilon=eps1,
+                            dims_fn=last_two_dims),
                       clip_by_block_rms(clip_threshold),
                       add_decayed_weights(weight_decay, mask),
                       scale_by_param_block_rms(eps2),
@@ -327,7 +329,7 @@ def smmf(learning_rate: Any, b1: Any = 0.9, eps: Any = 1e-8, weight_decay: Any =
   V.check_nonneg("smmf", "weight_decay", weight_decay)
   V.check_choice("smmf", "weight_decay_mode", weight_decay_mode, ("adamw", "adam"))
   decay = add_decayed_weights(weight_decay, mask)
-  core = scale_by_smmf(b1, eps, decay_rate, growth_rate, vector_reshape)
+  core = scale_by_smmf(b1, eps, decay_rate, growth_rate, vector_reshape=vector_reshape)
   steps = (decay, core) if weight_decay_mode == "adam" else (core, decay)
   return recipe_chain("smmf", *steps, scale_by_learning_rate(learning_rate))
 
@@ -367,96 +369,53 @@ def microadam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-
                       scale_by_learning_rate(learning_rate))
 
 
-def _slim_test_rules(names, shape):
-  """Test rules for the reference problem: w1 compressed along axis 0, w2 along 1."""
-  return {"w1": (0,), "w2": (1,)}.get(names[-1], ())
-
-
-def _elementwise(names, shape):
-  return ()
-
-
-def _optax_adafactor(learning_rate=None, **kw):
-  return optax.adafactor(learning_rate, **kw)
-
-
 RECIPES = (
     Recipe("adafactor", adafactor, "memory_efficient",
            "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost", "1804.04235",
-           reference="memory_efficient:adafactor", optax=_optax_adafactor,
-           hparams={"learning_rate": 0.05, "min_dim_size_to_factor": 4},
-           cases=({"momentum": 0.9, "weight_decay_rate": 0.01, "clipping_threshold": None,
-                   "dtype_momentum": None},
-                  {"multiply_by_parameter_scale": False, "decay_rate": 0.5},
-                  {"factored": False, "min_dim_size_to_factor": 128}),
            notes="Matches optax.adafactor (factoring over the two largest dims >= "
                  "min_dim_size_to_factor; weight decay not scaled by the learning rate). "
                  "learning_rate=None is the paper's relative step min(1e-2, 1/sqrt(t)) "
                  "(optax: no factor). Statistics in float32 flat vectors."),
     Recipe("adam_mini", adam_mini, "memory_efficient",
            "Adam-mini: Use Fewer Learning Rates To Gain More", "2406.16793",
-           reference="memory_efficient:adam_mini", hparams={"learning_rate": 0.02},
-           cases=({"weight_decay": 0.1, "b2": 0.95},
-                  {"partition": _elementwise, "eps": 1e-6}),
            notes="Official v1.1 block rules on flax paths (output neurons = last kernel "
                  "axis); block statistics in one float32 vector."),
     Recipe("came", came, "memory_efficient",
            "CAME: Confidence-guided Adaptive Memory Efficient Optimization", "2307.02047",
-           reference="memory_efficient:came", hparams={"learning_rate": 0.02},
-           cases=({"weight_decay": 0.1, "b3": 0.99, "clip_threshold": 0.5},),
            notes="Official code: last two dims factored, 0-/1-D tensors without the "
                  "confidence term, no bias correction. Statistics in float32 vectors."),
     Recipe("adalomo", adalomo, "memory_efficient",
            "AdaLomo: Low-memory Optimization with Adaptive Learning Rate", "2310.10195",
-           reference="memory_efficient:adalomo", hparams={"learning_rate": 0.05},
-           cases=({"weight_decay": 0.1, "clip_threshold": 0.5, "eps2": 1e-2},),
            notes="Official code's step (last two dims factored, decay scaled by "
                  "lr * param scale); LOMO's fused backward, fp16 loss scaling and two-pass "
                  "gradient-norm clipping are not part of the recipe."),
     Recipe("adam_subset_norm", adam_subset_norm, "memory_efficient",
            "Efficient Adaptive Optimization via Subset-Norm and Subspace-Momentum: Fast, "
            "Memory-Reduced Training with Convergence Guarantees", "2411.07120",
-           reference="memory_efficient:adam_subset_norm", hparams={"learning_rate": 0.02},
-           cases=({"weight_decay": 0.1, "b2": 0.95}, {"eps": 1e-8, "b1": 0.5},
-                  {"momentum_rank": 2, "momentum_update_every": 10, "weight_decay": 0.1}),
            notes="Official AdamWSN: sum of g^2 over the smaller dim of every 2-D tensor, "
                  "eps before the bias correction, decay after the step. momentum_rank=r adds "
                  "Subspace-Momentum (official GenericOptim sm+sn; projector refreshed on "
                  "steps 1, k+1, ... instead of 1, k, 2k)."),
     Recipe("slim_adam", slim_adam, "memory_efficient",
            "When Can You Get Away with Low Memory Adam?", "2503.01843",
-           reference="memory_efficient:slim_adam",
-           hparams={"learning_rate": 0.02, "partition": _slim_test_rules},
-           cases=({"weight_decay": 0.0, "b2": 0.999}, {"partition": _elementwise}),
            notes="Official step; Table 1 rules translated to flax kernels by default (the "
-                 "catalogue hparams use fixed test rules, as the test problem has no layer "
+                 "contract tests use fixed rules, as their problem has no layer "
                  "names). Biases never compressed."),
     Recipe("badam", badam, "memory_efficient",
            "BAdam: A Memory Efficient Full Parameter Training Method for Large Language Models",
-           "2404.02827", reference="memory_efficient:badam",
-           hparams={"learning_rate": 0.05, "switch_every": 2},
-           cases=({"order": "descending", "switch_every": 5, "weight_decay": 0.1},),
+           "2404.02827",
            notes="One block per top-level leaf/module; Adam state on a flat buffer sized to "
                  "the largest block, re-initialised on each switch (static shapes: inactive "
                  "state cannot be freed)."),
     Recipe("smmf", smmf, "memory_efficient",
            "SMMF: Square-Matricized Momentum Factorization for Memory-Efficient Optimization",
-           "2412.08894", reference="memory_efficient:smmf", hparams={"learning_rate": 0.02},
-           cases=({"weight_decay": 0.1, "growth_rate": 0.99, "decay_rate": 0.8},
-                  {"b1": None, "vector_reshape": False, "eps": 1e-6},
-                  {"weight_decay_mode": "adam", "weight_decay": 0.05, "b1": 0.5}),
+           "2412.08894",
            notes="Official code's step (rank-1 factors of the square-matricized m and v, "
                  "m's signs as packed bits, no bias correction); factors and signs in flat "
                  "vectors."),
     Recipe("microadam", microadam, "memory_efficient",
            "MicroAdam: Accurate Adaptive Optimization with Low Space Overhead and Provable "
-           "Convergence", "2405.15593", reference="memory_efficient:microadam",
-           hparams={"learning_rate": 0.02, "m": 4, "quant_block_size": 16,
-                    "topk_block_size": 4, "values_dtype": None},
-           cases=({"weight_decay": 0.1, "b2": 0.95, "k_init": 0.1, "m": 10,
-                   "quant_block_size": 7, "topk_block_size": 20},
-                  {"k_init": 0.5, "m": 2, "quant_block_size": 100_000,
-                   "topk_block_size": 16_384, "eps": 1e-6}),
+           "Convergence", "2405.15593",
            notes="Official algorithm: top-k per block into a ring of m sparse rows, 4-bit "
                  "min/max error feedback, Adam moments recomputed from the window. Tests "
                  "use small top-k blocks (k_init 0.01 keeps 1 of 4), small error blocks, float "
@@ -464,10 +423,6 @@ RECIPES = (
                  "inject_hyperparams."),
     Recipe("adamw_8bit", adamw_8bit, "memory_efficient",
            "8-bit Optimizers via Block-wise Quantization", "2110.02861",
-           reference="memory_efficient:adamw_8bit",
-           hparams={"learning_rate": 0.02, "weight_decay": 0.01, "block_size": 16,
-                    "min_size": 0},
-           cases=({"block_size": 5, "b2": 0.95},),
            notes="with_quantized_state(adamw): dynamic tree map, nearest rounding, new "
                  "absmax from the new state, as bitsandbytes. Tests use tiny blocks and "
                  "min_size=0 so that every tensor is quantised."),

@@ -15,16 +15,16 @@ import optax
 
 from optlab import _validate as V
 from optlab._recipe import recipe_chain
-from optlab.catalog import Recipe
+from optlab._registry import Recipe
 from optlab.primitives.clipping import clip_spikes, with_momentum_reset
 from optlab.primitives.decay import add_decayed_weights, add_decayed_weights_after_step
 from optlab.primitives.masks import (cautious, check_channel_axis, with_grams,
                                      with_leaf_labels, with_radial_projection)
-from optlab.primitives.moments import (ema, ema_sq, heavy_ball, scale_by_adam,
-                                       scale_by_lion_momentum, scale_by_moments)
+from optlab.primitives.moments import scale_by_adam, scale_by_lion_momentum, scale_by_moments
+from optlab.rules import ema, ema_sq, heavy_ball, nesterov_ema, unit_scale
 from optlab.primitives.normalize import scale_by_sign
 from optlab.primitives.step_size import scale_by_learning_rate
-from optlab.primitives.variance_reduction import add_mars_correction, nesterov_ema, unit_scale
+from optlab.primitives.variance_reduction import add_mars_correction
 
 __all__ = ["lion", "cautious_adamw", "cautious_lion", "grams", "mars_adamw", "mars_lion",
            "spam", "adamp", "sgdp"]
@@ -127,8 +127,10 @@ def _matrix_label(leaf):
   return "matrix" if jnp.ndim(leaf) == 2 else "other"
 
 
-def _mars(where, learning_rate, matrix_rule, b1, gamma, max_norm, weight_decay, mask,
-          optimize_1d, lr_1d_factor, b1_1d, b2_1d, eps, weight_decay_1d):
+def mars_chain(where, learning_rate, matrix_rule, b1, gamma, max_norm, weight_decay, mask,
+               optimize_1d, lr_1d_factor, b1_1d, b2_1d, eps, weight_decay_1d):
+  """The MARS chain (arXiv:2411.10438) around `matrix_rule`, shared by mars_adamw,
+  mars_lion and `recipes.matrix.mars_shampoo` (not exported: a recipe builder)."""
   _check(where, learning_rate, b1=b1, b1_1d=b1_1d, b2_1d=b2_1d)
   for name, value in (("eps", eps), ("weight_decay", weight_decay),
                       ("weight_decay_1d", weight_decay_1d), ("lr_1d_factor", lr_1d_factor)):
@@ -150,7 +152,7 @@ def _mars(where, learning_rate, matrix_rule, b1, gamma, max_norm, weight_decay, 
 
 def mars_adamw(learning_rate: Any, b1: Any = 0.95, b2: Any = 0.99, eps: Any = 1e-8,
                weight_decay: Any = 0.0, mask: Any = None, gamma: Any = 0.025,
-               max_norm: Any = 1.0, optimize_1d: bool = False, lr_1d_factor: Any = 1.0,
+               max_norm: Any = 1.0, *, optimize_1d: bool = False, lr_1d_factor: Any = 1.0,
                b1_1d: Any = 0.9, b2_1d: Any = 0.95, weight_decay_1d: Any = 0.1):
   """MARS-AdamW: "MARS: Unleashing the Power of Variance Reduction for Training Large
   Models" (arXiv:2411.10438), approximate form, as in the official AGI-Arena/MARS code.
@@ -170,13 +172,13 @@ def mars_adamw(learning_rate: Any, b1: Any = 0.95, b2: Any = 0.99, eps: Any = 1e
   form are not provided.
   """
   V.check_decay("mars_adamw", "b2", b2)
-  return _mars("mars_adamw", learning_rate, (scale_by_adam(b1, b2, eps),), b1, gamma,
-               max_norm, weight_decay, mask, optimize_1d, lr_1d_factor, b1_1d, b2_1d, eps,
-               weight_decay_1d)
+  return mars_chain("mars_adamw", learning_rate, (scale_by_adam(b1, b2, eps),), b1, gamma,
+                    max_norm, weight_decay, mask, optimize_1d, lr_1d_factor, b1_1d, b2_1d, eps,
+                    weight_decay_1d)
 
 
 def mars_lion(learning_rate: Any, b1: Any = 0.95, weight_decay: Any = 0.0, mask: Any = None,
-              gamma: Any = 0.025, max_norm: Any = 1.0, optimize_1d: bool = False,
+              gamma: Any = 0.025, max_norm: Any = 1.0, *, optimize_1d: bool = False,
               lr_1d_factor: Any = 1.0, b1_1d: Any = 0.9, b2_1d: Any = 0.95, eps: Any = 1e-8,
               weight_decay_1d: Any = 0.1):
   """MARS-Lion: "MARS: Unleashing the Power of Variance Reduction for Training Large
@@ -189,10 +191,10 @@ def mars_lion(learning_rate: Any, b1: Any = 0.95, weight_decay: Any = 0.0, mask:
   Hyperparameters: as `mars_adamw` without b2; eps only serves the AdamW that
   trains the non-2-d tensors when ``optimize_1d=False`` (see `mars_adamw`).
   """
-  # unit_scale: no second moment, but the AdamW state layout (see `_mars`).
+  # unit_scale: no second moment, but the AdamW state layout (see `mars_chain`).
   rule = (scale_by_moments(ema(b1, debias=False), unit_scale()), scale_by_sign())
-  return _mars("mars_lion", learning_rate, rule, b1, gamma, max_norm, weight_decay, mask,
-               optimize_1d, lr_1d_factor, b1_1d, b2_1d, eps, weight_decay_1d)
+  return mars_chain("mars_lion", learning_rate, rule, b1, gamma, max_norm, weight_decay, mask,
+                    optimize_1d, lr_1d_factor, b1_1d, b2_1d, eps, weight_decay_1d)
 
 
 # ----------------------------------------------------------------------- SPAM
@@ -235,7 +237,7 @@ def spam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
 # --------------------------------------------------------------- AdamP / SGDP
 def adamp(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
           weight_decay: Any = 0.0, delta: Any = 0.1, wd_ratio: Any = 0.1,
-          nesterov: bool = False, channel_axis: int = -1):
+          *, nesterov: bool = False, channel_axis: int = -1):
   """AdamP: "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
   Scale-invariant Weights" (arXiv:2006.08217), as in the official clovaai/AdamP code.
 
@@ -266,7 +268,7 @@ def adamp(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
 
 
 def sgdp(learning_rate: Any, momentum: Any = 0.0, dampening: Any = 0.0,
-         weight_decay: Any = 0.0, nesterov: bool = False, eps: Any = 1e-8, delta: Any = 0.1,
+         weight_decay: Any = 0.0, *, nesterov: bool = False, eps: Any = 1e-8, delta: Any = 0.1,
          wd_ratio: Any = 0.1, channel_axis: int = -1):
   """SGDP: "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
   Scale-invariant Weights" (arXiv:2006.08217), as in the official clovaai/AdamP code.
@@ -286,7 +288,7 @@ def sgdp(learning_rate: Any, momentum: Any = 0.0, dampening: Any = 0.0,
   V.check_nonneg("sgdp", "weight_decay", weight_decay)
   V.check_nonneg("sgdp", "eps", eps)
   check_channel_axis("sgdp", channel_axis)
-  inner = scale_by_moments(heavy_ball(momentum, nesterov, dampening=dampening), None)
+  inner = scale_by_moments(heavy_ball(momentum, nesterov=nesterov, dampening=dampening), None)
   decay = weight_decay / (1.0 - momentum)
   return recipe_chain("sgdp", with_radial_projection(inner, delta, wd_ratio, decay, eps,
                                                      channel_axis),
@@ -306,63 +308,24 @@ _HF_EPS = ("Official code (HF-transformers AdamW base) adds eps to sqrt(v) befor
 
 RECIPES = (
     Recipe("lion", lion, "sign", "Symbolic Discovery of Optimization Algorithms", "2302.06675",
-           reference="sign_family:lion", optax=optax.lion,
-           hparams={"learning_rate": 0.01, "weight_decay": 0.01},
-           cases=({"b1": 0.95, "b2": 0.98, "weight_decay": 0.0},),
            notes="Default weight_decay is optax's 1e-3 (the paper's code: 0)."),
     Recipe("cautious_adamw", cautious_adamw, "sign", _CAUTIOUS, "2411.16085",
-           reference="sign_family:cautious_adamw",
-           hparams={"learning_rate": 0.02},
-           cases=({"b1": 0.8, "b2": 0.99, "eps": 1e-8, "weight_decay": 0.1},
-                  {"eps_before_debias": True, "eps": 0.1, "weight_decay": 0.1}),
            notes="Official c_adamw.py mask normalisation (1 / max(mean, 1e-3)). eps as its "
                  "default foreach path and the paper (after bias correction); "
                  "eps_before_debias=True gives its loop path (HF-transformers AdamW form)."),
     Recipe("cautious_lion", cautious_lion, "sign", _CAUTIOUS, "2411.16085",
-           reference="sign_family:cautious_lion",
-           hparams={"learning_rate": 0.01},
-           cases=({"b1": 0.9, "b2": 0.99, "weight_decay": 0.1},),
            notes="Official c_lion.py mask normalisation (n / (nnz + 1)) and defaults."),
     Recipe("grams", grams, "sign", "Grams: Gradient Descent with Adaptive Momentum Scaling",
-           "2412.17107", reference="sign_family:grams",
-           hparams={"learning_rate": 0.02},
-           cases=({"b1": 0.8, "b2": 0.99, "eps": 1e-8, "weight_decay": 0.1},
-                  {"eps": 0.1, "weight_decay": 0.1}),
-           notes=_HF_EPS),
+           "2412.17107", notes=_HF_EPS),
     Recipe("mars_adamw", mars_adamw, "sign", _MARS, "2411.10438",
-           reference="sign_family:mars_adamw",
-           hparams={"learning_rate": 0.02},
-           cases=({"optimize_1d": True, "weight_decay": 0.1},
-                  {"gamma": 0.1, "max_norm": None, "lr_1d_factor": 0.5, "b1": 0.9,
-                   "b2": 0.95, "weight_decay_1d": 0.0}),
            notes="Non-2-d tensors use AdamW (official optimize_1d=False)."),
     Recipe("mars_lion", mars_lion, "sign", _MARS, "2411.10438",
-           reference="sign_family:mars_lion",
-           hparams={"learning_rate": 0.01},
-           cases=({"optimize_1d": True, "weight_decay": 0.1},
-                  {"gamma": 0.1, "max_norm": 2.0, "lr_1d_factor": 0.5}),
            notes="Non-2-d tensors use AdamW (official optimize_1d=False); no b2."),
     Recipe("spam", spam, "sign",
            "SPAM: Spike-Aware Adam with Momentum Reset for Stable LLM Training", "2501.06842",
-           reference="sign_family:spam",
-           hparams={"learning_rate": 0.02},
-           cases=({"delta_t": 7, "warmup_steps": 3, "clip_delay": 2, "threshold": 2.0},
-                  {"delta_t": 0, "clip_delay": 3, "threshold": 1.5, "weight_decay": 0.1},
-                  {"delta_t": 10, "warmup_steps": 0, "threshold": 0.0},
-                  {"eps": 0.1, "weight_decay": 0.5, "delta_t": 9, "warmup_steps": 2,
-                   "clip_delay": 1, "threshold": 3.0}),
            notes=_HF_EPS + " Weight decay applied to the updated weights, after the step, "
                  "as the official code."),
-    Recipe("adamp", adamp, "sign", _ADAMP, "2006.08217", reference="sign_family:adamp",
-           hparams={"learning_rate": 0.02},
-           cases=({"delta": 3.0, "weight_decay": 0.1},
-                  {"delta": 1.0, "wd_ratio": 0.5, "weight_decay": 0.1, "nesterov": True},
-                  {"delta": 3.0, "channel_axis": 0}),
-           static=("channel_axis",), notes=_ADAMP_AXIS),
-    Recipe("sgdp", sgdp, "sign", _ADAMP, "2006.08217", reference="sign_family:sgdp",
-           hparams={"learning_rate": 0.01, "momentum": 0.9},
-           cases=({"delta": 3.0, "weight_decay": 0.1, "dampening": 0.1},
-                  {"delta": 1.0, "weight_decay": 0.1, "nesterov": True, "dampening": 0.2},
-                  {"momentum": 0.0, "delta": 3.0, "weight_decay": 0.1, "channel_axis": 0}),
-           static=("channel_axis",), notes=_ADAMP_AXIS),
+    Recipe("adamp", adamp, "sign", _ADAMP, "2006.08217", static=("channel_axis",),
+           notes=_ADAMP_AXIS),
+    Recipe("sgdp", sgdp, "sign", _ADAMP, "2006.08217", static=("channel_axis",), notes=_ADAMP_AXIS),
 )

@@ -12,15 +12,13 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-import optax
-
 from optlab import _validate as V
 from optlab._recipe import recipe_chain
-from optlab.catalog import Recipe
+from optlab._registry import Recipe
 from optlab.primitives.decay import add_decayed_weights
 from optlab.primitives.parameter_free import (
     adagrad_diagonal, adam_diagonal, hutchinson_diagonal_ema, scale_by_dadapt_adam,
-    scale_by_dadapt_lion, scale_by_dadapt_sgd, scale_by_distance_over_gradients, scale_by_momo,
+    scale_by_dadapt_lion, scale_by_dadapt_sgd, scale_by_dog, scale_by_momo,
     scale_by_polyak_step)
 from optlab.primitives.step_size import scale_by_learning_rate
 
@@ -34,7 +32,7 @@ def _dog_chain(name: str, learning_rate: Any, init_step: Any, eps: Any, weight_d
   V.check_learning_rate(name, learning_rate)
   decay = [add_decayed_weights(weight_decay, mask)] if weight_decay is not None else []
   return recipe_chain(name, *decay,
-                      scale_by_distance_over_gradients(init_step, eps, layerwise=layerwise),
+                      scale_by_dog(init_step, eps, layerwise=layerwise),
                       scale_by_learning_rate(learning_rate))
 
 
@@ -139,29 +137,9 @@ def dadapt_lion(learning_rate: Any = 1.0, b1: Any = 0.9, b2: Any = 0.99,
                                                           d0))
 
 
-def _optax_dadapt_adam(learning_rate: Any = 1.0, b1: Any = 0.9, b2: Any = 0.999,
-                       eps: Any = 1e-8, weight_decay: Any = 0.0, d0: Any = 1e-6,
-                       growth_rate: Any = math.inf, *, decouple: bool = False,
-                       use_bias_correction: bool = False):
-  """optax.contrib.dadapt_adamw set up to run the official DAdaptAdam settings."""
-  if growth_rate != math.inf:
-    raise ValueError("optax.contrib.dadapt_adamw has no growth_rate")
-  def undo_bias_correction(count):  # optax always multiplies by the bias correction c_k
-    k = count + 1
-    lr = learning_rate(count) if callable(learning_rate) else learning_rate
-    return lr * (1 - b1 ** k) / (1 - b2 ** k) ** 0.5
-
-  schedule = learning_rate if use_bias_correction else undo_bias_correction
-  tx = optax.contrib.dadapt_adamw(schedule, betas=(b1, b2), eps=eps, estim_lr0=d0,
-                                  weight_decay=weight_decay if decouple else 0.0)
-  if decouple or not weight_decay:
-    return tx
-  return optax.chain(optax.add_decayed_weights(weight_decay), tx)
-
-
 # ---------------------------------------------------------------------- MoMo
 def momo(learning_rate: Any = 1.0, beta: Any = 0.9, lower_bound: Any = 0.0,
-         weight_decay: Any = 0.0, adapt_lower_bound: bool = False, *,
+         weight_decay: Any = 0.0, *, adapt_lower_bound: bool = False,
          bias_correction: bool = False):
   """MoMo: "MoMo: Momentum Models for Adaptive Learning Rates" (arXiv:2305.07583),
   following the official fabian-sp/MoMo code.
@@ -189,8 +167,8 @@ def momo(learning_rate: Any = 1.0, beta: Any = 0.9, lower_bound: Any = 0.0,
 
 
 def momo_adam(learning_rate: Any = 1e-2, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
-              lower_bound: Any = 0.0, weight_decay: Any = 0.0, adapt_lower_bound: bool = False,
-              *, divide: bool = True):
+              lower_bound: Any = 0.0, weight_decay: Any = 0.0, *, adapt_lower_bound: bool = False,
+              divide: bool = True):
   """MoMo-Adam: "MoMo: Momentum Models for Adaptive Learning Rates" (arXiv:2305.07583),
   following the official fabian-sp/MoMo MomoAdam code.
 
@@ -213,23 +191,6 @@ def momo_adam(learning_rate: Any = 1e-2, b1: Any = 0.9, b2: Any = 0.999, eps: An
   return recipe_chain("momo_adam", scale_by_momo(
       learning_rate, b1, lower_bound, weight_decay, adapt_lower_bound=adapt_lower_bound,
       bias_correction=True, preconditioner=adam_diagonal(b2, eps), divide=divide))
-
-
-def _optax_momo(learning_rate: Any = 1.0, beta: Any = 0.9, lower_bound: Any = 0.0,
-                weight_decay: Any = 0.0, adapt_lower_bound: bool = False, *,
-                bias_correction: bool = False):
-  if bias_correction or weight_decay:
-    raise ValueError("optax.contrib.momo has no bias_correction and decays differently")
-  return optax.contrib.momo(learning_rate, beta, lower_bound, weight_decay, adapt_lower_bound)
-
-
-def _optax_momo_adam(learning_rate: Any = 1e-2, b1: Any = 0.9, b2: Any = 0.999,
-                     eps: Any = 1e-8, lower_bound: Any = 0.0, weight_decay: Any = 0.0,
-                     adapt_lower_bound: bool = False, *, divide: bool = True):
-  if weight_decay or not divide:
-    raise ValueError("optax.contrib.momo_adam decays differently")
-  return optax.contrib.momo_adam(learning_rate, b1, b2, eps, lower_bound, weight_decay,
-                                 adapt_lower_bound)
 
 
 # ------------------------------------------------------ Polyak steps: SPS, SANIA
@@ -305,7 +266,7 @@ def sps(learning_rate: Any = 1.0, preconditioner: str = "hutchinson", lower_boun
 
 
 def sania(learning_rate: Any = 1.0, preconditioner: str = "adam", b2: Any = 0.999,
-          eps: Any = 0.1, is_sqrt: bool = False, lower_bound: Any = 0.0,
+          eps: Any = 0.1, *, is_sqrt: bool = False, lower_bound: Any = 0.0,
           probes: tuple[int, int] = (1, 100), seed: int = 0, axis_name: Optional[str] = None):
   """SANIA: "SANIA: Polyak-type Optimization Framework Leads to Scale Invariant
   Stochastic Algorithms" (arXiv:2312.17369), following the authors' code.
@@ -350,80 +311,45 @@ _SANIA_PAPER = ("SANIA: Polyak-type Optimization Framework Leads to Scale Invari
 
 RECIPES = (
     Recipe("dog", dog, "step_size_free", _DOG_PAPER, "2302.12022",
-           reference="step_size_free:dog", optax=optax.contrib.dog,
-           hparams={"learning_rate": 1.0},
-           cases=({"init_step": ("distance", 1e-3), "weight_decay": 0.01},
-                  {"init_step": ("learning_rate", 1e-3), "eps": 1e-6},
-                  {"learning_rate": 0.5, "init_step": ("heuristic", 1e-4)}),
            notes="Follows the official code (x_0 captured at the first update). Matches "
                  "optax.contrib.dog."),
     Recipe("ldog", ldog, "step_size_free", _DOG_PAPER, "2302.12022",
-           reference="step_size_free:ldog", hparams={"learning_rate": 1.0},
-           cases=({"init_step": ("distance", 1e-3), "weight_decay": 0.01},
-                  {"init_step": ("heuristic", 1e-4), "eps": 1e-6}),
            notes="Follows the official LDoG code: one DoG step size per tensor. No optax "
                  "version."),
     Recipe("dadapt_sgd", dadapt_sgd, "step_size_free", _DADAPT_PAPER, "2301.07733",
-           reference="step_size_free:dadapt_sgd",
-           hparams={"learning_rate": 1.0, "momentum": 0.9},
-           cases=({"momentum": 0.0},
-                  {"weight_decay": 0.01, "growth_rate": 1.02, "d0": 1e-4}),
            notes="Follows the official DAdaptSGD (dual averaging; ||g_0|| without the decay "
-                 "term); ||g_0|| is the first non-zero gradient norm. The catalog uses "
+                 "term); ||g_0|| is the first non-zero gradient norm. The contract tests use "
                  "momentum 0.9 (official default 0, which diverges on the contract "
                  "problems). No optax version."),
     Recipe("dadapt_adam", dadapt_adam, "step_size_free", _DADAPT_PAPER, "2301.07733",
-           reference="step_size_free:dadapt_adam", optax=_optax_dadapt_adam,
-           hparams={"learning_rate": 1.0, "use_bias_correction": True},
-           cases=({"use_bias_correction": False},
-                  {"decouple": True, "weight_decay": 0.01},
-                  {"use_bias_correction": False, "weight_decay": 0.01},
-                  {"b1": 0.8, "b2": 0.99, "eps": 1e-6, "d0": 1e-4}),
            notes="Official DAdaptAdam defaults (no bias correction, coupled decay); the "
-                 "catalog turns bias correction on (as optax), which trains the digits MLP at "
-                 "learning_rate 1. "
-                 "optax.contrib.dadapt_adamw always bias-corrects and decouples the decay; the "
-                 "optax= adapter maps the official settings onto it (growth_rate has no optax "
-                 "counterpart and is checked against the reference only)."),
+                 "contract tests turn bias correction on (as optax), which trains the digits "
+                 "MLP at learning_rate 1. optax.contrib.dadapt_adamw always bias-corrects and "
+                 "decouples the decay; the tests' optax adapter maps the official settings "
+                 "onto it (growth_rate has no optax counterpart and is checked against the "
+                 "reference only)."),
     Recipe("dadapt_lion", dadapt_lion, "step_size_free", _DADAPT_PAPER, "2301.07733",
-           reference="step_size_free:dadapt_lion", hparams={"learning_rate": 0.12},
-           cases=({"weight_decay": 0.01, "b1": 0.8, "b2": 0.95}, {"d0": 1e-4}),
            notes="Follows the official DAdaptLion (dlr inside the momentum). At the "
                  "recommended learning_rate 1 its estimate of d overshoots on the contract "
-                 "problems (digits diverges); the catalog uses 0.12. No optax version."),
-    Recipe("momo", momo, "step_size_free", _MOMO_PAPER, "2305.07583",
-           needs_extra_args=("value",), reference="step_size_free:momo", optax=_optax_momo,
-           hparams={"learning_rate": 1.0},
-           cases=({"beta": 0.8}, {"adapt_lower_bound": True, "lower_bound": -5.0},
-                  {"learning_rate": 0.01}),
+                 "problems (digits diverges); the contract tests use 0.12. No optax version."),
+    Recipe("momo", momo, "step_size_free", _MOMO_PAPER, "2305.07583", needs_extra_args=("value",),
            notes="Follows the official code. optax.contrib.momo agrees without weight decay "
                  "(it does not divide the step by 1 + lr * wd) and has no bias_correction; "
                  "those options are checked against the reference only "
                  "(tests/test_parameter_free.py)."),
     Recipe("momo_adam", momo_adam, "step_size_free", _MOMO_PAPER, "2305.07583",
-           needs_extra_args=("value",), reference="step_size_free:momo_adam",
-           optax=_optax_momo_adam, hparams={"learning_rate": 0.1},
-           cases=({"b1": 0.8, "b2": 0.99, "eps": 1e-6}, {"adapt_lower_bound": True},
-                  {"learning_rate": 0.01}),
+           needs_extra_args=("value",),
            notes="Follows the official MomoAdam. optax.contrib.momo_adam agrees without weight "
                  "decay; weight decay (both divide modes) is checked against the reference "
                  "only (tests/test_parameter_free.py)."),
     Recipe("sps", sps, "step_size_free", _SPS_PAPER, "2310.02093",
-           needs_extra_args=("value", "obj_fn"), reference="step_size_free:sps",
-           hparams={"learning_rate": 1.0},
-           cases=({"slack": "l1", "lmd": 0.05}, {"slack": "l2"},
-                  {"preconditioner": "adam", "alpha": 0.05},
-                  {"preconditioner": "adagrad", "learning_rate": 0.5},
-                  {"preconditioner": "none", "lower_bound": -1.0}),
+           needs_extra_args=("value", "obj_fn"),
            notes="Needs value and, with the default Hutchinson preconditioner, obj_fn (the "
                  "catalog declares both; the other preconditioners ignore obj_fn). Follows "
                  "the authors' PSPS code (Hutchinson only); the Adam / AdaGrad "
                  "preconditioners follow the paper's description. No optax version."),
     Recipe("sania", sania, "step_size_free", _SANIA_PAPER, "2312.17369",
-           needs_extra_args=("value",), reference="step_size_free:sania",
-           hparams={"learning_rate": 1.0},
-           cases=({"preconditioner": "adagrad"}, {"is_sqrt": True, "eps": 0.01},
-                  {"preconditioner": "none", "learning_rate": 0.5}),
+           needs_extra_args=("value",),
            notes="Follows the authors' SANIA code (Adam-SQR / AdaGrad-SQR, max(eps, S) "
                  "truncation); lr multiplies the AdaGrad-SQR step too. The Hutchinson "
                  "preconditioner (extra arg obj_fn) is tested separately. No optax version."),

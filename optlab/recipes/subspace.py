@@ -15,14 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
-import optax
-
 from optlab import _validate as V
 from optlab._recipe import recipe_chain
-from optlab.catalog import Recipe
+from optlab._registry import Recipe
 from optlab.primitives.decay import add_decayed_weights, add_decayed_weights_after_step
-from optlab.primitives.moments import ema, ema_sq, scale_by_adam, scale_by_moments
+from optlab.primitives.moments import scale_by_adam, scale_by_moments
+from optlab.rules import ema, ema_sq
 from optlab.primitives.step_size import scale_by_learning_rate
 from optlab.primitives.subspace import (haar_projector, in_subspace, online_pca_projector,
                                         random_projector, scale_by_bias_correction,
@@ -96,7 +94,7 @@ _PROJS = ("random", "svd")
 def apollo(learning_rate: Any, rank: int = 256, update_proj_gap: int = 200, scale: Any = 1.0,
            scale_type: str = "channel", proj: str = "random", proj_type: str = "std",
            b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6, weight_decay: Any = 0.0,
-           mask: Any = None, scale_front: bool = False, norm_growth_limiter: bool = True,
+           mask: Any = None, *, scale_front: bool = False, norm_growth_limiter: bool = True,
            seed: int = 0):
   """APOLLO: "APOLLO: SGD-like Memory, AdamW-level Performance" (arXiv:2412.05270).
 
@@ -137,7 +135,7 @@ def apollo(learning_rate: Any, rank: int = 256, update_proj_gap: int = 200, scal
 def apollo_mini(learning_rate: Any, rank: int = 1, update_proj_gap: int = 200,
                 scale: Any = 128.0, proj: str = "random", proj_type: str = "std",
                 b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6, weight_decay: Any = 0.0,
-                mask: Any = None, scale_front: bool = False, norm_growth_limiter: bool = True,
+                mask: Any = None, *, scale_front: bool = False, norm_growth_limiter: bool = True,
                 seed: int = 0):
   """APOLLO-Mini (arXiv:2412.05270): `apollo` with a rank-1 random subspace and one
   scaling factor per tensor, s = ||U|| / (||R|| + 1e-8), and the official
@@ -192,7 +190,7 @@ def fira(learning_rate: Any, rank: int = 128, update_proj_gap: int = 200, alpha:
 # ---------------------------------------------------------------------- FRUGAL
 def frugal(learning_rate: Any, rank: int = 128, update_gap: int = 200,
            proj_params_lr_scale: Any = 1.0, inactive_lr_scale: Any = 1.0,
-           proj_type: str = "std", reset_statistics: bool = True, b1: Any = 0.9,
+           proj_type: str = "std", *, reset_statistics: bool = True, b1: Any = 0.9,
            b2: Any = 0.999, eps: Any = 1e-8, weight_decay: Any = 0.01, mask: Any = None):
   """FRUGAL: "FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for
   Scalable Training" (arXiv:2411.07837).
@@ -284,80 +282,34 @@ def gwt_adam(learning_rate: Any, level: int = 2, scale: Any = 1.0, proj_type: st
                       scale_by_learning_rate(learning_rate))
 
 
-def _optax_decay_after_step(rate: Any) -> optax.GradientTransformation:
-  """d <- d - rate * (p + d): the after-step decay, written out for the optax adapter."""
-  def update(updates, state, params=None):
-    return jax.tree.map(lambda d, p: d - rate * (p + d), updates, params), state
-  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
-
-
-def _optax_galore(learning_rate, rank=128, update_proj_gap=200, scale=0.25, proj_type="std",
-                  b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.0, mask=None):
-  """optax.contrib.galore with the same arguments. It only has the "reverse_std"
-  side choice and optax's eps placement (equal to ours to ~eps / sqrt(v)); the
-  after-step decay is added as a separate link."""
-  del mask
-  if proj_type != "reverse_std":
-    raise ValueError("optax.contrib.galore projects like proj_type='reverse_std' only")
-  return optax.chain(
-      optax.contrib.galore(learning_rate, rank, update_proj_gap, scale,
-                           base_optimizer=optax.scale_by_adam(b1, b2, eps)),
-      _optax_decay_after_step(weight_decay * learning_rate))
-
-
 RECIPES = (
     Recipe("galore_adamw", galore_adamw, "memory_efficient",
            "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection",
-           "2403.03507", reference="subspace:galore_adamw", optax=None,
-           hparams={"learning_rate": 0.02, "rank": 2, "update_proj_gap": 10, "scale": 1.0,
-                    "proj_type": "reverse_std", "eps": 1e-8},
-           cases=({"weight_decay": 0.1, "b2": 0.95, "scale": 0.25, "update_proj_gap": 7},),
-           notes="Official-code side choice ('std') by default; the catalogue's hparams use "
+           "2403.03507",
+           notes="Official-code side choice ('std') by default; the contract tests use "
                  "'reverse_std', the side optax.contrib.galore projects on; 'std' is checked "
-                 "against the reference in tests/test_subspace.py. optax= is None because "
-                 "optax.contrib.galore computes the SVD in float32 even for float64 params "
-                 "(agreement ~1e-7 absolute, not rtol 1e-5 on near-zero entries); "
-                 "tests/test_subspace.py compares with it (see _optax_galore) at atol 1e-6. "
+                 "against the reference in tests/test_subspace.py. The contract has no optax "
+                 "comparison, as optax.contrib.galore computes the SVD in float32 even for "
+                 "float64 params (agreement ~1e-7 absolute, not rtol 1e-5 on near-zero "
+                 "entries); tests/test_subspace.py compares with it at atol 1e-6. "
                  "Refreshed projectors are sign-aligned with the previous ones."),
     Recipe("apollo", apollo, "memory_efficient",
            "APOLLO: SGD-like Memory, AdamW-level Performance", "2412.05270",
-           reference="subspace:apollo",
-           hparams={"learning_rate": 0.02, "rank": 2, "update_proj_gap": 10, "seed": 0},
-           cases=({"scale_type": "tensor", "scale_front": True, "scale": 2.0},
-                  {"proj": "svd", "norm_growth_limiter": False, "weight_decay": 0.1,
-                   "update_proj_gap": 7}),
            notes="Random projections from jax.random (key schedule in random_projector); "
                  "the reference draws the same matrices from that documented schedule."),
     Recipe("apollo_mini", apollo_mini, "memory_efficient",
-           "APOLLO: SGD-like Memory, AdamW-level Performance", "2412.05270",
-           reference="subspace:apollo_mini",
-           hparams={"learning_rate": 0.01, "rank": 1, "update_proj_gap": 10, "seed": 0},
-           cases=({"scale": 16.0, "seed": 3, "update_proj_gap": 4},)),
+           "APOLLO: SGD-like Memory, AdamW-level Performance", "2412.05270"),
     Recipe("fira", fira, "memory_efficient",
            "Fira: Can We Achieve Full-rank Training of LLMs Under Low-rank Constraint?",
-           "2410.01623", reference="subspace:fira",
-           hparams={"learning_rate": 0.02, "rank": 2, "update_proj_gap": 10, "alpha": 1.0},
-           cases=({"alpha": 0.25, "proj_type": "reverse_std", "weight_decay": 0.1,
-                   "update_proj_gap": 7},)),
+           "2410.01623"),
     Recipe("frugal", frugal, "memory_efficient",
            "FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for Scalable "
-           "Training", "2411.07837", reference="subspace:frugal",
-           hparams={"learning_rate": 0.01, "rank": 2, "update_gap": 10},
-           cases=({"reset_statistics": False, "inactive_lr_scale": 0.5, "weight_decay": 0.0,
-                   "update_gap": 7},
-                  {"proj_params_lr_scale": 2.0, "proj_type": "reverse_std", "b2": 0.95}),
+           "Training", "2411.07837",
            notes="A fixed rank instead of the official density; SVD projector only."),
     Recipe("online_subspace_descent", online_subspace_descent, "memory_efficient",
-           "Memory-Efficient LLM Training with Online Subspace Descent", "2408.12857",
-           reference="subspace:online_subspace_descent",
-           hparams={"learning_rate": 0.02, "rank": 2, "update_proj_gap": 10},
-           cases=({"scale": 0.5, "proj_type": "reverse_std", "weight_decay": 0.1,
-                   "update_proj_gap": 3},)),
+           "Memory-Efficient LLM Training with Online Subspace Descent", "2408.12857"),
     Recipe("gwt_adam", gwt_adam, "memory_efficient",
            "Breaking Memory Limits: Gradient Wavelet Transform Enhances LLMs Training",
-           "2501.07237", reference="subspace:gwt_adam",
-           hparams={"learning_rate": 0.02, "level": 1},
-           cases=({"level": 2, "proj_type": "reverse_std", "weight_decay": 0.1,
-                   "scale": 0.5},),
+           "2501.07237",
            notes="Detail coefficients dropped (projection form); no official code checked."),
 )

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from optlab import _validate as V
 from optlab._recipe import recipe_chain
-from optlab.catalog import Recipe
+from optlab._registry import Recipe
 from optlab.primitives.step_size import scale_by_learning_rate
 from optlab.primitives.variational import scale_by_ivon
 
@@ -55,9 +55,6 @@ def ivon(learning_rate: Any, ess: Any = 1e4, hess_init: Any = 1.0, b1: Any = 0.9
 RECIPES = (
     Recipe("ivon", ivon, "second_order", "Variational Learning is Effective for Large Deep "
            "Networks", "2402.17641", needs_extra_args=("obj_fn",),
-           reference="variational:ivon", hparams={"learning_rate": 0.1, "clip_radius": 1.0},
-           cases=({"ess": 100.0, "b2": 0.99, "weight_decay": 0.01, "mc_samples": 2},
-                  {"clip_radius": 0.5, "hess_init": 2.0, "seed": 3, "ess": 1000.0}),
            notes="Gradients at sampled weights come from obj_fn (or, with scale_by_ivon("
                  "use_obj_fn=False), from a forward pass at ivon_sample_params); noise "
                  "from jax.random."),

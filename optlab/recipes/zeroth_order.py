@@ -20,9 +20,10 @@ import optax
 
 from optlab import _validate as V
 from optlab._recipe import recipe_chain
-from optlab.catalog import Recipe
+from optlab._registry import Recipe
 from optlab.primitives.decay import add_decayed_weights
-from optlab.primitives.moments import heavy_ball, scale_by_moments
+from optlab.primitives.moments import scale_by_moments
+from optlab.rules import heavy_ball
 from optlab.primitives.step_size import scale_by_learning_rate
 from optlab.primitives.zeroth_order import (scale_by_cge, scale_by_quantized_spsa, scale_by_spsa,
                                             scale_by_zo_adamu)
@@ -35,7 +36,7 @@ def _momentum(where: str, momentum: Any, nesterov: bool = False):
   V.check_decay(where, "momentum", momentum)
   if isinstance(momentum, (int, float)) and momentum == 0:
     return optax.identity()
-  return scale_by_moments(heavy_ball(momentum, nesterov), None)
+  return scale_by_moments(heavy_ball(momentum, nesterov=nesterov), None)
 
 
 def mezo(learning_rate: Any, eps: Any = 1e-3, n_samples: int = 1, weight_decay: Any = 0.0,
@@ -142,7 +143,7 @@ def zo_adamu(learning_rate: Any, eps: Any = 1e-3, alpha: Any = 0.5, b1: Any = 0.
 
 
 def deepzero(learning_rate: Any, mu: Any = 5e-3, sparsity: float = 0.0, mask_interval: int = 1,
-             momentum: Any = 0.9, nesterov: bool = False, weight_decay: Any = 5e-4,
+             momentum: Any = 0.9, *, nesterov: bool = False, weight_decay: Any = 5e-4,
              mask: Any = None, seed: int = 0):
   """DeepZero: "DeepZero: Scaling up Zeroth-Order Optimization for Deep Model
   Training" (arXiv:2310.02025).
@@ -216,9 +217,7 @@ _KEY_NOTE = ("Random draws follow optlab's documented key schedule (state key fr
 
 RECIPES = (
     Recipe("mezo", mezo, "zeroth_order", "Fine-Tuning Language Models with Just Forward Passes",
-           "2305.17333", needs_extra_args=("obj_fn",), reference="zeroth_order:mezo",
-           hparams={"learning_rate": 0.007, "momentum": 0.9, "n_samples": 32, "eps": 0.1},
-           cases=({"eps": 0.01, "n_samples": 1, "weight_decay": 0.1, "momentum": 0.0, "seed": 3},),
+           "2305.17333", needs_extra_args=("obj_fn",),
            notes=_KEY_NOTE + " Perturbed points are evaluated functionally, not in place. "
                  "Optional heavy-ball momentum (default 0 = MeZO); the test hparams use "
                  "momentum 0.9 and 32 samples so one learning rate trains all three "
@@ -230,11 +229,6 @@ RECIPES = (
     Recipe("zo_adamu", zo_adamu, "zeroth_order",
            "ZO-AdaMU Optimizer: Adapting Perturbation by the Momentum and Uncertainty in "
            "Zeroth-order Optimization", "2312.15184", needs_extra_args=("obj_fn",),
-           reference="zeroth_order:zo_adamu",
-           hparams={"learning_rate": 0.01, "eps": 0.3, "sigma": 1.0, "n_samples": 32,
-                    "momentum": 0.95},
-           cases=({"alpha": 0.8, "b1": 0.5, "b2": 0.3, "weight_decay": 0.1, "seed": 2},
-                  {"n_samples": 3, "sigma": 0.5}),
            notes=_KEY_NOTE + " alpha, b1, b2 are constants (the paper's annealing end values) "
                  "or schedules, not the paper's built-in three-phase annealing. The test "
                  "hparams use sigma = 1 (the paper's 1e-8 lets coordinates whose v is near 0 "
@@ -243,21 +237,14 @@ RECIPES = (
                  "variant) so one learning rate trains all three problems."),
     Recipe("quzo", quzo, "zeroth_order",
            "QuZO: Quantized Zeroth-Order Fine-Tuning for Large Language Models",
-           "2502.12346", needs_extra_args=("obj_fn",), reference="zeroth_order:quzo",
-           hparams={"learning_rate": 0.007, "momentum": 0.9, "n_samples": 32, "eps": 0.1},
-           cases=({"bits": 4, "eps": 0.5, "n_samples": 2, "weight_decay": 0.1,
-                   "learning_rate": 1e-3, "momentum": 0.0, "seed": 5},),
+           "2502.12346", needs_extra_args=("obj_fn",),
            notes=_KEY_NOTE + " Stochastic roundings use jax.random uniforms keyed like the "
                  "normals (fold_in(sample key, 1..4)). Simulated quantisation of the perturbed "
                  "points (per-tensor symmetric scale); params and the update stay in the "
                  "params' dtype. Test hparams as mezo's."),
     Recipe("deepzero", deepzero, "zeroth_order",
            "DeepZero: Scaling up Zeroth-Order Optimization for Deep Model Training",
-           "2310.02025", needs_extra_args=("obj_fn",), reference="zeroth_order:deepzero",
-           hparams={"learning_rate": 0.01, "mu": 0.1, "sparsity": 0.5},
-           static=("sparsity", "mask_interval"),
-           cases=({"sparsity": 0.0, "mu": 0.01, "momentum": 0.0, "weight_decay": 0.0},
-                  {"sparsity": 0.7, "mask_interval": 3, "nesterov": True, "seed": 4}),
+           "2310.02025", needs_extra_args=("obj_fn",), static=("sparsity", "mask_interval"),
            notes="Coordinate sets follow optlab's documented key schedule (first k of a "
                  "jax.random permutation per leaf, keyed by the step // mask_interval and "
                  "crc32 of the leaf path); the NumPy reference regenerates them with "
@@ -269,10 +256,6 @@ RECIPES = (
     Recipe("sparse_mezo", sparse_mezo, "zeroth_order",
            "Sparse MeZO: Less Parameters for Better Performance in Zeroth-Order LLM "
            "Fine-Tuning", "2402.15751", needs_extra_args=("obj_fn",),
-           reference="zeroth_order:sparse_mezo",
-           hparams={"learning_rate": 0.01, "n_samples": 16, "eps": 0.1},
-           cases=({"sparsity": 0.5, "eps": 0.01, "n_samples": 2, "weight_decay": 0.1,
-                   "momentum": 0.9, "seed": 1},),
            notes=_KEY_NOTE + " Plain ZO-SGD on the masked directions (momentum 0, as the "
                  "paper) with the default sparsity 0.75 in the tests. Passes the contract's "
                  "fine-tuning task (digits_finetune); fails only training from scratch.",

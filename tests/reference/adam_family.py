@@ -322,3 +322,32 @@ def adamomentum(params, grad_fn, steps, *, learning_rate, b1=0.9, b2=0.999, eps=
       p[k] = p[k] - learning_rate * (m[k] / (1 - b1 ** t)) / np.sqrt(v[k] / (1 - b2 ** t))
     out.append(_copy(p))
   return out
+
+
+def adan(params, grad_fn, steps, *, learning_rate, b1=0.98, b2=0.92, b3=0.99, eps=1e-8,
+         eps_root=0.0, weight_decay=0.0, no_prox=False):
+  """Adan, Algorithm 1 of arXiv:2208.06677 in the paper's own symbols (beta_i = 1 - b_i
+  of the code), with the official code's bias corrections (sail-sg/Adan): the
+  difference is zero on the first step, and the weights decay by the proximal step
+  p <- (p - lr u) / (1 + lr wd), or p <- p (1 - lr wd) - lr u with no_prox."""
+  beta1, beta2, beta3 = 1 - b1, 1 - b2, 1 - b3
+  p, m, v, n = _copy(params), _zeros(params), _zeros(params), _zeros(params)
+  prev = None
+  out = []
+  for t in range(1, steps + 1):
+    g = grad_fn(p, t - 1)
+    for k in p:
+      d = np.zeros_like(g[k]) if prev is None else g[k] - prev[k]
+      m[k] = (1 - beta1) * m[k] + beta1 * g[k]
+      v[k] = (1 - beta2) * v[k] + beta2 * d
+      n[k] = (1 - beta3) * n[k] + beta3 * (g[k] + (1 - beta2) * d) ** 2
+      m_hat, v_hat = m[k] / (1 - (1 - beta1) ** t), v[k] / (1 - (1 - beta2) ** t)
+      n_hat = n[k] / (1 - (1 - beta3) ** t)
+      u = (m_hat + (1 - beta2) * v_hat) / (np.sqrt(n_hat + eps_root) + eps)
+      if no_prox:
+        p[k] = p[k] * (1 - learning_rate * weight_decay) - learning_rate * u
+      else:
+        p[k] = (p[k] - learning_rate * u) / (1 + learning_rate * weight_decay)
+    prev = {k: x.copy() for k, x in g.items()}
+    out.append(_copy(p))
+  return out
