@@ -58,7 +58,36 @@ def pytest_xdist_make_scheduler(config, log):
       recipe = _recipe_of(nodeid, names)
       return nodeid if recipe is None else "recipe:" + recipe
 
+  # scopes go out in collection order, which `_costly_first` arranges
+  config.option.loadscopereorder = False
   return ByRecipe(config, log)
+
+
+# The recipes whose contract steps cost most (many objective evaluations per
+# step), costliest first: scheduled first, so that no worker is left running one
+# of them alone at the end (measured: ~40-100 s of CPU each, a typical recipe 10 s).
+COSTLY_RECIPES = ("zo_adamu", "quzo", "deepzero", "mezo", "sparse_mezo", "microadam")
+
+
+def _costly_first(items, names):
+  """Orders the tests as the workers should take them, costliest scope first:
+  the COSTLY_RECIPES, then the other recipes (most tests first), then the tests
+  marked slow (single checks over ~10 s), then the rest. The order within a
+  scope is kept."""
+  count = {}
+  for item in items:
+    recipe = _recipe_of(item.nodeid, names)
+    count[recipe] = count.get(recipe, 0) + 1
+
+  def rank(item):
+    recipe = _recipe_of(item.nodeid, names)
+    if recipe in COSTLY_RECIPES:
+      return (0, COSTLY_RECIPES.index(recipe), "")
+    if recipe is not None:
+      return (1, -count[recipe], recipe)
+    return (2 if item.get_closest_marker("slow") else 3, 0, "")
+
+  items.sort(key=rank)  # stable: each scope keeps its collection order
 
 
 # `make quick` (`pytest -m quick`): for every recipe, the first collected case of
@@ -74,6 +103,7 @@ QUICK_PER_RECIPE = ("test_matches_numpy_reference", "test_missing_extra_args_are
 
 def pytest_collection_modifyitems(config, items):
   names, seen = _recipe_names(), set()
+  _costly_first(items, names)
   for item in items:
     recipe = _recipe_of(item.nodeid, names)
     if recipe is None:
