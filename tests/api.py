@@ -70,18 +70,13 @@ def _import_block(module: str, names) -> str:
 
 
 def render_init() -> str:
-  blocks, every = [], list(FIXED)
-  for module, names in modules():
-    if names:
-      blocks.append(_import_block(module, names))
-      every.extend(names)
-  body = "".join(blocks)
+  exported = [(module, names) for module, names in modules() if names]
+  body = "".join(_import_block(module, names) for module, names in exported)
   all_lines = ["__all__ = ["]
   all_lines += [f"    {n!r}," for n in FIXED + SUBMODULES]
-  for module, names in modules():
-    if names:
-      all_lines.append(f"    # {module}")
-      all_lines += [f"    {n!r}," for n in names]
+  for module, names in exported:
+    all_lines.append(f"    # {module}")
+    all_lines += [f"    {n!r}," for n in names]
   all_lines.append("]")
   return (HEADER + body + '\n__version__ = "0.1.0"\n\n' + "\n".join(all_lines) + "\n")
 
