@@ -43,7 +43,10 @@ readme: $(STAMP)
 api: $(STAMP)
 	$(PY) -m tests.api --write
 
-docs: readme
+# the API reference from the docstrings (Sphinx, docs/api/conf.py), warnings as errors:
+# HTML in docs/_build/html/index.html (-E: a fresh build, so no warning hides in a cached page)
+docs: $(STAMP)
+	$(PY) -m sphinx -E -b html -W --keep-going -n -q docs/api docs/_build/html
 
 # the wheel and the sdist of optlab-jax, in dist/
 dist: $(STAMP)

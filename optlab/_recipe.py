@@ -72,6 +72,13 @@ def recipe_chain(where: str, *transforms: optax.GradientTransformation
   the state's param-shaped trees. The chain then sees the updates through
   `bound_gradient`, so that one huge finite entry cannot overflow a square, a
   norm or a second moment that the method divides by.
+
+  Args:
+    where: the recipe's name, which every error message starts with.
+    *transforms: the links of the chain, in order.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``, the checked ``optax.chain``.
   """
   tx = optax.chain(*transforms)
 

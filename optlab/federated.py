@@ -6,7 +6,7 @@ server forms the pseudo-gradient x_t - mean_i x_i (the negated mean client
 delta) and applies any optax transformation to it -- `optlab.fedadam`,
 `optlab.fedyogi`, `optlab.fedadagrad` ("Adaptive Federated Optimization",
 arXiv:2003.00295), or ``optax.sgd(1.0)`` for FedAvg. Clients run in parallel
-with `jax.vmap`; a whole round is one jitted function.
+with `jax.vmap`; a whole round is one jitted function::
 
     shards = optlab.federated.digits_shards(8)
     params = optlab.federated.init_mlp(jax.random.key(0))
@@ -71,6 +71,19 @@ def client_update(params: Any, x: jax.Array, y: jax.Array, *, local_steps: int,
 
   Full batch by default; with `batch_size`, step s uses a minibatch drawn
   from ``fold_in(key, s)``.
+
+  Args:
+    params: the starting weights (the server's x_t).
+    x: the client's inputs, shape (m, ...).
+    y: the client's labels, shape (m,).
+    local_steps: the number of SGD steps.
+    local_lr: the SGD step size.
+    loss_fn: ``(params, x, y) -> scalar loss``.
+    batch_size: the minibatch size, or None for full-batch steps.
+    key: the PRNG key of the minibatches (needed with `batch_size`).
+
+  Returns:
+    The client's weights x_i after the local steps.
   """
   def step(p, s):
     if batch_size is None:
@@ -90,7 +103,22 @@ def server_round(server_tx: optax.GradientTransformation, params: Any, state: An
                  data: tuple[jax.Array, jax.Array], *, local_steps: int, local_lr: float,
                  loss_fn: LossFn = mlp_loss, batch_size: Optional[int] = None,
                  key: Optional[jax.Array] = None) -> tuple[Any, Any]:
-  """One round: every client trains locally (vmap), the server steps on x_t - mean x_i."""
+  """One round: every client trains locally (vmap), the server steps on x_t - mean x_i.
+
+  Args:
+    server_tx: the server's optax transformation (e.g. `optlab.fedadam`).
+    params: the server's weights x_t.
+    state: `server_tx`'s state.
+    data: ``(x, y)`` with a leading client axis, as `digits_shards` returns.
+    local_steps: SGD steps per client (`client_update`).
+    local_lr: the clients' SGD step size.
+    loss_fn: ``(params, x, y) -> scalar loss``.
+    batch_size: the clients' minibatch size, or None for full-batch steps.
+    key: the round's PRNG key, split over the clients (needed with `batch_size`).
+
+  Returns:
+    ``(params, state)`` after the server step.
+  """
   x, y = data
   keys = None if key is None else jax.random.split(key, x.shape[0])
   local = jax.vmap(lambda xi, yi, ki: client_update(
@@ -105,8 +133,23 @@ def simulate(server_tx: optax.GradientTransformation, params: Any,
              data: tuple[jax.Array, jax.Array], *, rounds: int, local_steps: int = 5,
              local_lr: float = 0.1, loss_fn: LossFn = mlp_loss,
              batch_size: Optional[int] = None, seed: int = 0) -> tuple[Any, np.ndarray]:
-  """Runs `rounds` rounds; returns the final params and the loss on all clients'
-  data after each round (a NumPy array of length `rounds`)."""
+  """Runs `rounds` rounds of `server_round`, jitted as one scan.
+
+  Args:
+    server_tx: the server's optax transformation (e.g. `optlab.fedadam`).
+    params: the initial weights (e.g. from `init_mlp`).
+    data: ``(x, y)`` with a leading client axis, as `digits_shards` returns.
+    rounds: the number of rounds.
+    local_steps: SGD steps per client and round.
+    local_lr: the clients' SGD step size.
+    loss_fn: ``(params, x, y) -> scalar loss``.
+    batch_size: the clients' minibatch size, or None for full-batch steps.
+    seed: seeds the minibatch draws (round r uses ``fold_in(key(seed), r)``).
+
+  Returns:
+    ``(params, losses)``: the final params and the loss on all clients' data
+    after each round (a NumPy array of length `rounds`).
+  """
   x, y = data
   all_x, all_y = x.reshape(-1, x.shape[-1]), y.reshape(-1)
   key = jax.random.key(seed)

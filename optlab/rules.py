@@ -2,7 +2,7 @@
 
 A rule is not a transformation; `optlab.scale_by_moments` combines a
 first-moment rule (the numerator) with a second-moment rule (the
-per-coordinate scale) and an order:
+per-coordinate scale) and an order::
 
     scale_by_moments(rules.ema(b1), rules.ema_sq(b2))                 # Adam
     scale_by_moments(rules.ema(b1), rules.belief(b2), eps=1e-16)      # AdaBelief
@@ -428,7 +428,7 @@ class momentum_sq(_ema_sq_of_moment):
 class abs_max:
   """Adamax's infinity-norm moment (arXiv:1412.6980, Sec. 7.1), as optax.
 
-  u <- max(b2 u, |g| + eps); the scale is u itself (use ``eps=0`` in
+  ``u <- max(b2 u, |g| + eps)``; the scale is u itself (use ``eps=0`` in
   `scale_by_moments`: the paper has no eps, optax adds it inside the max).
   """
   b2: Any = 0.999

@@ -43,6 +43,16 @@ def linear_decay(peak_value: float, total_steps: int, warmup_steps: int = 0,
   t < W = warmup_steps; then peak_value + (end_value - peak_value) (t - W) /
   (T - W), held at end_value from t = T = total_steps on. With W = 0 this is
   the paper's eta_t = peak_value (1 - t / T).
+
+  Args:
+    peak_value: the learning rate at the end of the warm-up.
+    total_steps: T, the step from which `end_value` is held.
+    warmup_steps: W, the length of the linear warm-up (0: none).
+    init_value: the learning rate at step 0 of the warm-up.
+    end_value: the learning rate from step T on.
+
+  Returns:
+    An optax schedule, step -> learning rate.
   """
   where = "linear_decay"
   V.check_nonneg(where, "peak_value", peak_value)
@@ -126,8 +136,18 @@ def refine_schedule(grad_norms: Sequence[float], peak_value: float = 1.0, *,
 
   Returns an optax schedule: step t (0-based) -> peak_value * eta_t with eta
   from `refined_multipliers`, for a new run of the same length T; steps
-  beyond T get the last value, 0. See `refined_multipliers` for the
-  arguments.
+  beyond T get the last value, 0.
+
+  Args:
+    grad_norms: the previous run's gradient norms, as `refined_multipliers`
+      takes them.
+    peak_value: the largest learning rate of the schedule.
+    smoothing: the median filter's width as a fraction of T
+      (`refined_multipliers`).
+    norm_power: the power of the norms in the weights (`refined_multipliers`).
+
+  Returns:
+    An optax schedule, step -> learning rate.
   """
   V.check_nonneg("refine_schedule", "peak_value", peak_value)
   table = jnp.asarray(refined_multipliers(grad_norms, smoothing, norm_power), jnp.float32)

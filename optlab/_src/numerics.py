@@ -63,10 +63,11 @@ def bound_gradient(g: Any) -> Any:
   Applied once, before both moments, by methods that divide a first moment by
   the root of a second: then g^2 and every EMA of it stay finite (2^126 < float32
   max / 4), so a single huge finite entry (1e30) moves m and v consistently and
-  the step keeps the method's bound, |m_hat| / sqrt(v_hat) <= (1 - b1) / sqrt(1 - b2)
-  for Adam. Without it v saturates at the float maximum while m does not, and
-  the step is ~1e10 times too large. Ordinary gradients (|g| < 9e18 in float32
-  and bfloat16, < 128 in float16) are unchanged. NaN stays NaN, so it shows in
+  the step keeps the method's bound,
+  ``|m_hat| / sqrt(v_hat) <= (1 - b1) / sqrt(1 - b2)`` for Adam. Without it v
+  saturates at the float maximum while m does not, and the step is ~1e10 times
+  too large. Ordinary gradients (``|g| < 9e18`` in float32 and bfloat16,
+  ``< 128`` in float16) are unchanged. NaN stays NaN, so it shows in
   the update; +-inf is clamped like any huge entry (use `skip_non_finite` to skip
   such steps instead).
 

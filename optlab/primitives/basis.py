@@ -11,7 +11,7 @@ declaration: `declare_state` refuses one that leaves a field out):
     gradients, anchor points). Re-expressed exactly: map back to parameter space
     with the old basis, then into the new basis.
   * ``SECOND``    -- an element-wise, non-negative statistic of the gradient in
-    the current coordinates (EMA of g^2, running max of |g|, belief). It has no
+    the current coordinates (EMA of g^2, running max of ``|g|``, belief). It has no
     exact image in the new basis; the basis decides (SOAP permutes it to follow
     the eigenvalue order, a projector may re-project or keep it).
   * ``INVARIANT`` -- does not depend on the coordinates (step counts, scalars,
@@ -187,7 +187,7 @@ def _walk(state: Any, path: str, rebuild: Optional[Callable[[StateField], Any]])
 
 def iter_fields(state: Any, path: str = "state", *,
                 undeclared: bool = False) -> Iterator[StateField]:
-  """Every declared field of a (nested) state, in tree order, as `StateField`s.
+  """Every declared field of a (nested) state, in tree order, as `StateField` values.
 
   NESTED fields are entered; tuples, lists, dicts and undeclared NamedTuples are
   searched. With ``undeclared=True`` the values found outside any declaration

@@ -5,7 +5,7 @@ output neuron, a whole LayerNorm vector); SlimAdam (arXiv:2503.01843) shares
 the second moment along the dims where its signal-to-noise ratio is high;
 Subset-Norm (arXiv:2411.07120) shares an AdaGrad-norm accumulator per subset.
 All three keep, per tensor, the mean of g^2 over some axes of a (reshaped)
-view of the tensor. A *block spec* says which:
+view of the tensor. A *block spec* says which::
 
     ()                      element-wise (plain Adam)
     (0,)                    mean over axis 0 (one value per column of a matrix)

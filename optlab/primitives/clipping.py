@@ -2,8 +2,9 @@
 
 Norms here never overflow: they are accumulated in at least float32, whole
 tensors go through `normalize.tensor_norm` (safe at 1e30 and 1e-30 entries),
-a tree's norm is combined from those as m * ||n / m|| (m the largest tensor
-norm), and row norms fall back to m * ||x / m|| (m = max |x|) where the plain
+a tree's norm is combined from those as ``m * ||n / m||`` (m the largest
+tensor norm), and row norms fall back to ``m * ||x / m||`` (``m = max |x|``)
+where the plain
 sum of squares is not a finite normal number. A zero tree has norm 0 and is
 never rescaled.
 

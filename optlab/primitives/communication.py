@@ -6,7 +6,7 @@ parallel workers, or None for a single worker running the same algorithm
 deterministic function to the same gathered messages, so the parameters stay
 bit-identical across replicas even when each replica sees a different
 gradient; only what the algorithm keeps per worker (local momentum, worker-
-side compression error) differs.
+side compression error) differs::
 
     mean_over_workers(axis)                 # plain f32 all-reduce (pmean)
     scale_by_sign_vote(axis)                # Distributed Lion's majority vote

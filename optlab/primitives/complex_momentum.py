@@ -1,8 +1,9 @@
 """Complex momentum for games ("Complex Momentum for Optimization in Games",
 Lorraine, Acuna, Vicol & Duvenaud, arXiv:2102.08431).
 
-The momentum buffer is complex, mu <- beta mu - g with beta = |beta| e^{i theta},
-and the parameters move by the real part, w <- w + lr Re(mu). A complex beta
+The momentum buffer is complex, ``mu <- beta mu - g`` with
+``beta = |beta| e^{i theta}``, and the parameters move by the real part,
+``w <- w + lr Re(mu)``. A complex beta
 damps the rotation that makes simultaneous gradient descent-ascent cycle or
 diverge on adversarial games (bilinear games, GANs). The buffer is stored as
 two real trees, so every dtype and transformation works unchanged.
@@ -37,8 +38,8 @@ def scale_by_complex_momentum(beta_abs: Any = 0.9, beta_arg: Any = math.pi / 8
 
   Followed by ``scale_by_learning_rate(lr)`` the step is w <- w + lr Re(mu)
   (the paper's real step size alpha = lr). ``beta_arg=0`` is ordinary heavy-ball
-  momentum (mu = -trace); the paper's GAN experiments use |beta| ~ 0.9 with
-  arg(beta) ~ pi/8. For a game, feed the joint gradient field (each player's
+  momentum (mu = -trace); the paper's GAN experiments use ``|beta| ~ 0.9`` with
+  ``arg(beta) ~ pi/8``. For a game, feed the joint gradient field (each player's
   gradient of its own loss).
   """
   V.check_decay("scale_by_complex_momentum", "beta_abs", beta_abs)

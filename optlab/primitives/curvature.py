@@ -5,7 +5,7 @@ turn them into steps (Sophia, AdaHessian).
 An *estimator* is a small frozen dataclass that names the extra arg it needs
 (``obj_fn``: params -> loss on the current batch; ``logits_fn``: params ->
 logits of the current batch) and maps ``(params, key, fn)`` to a param-shaped
-estimate of diag(H):
+estimate of diag(H)::
 
     hutchinson(n_probes=1)          # z * (H z), z Rademacher   (Sophia-H, AdaHessian)
     hutchinson(spatial_axes=(0, 1)) # |z * Hz| averaged over conv-kernel dims (AdaHessian)
@@ -136,7 +136,7 @@ def spatial_average(tree: Any, axes: tuple[int, ...] = (0, 1)) -> Any:
 class hutchinson:
   """Hutchinson's diagonal estimator on the extra arg ``obj_fn`` (params -> loss).
 
-  ``spatial_axes``: when given, 4-D leaves are replaced by their |estimate|
+  ``spatial_axes``: when given, 4-D leaves are replaced by their ``|estimate|``
   averaged over these axes (AdaHessian's conv-kernel averaging, `spatial_average`).
   """
   n_probes: int = 1
@@ -237,6 +237,24 @@ def scale_by_sophia(estimator: Any = None, b1: Any = 0.965, b2: Any = 0.99,
   the fresh estimate is averaged over that pmap axis (the key in the state is
   the same on every replica, so Hutchinson probes are shared). Needs
   ``params`` and the estimator's extra arg (``obj_fn`` or ``logits_fn``).
+
+  Args:
+    estimator: the diagonal Hessian estimator (`hutchinson()`,
+      `gauss_newton_bartlett()`); None is `hutchinson()`.
+    b1: decay of the momentum m, in [0, 1).
+    b2: decay of the Hessian EMA h, in [0, 1).
+    gamma: the scale of h in the denominator (the paper's rho), >= 0.
+    eps: floor of the denominator ``gamma * h``, >= 0.
+    clip_threshold: bound of the element-wise clip, > 0; None does not clip.
+    update_interval: refresh h every this many steps (k), an int >= 1.
+    debias: divide m by ``1 - b1^t``.
+    refresh: ``"after"`` or ``"before"``, as above.
+    seed: seeds the key of the estimator's probes, kept in the state.
+    axis_name: a pmap axis over which each fresh estimate is averaged, or None.
+    mu_dtype: the dtype of m; None keeps the params' dtype.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state `CurvatureState`.
   """
   estimator = hutchinson() if estimator is None else estimator
   where = "scale_by_sophia"
@@ -290,9 +308,12 @@ def scale_by_adahessian(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-4,
   """AdaHessian's scaling (arXiv:2006.00719): Adam with the Hutchinson diagonal in
   place of the gradient in the second moment.
 
-  D = z * (H z) (|.| averaged over ``spatial_axes`` for 4-D conv kernels);
-  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) D^2 (on refresh steps);
-  u = m / (1 - b1^t) / ((sqrt(v_hat))^hessian_power + eps) + weight_decay * p,
+  With ``D = z * (H z)`` (its absolute value averaged over ``spatial_axes`` for
+  4-D conv kernels)::
+
+    m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) D^2 (on refresh steps);
+    u = m / (1 - b1^t) / ((sqrt(v_hat))^hessian_power + eps) + weight_decay * p,
+
   with v_hat = v / (1 - b2^n), n the number of refreshes so far: the official
   step (amirgholami/adahessian, also its fairseq and TF versions) applies
   lr * u, so the decay is AdaHessian's own (scaled by lr, not by the bias
@@ -509,10 +530,14 @@ def with_fosi(base: optax.GradientTransformation, k: int = 5, num_iters: Optiona
   Every ``update_interval`` = T steps from step ``warmup`` (default T) on, before
   the step, Lanczos with ``num_iters`` (default 4k) HVPs of ``obj_fn`` gives the k
   algebraically largest Ritz pairs (lambda_i, v_i). With V the (k, d) matrix of
-  the v_i: g1 = V^T V g, g2 = g - g1;  mom <- decay mom + (1 - decay) g1;
-  newton = V^T (|1/lambda| * V mom);  d = base(g2) with its V-part removed;
-  u = scaling * d - alpha * newton, scaling = clip(|1/lambda_1| / |1/lambda_k|, 1,
-  learning_rate_clip) (1 with the default clip 1, the official fosi_adam).
+  the v_i::
+
+    g1 = V^T V g, g2 = g - g1;  mom <- decay mom + (1 - decay) g1;
+    newton = V^T (|1/lambda| * V mom);  d = base(g2) with its V-part removed;
+    u = scaling * d - alpha * newton,
+    scaling = clip(|1/lambda_1| / |1/lambda_k|, 1, learning_rate_clip)
+
+  (scaling is 1 with the default clip 1, the official fosi_adam).
   ``base`` must include its learning rate (it returns the final, negated step,
   as official FOSI's base optimizer); the Newton part is scaled by alpha only.
 

@@ -25,6 +25,14 @@ def add_decayed_weights(weight_decay: Any = 0.0,
 
   Placed before the learning-rate scaling, the decay is multiplied by the
   learning rate, as in AdamW. Needs `params` in update.
+
+  Args:
+    weight_decay: the decay rate, >= 0.
+    mask: a tree of bools, or a function of the params returning one, that
+      selects the leaves to decay (as in optax); None decays every leaf.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
   """
   V.check_nonneg("add_decayed_weights", "weight_decay", weight_decay)
 

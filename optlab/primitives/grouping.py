@@ -73,14 +73,15 @@ def sgg(inner: optax.GradientTransformation, n_clusters: int = 3,
         ) -> optax.GradientTransformationExtraArgs:
   """Scaling with Gradient Grouping (SGG, arXiv:2506.01049) around any inner chain.
 
-  Follows the official AdamW-SGG code. The statistic is |m|, m the first
-  field of `inner`'s state declared linear (the momentum; |u|, the inner
-  update, when there is none). Every `recluster_interval` steps, per tensor:
-  cluster the entries of |m| into `n_clusters` groups; with c the tensor's
-  mean |m| and c_i group i's (c for an empty group),
-  mu_i <- d_c mu_i + (1 - d_c) c_i,  s_i <- d_s s_i + (1 - d_s) c / max(mu_i, eps),
-  s_i clipped into [scale_min, scale_max] (mu and s start at 1). Every step the
-  update of `inner` is multiplied by s of each entry's group.
+  Follows the official AdamW-SGG code. The statistic is ``|m|``, m the
+  first field of `inner`'s state declared linear (the momentum; ``|u|``, the
+  inner update, when there is none). Every `recluster_interval` steps, per
+  tensor: cluster the entries of ``|m|`` into `n_clusters` groups; with c the
+  tensor's mean ``|m|`` and c_i group i's (c for an empty group),
+  ``mu_i <- d_c mu_i + (1 - d_c) c_i``,
+  ``s_i <- d_s s_i + (1 - d_s) c / max(mu_i, eps)``, s_i clipped into
+  [scale_min, scale_max] (mu and s start at 1). Every step the update of
+  `inner` is multiplied by s of each entry's group.
 
   Differences from the official code: the clustering is a deterministic
   Lloyd k-means (`kmeans_iters` passes over all entries, started from the

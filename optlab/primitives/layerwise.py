@@ -63,8 +63,8 @@ def scale_by_layerwise_second_moment(b2: Any = 0.98, eps: Any = 0.0, eps_root: A
   overflowing); a zero denominator (zero gradient, eps = eps_root = 0) leaves
   the update as it is (zero) instead of dividing 0 by 0, and a NaN one gives
   NaN. The gradient is taken through `bound_gradient`, so one huge finite
-  entry moves v_l and g_l consistently (|u| <= ||g_l|| / sqrt(v_l) <=
-  1 / sqrt(1 - b2) per entry) instead of saturating v_l alone.
+  entry moves v_l and g_l consistently (``|u| <= ||g_l|| / sqrt(v_l) <=
+  1 / sqrt(1 - b2)`` per entry) instead of saturating v_l alone.
   """
   where = "scale_by_layerwise_second_moment"
   V.check_decay(where, "b2", b2)
@@ -112,9 +112,11 @@ def scale_by_madgrad(learning_rate: Any, momentum: Any = 0.9, eps: Any = 1e-6,
                      decoupled_weight_decay: Any = 0.0) -> optax.GradientTransformationExtraArgs:
   """MADGRAD's step (arXiv:2101.11075), following facebookresearch/madgrad.
 
-  With the 0-based step k and lambda_k = (lr_k + eps) sqrt(k + 1):
+  With the 0-based step k and ``lambda_k = (lr_k + eps) sqrt(k + 1)``::
+
     s <- s + lambda_k g,   nu <- nu + lambda_k g^2,
     z = x0 - s / (cbrt(nu) + eps),   x <- momentum x + (1 - momentum) z,
+
   and the update returned is the change of x: it already contains the
   learning rate, so no `scale_by_learning_rate` follows (the learning rate
   enters non-linearly, through lambda_k).

@@ -75,7 +75,7 @@ def cautious(inner: optax.GradientTransformation, rescale: Optional[str] = "mean
 def with_grams(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
   """Grams (Cao et al., arXiv:2412.17107): the magnitude of `inner`, the sign of the gradient.
 
-  u <- |inner(g)| * sign(g), with g the updates going into `inner`; entries
+  ``u <- |inner(g)| * sign(g)``, with g the updates going into `inner`; entries
   with g = 0 become 0 (torch.sign(0) = 0 in the official code). Named
   ``with_grams`` because ``optlab.grams`` is the Grams-Adam recipe.
   """
@@ -149,7 +149,7 @@ def with_radial_projection(inner: optax.GradientTransformation, delta: Any = 0.1
   kernels (Dense (in, out), Conv (h, w, in, out)); the official PyTorch code
   takes axis 0 of its (out, in, ...) weights, the same channels, and
   ``channel_axis=0`` reproduces that layout. For the first view where every row has
-  |cos(g, p)| < delta / sqrt(row length) (the weight looks scale-invariant),
+  ``|cos(g, p)| < delta / sqrt(row length)`` (the weight looks scale-invariant),
   remove the radial part of u row by row, u <- u - p_n <p_n, u> with
   p_n = p / (||p|| + eps), and multiply the weight decay by `wd_ratio`.
   Then adds the decoupled decay, u <- u + weight_decay * ratio * p (ratio 1

@@ -129,7 +129,7 @@ def scale_by_smmf(b1: Any = 0.9, eps: Any = 1e-8, decay_rate: Any = 0.5,
   matrix: M = signs * (r_m c_m^T), M <- b1_t M + (1 - b1_t) G with
   b1_t = b1 * growth_rate^(t-1); V = r_v c_v^T, V <- b2_t V + (1 - b2_t) G^2
   with b2_t = 1 - t^(-decay_rate); out = M / (sqrt(V) + eps) (no bias
-  correction); then signs <- (M > 0), (r_m, c_m) <- nnmf(|M|),
+  correction); then ``signs <- (M > 0)``, ``(r_m, c_m) <- nnmf(|M|)``,
   (r_v, c_v) <- nnmf(V). ``b1=None`` keeps no first moment
   (out = G / (sqrt(V) + eps)). ``vector_reshape=False`` keeps element-wise
   moments for tensors that are vectors once size-1 dims are dropped.

@@ -4,7 +4,7 @@ An adaptive method is a *first-moment rule* (how the numerator is tracked), a
 *second-moment rule* (how the per-coordinate scale is tracked), both from
 `optlab.rules`, and an *order* (momentum of the raw gradient, as in Adam, or
 momentum of the already normalised gradient, as in LaProp and ADOPT).
-`scale_by_moments` combines one of each:
+`scale_by_moments` combines one of each::
 
     scale_by_moments(ema(b1), ema_sq(b2))                    # Adam
     scale_by_moments(ema(b1, nesterov=True), ema_sq(b2))     # NAdam
@@ -94,6 +94,19 @@ def scale_by_moments(first: Optional[Any], second: Optional[Any], *, eps: Any = 
   NaN update. With a second rule, both rules see the gradient through
   `bound_gradient` (a no-op for ordinary values); the second rule always sees
   it before the first rule or the normalisation acts on it.
+
+  Args:
+    first: the first-moment rule (``rules.ema(b1)``, ...), or None for the raw
+      gradient.
+    second: the second-moment rule (``rules.ema_sq(b2)``, ...), or None for no
+      scaling.
+    eps: added to the second rule's scale in the denominator, >= 0.
+    order: ``"adam"``, ``"laprop"`` or ``"adopt"``, as above.
+    clip_value_fn: for ``order="adopt"``, the 0-based step -> the clip bound of
+      the normalised gradient; None does not clip.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state `MomentsState`.
   """
   V.check_choice("scale_by_moments", "order", order, _ORDERS)
   V.check_nonneg("scale_by_moments", "eps", eps)
@@ -170,6 +183,19 @@ def scale_by_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, eps_root: Any
   the HF-transformers AdamW (``denom = sqrt(v) + eps``, step size
   ``lr * sqrt(1 - b2^t) / (1 - b1^t)``) that several official codes build on;
   the default is the paper's, torch.optim's and optax's form.
+
+  Args:
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the second moment, in [0, 1).
+    eps: added to the root in the denominator, >= 0.
+    eps_root: added to the second moment inside the root, >= 0.
+    mu_dtype: storage dtype of the first moment; None keeps the params' dtype.
+    nesterov: use the Nesterov look-ahead first moment (NAdam).
+    eps_before_debias: add eps before the bias correction, as above.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` (`scale_by_moments` of
+    ``rules.ema`` and ``rules.ema_sq``).
   """
   for name, value in (("b1", b1), ("b2", b2)):
     V.check_decay("scale_by_adam", name, value)
@@ -183,7 +209,17 @@ def scale_by_adam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, eps_root: Any
 
 
 def scale_by_lion_momentum(b1: Any = 0.9, b2: Any = 0.99, mu_dtype: Any = None):
-  """Lion's update direction, sign(b1 m + (1 - b1) g) (arXiv:2302.06675)."""
+  """Lion's update direction, sign(b1 m + (1 - b1) g) (arXiv:2302.06675).
+
+  Args:
+    b1: the interpolation between momentum and gradient in the sign, in [0, 1).
+    b2: decay of the momentum m, in [0, 1).
+    mu_dtype: storage dtype of m; None keeps the params' dtype.
+
+  Returns:
+    An ``optax.GradientTransformation``: `scale_by_moments` of
+    ``rules.lion_interp`` followed by `scale_by_sign`.
+  """
   from optlab.primitives.normalize import scale_by_sign
   for name, value in (("b1", b1), ("b2", b2)):
     V.check_decay("scale_by_lion_momentum", name, value)
@@ -198,6 +234,18 @@ def scale_by_adopt(b1: Any = 0.9, b2: Any = 0.9999, eps: Any = 1e-6, mu_dtype: A
   v_1 = g_1^2 and u_1 = 0; then x_t = clip(g_t / max(sqrt(v_{t-1}), eps),
   clip_value_fn(t - 1)), m_t = b1 m_{t-1} + (1 - b1) x_t, u_t = m_t, and
   v_t = b2 v_{t-1} + (1 - b2) g_t^2. ``clip_value_fn=None`` means step ** 0.25.
+
+  Args:
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the second moment, in [0, 1).
+    eps: floor of the root of the previous second moment, >= 0.
+    mu_dtype: storage dtype of the first moment; None keeps the params' dtype.
+    nesterov: use the Nesterov look-ahead first moment.
+    use_clipping: clip the normalised gradient; False does not.
+    clip_value_fn: the 0-based step -> the clip bound; None is ``step ** 0.25``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state `MomentsState`.
   """
   for name, value in (("b1", b1), ("b2", b2)):
     V.check_decay("scale_by_adopt", name, value)

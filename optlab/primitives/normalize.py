@@ -149,7 +149,7 @@ def scale_by_trust_ratio(min_norm: Any = 0.0, trust_coefficient: Any = 1.0,
   `min_norm`; r = 1 where either norm is 0 (a zero-initialised tensor still
   moves, a zero update stays zero). Norms are `tensor_norm` (safe at 1e30
   entries), and r is capped at the largest finite value, so that r u is
-  finite for any finite u and p (|u_i| r <= trust_coefficient * ||p||).
+  finite for any finite u and p (``|u_i| r <= trust_coefficient * ||p||``).
   Needs `params` in update.
   """
   where = "scale_by_trust_ratio"

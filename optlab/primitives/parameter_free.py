@@ -132,7 +132,7 @@ def scale_by_dog(init_step: tuple[str, Any] = ("heuristic", 1e-6), eps: Any = 1e
 
   Needs `params` in update. A zero denominator gives a zero step. The gradient
   is taken through `bound_gradient`, so one huge finite entry moves the sum of
-  squares and the step g consistently (|u| <= rbar_t per entry); as Adagrad's
+  squares and the step g consistently (``|u| <= rbar_t`` per entry); as Adagrad's
   sum, that sum never forgets, and later steps stay small: the method's math.
   """
   where = "scale_by_dog"
@@ -239,10 +239,13 @@ def scale_by_dadapt_sgd(learning_rate: Any = 1.0, momentum: Any = 0.0, weight_de
                         ) -> optax.GradientTransformationExtraArgs:
   """D-Adapted SGD (arXiv:2301.07733, Algorithm 1), as facebookresearch/dadaptation.
 
-  With dlr_k = d_k lr_k / ||g_0|| and g_k the gradient plus weight_decay * x_k:
+  With ``dlr_k = d_k lr_k / ||g_0||`` and g_k the gradient plus
+  ``weight_decay * x_k``::
+
     numerator += dlr_k <g_k, s>,  s <- s + dlr_k g_k,
     d_{k+1} = max(d_k, min(2 numerator / ||s||_2, growth_rate d_k)),
     x_{k+1} = momentum x_k + (1 - momentum) (x_0 - s)   (dual averaging).
+
   Returns the final update x_{k+1} - x_k (learning rate and sign included: no
   `scale_by_learning_rate` follows). As the official code, ||g_0|| is taken
   from the raw gradient (without the decay term); here it is the first
@@ -313,13 +316,15 @@ def scale_by_dadapt_adam(learning_rate: Any = 1.0, b1: Any = 0.9, b2: Any = 0.99
 
   With beta = sqrt(b2), dlr_k = d_k lr_k c_k (c_k = sqrt(1 - b2^k) / (1 - b1^k)
   with ``use_bias_correction``, else 1) and g_k the gradient (plus
-  weight_decay * x_k unless ``decouple``):
+  weight_decay * x_k unless ``decouple``)::
+
     numerator <- beta numerator + (1 - beta) dlr_k <g_k, s / (sqrt(v) + eps)>
     (s, v before this step's update);
     m <- b1 m + (1 - b1) dlr_k g_k;  v <- b2 v + (1 - b2) g_k^2;
     s <- beta s + (1 - beta) dlr_k g_k;
     d_{k+1} = max(d_k, min(numerator / ((1 - beta) ||s||_1), growth_rate d_k));
-    u = -m / (sqrt(v) + eps)  - dlr_k weight_decay x_k  (the latter if ``decouple``).
+    u = -m / (sqrt(v) + eps)  - dlr_k weight_decay x_k  (the latter if decouple).
+
   Returns the final update (learning rate inside m: no `scale_by_learning_rate`
   follows). A step with ||s||_1 = 0 (all gradients so far zero) is zero and
   leaves d and the numerator as they are, as the official code. Both moments
@@ -391,13 +396,15 @@ def scale_by_dadapt_lion(learning_rate: Any = 1.0, b1: Any = 0.9, b2: Any = 0.99
                          ) -> optax.GradientTransformationExtraArgs:
   """D-Adapted Lion, as facebookresearch/dadaptation's DAdaptLion.
 
-  With beta = sqrt(b2) and dlr_k = d_k lr_k:
+  With beta = sqrt(b2) and dlr_k = d_k lr_k::
+
     u_k = sign(b1 m + (1 - b1) g_k);  x <- x (1 - dlr_k weight_decay) - dlr_k u_k;
     m <- b2 m + (1 - b2) dlr_k g_k   (the official code keeps dlr in m, so the
     sign mixes a dlr-scaled momentum with the raw gradient; followed here);
     numerator <- beta numerator + (1 - beta) dlr_k <u_k, s>;
     s <- beta s + (1 - beta) dlr_k u_k;
     d_{k+1} = max(d_k, numerator / ((1 - beta) ||s||_1)).
+
   Returns the final update (no `scale_by_learning_rate` follows). As the
   official code, the step is taken even when ||s||_1 = 0 (d is then kept).
   Needs `params` in update.
@@ -515,7 +522,7 @@ class hutchinson_diagonal_ema:
 
   At the first step S = the mean of ``init_probes`` Hutchinson samples
   z * (H z); every step (the first included) S <- b2 S + (1 - b2) * (the mean
-  of ``n_probes`` samples); D = max(floor, |S|)^power + eps. Needs the extra
+  of ``n_probes`` samples); ``D = max(floor, |S|)^power + eps``. Needs the extra
   arg ``obj_fn`` (params -> loss on the current batch) and `params`; the HVPs
   come from `optlab.hutchinson_diagonal`. With ``axis_name`` the samples are
   averaged over that pmap axis.
@@ -599,12 +606,14 @@ def scale_by_momo(learning_rate: Any = 1.0, beta: Any = 0.9, lower_bound: Any = 
   the gradients d_k and of gamma_k = <g_k, x_k>, rho_k = 1 - beta^k with
   ``bias_correction`` (EMAs from 0) and 1 otherwise (EMAs started at the first
   sample), a diagonal preconditioner D (identity without one), c = 1 + lr_k
-  weight_decay:
+  weight_decay::
+
     tau_k = min(lr_k / rho_k, max(c (fbar_k - rho_k lb) + <x_k, d_k> - c gamma_k, 0)
                 / ||d_k||^2_{D^-1}),
     x_{k+1} = (x_k - tau_k D^-1 d_k) / c  (``divide``, MoMo's proximal decay), or
     x_{k+1} = x_k (1 - lr_k weight_decay) - tau_k D^-1 d_k (MoMo-Adam's
-    ``divide=False``, AdamW-style).
+    divide=False, AdamW-style).
+
   With ``adapt_lower_bound`` the bound lb is re-estimated online (the
   official ``use_fstar``), never below ``lower_bound``.
 

@@ -8,7 +8,7 @@ pairs. What top-k drops is not lost: it is kept as an error buffer, quantised
 to 4 bits per entry (asymmetric min/max per block of `quant_block_size`
 entries), and added to the next gradient before its top-k. Adam's moments
 are recomputed from the window at every step as weighted sums of the stored
-rows:
+rows::
 
     m = (1 - b1) / (1 - b1^t) * sum_i b1^age_i s_i
     v = (1 - b2) / (1 - b2^t) * sum_i b2^age_i s_i^2
@@ -132,7 +132,7 @@ def scale_by_microadam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, m: int =
   """MicroAdam's direction (arXiv:2405.15593, Algorithm 1 and the official code).
 
   Per tensor (flattened), at step t: a = g + Q^-1(e); keep the top
-  ceil(k_init * block) entries of |a| in every block of `topk_block_size`;
+  ceil(k_init * block) entries of ``|a|`` in every block of `topk_block_size`;
   zero them in a and store e = Q(a) (4 bits, per `quant_block_size` block);
   write the kept (index, value) pairs into ring row (t - 1) % m; out =
   m_hat / (sqrt(v_hat) + eps) with m_hat, v_hat the debiased Adam moments of

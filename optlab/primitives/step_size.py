@@ -7,7 +7,7 @@ scalar rectification term (or drops it while its variance is intractable);
 AdaBound clips it into bounds that close in on an SGD learning rate; AdaMod
 caps it by an exponential average of its own past values.
 
-Two primitives carry these rules:
+Two primitives carry these rules::
 
     scale_by_rectified_moments(first, second, b2=...)   # any moment rules (moments.py)
     scale_by_bounded_step_size(bound, learning_rate=lr) # Adam's moments, official-code form
@@ -64,6 +64,13 @@ def scale_by_learning_rate(learning_rate: Any, *, flip_sign: bool = True
 
   Only a schedule keeps a step count in its state; a constant (or an array
   injected by `optax.inject_hyperparams`) is stateless, as in optax.
+
+  Args:
+    learning_rate: a number, an array or an optax schedule of the 0-based step.
+    flip_sign: negate the update (a descent step); False scales only.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
   """
   V.check_learning_rate("scale_by_learning_rate", learning_rate)
   sign = -1.0 if flip_sign else 1.0
@@ -122,6 +129,17 @@ def scale_by_rectified_moments(first: Any, second: Any, *, b2: Any = None, eps: 
   as in `scale_by_moments`. While rho_t < threshold the step is the momentum
   m_hat itself, linear in g by the method's design: a huge gradient entry in
   those first steps gives a huge step.
+
+  Args:
+    first: the first-moment rule.
+    second: the second-moment rule.
+    b2: the second moment's decay in the rectification; None reads
+      ``second.b2``.
+    eps: added to the second rule's scale in the denominator, >= 0.
+    threshold: the smallest rho_t at which the adaptive step is taken.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state `MomentsState`.
   """
   if b2 is None:
     b2 = getattr(second, "b2", None)
@@ -156,6 +174,18 @@ def scale_by_radam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, eps_root: An
 
   u = r_t * m_hat / (sqrt(v_hat + eps_root) + eps) while rho_t >= threshold,
   else u = m_hat; `nesterov` uses NAdam's look-ahead m_hat.
+
+  Args:
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the second moment, in [0, 1).
+    eps: added to the root in the denominator, >= 0.
+    eps_root: added to the second moment inside the root, >= 0.
+    threshold: the smallest rho_t at which the adaptive step is taken.
+    mu_dtype: storage dtype of the first moment; None keeps the params' dtype.
+    nesterov: use NAdam's look-ahead first moment.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state `MomentsState`.
   """
   V.check_decay("scale_by_radam", "b1", b1)
   V.check_decay("scale_by_radam", "b2", b2)

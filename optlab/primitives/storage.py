@@ -163,9 +163,20 @@ def with_state_dtype(inner: optax.GradientTransformation, dtype: Any = jnp.bfloa
   2^-8 relative) or to nearest. ``which="all"`` stores every floating tensor
   leaf (ndim >= 1; scalars stay), ``"moments"`` only fields of role MOMENT in
   the state schema (`declare_state`); a callable gets the `StateField` holding
-  each leaf (kind, role, path) and decides. Leaves already no wider than `dtype` are left alone. The
-  rounding key lives in the state (seeded by `seed`), so runs are
-  reproducible and identical across devices.
+  each leaf (kind, role, path) and decides. Leaves already no wider than
+  `dtype` are left alone. The rounding key lives in the state (seeded by
+  `seed`), so runs are reproducible and identical across devices.
+
+  Args:
+    inner: any transformation whose state is declared with `declare_state`.
+    dtype: the storage dtype of the selected leaves.
+    stochastic_rounding: round stochastically (bfloat16 only); False rounds to
+      nearest.
+    which: ``"all"``, ``"moments"`` or a callable of a `StateField`, as above.
+    seed: seeds the rounding key kept in the state.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state `WithStateDtypeState`.
   """
   inner = optax.with_extra_args_support(inner)
   select = _selector("with_state_dtype", which)
@@ -306,7 +317,7 @@ def with_quantized_state(inner: optax.GradientTransformation, bits: int = 8,
   ``create_dynamic_map``: signed for first moments, unsigned for non-negative
   second moments). Every step dequantises, runs `inner` in full precision and
   quantises the new state. Error bound: per block,
-  |x - stored| <= `quantization_error_bound` * absmax (0.0071 signed, 0.0035
+  ``|x - stored| <= quantization_error_bound * absmax`` (0.0071 signed, 0.0035
   unsigned); entries below ~1e-7 * absmax round to 0.
 
   Args:

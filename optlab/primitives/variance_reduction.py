@@ -4,7 +4,7 @@ MARS (Yuan et al., arXiv:2411.10438) replaces the stochastic gradient by a
 variance-reduced estimate before any moment sees it. In its approximate form
 (the official default, one gradient per step) that estimate needs only the
 previous step's gradient, so it is a stateful pre-transform that sits ahead of
-the moments:
+the moments::
 
     optax.chain(add_mars_correction(b1, gamma), scale_by_adam(b1, b2), ...)
 """

@@ -112,7 +112,7 @@ def scale_by_gravity(learning_rate: Any, alpha: Any = 0.01, beta: Any = 0.9, see
                      ) -> optax.GradientTransformationExtraArgs:
   """Gravity's velocity (Bahrami & Zadeh, arXiv:2101.09192; official Keras code).
 
-  Per tensor, with M = max |g|: zeta = g / (1 + (g M)^2);
+  Per tensor, with ``M = max |g|``: zeta = g / (1 + (g M)^2);
   beta_t = (beta t + 1) / (t + 2) (t the 0-based step);
   V <- beta_t V + (1 - beta_t) zeta; emits V (the step is -lr V).
   V_0 ~ N(0, (alpha / lr)^2), drawn at init from `seed` (lr: the learning
@@ -268,7 +268,7 @@ def scale_by_core(learning_rate: Any = 1e-3, b1a: Any = 0.7375, b1b: Any = 0.812
   step_size_min, step_size_max)  (s_0 = learning_rate at step 0);
   u = s P m' / (1 - b1^(t+1)) / (sqrt(v / (1 - b2^(t+1))) + eps)  (adam_like;
   else u = s P sign(m'));  score <- score + m' u / score_history;
-  emits the descent step u + weight_decay |u| p (the official decay scales
+  emits the descent step ``u + weight_decay |u| p`` (the official decay scales
   with the step of each weight), to be negated by the chain. Needs `params`
   when weight_decay is not 0. score_history and frozen set the shapes of the
   computation (top-k): pass them as Python numbers (``static_args`` of

@@ -56,6 +56,15 @@ def with_lookahead(inner: optax.GradientTransformation, sync_period: int = 5,
   the state: `lookahead_params(state)`). ``reset_state`` re-initialises
   `inner`'s state at every synchronisation (as optax's option). Needs
   `params`.
+
+  Args:
+    inner: the fast optimizer, its learning rate included.
+    sync_period: k, the number of fast steps between synchronisations.
+    slow_step_size: alpha, how far the slow weights move towards the fast ones.
+    reset_state: re-initialise `inner`'s state at every synchronisation.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state `WithLookaheadState`.
   """
   V.check_range("with_lookahead", "sync_period", sync_period, 1)
   V.check_range("with_lookahead", "slow_step_size", slow_step_size, 0.0, 1.0)
@@ -121,7 +130,7 @@ def schedule_free(inner: optax.GradientTransformation, learning_rate: Any, b1: A
   around any inner transformation (which must not use momentum itself).
 
   With y the params (where the gradient is taken), z the base sequence and
-  x the average that is evaluated:
+  x the average that is evaluated::
 
       z_{t+1} = z_t + inner(g(y_t))            (inner includes -lr_t)
       x_{t+1} = (1 - c_{t+1}) x_t + c_{t+1} z_{t+1},
@@ -139,6 +148,18 @@ def schedule_free(inner: optax.GradientTransformation, learning_rate: Any, b1: A
   and here). Differences from the official AdamW-ScheduleFree: its warm-up and
   sqrt(1 - b2^t) factor enter the averaging weights through its learning
   rate; here the weights see only `learning_rate`.
+
+  Args:
+    inner: the base step, its learning rate included, without momentum.
+    learning_rate: the learning rate (number or schedule) `inner` uses.
+    b1: the interpolation between x and z at which gradients are taken.
+    weight_lr_power: the power of the largest learning rate so far in the
+      averaging weights.
+    state_dtype: the dtype of the stored z; None keeps the params' dtype.
+    r: the power of (t + 1) in the averaging weights.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state `ScheduleFreeState`.
   """
   V.check_learning_rate("schedule_free", learning_rate)
   V.check_range("schedule_free", "b1", b1, 0.0, 1.0, low_open=True)

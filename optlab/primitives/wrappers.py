@@ -52,6 +52,15 @@ def skip_non_finite(inner: optax.GradientTransformation,
   step after that many skips in a row is applied anyway (as optax's
   apply_if_finite does), so that a run cannot stall silently. Under pmap, give
   `axis_name` so that all replicas skip together.
+
+  Args:
+    inner: the transformation whose non-finite steps are skipped.
+    max_consecutive: apply the step after this many skips in a row anyway;
+      None skips for as long as the steps are not finite.
+    axis_name: the pmap axis over which the replicas agree to skip, or None.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state `SkipNonFiniteState`.
   """
   if max_consecutive is not None:
     V.check_range("skip_non_finite", "max_consecutive", max_consecutive, 1)
@@ -97,6 +106,15 @@ def with_gradient_noise(inner: optax.GradientTransformation, eta: Any = 0.01,
   The key lives in the state (seeded by `seed`), so a run is reproducible and
   all pmap replicas (which hold the same state) add the same noise. The noise
   is drawn in at least float32 and cast to the gradient's dtype.
+
+  Args:
+    inner: the transformation that receives the noisy gradient.
+    eta: the noise variance at step 0, >= 0.
+    gamma: the decay exponent of the variance, >= 0.
+    seed: seeds the key kept in the state.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state `GradientNoiseState`.
   """
   V.check_nonneg("with_gradient_noise", "eta", eta)
   V.check_nonneg("with_gradient_noise", "gamma", gamma)
@@ -153,7 +171,7 @@ class swats_trigger:
   g_k the gradient: where p_k . g_k != 0, gamma_k = p_k . p_k / (-p_k . g_k)
   (the SGD learning rate whose step has the same projection onto g_k as p_k)
   and lambda_k = b2 lambda_{k-1} + (1 - b2) gamma_k; it fires when k > 1 and
-  |lambda_k / (1 - b2^k) - gamma_k| < tol, with scale
+  ``|lambda_k / (1 - b2^k) - gamma_k| < tol``, with scale
   Lambda = lambda_k / (1 - b2^k), the learning rate the SGD phase then uses.
   Dot products are taken over the whole tree (the paper's vectors), through
   norms and a cosine, so that they cannot overflow.
@@ -188,6 +206,14 @@ def switch(first: optax.GradientTransformation, second: optax.GradientTransforma
   of the firing step. Only the active branch runs (`lax.cond`); `second`'s
   state stays at its initial value until the switch. SWATS (arXiv:1712.07628)
   is ``switch(adam, sgd_with_momentum, swats_trigger(b2))``.
+
+  Args:
+    first: the transformation used until the trigger fires.
+    second: the transformation used from the step after it fires on.
+    trigger: the switching rule, as above.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state `SwitchState`.
   """
   first = optax.with_extra_args_support(first)
   second = optax.with_extra_args_support(second)

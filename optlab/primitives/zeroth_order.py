@@ -32,7 +32,7 @@ it):
   steps as on the sub-tree alone. Drawing per leaf bounds the random-number
   generator's scratch memory by the largest leaf, not the whole model.
 
-Estimators (the recipes in `optlab.recipes.zeroth_order` wrap them):
+Estimators (the recipes in `optlab.recipes.zeroth_order` wrap them)::
 
     scale_by_spsa(eps, n_samples)             # MeZO (arXiv:2305.17333)
     scale_by_spsa(..., sparsity=0.75)         # Sparse MeZO (arXiv:2402.15751)
@@ -101,7 +101,7 @@ def _scalar_f32(x: Any) -> jax.Array:
 def small_magnitude_threshold(params: Any, sparsity: Any) -> jax.Array:
   """Sparse MeZO's per-tensor thresholds h, one per leaf in `jax.tree.leaves` order.
 
-  For a tensor of n entries, h is its k-th smallest |p| (sorted, 0-based index
+  For a tensor of n entries, h is its k-th smallest ``|p|`` (sorted, 0-based index
   k = ceil((1 - sparsity) n) - 1, clamped to [0, n - 1]), so that about the
   (1 - sparsity) fraction of smallest-magnitude entries lie at or below it;
   scalars and empty leaves get the dtype's largest finite value (always
@@ -121,7 +121,7 @@ def small_magnitude_threshold(params: Any, sparsity: Any) -> jax.Array:
 
 
 def small_magnitude_mask(params: Any, sparsity: Any = None, *, threshold: Any = None) -> Any:
-  """Sparse MeZO's selection: 1 where |p| <= its tensor's threshold h.
+  """Sparse MeZO's selection: 1 where ``|p| <= h``, h its tensor's threshold.
 
   ``threshold`` is a vector of per-leaf thresholds (`small_magnitude_threshold`,
   as stored by the sparse `scale_by_spsa`); without it, h comes from
@@ -266,7 +266,7 @@ def scale_by_spsa(eps: Any = 1e-3, n_samples: int = 1, *, seed: int = 0, sparsit
     sparsity: None, or Sparse MeZO's fraction of each tensor's entries left
       unperturbed: each tensor's threshold h (`small_magnitude_threshold`) is
       fixed from the params at init, and every step perturbs the entries with
-      |p| <= h (`small_magnitude_mask`, recomputed, never stored). The state is
+      ``|p| <= h`` (`small_magnitude_mask`, recomputed, never stored). The state is
       then a `SparseZerothOrderState`.
     point_fn: see `spsa_gradient` (QuZO's quantised forward passes).
   """
@@ -312,7 +312,7 @@ def scale_by_zo_adamu(eps: Any = 1e-3, alpha: Any = 0.5, b1: Any = 0.9, b2: Any 
   k = ``zo_sample_key(zo_step_key(key, t), s)``, n1 and n2 the documented
   normal draws (`zo_normals`, module docstring) from ``zo_sample_key(k, 0)``
   and ``zo_sample_key(k, 1)``, and m the stored perturbation (zeros at the
-  start):
+  start)::
 
       z1 = sqrt(alpha) n1                  (zero-centred, variance alpha)
       z2 = m + sqrt(1 - alpha) n2          (momentum-centred, variance 1 - alpha)

@@ -41,13 +41,18 @@ def swats(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-9,
   """SWATS: "Improving Generalization Performance by Switching from Adam to SGD"
   (Keskar & Socher, arXiv:1712.07628, Algorithm 1).
 
-  Adam phase: p_k = -lr sqrt(1 - b2^k) / (1 - b1^k) * m_k / (sqrt(a_k) + eps).
-  While in it, gamma_k = p.p / (-p.g), lambda_k = b2 lambda + (1 - b2) gamma_k;
-  when k > 1 and |lambda_k / (1 - b2^k) - gamma_k| < switch_tol, switch for good
-  to SGD with momentum, v <- b1 v + g, step -(1 - b1) Lambda v with
-  Lambda = lambda_k / (1 - b2^k) (the learning rate is no longer used).
-  Hyperparameters: learning_rate, b1, b2, eps (paper 1e-9), switch_tol (the
-  paper compares with the same epsilon, 1e-9).
+  Adam phase, with the projection ``gamma_k`` and its EMA ``lambda_k``::
+
+    p_k = -lr sqrt(1 - b2^k) / (1 - b1^k) * m_k / (sqrt(a_k) + eps)
+    gamma_k = p.p / (-p.g)
+    lambda_k = b2 lambda + (1 - b2) gamma_k
+
+  When ``k > 1`` and ``|lambda_k / (1 - b2^k) - gamma_k| < switch_tol``, it
+  switches for good to SGD with momentum (the learning rate is no longer
+  used)::
+
+    v <- b1 v + g
+    step = -(1 - b1) Lambda v,    Lambda = lambda_k / (1 - b2^k)
 
   The paper has no official code. Follows the paper's Algorithm 1, with the
   projections over all parameters together; the widely used PyTorch port
@@ -55,6 +60,23 @@ def swats(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-9,
   group when its first tensor meets the criterion (with a relative tolerance,
   and an SGD buffer started at g), which is order dependent. Built from the
   reusable `switch` wrapper and its `swats_trigger`.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule of the
+      0-based step. Used in the Adam phase only.
+    b1: decay of Adam's first moment and the SGD phase's momentum, in [0, 1).
+    b2: decay of Adam's second moment and of ``lambda_k``, in [0, 1).
+    eps: added to ``sqrt(a_k)``, >= 0 (paper 1e-9).
+    switch_tol: the tolerance of the switching test, >= 0 (the paper compares
+      with the same epsilon, 1e-9).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs no extra
+    args.
+
+  References:
+    "Improving Generalization Performance by Switching from Adam to SGD",
+    arXiv:1712.07628 (https://arxiv.org/abs/1712.07628).
   """
   V.check_learning_rate("swats", learning_rate)
   V.check_decay("swats", "b1", b1)
@@ -73,14 +95,40 @@ def coupled_adam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 
   """Coupled Adam: "Better Embeddings with Coupled Adam" (Stollenwerk & Stollenwerk,
   arXiv:2502.08441).
 
-  AdamW, except that for embedding matrices [vocabulary, hidden] the second
-  moment is averaged over the vocabulary, v_hat[i, :] <- mean_j v_hat[j, :],
-  so the sum of the embedding updates is not distorted by per-token step sizes.
-  Hyperparameters: as `optlab.adamw` (weight_decay 0 by default), plus
-  `embedding_mask` (a tree of bools or a function of the params tree; default
-  `embedding_paths`: 2-D leaves whose path contains "embed") and `vocab_axis`
-  (None: 0; None rather than 0 so that `optax.inject_hyperparams` leaves it static).
-  With no embedding leaf this is AdamW.
+  AdamW (see `adamw`), except that for embedding matrices [vocabulary, hidden]
+  the second moment is averaged over the vocabulary::
+
+    v_hat[i, :] <- mean_j v_hat[j, :]
+
+  so the sum of the embedding updates is not distorted by per-token step
+  sizes. With no embedding leaf this is AdamW.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule of the
+      0-based step.
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the second moment, in [0, 1).
+    eps: added to the root in the denominator, >= 0.
+    eps_root: added to ``v_hat`` inside the root, >= 0.
+    mu_dtype: storage dtype of the first moment; None keeps the params' dtype.
+    weight_decay: the decoupled decay rate, >= 0 (multiplied by the learning
+      rate; 0 by default).
+    mask: a tree of bools, or a function of the params returning one, that
+      selects the leaves to decay (as in optax); None decays every leaf.
+    embedding_mask: a tree of bools or a function of the params tree marking
+      the embedding leaves; the default `embedding_paths` marks 2-D leaves
+      whose path contains "embed".
+    vocab_axis: the vocabulary axis of the embedding leaves, an int; None means
+      0 (None rather than 0 so that `optax.inject_hyperparams` leaves it
+      static).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs no extra
+    args, but needs ``params`` (for the weight decay).
+
+  References:
+    "Better Embeddings with Coupled Adam", arXiv:2502.08441
+    (https://arxiv.org/abs/2502.08441).
   """
   V.check_learning_rate("coupled_adam", learning_rate)
   V.check_decay("coupled_adam", "b1", b1)
@@ -100,13 +148,37 @@ def innaprop(learning_rate: Any, alpha: Any = 0.1, beta: Any = 0.9, sigma: Any =
   """INNAprop: "A second-order-like optimizer with adaptive gradient scaling for
   deep learning" (Bolte, Boustany, Pauwels, Purica, arXiv:2410.10243).
 
-  INNA's inertial Newton dynamics with RMSProp scaling; official-code step:
-  p_d = (1 - lr wd) p;  v <- sigma v + (1 - sigma) g^2;
-  psi <- (1 - lr/beta) psi + lr (1/beta - alpha) p_d   (psi_0 = (1 - alpha beta) p_0);
-  p <- p_d + lr ((1 - alpha beta) p_d - psi) / (beta - lr) - lr beta g / (sqrt(v / (1 - sigma^t)) + eps).
-  Hyperparameters (official names and defaults): learning_rate, alpha, beta,
-  sigma, eps, weight_decay. Follows the official code (innaprop/innaprop):
-  decoupled decay applied first and the bias-corrected root with eps outside.
+  INNA's inertial Newton dynamics with RMSProp scaling; the official-code step,
+  with ``psi_0 = (1 - alpha beta) p_0``::
+
+    p_d = (1 - lr wd) p
+    v <- sigma v + (1 - sigma) g^2
+    psi <- (1 - lr/beta) psi + lr (1/beta - alpha) p_d
+    p <- p_d + lr ((1 - alpha beta) p_d - psi) / (beta - lr)
+           - lr beta g / (sqrt(v / (1 - sigma^t)) + eps)
+
+  Follows the official code (innaprop/innaprop): decoupled decay applied first
+  and the bias-corrected root with eps outside. The hyperparameters have the
+  official names and defaults.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule of the
+      0-based step.
+    alpha: INNA's alpha, >= 0.
+    beta: INNA's beta, > 0.
+    sigma: decay of the squared-gradient EMA v, in [0, 1).
+    eps: added to the root in the denominator, >= 0.
+    weight_decay: the decoupled decay rate, >= 0, applied first
+      (``p_d = (1 - lr wd) p``).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs no extra
+    args, but needs ``params``.
+
+  References:
+    "A second-order-like optimizer with adaptive gradient scaling for deep
+    learning", arXiv:2410.10243 (https://arxiv.org/abs/2410.10243). Official
+    code: innaprop/innaprop.
   """
   V.check_learning_rate("innaprop", learning_rate)
   V.check_nonneg("innaprop", "weight_decay", weight_decay)
@@ -121,14 +193,37 @@ def adam_cm(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
   """Adam+CM: "Promoting Exploration in Memory-Augmented Adam using Critical
   Momenta" (Malviya et al., arXiv:2307.09638).
 
-  Adam on the aggregated momentum a = m + mean(critical momenta buffer), with
-  v the EMA of a^2; the buffer keeps the `topc` momenta stored at the largest
-  (decaying) gradient norms; see `scale_by_critical_momenta`. Decoupled decay
-  p <- p (1 - lr wd) as the official code. Hyperparameters (official names and
-  defaults): learning_rate, b1, b2, eps, decay (0.7), topc (None: the official
-  5; None so that `optax.inject_hyperparams` keeps it static), weight_decay, mask. Follows the official chandar-lab/CMOptimizer Adam_CM (synced norms,
-  critical_test=0): its first step only fills the buffer and does not move
-  the weights (besides the decay).
+  Adam on the aggregated momentum ``a = m + mean(critical momenta buffer)``,
+  with v the EMA of ``a^2``; the buffer keeps the ``topc`` momenta stored at the
+  largest (decaying) gradient norms; see `scale_by_critical_momenta`. Decoupled
+  decay ``p <- p (1 - lr wd)`` as the official code. Follows the official
+  chandar-lab/CMOptimizer Adam_CM (synced norms, ``critical_test=0``): its
+  first step only fills the buffer and does not move the weights (besides the
+  decay). The hyperparameters have the official names and defaults.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule of the
+      0-based step.
+    b1: decay of the first moment m, in [0, 1).
+    b2: decay of the second moment v, in [0, 1).
+    eps: added to the root in the denominator, >= 0.
+    decay: the factor applied to the buffer's priorities at every step, in
+      [0, 1) (official 0.7).
+    topc: the buffer size, an int >= 1; None means the official 5 (None so
+      that `optax.inject_hyperparams` keeps it static).
+    weight_decay: the decoupled decay rate, >= 0 (multiplied by the learning
+      rate).
+    mask: a tree of bools, or a function of the params returning one, that
+      selects the leaves to decay (as in optax); None decays every leaf.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs no extra
+    args, but needs ``params`` (for the weight decay).
+
+  References:
+    "Promoting Exploration in Memory-Augmented Adam using Critical Momenta",
+    arXiv:2307.09638 (https://arxiv.org/abs/2307.09638). Official code:
+    chandar-lab/CMOptimizer.
   """
   V.check_learning_rate("adam_cm", learning_rate)
   V.check_nonneg("adam_cm", "weight_decay", weight_decay)
@@ -142,11 +237,27 @@ def ranger21_schedule(learning_rate: float, num_iterations: int, b2: float = 0.9
                       warmdown_start_pct: float = 0.72, warmdown_min_lr: float = 3e-5):
   """Ranger21's learning rate at each 0-based step (official code).
 
-  With s = step + 1 and T = num_iterations: linear warm-up lr * min(1, s / W)
-  for s <= W, W = ceil(2 / (1 - b2)) unless that exceeds 45% of T, then
-  int(0.22 T) (or `warmup_iterations`); from s >= S = int(warmdown_start_pct T)
-  a linear warm-down lr - (lr - min_lr) (s + 1 - S) / (T - S + 1), never below
-  `warmdown_min_lr`; the warm-down overrides the warm-up (official order).
+  With ``s = step + 1`` and ``T = num_iterations``: a linear warm-up
+  ``lr * min(1, s / W)`` for ``s <= W``, with ``W = ceil(2 / (1 - b2))``
+  unless that exceeds 45% of T, then ``int(0.22 T)`` (or
+  ``warmup_iterations``); from ``s >= S = int(warmdown_start_pct T)`` a linear
+  warm-down ``lr - (lr - min_lr) (s + 1 - S) / (T - S + 1)``, never below
+  ``warmdown_min_lr``; the warm-down overrides the warm-up (official order).
+
+  Args:
+    learning_rate: the peak learning rate lr, a float.
+    num_iterations: the number of training steps T.
+    b2: Adam's second-moment decay, which sets the default warm-up length.
+    warmup_iterations: the warm-up length W; None uses the rule above, 0 turns
+      the warm-up off.
+    warmup_pct_default: the fraction of T used for W when ``ceil(2 / (1 - b2))``
+      exceeds 45% of T (0.22).
+    warmdown_start_pct: the fraction of T at which the warm-down starts; above
+      1, none within the T steps.
+    warmdown_min_lr: the learning rate at the end of the warm-down (its floor).
+
+  Returns:
+    The schedule, a function of the 0-based step that returns the learning rate.
   """
   total = int(num_iterations)
   if warmup_iterations is None:
@@ -179,19 +290,58 @@ def ranger21(learning_rate: Any, num_iterations: int = 1000, b1: Any = 0.9, b2: 
   division by the gradient's std; Adam with positive-negative momentum and a
   softplus denominator (`scale_by_pnm_adam`); stable weight decay
   (`with_stable_weight_decay`) and norm loss (`add_norm_loss`), both scaled by
-  the learning rate; linear warm-up and warm-down over `num_iterations`
+  the learning rate; linear warm-up and warm-down over ``num_iterations``
   (`ranger21_schedule`; a schedule given as learning_rate is used as is);
-  Lookahead every `lookahead_mergetime` steps around all of it.
-  Hyperparameters: the official names (num_iterations = num_epochs *
-  num_batches_per_epoch). Deliberate differences from the official code:
-  (1) it applies the stable decay and norm loss only to the *last* parameter
-  of each group (they sit outside the parameter loop), here every tensor is
-  decayed, as the paper describes; (2) it multiplies the weights by
-  (1 - decay) and (1 - norm loss) one after the other before the step, here
-  the three terms are added (they differ by products of order lr^2 * 1e-8);
-  (3) it centralises and normalises the gradient twice (the second pass is a
-  near no-op), here once. MADGRAD core, AdaBelief and Chebyshev options are
-  not offered.
+  Lookahead every ``lookahead_mergetime`` steps around all of it. The
+  hyperparameters have the official names.
+
+  Deliberate differences from the official code:
+
+  * it applies the stable decay and norm loss only to the *last* parameter of
+    each group (they sit outside the parameter loop), here every tensor is
+    decayed, as the paper describes;
+  * it multiplies the weights by (1 - decay) and (1 - norm loss) one after the
+    other before the step, here the three terms are added (they differ by
+    products of order ``lr^2 * 1e-8``);
+  * it centralises and normalises the gradient twice (the second pass is a
+    near no-op), here once.
+
+  MADGRAD core, AdaBelief and Chebyshev options are not offered.
+
+  Args:
+    learning_rate: the peak step size, a float >= 0 (then warmed up and down
+      as ``use_warmup`` and ``warmdown_active`` say), or an optax schedule of
+      the 0-based step, used as is.
+    num_iterations: the total number of training steps, >= 1 (official
+      ``num_epochs * num_batches_per_epoch``), for the warm-up and warm-down.
+    b1: the momentum parameter, in [0, 1) (the two alternating momenta decay
+      with ``b1^2``, as in the official code).
+    b2: decay of the second moment, in [0, 1); it also sets the warm-up length.
+    eps: the denominator constant, >= 0.
+    weight_decay: the stable weight decay rate, >= 0 (scaled by the learning
+      rate).
+    agc_clipping_value: AGC's bound on the unit-wise gradient-to-weight norm
+      ratio, > 0.
+    agc_eps: AGC's lower bound on the weight norm, >= 0.
+    pnm_momentum: the positive-negative momentum factor, >= 0.
+    softplus_beta: the beta of the softplus applied to the denominator, > 0;
+      None turns the softplus off.
+    normloss_factor: the norm-loss coefficient, >= 0 (scaled by the learning
+      rate).
+    lookahead_mergetime: the Lookahead period in steps, >= 1.
+    lookahead_blending_alpha: the Lookahead step toward the fast weights, in
+      [0, 1].
+    use_warmup: apply the linear warm-up (for a float learning rate).
+    warmdown_active: apply the linear warm-down (for a float learning rate).
+    warmdown_min_lr: the learning rate at the end of the warm-down, >= 0.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs no extra
+    args, but needs ``params``.
+
+  References:
+    "Ranger21: a synergistic deep learning optimizer", arXiv:2106.13731
+    (https://arxiv.org/abs/2106.13731). Official code: lessw2020/Ranger21.
   """
   V.check_learning_rate("ranger21", learning_rate)
   V.check_decay("ranger21", "b1", b1)
@@ -230,31 +380,60 @@ def core(learning_rate: Any, b1a: Any = 0.7375, b1b: Any = 0.8125, b1c: Any = 25
   """CoRe: "CoRe Optimizer: An All-in-One Solution for Machine Learning"
   (Eckhoff & Reiher, arXiv:2307.15663).
 
-  Adam-like moments with a scheduled b1 = b1b + (b1a - b1b) exp(-(t/b1c)^2),
-  times per-element step sizes s adapted like Rprop (x eta_plus where the
-  momentum keeps its sign, x eta_minus where it flips, clipped to
-  [step_size_min, step_size_max]), and plasticity factors that freeze the
-  `frozen` fraction of each tensor's most important weights once
-  `score_history` steps of importance scores exist:
-  p <- p - u - weight_decay |u| p,  u = s P m_hat / (sqrt(v_hat) + eps).
-  See `scale_by_core`. Hyperparameters (official defaults; official names in
-  brackets): learning_rate [lr] (the initial step size s_0; a schedule is read
-  at step 0 only), b1a, b1b, b1c, b2 [betas], eps, eta_minus, eta_plus [etas],
-  step_size_min, step_size_max [step_sizes; the official advice is 1e-3 for
-  mini-batches, 1.0 for full batches], weight_decay, score_history (None: 0,
-  no plasticity), frozen (None: 0.0), adam_like (False: the official
-  ``betas[3] < 0``, u = s P sign(m)). score_history and frozen shape the
-  computation and default to None so that `optax.inject_hyperparams` keeps
-  them static.
+  Adam-like moments with a scheduled ``b1 = b1b + (b1a - b1b) exp(-(t/b1c)^2)``,
+  times per-element step sizes s adapted like Rprop (times ``eta_plus`` where
+  the momentum keeps its sign, ``eta_minus`` where it flips, clipped to
+  ``[step_size_min, step_size_max]``), and plasticity factors P that freeze the
+  ``frozen`` fraction of each tensor's most important weights once
+  ``score_history`` steps of importance scores exist::
+
+    u = s P m_hat / (sqrt(v_hat) + eps)
+    p <- p - u - weight_decay |u| p
+
+  See `scale_by_core`. The defaults are the official ones; the official names
+  are given in brackets below.
 
   Follows the official code (ReiherGroup/CoRe_optimizer, ``core_optimizer.py``,
   which the paper's algorithm matches): the bias correction uses the current
-  b1, 1 - b1_t^t; the decay scales with |u| per weight; the scores decay only
-  while weights are being frozen. Differences: one weight_decay and one
+  b1, ``1 - b1_t^t``; the decay scales with ``|u|`` per weight; the scores decay
+  only while weights are being frozen. Differences: one weight_decay and one
   frozen fraction for every tensor (the official per-parameter lists: use
   `optax.partition`); no ``maximize`` (negate the loss); b2 must lie in
   [0, 1) (``adam_like=False`` replaces a negative b2); a zero denominator
   (eps=0, v=0) gives a zero step instead of NaN.
+
+  Args:
+    learning_rate: [lr] the initial step size ``s_0``, >= 0; a schedule is
+      read at step 0 only.
+    b1a: [betas] the first-moment decay at step 0, in [0, 1).
+    b1b: [betas] the first-moment decay it tends to, in [0, 1).
+    b1c: [betas] the width in steps of the b1 schedule, > 0.
+    b2: [betas] decay of the second moment, in [0, 1).
+    eps: added to the root in the denominator, >= 0.
+    eta_minus: [etas] the step-size factor where the momentum flips sign, in
+      (0, 1].
+    eta_plus: [etas] the step-size factor where it keeps its sign, >= 1.
+    step_size_min: [step_sizes] the smallest step size, > 0.
+    step_size_max: [step_sizes] the largest step size, > 0 and not below
+      ``step_size_min``; the official advice is 1e-3 for mini-batches, 1.0 for
+      full batches.
+    weight_decay: the decay rate, >= 0, scaled by ``|u|`` per weight.
+    score_history: the number of steps of importance scores before freezing,
+      an int >= 0; None means 0, no plasticity.
+    frozen: the fraction of each tensor's weights to freeze, in [0, 1]; None
+      means 0.0. score_history and frozen shape the computation and default to
+      None so that `optax.inject_hyperparams` keeps them static.
+    adam_like: False gives the official ``betas[3] < 0`` form,
+      ``u = s P sign(m)``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs no extra
+    args, but needs ``params``.
+
+  References:
+    "CoRe Optimizer: An All-in-One Solution for Machine Learning",
+    arXiv:2307.15663 (https://arxiv.org/abs/2307.15663). Official code:
+    ReiherGroup/CoRe_optimizer (``core_optimizer.py``).
   """
   V.check_learning_rate("core", learning_rate)
   V.check_nonneg("core", "weight_decay", weight_decay)
@@ -269,16 +448,37 @@ def gravity(learning_rate: Any, alpha: Any = 0.01, beta: Any = 0.9, seed: int = 
   """Gravity: "Gravity Optimizer: a Kinematic Approach on Optimization in Deep
   Learning" (Bahrami & Zadeh, arXiv:2101.09192).
 
-  zeta = g / (1 + (g max|g|)^2) per tensor; V <- b_t V + (1 - b_t) zeta with
-  b_t = (beta t + 1) / (t + 2); p <- p - lr V; V_0 ~ N(0, (alpha / lr)^2).
-  Hyperparameters (official names and defaults but the learning rate, whose
-  official default is 0.1): learning_rate, alpha, beta, seed (the initial
-  velocity's key). See `scale_by_gravity`. Follows the official Keras code
-  (dariush-bahrami/gravity.optimizer), whose t starts at 0 (its PyTorch port
-  starts at 1, so its first b_t is (beta + 1) / 3 instead of 1 / 2).
+  Per tensor, with ``V_0 ~ N(0, (alpha / lr)^2)``::
+
+    zeta = g / (1 + (g max|g|)^2)
+    b_t = (beta t + 1) / (t + 2)
+    V <- b_t V + (1 - b_t) zeta
+    p <- p - lr V
+
+  See `scale_by_gravity`. The hyperparameters have the official names and
+  defaults, except the learning rate, whose official default is 0.1. Follows
+  the official Keras code (dariush-bahrami/gravity.optimizer), whose t starts
+  at 0 (its PyTorch port starts at 1, so its first b_t is ``(beta + 1) / 3``
+  instead of 1 / 2).
 
   Held out of `catalog()`: no learning rate passes all three contract
-  convergence problems (`known_failures` in its catalogue entry).
+  convergence problems (``known_failures`` in its catalogue entry).
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule of the
+      0-based step.
+    alpha: the scale of the initial velocity (its std is ``alpha / lr``), >= 0.
+    beta: the decay that ``b_t`` tends to, in [0, 1).
+    seed: the integer seed of the initial velocity's key.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs no extra
+    args.
+
+  References:
+    "Gravity Optimizer: a Kinematic Approach on Optimization in Deep
+    Learning", arXiv:2101.09192 (https://arxiv.org/abs/2101.09192). Official
+    code: dariush-bahrami/gravity.optimizer.
   """
   V.check_learning_rate("gravity", learning_rate)
   V.check_seed("gravity", seed)

@@ -31,27 +31,54 @@ def radam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
           mu_dtype: Any = None, *, nesterov: bool = False):
   """RAdam: "On the Variance of the Adaptive Learning Rate and Beyond" (arXiv:1908.03265).
 
-  rho_t = rho_inf - 2 t b2^t / (1 - b2^t), rho_inf = 2 / (1 - b2) - 1; while
-  rho_t >= threshold, u = -lr * (r_t m_hat / (sqrt(v_hat + eps_root) + eps) + wd p)
-  with the rectification r_t (see `radam_rectification`); before that,
-  u = -lr * (m_hat + wd p), SGD with (debiased) momentum.
-  Hyperparameters: learning_rate, b1, b2, eps, eps_root, threshold, nesterov
-  (NAdam's look-ahead m_hat) as optax.radam, which it matches; plus
-  weight_decay (decoupled and multiplied by lr, as in the official code) with
-  its mask, and mu_dtype.
+  With ``rho_inf = 2 / (1 - b2) - 1`` and the rectification r_t (see
+  `radam_rectification`)::
+
+    rho_t = rho_inf - 2 t b2^t / (1 - b2^t)
+    u = -lr * (r_t m_hat / (sqrt(v_hat + eps_root) + eps) + wd p)    while rho_t >= threshold
+    u = -lr * (m_hat + wd p)                                         before that
+
+  the second form being SGD with (debiased) momentum. Matches optax.radam,
+  whose hyperparameters these are (plus weight_decay, mask and mu_dtype).
 
   Differences:
-    * The paper rectifies while rho_t > 4; the official code and optax while
-      rho_t >= 5. This follows optax: ``threshold=5`` with ``>=``.
-    * eps is added to sqrt(v_hat) (paper, optax); the official code adds it to
-      the un-debiased sqrt(v_t), i.e. uses eps / sqrt(1 - b2^t) here.
-    * Before the threshold this takes the un-adapted step lr * m_hat (the
-      paper's Algorithm 2, optax, and the first official release). The later
-      official code has a ``degenerated_to_sgd`` switch whose default (False)
-      skips those steps entirely, weight decay included; that option is not
-      offered.
-    * A threshold below 4 can select steps where r_t is undefined (2 < rho_t
-      < 4): they give a zero update here, NaN in optax.
+
+  * The paper rectifies while ``rho_t > 4``; the official code and optax while
+    ``rho_t >= 5``. This follows optax: ``threshold=5`` with ``>=``.
+  * eps is added to ``sqrt(v_hat)`` (paper, optax); the official code adds it
+    to the un-debiased ``sqrt(v_t)``, i.e. uses ``eps / sqrt(1 - b2^t)`` here.
+  * Before the threshold this takes the un-adapted step ``lr * m_hat`` (the
+    paper's Algorithm 2, optax, and the first official release). The later
+    official code has a ``degenerated_to_sgd`` switch whose default (False)
+    skips those steps entirely, weight decay included; that option is not
+    offered.
+  * A threshold below 4 can select steps where r_t is undefined
+    (``2 < rho_t < 4``): they give a zero update here, NaN in optax.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule of the
+      0-based step.
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the second moment, in [0, 1).
+    eps: added to ``sqrt(v_hat)``, >= 0.
+    eps_root: added to ``v_hat`` inside the root, >= 0.
+    threshold: the ``rho_t`` from which the rectified adaptive step is taken
+      (compared with ``>=``); 5 as optax and the official code.
+    weight_decay: the decoupled decay rate wd, >= 0, multiplied by the
+      learning rate, as in the official code. The Python number 0 (the
+      default) leaves the decay out of the chain.
+    mask: a tree of bools, or a function of the params returning one, that
+      selects the leaves to decay (as in optax); None decays every leaf.
+    mu_dtype: storage dtype of the first moment; None keeps the params' dtype.
+    nesterov: use NAdam's look-ahead ``m_hat``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs no extra
+    args; it needs ``params`` unless ``weight_decay`` is the Python number 0.
+
+  References:
+    "On the Variance of the Adaptive Learning Rate and Beyond",
+    arXiv:1908.03265 (https://arxiv.org/abs/1908.03265).
   """
   V.check_learning_rate("radam", learning_rate)
   V.check_nonneg("radam", "eps", eps)
@@ -77,25 +104,58 @@ def _adabound(where: str, amsgrad: bool, learning_rate: Any, b1: Any, b2: Any, e
 _ADABOUND_DOC = """{title}: "Adaptive Gradient Methods with Dynamic Bound of Learning Rate"
   (arXiv:1902.09843), as in the official code (Luolc/AdaBound).
 
-  g <- g + weight_decay * p;  m, v: EMAs of g and g^2{ams};
-  eta_t = clip(lr_t sqrt(1 - b2^t) / ((1 - b1^t)(sqrt({v}) + eps)), lower_t, upper_t),
-  lower_t = f_t (1 - 1 / (gamma t + 1)), upper_t = f_t (1 + 1 / (gamma t)),
-  f_t = final_lr * lr_t / base_lr;  u = -eta_t * m.
-  Hyperparameters: learning_rate, b1, b2, eps (optax's names for the official
-  betas / eps), final_lr, gamma, weight_decay, mask, mu_dtype, base_lr (the
-  learning rate final_lr refers to; default: learning_rate, or a schedule's
-  value at step 0 -- pass it for a schedule that starts at 0). Under
-  optax.inject_hyperparams the injected learning rate is also the base, so
-  changing it there does not move the bounds' target final_lr.
+  Adam's per-coordinate step size, clipped to bounds that converge to
+  ``f_t``, so that the method turns into SGD::
+
+    g <- g + weight_decay * p
+    m, v: EMAs of g and g^2{ams}
+    eta_t = clip(lr_t sqrt(1 - b2^t) / ((1 - b1^t)(sqrt({v}) + eps)), lower_t, upper_t)
+    lower_t = f_t (1 - 1 / (gamma t + 1))
+    upper_t = f_t (1 + 1 / (gamma t))
+    f_t = final_lr * lr_t / base_lr
+    u = -eta_t * m
+
+  Under optax.inject_hyperparams the injected learning rate is also the base,
+  so changing it there does not move the bounds' target final_lr.
 
   Differences from the paper, following the official code:
-    * the paper's bounds are 0.1 -/+ 0.1 / ((1 - b2) t (+1)) and the step is
-      divided by sqrt(t); the code uses final_lr and gamma, bias corrections,
-      and no 1 / sqrt(t);
-    * final_lr is scaled by lr_t / base_lr, so that the bounds follow a
-      learning-rate schedule;
-    * weight decay is coupled (an L2 term added to the gradient before the
-      moments), and eps is added to the un-debiased sqrt(v_t).
+
+  * the paper's bounds are ``0.1 -/+ 0.1 / ((1 - b2) t (+1))`` and the step
+    is divided by ``sqrt(t)``; the code uses final_lr and gamma, bias
+    corrections, and no ``1 / sqrt(t)``;
+  * final_lr is scaled by ``lr_t / base_lr``, so that the bounds follow a
+    learning-rate schedule;
+  * weight decay is coupled (an L2 term added to the gradient before the
+    moments), and eps is added to the un-debiased ``sqrt(v_t)``.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule of the
+      0-based step.
+    b1: decay of the first moment (optax's name for the official
+      ``betas[0]``), in [0, 1).
+    b2: decay of the second moment (the official ``betas[1]``), in [0, 1).
+    eps: added to the un-debiased ``sqrt(v_t)``, >= 0.
+    final_lr: the SGD learning rate that both bounds converge to, >= 0
+      (for the learning rate ``base_lr``).
+    gamma: the convergence speed of the bounds, in [0, 1).
+    weight_decay: the coupled L2 coefficient, >= 0. The Python number 0 (the
+      default) leaves the decay out of the chain.
+    mask: a tree of bools, or a function of the params returning one, that
+      selects the leaves to decay (as in optax); None decays every leaf.
+    mu_dtype: storage dtype of the first moment; None keeps the params' dtype.
+    base_lr: the learning rate that final_lr refers to, > 0; None (the
+      default) uses learning_rate, or a schedule's value at step 0 (pass it
+      for a schedule that starts at 0).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs no
+    extra args; it needs ``params`` unless ``weight_decay`` is the Python
+    number 0.
+
+  References:
+    "Adaptive Gradient Methods with Dynamic Bound of Learning Rate",
+    arXiv:1902.09843 (https://arxiv.org/abs/1902.09843). Official code:
+    Luolc/AdaBound.
   """
 
 
@@ -124,17 +184,40 @@ def adamod(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, beta3: Any = 0.99
   """AdaMod: "An Adaptive and Momental Bound Method for Stochastic Learning"
   (arXiv:1910.12249), as in the official code (lancopku/AdaMod).
 
-  eta_t = lr_t sqrt(1 - b2^t) / ((1 - b1^t)(sqrt(v_t) + eps));
-  s_t = beta3 s_{t-1} + (1 - beta3) eta_t (s_0 = 0);
-  u = -(min(eta_t, s_t) m_t + lr_t weight_decay p).
-  Hyperparameters: learning_rate, b1, b2, eps, beta3 (the official name; its
-  docstring says 0.9999 but the default is 0.999, used here), weight_decay
-  (decoupled, multiplied by lr, as in the official code), mask, mu_dtype.
+  The step size is bounded by its own EMA s, with ``s_0 = 0``::
+
+    eta_t = lr_t sqrt(1 - b2^t) / ((1 - b1^t)(sqrt(v_t) + eps))
+    s_t = beta3 s_{t-1} + (1 - beta3) eta_t
+    u = -(min(eta_t, s_t) m_t + lr_t weight_decay p)
 
   Differences from the paper's Algorithm 1, following the official code: the
-  paper averages alpha / (sqrt(v_hat) + eps) and multiplies by m_hat; the code
-  puts the 1 / (1 - b1^t) bias correction inside the averaged step size,
-  multiplies the raw m_t, and adds eps to the un-debiased sqrt(v_t).
+  paper averages ``alpha / (sqrt(v_hat) + eps)`` and multiplies by ``m_hat``;
+  the code puts the ``1 / (1 - b1^t)`` bias correction inside the averaged step
+  size, multiplies the raw m_t, and adds eps to the un-debiased ``sqrt(v_t)``.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule of the
+      0-based step.
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the second moment, in [0, 1).
+    beta3: decay of the step-size EMA s, in [0, 1) (the official name; its
+      docstring says 0.9999 but the default is 0.999, used here).
+    eps: added to the un-debiased ``sqrt(v_t)``, >= 0.
+    weight_decay: the decoupled decay rate, >= 0, multiplied by the learning
+      rate, as in the official code. The Python number 0 (the default) leaves
+      the decay out of the chain.
+    mask: a tree of bools, or a function of the params returning one, that
+      selects the leaves to decay (as in optax); None decays every leaf.
+    mu_dtype: storage dtype of the first moment; None keeps the params' dtype.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs no extra
+    args; it needs ``params`` unless ``weight_decay`` is the Python number 0.
+
+  References:
+    "An Adaptive and Momental Bound Method for Stochastic Learning",
+    arXiv:1910.12249 (https://arxiv.org/abs/1910.12249). Official code:
+    lancopku/AdaMod.
   """
   V.check_learning_rate("adamod", learning_rate)
   V.check_decay("adamod", "beta3", beta3)

@@ -53,29 +53,51 @@ def novograd(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.25, eps: Any = 1e-6,
   """NovoGrad: "Stochastic Gradient Methods with Layer-wise Adaptive Moments for
   Training of Deep Networks" (arXiv:1905.11286).
 
-  Per tensor (layer) l, with one scalar second moment v_l:
-    v_l <- b2 v_l + (1 - b2) ||g_l||^2   (v_l <- ||g_l||^2 while v_l is 0),
-    m_l <- b1 m_l + (g_l / (sqrt(v_l + eps_root) + eps) + weight_decay * p_l),
-    u_l = -lr * m_l.
-  No bias correction (the first-step initialisation of v replaces it).
+  Per tensor (layer) ``l``, with one scalar second moment ``v_l``::
 
-  Hyperparameters: learning_rate (number or schedule), b1, b2, eps (outside
-  the root), eps_root (inside), weight_decay (applied to the normalised
-  gradient, inside the momentum, as in the paper), mu_dtype (storage of m),
-  grad_averaging (official option: m <- b1 m + (1 - b1) (...)). No extra args.
+    v_l <- b2 v_l + (1 - b2) ||g_l||^2     (v_l <- ||g_l||^2 while v_l is 0)
+    m_l <- b1 m_l + (g_l / (sqrt(v_l + eps_root) + eps) + weight_decay * p_l)
+    u_l = -lr * m_l
+
+  No bias correction (the first-step initialisation of ``v`` replaces it).
 
   Defaults and differences:
-  * The defaults are optax's (b1=0.9, b2=0.25, eps=1e-6 outside the root), so
-    this is a drop-in for optax.novograd. The official code (NVIDIA
-    OpenSeq2Seq, NovoGrad2) uses b1=0.95, b2=0.98 and its epsilon 1e-8 INSIDE
-    the root: pass b1=0.95, b2=0.98, eps=0.0, eps_root=1e-8 (the catalog's
-    hparams do). The paper writes eps outside the root; both are available.
-  * v is initialised with ||g||^2 while it is still 0 (the official code's
-    test), not strictly at step 1 (paper, optax); they differ only for a
-    layer whose first gradients are exactly zero.
-  * v is kept as one vector of per-tensor scalars (float32 or wider), and the
-    squared norm saturates instead of overflowing (see
+
+  * The defaults are optax's (``b1=0.9``, ``b2=0.25``, ``eps=1e-6`` outside
+    the root), so this is a drop-in for ``optax.novograd``. The official code
+    (NVIDIA OpenSeq2Seq, NovoGrad2) uses ``b1=0.95``, ``b2=0.98`` and its
+    epsilon 1e-8 INSIDE the root: pass ``b1=0.95, b2=0.98, eps=0.0,
+    eps_root=1e-8`` (the catalog's hparams do). The paper writes eps outside
+    the root; both are available.
+  * ``v`` is initialised with ``||g||^2`` while it is still 0 (the official
+    code's test), not strictly at step 1 (paper, optax); they differ only for
+    a layer whose first gradients are exactly zero.
+  * ``v`` is kept as one vector of per-tensor scalars (float32 or wider), and
+    the squared norm saturates instead of overflowing (see
     `scale_by_layerwise_second_moment`).
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule (step -> step size).
+    b1: decay of the momentum, in [0, 1).
+    b2: decay of the per-tensor second moment, in [0, 1).
+    eps: added outside the root, to ``sqrt(v_l + eps_root)``; >= 0.
+    eps_root: added inside the root, to ``v_l``; >= 0.
+    weight_decay: applied to the normalised gradient, inside the momentum,
+      as in the paper; >= 0.
+    mu_dtype: dtype of the momentum accumulator; None keeps the params' dtype.
+    grad_averaging: keyword-only; the official option
+      ``m <- b1 m + (1 - b1) (...)`` in place of ``m <- b1 m + (...)``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs no
+    extra args, and ``params`` only when ``weight_decay`` is non-zero.
+
+  References:
+    "Stochastic Gradient Methods with Layer-wise Adaptive Moments for
+    Training of Deep Networks", arXiv:1905.11286
+    (https://arxiv.org/abs/1905.11286).
+
+    Official code: NVIDIA OpenSeq2Seq (NovoGrad2).
   """
   _check("novograd", learning_rate, {"b1": b1, "b2": b2},
          {"eps": eps, "eps_root": eps_root, "weight_decay": weight_decay})
@@ -91,18 +113,53 @@ def lamb(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
   """LAMB: "Large Batch Optimization for Deep Learning: Training BERT in 76
   minutes" (arXiv:1904.00962), Algorithm 2.
 
-  r = m_hat / (sqrt(v_hat + eps_root) + eps) (Adam's bias-corrected ratio);
-  per tensor, d = r + weight_decay * p and u = -lr * (||p|| / ||d||) * d,
-  with the trust ratio 1 where ||p|| or ||d|| is 0.
+  Adam's bias-corrected ratio, rescaled per tensor by the trust ratio
+  ``||p|| / ||d||``::
 
-  Hyperparameters: learning_rate (number or schedule), b1, b2, eps, eps_root,
-  weight_decay, mask (which leaves are decayed; the trust ratio applies to
-  all), mu_dtype. No extra args. Matches optax.lamb (same defaults).
+    r = m_hat / (sqrt(v_hat + eps_root) + eps)
+    d = r + weight_decay * p
+    u = -lr * (||p|| / ||d||) * d
 
-  Differences from the paper: its scaling function phi(||p||) is the identity
-  (the paper allows clipping ||p|| to [gamma_l, gamma_u]); the zero-norm
-  guard (ratio 1) is not in the paper. There is no official code by the
-  authors; this follows the paper with optax's conventions.
+  with the trust ratio 1 where ``||p||`` or ``||d||`` is 0. Matches
+  ``optax.lamb`` (same defaults).
+
+  Differences from the paper: its scaling function ``phi(||p||)`` is the
+  identity (the paper allows clipping ``||p||`` to ``[gamma_l, gamma_u]``);
+  the zero-norm guard (ratio 1) is not in the paper. There is no official
+  code by the authors; this follows the paper with optax's conventions.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule (step -> step size).
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the second moment, in [0, 1).
+    eps: added outside the root, to ``sqrt(v_hat + eps_root)``; >= 0.
+    eps_root: added inside the root, to ``v_hat``; >= 0.
+    weight_decay: decoupled weight decay, added to ``r`` before the trust
+      ratio; >= 0.
+    mask: which leaves are decayed: a tree of booleans shaped like the
+      params, or a function params -> such a tree; None decays every leaf.
+      The trust ratio applies to all leaves.
+    mu_dtype: dtype of the momentum accumulator; None keeps the params' dtype.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the trust ratio) and no extra args.
+
+  References:
+    "Large Batch Optimization for Deep Learning: Training BERT in 76
+    minutes", arXiv:1904.00962 (https://arxiv.org/abs/1904.00962).
+
+  Example:
+    >>> import jax.numpy as jnp, optlab
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> tx = optlab.lamb(1e-3)
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.full((3, 2), 0.5)}, state, params)
+    >>> updates["w"].shape
+    (3, 2)
+    >>> # the trust ratio makes each tensor's step lr * ||p|| long
+    >>> bool(jnp.allclose(jnp.linalg.norm(updates["w"]), 1e-3 * jnp.linalg.norm(params["w"])))
+    True
   """
   _check("lamb", learning_rate, {"b1": b1, "b2": b2},
          {"eps": eps, "eps_root": eps_root, "weight_decay": weight_decay})
@@ -116,34 +173,59 @@ def lars(learning_rate: Any, weight_decay: Any = 0.0, *, weight_decay_mask: Any 
          momentum: Any = 0.9, nesterov: bool = False):
   """LARS: "Large Batch Training of Convolutional Networks" (arXiv:1708.03888).
 
-  Per tensor: d = g + weight_decay * p; local lr
-  lambda = trust_coefficient * ||p|| / (||d|| + eps) (1 where a norm is 0);
-  v <- momentum v + lr * lambda * d;  u = -v  (Nesterov: u = -(lr lambda d + momentum v)).
+  Per tensor, a local learning rate ``lambda`` scales the step, then heavy-ball
+  momentum::
 
-  Hyperparameters (optax's names and defaults): learning_rate (number or
-  schedule; the paper's polynomial decay is a schedule), weight_decay,
-  weight_decay_mask, trust_coefficient (the paper's eta = 0.001), eps,
-  trust_ratio_mask (leaves that get the local lr; the others use lr alone),
-  momentum, nesterov. No extra args. Matches optax.lars.
+    d = g + weight_decay * p
+    lambda = trust_coefficient * ||p|| / (||d|| + eps)   (1 where a norm is 0)
+    v <- momentum v + lr * lambda * d
+    u = -v                       (Nesterov: u = -(lr lambda d + momentum v))
 
-  Differences from the paper: the local lr divides by ||g + wd p|| (optax,
-  and the common LARS code) instead of the paper's ||g|| + wd ||p||; the two
-  agree without weight decay. The masks, eps, Nesterov and the zero-norm
-  guard are optax's additions. There is no official code by the authors.
+  Uses optax's names and defaults and matches ``optax.lars``.
+
+  Differences from the paper: the local lr divides by ``||g + wd p||``
+  (optax, and the common LARS code) instead of the paper's
+  ``||g|| + wd ||p||``; the two agree without weight decay. The masks, eps,
+  Nesterov and the zero-norm guard are optax's additions. There is no
+  official code by the authors.
 
   LARS is meant for non-zero-initialised weights: the local lr is
-  proportional to ||p||, and for a tensor that is all zeros the zero-norm
-  guard sets it to 1, so that tensor takes the full step lr * d (a
-  trust_coefficient / ||d|| * ||p|| times larger step than LARS gives it once
-  it is non-zero). That is the method, not an error, but with an lr tuned
-  for the trust ratio it overshoots: on a 10-d Rosenbrock valley from x = 0
-  at lr 0.5 the loss climbs from 9 to 6e4 by step 12 before it recovers.
-  `init` therefore warns (UserWarning) when its params are concrete arrays
-  and a tensor with ndim >= 2 that the trust ratio applies to is all zeros;
-  it says nothing under tracing (`jax.jit`, `jax.eval_shape`) and costs
-  nothing in `update`. Zero-initialised biases (ndim 1) are usual and not
-  reported. Initialise such kernels randomly, or leave them out through
-  `trust_ratio_mask`.
+  proportional to ``||p||``, and for a tensor that is all zeros the
+  zero-norm guard sets it to 1, so that tensor takes the full step
+  ``lr * d`` (a ``trust_coefficient / ||d|| * ||p||`` times larger step than
+  LARS gives it once it is non-zero). That is the method, not an error, but
+  with an lr tuned for the trust ratio it overshoots: on a 10-d Rosenbrock
+  valley from ``x = 0`` at lr 0.5 the loss climbs from 9 to 6e4 by step 12
+  before it recovers. ``init`` therefore warns (``UserWarning``) when its
+  params are concrete arrays and a tensor with ``ndim >= 2`` that the trust
+  ratio applies to is all zeros; it says nothing under tracing
+  (``jax.jit``, ``jax.eval_shape``) and costs nothing in ``update``.
+  Zero-initialised biases (ndim 1) are usual and not reported. Initialise
+  such kernels randomly, or leave them out through ``trust_ratio_mask``.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule (step -> step size). The
+      paper's polynomial decay is a schedule.
+    weight_decay: L2 coefficient added to the gradient before the trust
+      ratio; >= 0.
+    weight_decay_mask: keyword-only; which leaves are decayed: True (all),
+      a tree of booleans shaped like the params, or a function params ->
+      such a tree.
+    trust_coefficient: keyword-only; the paper's eta (default 0.001); >= 0.
+    eps: keyword-only; added to ``||d||`` in the local lr; >= 0.
+    trust_ratio_mask: keyword-only; which leaves get the local lr (the
+      others use lr alone): True (all), a tree of booleans or a function
+      params -> such a tree.
+    momentum: keyword-only; the heavy-ball momentum, in [0, 1).
+    nesterov: keyword-only; True uses the Nesterov form.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the trust ratio) and no extra args.
+
+  References:
+    "Large Batch Training of Convolutional Networks", arXiv:1708.03888
+    (https://arxiv.org/abs/1708.03888).
   """
   _check("lars", learning_rate, {"momentum": momentum},
          {"weight_decay": weight_decay, "trust_coefficient": trust_coefficient, "eps": eps})
@@ -203,28 +285,53 @@ def madgrad(learning_rate: Any, momentum: Any = 0.9, weight_decay: Any = 0.0, ep
   """MADGRAD: "Adaptivity without Compromise: A Momentumized, Adaptive, Dual
   Averaged Gradient Method for Stochastic Optimization" (arXiv:2101.11075).
 
-  With the 0-based step k and lambda_k = (lr_k + eps) sqrt(k + 1):
-  s <- s + lambda_k g;  nu <- nu + lambda_k g^2;  z = x0 - s / (cbrt(nu) + eps);
-  x <- momentum x + (1 - momentum) z  (x0: the initial params).
+  Dual averaging with a cube-root denominator, with the 0-based step ``k``,
+  ``lambda_k = (lr_k + eps) sqrt(k + 1)`` and ``x0`` the initial params::
 
-  Hyperparameters (official names and defaults): learning_rate (number or
-  schedule, evaluated at k), momentum, weight_decay, eps, decouple_decay. No
-  extra args. The chain has no `scale_by_learning_rate`: the learning rate
-  enters through lambda_k, so `scale_by_madgrad` returns the change of x.
+    s <- s + lambda_k g
+    nu <- nu + lambda_k g^2
+    z = x0 - s / (cbrt(nu) + eps)
+    x <- momentum x + (1 - momentum) z
+
+  The chain has no `scale_by_learning_rate`: the learning rate enters
+  through ``lambda_k``, so `scale_by_madgrad` returns the change of ``x``.
+  Official names and defaults.
 
   Follows the official code (facebookresearch/madgrad) where it differs from
-  the paper: eps is added to the learning rate in lambda_k (not when lr is 0);
-  weight_decay is an L2 term added to the gradient (the paper has no decay);
-  decouple_decay=True is the official AdamW-style mode,
-  x <- x_new - (lr + eps) weight_decay x_old. Differences from
-  optax.contrib.madgrad (which otherwise agrees): optax always adds eps to
-  the learning rate (so it moves with lr = 0), has no decoupled decay, and
-  keeps its state in the params' dtype (here float32 for 16-bit params, as
-  in the official code). Also as in the official code: with momentum 0 and
-  decouple_decay the decay accumulates (the official code rebuilds x0 from
-  x each step; `scale_by_madgrad` shifts x0 instead), and with eps = 0
-  coordinates whose nu is 0 do not move (the official rebuild of x0 would
-  divide 0 by 0 there on the first step).
+  the paper: eps is added to the learning rate in ``lambda_k`` (not when lr
+  is 0); ``weight_decay`` is an L2 term added to the gradient (the paper has
+  no decay); ``decouple_decay=True`` is the official AdamW-style mode,
+  ``x <- x_new - (lr + eps) weight_decay x_old``. Differences from
+  ``optax.contrib.madgrad`` (which otherwise agrees): optax always adds eps
+  to the learning rate (so it moves with lr = 0), has no decoupled decay,
+  and keeps its state in the params' dtype (here float32 for 16-bit params,
+  as in the official code). Also as in the official code: with momentum 0
+  and ``decouple_decay`` the decay accumulates (the official code rebuilds
+  ``x0`` from ``x`` each step; `scale_by_madgrad` shifts ``x0`` instead),
+  and with ``eps = 0`` coordinates whose ``nu`` is 0 do not move (the
+  official rebuild of ``x0`` would divide 0 by 0 there on the first step).
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule,
+      evaluated at the 0-based step ``k``.
+    momentum: weight of the previous iterate in the averaging, in [0, 1).
+    weight_decay: L2 coefficient added to the gradient, or with
+      ``decouple_decay`` the decoupled decay; >= 0.
+    eps: added to the learning rate in ``lambda_k`` and to
+      ``cbrt(nu)``; >= 0.
+    decouple_decay: keyword-only; True applies the decay AdamW-style
+      (official option).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` and no extra args.
+
+  References:
+    "Adaptivity without Compromise: A Momentumized, Adaptive, Dual Averaged
+    Gradient Method for Stochastic Optimization", arXiv:2101.11075
+    (https://arxiv.org/abs/2101.11075).
+
+    Official code: facebookresearch/madgrad.
   """
   _check("madgrad", learning_rate, {"momentum": momentum},
          {"weight_decay": weight_decay, "eps": eps})

@@ -68,28 +68,29 @@ def soap(learning_rate: Any, b1: Any = 0.95, b2: Any = 0.95, shampoo_beta: Any =
          normalize_grads: bool = False, correct_bias: bool = True, mu_dtype: Any = None):
   """SOAP: "SOAP: Improving and Stabilizing Shampoo using Adam" (arXiv:2409.11321).
 
-  Adam run in the eigenbasis of Shampoo's factors L = EMA(G G^T), R = EMA(G^T G):
-  G' = Q_L^T G Q_R;  m, v <- EMAs of G', G'^2 (kept in the rotated basis);
-  U = Q_L (m / (sqrt(v) + eps)) Q_R^T * sqrt(1 - b2^t) / (1 - b1^t);
-  p <- p - lr U, then p <- p - lr * weight_decay * p. Every
-  precondition_frequency steps Q_L, Q_R are refreshed by one power iteration
-  and a QR, m is rotated into the new basis and v permuted with the
-  eigenvalue order. Here: ``in_eigenbasis(scale_by_adam(b1, b2, eps,
-  eps_before_debias=True))``, the learning rate, and the decay.
+  Adam run in the eigenbasis of Shampoo's factors ``L = EMA(G G^T)``,
+  ``R = EMA(G^T G)``, with ``Q_L``, ``Q_R`` their eigenvectors::
 
-  Hyperparameters (the official defaults): learning_rate, b1=0.95, b2=0.95,
-  shampoo_beta (None: b2), eps, weight_decay=0.01, mask (leaves that decay),
-  precondition_frequency=10, max_precond_dim (None: 10000), merge_dims,
-  precondition_1d, normalize_grads, correct_bias, mu_dtype.
+    G' = Q_L^T G Q_R
+    m, v <- EMAs of G', G'^2              (kept in the rotated basis)
+    U = Q_L (m / (sqrt(v) + eps)) Q_R^T * sqrt(1 - b2^t) / (1 - b1^t)
+    p <- p - lr U, then p <- p - lr * weight_decay * p
+
+  Every ``precondition_frequency`` steps ``Q_L``, ``Q_R`` are refreshed by one
+  power iteration and a QR, m is rotated into the new basis and v permuted with
+  the eigenvalue order. Here: ``in_eigenbasis(scale_by_adam(b1, b2, eps,
+  eps_before_debias=True))``, the learning rate, and the decay. The defaults
+  are the official ones.
 
   Matches the official code, nikhilvyas/SOAP ``soap.py`` at commit a1e5535
   (2024-12, "momentum change"): the first step only accumulates the factors
   and computes their eigenvectors with eigh (no update, no weight decay);
-  factors start at zero; eps is added to sqrt(v) before the bias correction;
-  the decay applies to the already-updated weights; 1-d tensors and
+  factors start at zero; eps is added to ``sqrt(v)`` before the bias
+  correction; the decay applies to the already-updated weights; 1-d tensors and
   dimensions above max_precond_dim are not rotated; ``normalize_grads``
   divides the rotated-back update by its RMS (+1e-30) before the bias
   correction (done here inside the basis: the RMS is rotation-invariant).
+
   Differences: ``merge_dims`` merges in the array's own axis order (the
   official channels_first behaviour; its ``data_format="channels_last"``
   permutation is not offered); the official code projects m back and forth
@@ -98,6 +99,52 @@ def soap(learning_rate: Any, b1: Any = 0.95, b2: Any = 0.95, shampoo_beta: Any =
   run in float32 (float64 for float64 params) and fall back to the previous
   basis instead of retrying in float64 when they fail; the power iteration's
   ordering of tied eigenvalues is stable (torch's argsort is not).
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule (the
+      first step is skipped whatever its value).
+    b1: decay of Adam's first moment, in [0, 1).
+    b2: decay of Adam's second moment, in [0, 1).
+    shampoo_beta: decay of the Shampoo factors' EMA, in [0, 1); None: ``b2``.
+    eps: added to ``sqrt(v)`` before the bias correction, >= 0.
+    weight_decay: decay of the updated weights, ``p <- p - lr * weight_decay *
+      p`` after the step, >= 0.
+    mask: the leaves that decay: a tree of bools or a function of the params
+      returning one, as optax's masks; None decays every leaf.
+    precondition_frequency: refresh the eigenbasis every this many steps, an
+      int >= 1.
+    max_precond_dim: the largest dimension that is rotated, an int >= 1; None:
+      10000.
+    merge_dims: merge consecutive small dimensions of tensors of rank >= 2
+      while their product is <= max_precond_dim.
+    precondition_1d: rotate 1-d tensors too.
+    normalize_grads: divide the update by its RMS before the bias correction.
+    correct_bias: apply Adam's bias correction ``sqrt(1 - b2^t) / (1 - b1^t)``.
+    mu_dtype: the dtype of the first moment; None keeps the params' dtype.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "SOAP: Improving and Stabilizing Shampoo using Adam", arXiv:2409.11321
+    (https://arxiv.org/abs/2409.11321).
+    Official code: nikhilvyas/SOAP (``soap.py``, commit a1e5535).
+
+  Example:
+    The first step only builds the basis, so its update is zero:
+
+    >>> import jax.numpy as jnp, optlab
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> tx = optlab.soap(3e-3)
+    >>> state = tx.init(params)
+    >>> grads = {"w": jnp.arange(6.0).reshape(3, 2)}
+    >>> updates, state = tx.update(grads, state, params)
+    >>> bool(jnp.all(updates["w"] == 0))
+    True
+    >>> updates, state = tx.update(grads, state, params)
+    >>> updates["w"].shape, bool(jnp.any(updates["w"] != 0))
+    ((3, 2), True)
   """
   V.check_nonneg("soap", "eps", eps)
   for name, value in (("b1", b1), ("b2", b2)):
@@ -115,22 +162,51 @@ def soap(learning_rate: Any, b1: Any = 0.95, b2: Any = 0.95, shampoo_beta: Any =
                         precondition_frequency, max_precond_dim, merge_dims, precondition_1d)
 
 
-_BASIS_DOC = """
-  The basis options (shampoo_beta=0.95, precondition_frequency,
-  max_precond_dim, merge_dims, precondition_1d), the skipped first step and
-  the decay of the updated weights (weight_decay, mask) are SOAP's (see
-  `soap`); no paper or official code defines this combination."""
-
-
 def soap_lion(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.99, weight_decay: Any = 0.01,
               mask: Any = None, shampoo_beta: Any = 0.95, precondition_frequency: int = 10,
               max_precond_dim: Optional[int] = None, *, merge_dims: bool = False,
               precondition_1d: bool = False, mu_dtype: Any = None):
   """Lion (arXiv:2302.06675) in SOAP's eigenbasis (arXiv:2409.11321).
 
-  U = Q_L sign(b1 m + (1 - b1) G') Q_R^T with G' = Q_L^T G Q_R and
-  m <- b2 m + (1 - b2) G' kept in the rotated basis; hyperparameters b1, b2,
-  mu_dtype as `lion`."""
+  With ``G' = Q_L^T G Q_R`` and ``m`` kept in the rotated basis::
+
+    U = Q_L sign(b1 m + (1 - b1) G') Q_R^T
+    m <- b2 m + (1 - b2) G'
+
+  The basis options (shampoo_beta=0.95, precondition_frequency,
+  max_precond_dim, merge_dims, precondition_1d), the skipped first step and
+  the decay of the updated weights (weight_decay, mask) are SOAP's (see
+  `soap`); no paper or official code defines this combination.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule (the
+      first step is skipped whatever its value).
+    b1: Lion's interpolation weight of the momentum in the sign, in [0, 1).
+    b2: decay of Lion's momentum ``m``, in [0, 1).
+    weight_decay: decay of the updated weights, ``p <- p - lr * weight_decay *
+      p`` after the step, >= 0.
+    mask: the leaves that decay: a tree of bools or a function of the params
+      returning one, as optax's masks; None decays every leaf.
+    shampoo_beta: decay of the Shampoo factors' EMA, in [0, 1).
+    precondition_frequency: refresh the eigenbasis every this many steps, an
+      int >= 1.
+    max_precond_dim: the largest dimension that is rotated, an int >= 1; None:
+      10000.
+    merge_dims: merge consecutive small dimensions of tensors of rank >= 2
+      while their product is <= max_precond_dim.
+    precondition_1d: rotate 1-d tensors too.
+    mu_dtype: the dtype of the first moment; None keeps the params' dtype.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "SOAP: Improving and Stabilizing Shampoo using Adam", arXiv:2409.11321
+    (https://arxiv.org/abs/2409.11321).
+    "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675
+    (https://arxiv.org/abs/2302.06675).
+  """
   return _in_soap_basis("soap_lion", scale_by_lion_momentum(b1, b2, mu_dtype), learning_rate, weight_decay, mask, shampoo_beta, precondition_frequency, max_precond_dim, merge_dims, precondition_1d)  # noqa: E501
 
 
@@ -140,8 +216,43 @@ def soap_adopt(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.9999, eps: Any = 1
                *, merge_dims: bool = False, precondition_1d: bool = False, mu_dtype: Any = None):
   """ADOPT (arXiv:2411.02853) in SOAP's eigenbasis (arXiv:2409.11321).
 
-  `scale_by_adopt` on G' = Q_L^T G Q_R, rotated back; hyperparameters b1, b2,
-  eps, mu_dtype as `adopt` (with its clipping)."""
+  `scale_by_adopt` (with its clipping) on ``G' = Q_L^T G Q_R``, rotated back.
+
+  The basis options (shampoo_beta=0.95, precondition_frequency,
+  max_precond_dim, merge_dims, precondition_1d), the skipped first step and
+  the decay of the updated weights (weight_decay, mask) are SOAP's (see
+  `soap`); no paper or official code defines this combination.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule (the
+      first step is skipped whatever its value).
+    b1: decay of ADOPT's first moment, in [0, 1).
+    b2: decay of ADOPT's second moment, in [0, 1).
+    eps: floor of ``sqrt(v)`` in ADOPT's normalisation, >= 0.
+    weight_decay: decay of the updated weights, ``p <- p - lr * weight_decay *
+      p`` after the step, >= 0.
+    mask: the leaves that decay: a tree of bools or a function of the params
+      returning one, as optax's masks; None decays every leaf.
+    shampoo_beta: decay of the Shampoo factors' EMA, in [0, 1).
+    precondition_frequency: refresh the eigenbasis every this many steps, an
+      int >= 1.
+    max_precond_dim: the largest dimension that is rotated, an int >= 1; None:
+      10000.
+    merge_dims: merge consecutive small dimensions of tensors of rank >= 2
+      while their product is <= max_precond_dim.
+    precondition_1d: rotate 1-d tensors too.
+    mu_dtype: the dtype of the first moment; None keeps the params' dtype.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "SOAP: Improving and Stabilizing Shampoo using Adam", arXiv:2409.11321
+    (https://arxiv.org/abs/2409.11321).
+    "ADOPT: Modified Adam Can Converge with Any beta_2 with the Optimal Rate",
+    arXiv:2411.02853 (https://arxiv.org/abs/2411.02853).
+  """
   V.check_nonneg("soap_adopt", "eps", eps)
   return _in_soap_basis("soap_adopt", scale_by_adopt(b1, b2, eps, mu_dtype), learning_rate, weight_decay, mask, shampoo_beta, precondition_frequency, max_precond_dim, merge_dims, precondition_1d)  # noqa: E501
 
@@ -153,9 +264,50 @@ def soap_ademamix(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, b3: Any = 
                   precondition_1d: bool = False, mu_dtype: Any = None):
   """AdEMAMix (arXiv:2409.03350) in SOAP's eigenbasis (arXiv:2409.11321).
 
-  (m1_hat + alpha m2) / (sqrt(v_hat) + eps) on G' = Q_L^T G Q_R, rotated back;
-  both EMAs rotate with the basis, v is permuted; hyperparameters b1, b2, b3,
-  alpha, eps, mu_dtype as `ademamix` (b3 and alpha may be schedules)."""
+  On ``G' = Q_L^T G Q_R``, rotated back::
+
+    U' = (m1_hat + alpha m2) / (sqrt(v_hat) + eps)
+
+  Both EMAs rotate with the basis, v is permuted.
+
+  The basis options (shampoo_beta=0.95, precondition_frequency,
+  max_precond_dim, merge_dims, precondition_1d), the skipped first step and
+  the decay of the updated weights (weight_decay, mask) are SOAP's (see
+  `soap`); no paper or official code defines this combination.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule (the
+      first step is skipped whatever its value).
+    b1: decay of the fast EMA ``m1`` (debiased), in [0, 1).
+    b2: decay of the second moment ``v``, in [0, 1).
+    b3: decay of the slow EMA ``m2`` (not debiased), in [0, 1); may be a
+      schedule.
+    alpha: the weight of the slow EMA, >= 0; may be a schedule.
+    eps: added to ``sqrt(v_hat)``, >= 0.
+    weight_decay: decay of the updated weights, ``p <- p - lr * weight_decay *
+      p`` after the step, >= 0.
+    mask: the leaves that decay: a tree of bools or a function of the params
+      returning one, as optax's masks; None decays every leaf.
+    shampoo_beta: decay of the Shampoo factors' EMA, in [0, 1).
+    precondition_frequency: refresh the eigenbasis every this many steps, an
+      int >= 1.
+    max_precond_dim: the largest dimension that is rotated, an int >= 1; None:
+      10000.
+    merge_dims: merge consecutive small dimensions of tensors of rank >= 2
+      while their product is <= max_precond_dim.
+    precondition_1d: rotate 1-d tensors too.
+    mu_dtype: the dtype of the first moment; None keeps the params' dtype.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "SOAP: Improving and Stabilizing Shampoo using Adam", arXiv:2409.11321
+    (https://arxiv.org/abs/2409.11321).
+    "The AdEMAMix Optimizer: Better, Faster, Older", arXiv:2409.03350
+    (https://arxiv.org/abs/2409.03350).
+  """
   for name, value in (("b1", b1), ("b2", b2), ("b3", b3)):
     V.check_decay("soap_ademamix", name, value)
   V.check_nonneg("soap_ademamix", "eps", eps)
@@ -169,17 +321,50 @@ def soap_laprop(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1
                 *, merge_dims: bool = False, precondition_1d: bool = False, mu_dtype: Any = None):
   """LaProp (arXiv:2002.04839) in SOAP's eigenbasis (arXiv:2409.11321).
 
-  m <- b1 m + (1 - b1) G' / (sqrt(v_hat) + eps), U = Q_L (m / (1 - b1^t)) Q_R^T
-  with G' = Q_L^T G Q_R; hyperparameters b1, b2, eps, mu_dtype as `laprop`."""
+  With ``G' = Q_L^T G Q_R``::
+
+    m <- b1 m + (1 - b1) G' / (sqrt(v_hat) + eps)
+    U = Q_L (m / (1 - b1^t)) Q_R^T
+
+  The basis options (shampoo_beta=0.95, precondition_frequency,
+  max_precond_dim, merge_dims, precondition_1d), the skipped first step and
+  the decay of the updated weights (weight_decay, mask) are SOAP's (see
+  `soap`); no paper or official code defines this combination.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule (the
+      first step is skipped whatever its value).
+    b1: decay of the momentum of the normalised gradient, in [0, 1).
+    b2: decay of the second moment ``v``, in [0, 1).
+    eps: added to ``sqrt(v_hat)``, >= 0.
+    weight_decay: decay of the updated weights, ``p <- p - lr * weight_decay *
+      p`` after the step, >= 0.
+    mask: the leaves that decay: a tree of bools or a function of the params
+      returning one, as optax's masks; None decays every leaf.
+    shampoo_beta: decay of the Shampoo factors' EMA, in [0, 1).
+    precondition_frequency: refresh the eigenbasis every this many steps, an
+      int >= 1.
+    max_precond_dim: the largest dimension that is rotated, an int >= 1; None:
+      10000.
+    merge_dims: merge consecutive small dimensions of tensors of rank >= 2
+      while their product is <= max_precond_dim.
+    precondition_1d: rotate 1-d tensors too.
+    mu_dtype: the dtype of the first moment; None keeps the params' dtype.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "SOAP: Improving and Stabilizing Shampoo using Adam", arXiv:2409.11321
+    (https://arxiv.org/abs/2409.11321).
+    "LaProp: Separating Momentum and Adaptivity in Adam", arXiv:2002.04839
+    (https://arxiv.org/abs/2002.04839).
+  """
   for name, value in (("b1", b1), ("b2", b2)):
     V.check_decay("soap_laprop", name, value)
   V.check_nonneg("soap_laprop", "eps", eps)
   return _in_soap_basis("soap_laprop", scale_by_moments(ema(b1, dtype=mu_dtype), ema_sq(b2), eps=eps, order="laprop"), learning_rate, weight_decay, mask, shampoo_beta, precondition_frequency, max_precond_dim, merge_dims, precondition_1d)  # noqa: E501
-
-
-for _variant in (soap_lion, soap_adopt, soap_ademamix, soap_laprop):
-  if _variant.__doc__:  # None under python -OO
-    _variant.__doc__ += _BASIS_DOC
 
 
 # ------------------------------------------------------------------------ Muon
@@ -213,23 +398,22 @@ def muon(learning_rate: Any, ns_coeffs: tuple = (3.4445, -4.7750, 2.0315), ns_st
   """Muon: MomentUm Orthogonalized by Newton-Schulz (Keller Jordan, 2024; "Muon is
   Scalable for LLM Training", arXiv:2502.16982).
 
-  For matrices: m <- beta m + (1 - beta) g;  x = (1 - beta) g + beta m (Nesterov,
-  else m);  u = NS5(x) * sqrt(max(1, fan_out / fan_in));
-  p <- p - lr * (u + weight_decay * p). Every other tensor is trained by
-  Adam (adam_b1, adam_b2, adam_eps; decoupled adam_weight_decay) with
-  adam_learning_rate (None: learning_rate).
-  Hyperparameters: as optax.contrib.muon where it has them (ns_coeffs,
-  ns_steps, beta, eps, weight_decay, weight_decay_mask, mu_dtype, nesterov,
-  consistent_rms, adam_*); ``matrices`` overrides which tensors are
-  orthogonalised: None (the 2-d ones), a tree of bools or a function of the
-  params returning one (tensors of rank > 2 are flattened to
-  (prod(shape[:-1]), shape[-1])). learning_rate and adam_learning_rate must
-  both be numbers or both schedules (one shared state layout).
+  For matrices, with ``NS5`` the quintic Newton-Schulz orthogonalisation::
+
+    m <- beta m + (1 - beta) g
+    x = (1 - beta) g + beta m            (Nesterov; else x = m)
+    u = NS5(x) * sqrt(max(1, fan_out / fan_in))
+    p <- p - lr * (u + weight_decay * p)
+
+  Every other tensor is trained by Adam (``adam_b1``, ``adam_b2``,
+  ``adam_eps``; decoupled ``adam_weight_decay``) with ``adam_learning_rate``
+  (None: ``learning_rate``). The hyperparameters are optax.contrib.muon's where
+  it has them; ``matrices`` overrides which tensors are orthogonalised.
 
   Follows Keller Jordan's official code (KellerJordan/Muon, ``muon.py``:
   ``Muon`` / ``MuonWithAuxAdam``): momentum by lerp without bias correction,
-  the Nesterov mix (1 - beta) g + beta m, eps=1e-7 in the Frobenius
-  normalisation, the (rows/cols)^0.5 scaling, the auxiliary Adam's defaults
+  the Nesterov mix ``(1 - beta) g + beta m``, eps=1e-7 in the Frobenius
+  normalisation, the ``(rows/cols)^0.5`` scaling, the auxiliary Adam's defaults
   (betas (0.9, 0.95), eps 1e-10). Differences: Newton-Schulz runs in
   float32 (the official code uses bfloat16). optax.contrib.muon differs:
   its momentum is bias-corrected (so its Nesterov mix weighs g and m
@@ -237,6 +421,63 @@ def muon(learning_rate: Any, ns_coeffs: tuple = (3.4445, -4.7750, 2.0315), ns_st
   Newton-Schulz; the catalogue's optax adapter feeds optax's Muon
   (beta=0, no Nesterov) with a heavy-ball trace, which orthogonalises to the
   same direction as this recipe.
+
+  Args:
+    learning_rate: the step size of the matrices, a float >= 0 or an optax
+      schedule; a number if ``adam_learning_rate`` is a number, a schedule if
+      it is a schedule (one shared state layout).
+    ns_coeffs: the coefficients (a, b, c) of the quintic Newton-Schulz
+      iteration.
+    ns_steps: the number of Newton-Schulz iterations, an int >= 1.
+    beta: decay of the matrices' momentum, in [0, 1).
+    eps: added to the Frobenius norm that normalises ``x`` before
+      Newton-Schulz, >= 0.
+    weight_decay: decoupled weight decay of the matrices, multiplied by the
+      learning rate, >= 0.
+    weight_decay_mask: the leaves that decay (matrices and Adam-trained
+      tensors alike): a tree of bools or a function of the params returning
+      one, as optax's masks; None decays every leaf.
+    mu_dtype: the dtype of the momentum (and of Adam's first moment); None
+      keeps the params' dtype.
+    nesterov: use the Nesterov mix ``(1 - beta) g + beta m`` instead of ``m``.
+    consistent_rms: None keeps the scale ``sqrt(max(1, fan_out / fan_in))``;
+      a number r >= 0 scales each orthogonalised matrix by
+      ``r * sqrt(max(fan_in, fan_out))`` instead (the arXiv:2502.16982 paper
+      uses r = 0.2).
+    matrices: which tensors are orthogonalised: None (the 2-d ones), a tree of
+      bools (or a prefix of the params) or a function of the params returning
+      one; tensors of rank > 2 are flattened to
+      ``(prod(shape[:-1]), shape[-1])``.
+    adam_b1: decay of Adam's first moment, in [0, 1).
+    adam_b2: decay of Adam's second moment, in [0, 1).
+    adam_eps: Adam's eps, >= 0.
+    adam_weight_decay: decoupled weight decay of the Adam-trained tensors,
+      multiplied by their learning rate, >= 0.
+    adam_learning_rate: the step size of the Adam-trained tensors, a float >=
+      0 or an optax schedule; None: ``learning_rate``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "Muon is Scalable for LLM Training", arXiv:2502.16982
+    (https://arxiv.org/abs/2502.16982).
+    Official code: KellerJordan/Muon (``muon.py``).
+
+  Example:
+    The 2-d ``w`` is orthogonalised; the vector ``b`` is trained by Adam:
+
+    >>> import jax.numpy as jnp, optlab
+    >>> params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    >>> tx = optlab.muon(0.02, adam_learning_rate=3e-4)
+    >>> state = tx.init(params)
+    >>> grads = {"w": jnp.arange(6.0).reshape(3, 2), "b": jnp.ones(2)}
+    >>> updates, state = tx.update(grads, state, params)
+    >>> updates["w"].shape, updates["b"].shape
+    ((3, 2), (2,))
+    >>> bool(jnp.all(jnp.isfinite(updates["w"])))
+    True
   """
   V.check_learning_rate("muon", learning_rate)
   if adam_learning_rate is not None:
@@ -296,21 +537,22 @@ def shampoo(learning_rate: Any, block_size: Optional[int] = None, b1: Any = 0.9,
   (arXiv:2002.09018) and its code, distributed Shampoo (google-research
   ``scalable_shampoo/optax/distributed_shampoo.py``).
 
-  statistics L_i <- b2 L_i + (1 - b2) G_(i) G_(i)^T per block -> inverse roots
-  P_i = (L_i + eps I)^(-1/2k) every preconditioning_compute_steps ->
-  S = G x_i P_i -> grafting S ||D|| / ||S|| (D: graft_type's direction) ->
-  + weight_decay * p -> momentum m <- b1 m + u, u + b1 m with Nesterov ->
-  -learning_rate. See `scale_by_shampoo` for the blocking and grafting.
-  Hyperparameters (distributed Shampoo's defaults; its beta1 / beta2 are b1 /
-  b2 here): learning_rate, block_size, b1, b2, matrix_eps, diagonal_eps,
-  weight_decay, mask, graft_type ("sgd", "adagrad", "rmsprop",
-  "rmsprop_normalized"), start_preconditioning_step, statistics_compute_steps,
-  preconditioning_compute_steps, max_precond_dim (its
-  skip_preconditioning_dim_size_gt), exponent_override, nesterov.
-  Preconditions by default: from step 5 (0-based), roots recomputed every
-  step. block_size and max_precond_dim default to None (128 and 4096) because
-  they shape the state: `optax.inject_hyperparams` would turn an int default
-  into a traced value (pass them in its static_args).
+  The chain, per block of each tensor and each of its k dimensions::
+
+    L_i <- b2 L_i + (1 - b2) G_(i) G_(i)^T                    (statistics)
+    P_i = (L_i + eps I)^(-1/2k)   every preconditioning_compute_steps
+    S = G x_i P_i                                             (preconditioning)
+    u = S ||D|| / ||S||     (grafting; D: graft_type's direction)
+    u <- u + weight_decay * p
+    m <- b1 m + u;  u = m, or u + b1 m with Nesterov
+    update = -learning_rate * u
+
+  See `scale_by_shampoo` for the blocking and grafting. The defaults are
+  distributed Shampoo's (its beta1 / beta2 are b1 / b2 here): it preconditions
+  from step 5 (0-based), roots recomputed every step. block_size and
+  max_precond_dim default to None (128 and 4096) because they shape the state:
+  `optax.inject_hyperparams` would turn an int default into a traced value
+  (pass them in its static_args).
 
   Differences from distributed Shampoo: inverse roots by eigh (exact) instead
   of the coupled Newton iteration (which approximates the same root, and whose
@@ -322,6 +564,60 @@ def shampoo(learning_rate: Any, block_size: Optional[int] = None, b1: Any = 0.9,
   gives the same preconditioned values as its smaller last blocks; no
   moving-average momentum, gradient clipping, quantisation or pjit sharding of
   the statistics.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule.
+    block_size: the largest block side, an int >= 1; None: 128.
+    b1: the heavy-ball momentum, in [0, 1).
+    b2: decay of the statistics, in [0, 1] (1: a running sum); also the decay
+      of the rmsprop grafting's second moment.
+    matrix_eps: the ridge added to the statistics before the inverse root,
+      relative to their largest eigenvalue (``eps = matrix_eps *
+      max(lambda_max, 1e-6)``), >= 0.
+    diagonal_eps: added to the grafting direction's denominator, >= 0.
+    weight_decay: weight decay added to the grafted direction before the
+      momentum (then multiplied by the learning rate), >= 0.
+    mask: the leaves that decay: a tree of bools or a function of the params
+      returning one, as optax's masks; None decays every leaf.
+    graft_type: the direction whose norm is grafted, and the update before
+      preconditioning starts: "sgd", "adagrad", "rmsprop" or
+      "rmsprop_normalized".
+    start_preconditioning_step: the first (0-based) step that preconditions,
+      an int >= 0.
+    statistics_compute_steps: update the statistics every this many steps, an
+      int >= 1.
+    preconditioning_compute_steps: recompute the inverse roots every this
+      many steps, an int >= 1.
+    max_precond_dim: tensors with a larger dimension are not preconditioned
+      (distributed Shampoo's skip_preconditioning_dim_size_gt), an int >= 1;
+      None: 4096.
+    exponent_override: the root p of ``P_i = (L_i + eps I)^(-1/p)``, > 0;
+      None: 2k for a k-dimensional tensor.
+    nesterov: Nesterov momentum, ``u + b1 m``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "Shampoo: Preconditioned Stochastic Tensor Optimization", arXiv:1802.09568
+    (https://arxiv.org/abs/1802.09568).
+    "Scalable Second Order Optimization for Deep Learning", arXiv:2002.09018
+    (https://arxiv.org/abs/2002.09018).
+    Official code: google-research ``scalable_shampoo/optax/distributed_shampoo.py``.
+
+  Example:
+    >>> import jax.numpy as jnp, optlab
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> tx = optlab.shampoo(1e-3, start_preconditioning_step=1)
+    >>> state = tx.init(params)
+    >>> grads = {"w": jnp.arange(6.0).reshape(3, 2)}
+    >>> for _ in range(2):
+    ...   updates, state = tx.update(grads, state, params)
+    >>> updates["w"].shape
+    (3, 2)
+    >>> bool(jnp.all(jnp.isfinite(updates["w"])))
+    True
   """
   return recipe_chain("shampoo", *_shampoo_body(
       "shampoo", learning_rate, block_size, b1, b2, matrix_eps, diagonal_eps, weight_decay,
@@ -338,21 +634,55 @@ def mars_shampoo(learning_rate: Any, b1: Any = 0.95, eps: Any = 1e-8, weight_dec
   Models" (arXiv:2411.10438), approximate form, as in the official AGI-Arena/MARS code
   (``mars.py``, ``mars_type="mars-shampoo"``).
 
-  c = g + gamma * b1 / (1 - b1) * (g - g_prev), clipped to norm max_norm per
-  tensor (`add_mars_correction`); m <- b1 m + (1 - b1) c;
-  update = -lr * (NS5(m / (1 - b1)) * sqrt(max(1, fan_out / fan_in)) +
-  weight_decay * p). The paper's Shampoo instance takes U V^T of the SVD of
-  m (Shampoo without accumulation); the official code computes it with
-  Newton-Schulz (eps=eps), as here (`scale_by_newton_schulz`, with eps
-  scaled by 1 - b1, which is the same as dividing m by 1 - b1). Every tensor
-  that is not 2-d is trained by AdamW exactly as in `mars_adamw`
+  For matrices, with ``NS5`` the quintic Newton-Schulz orthogonalisation::
+
+    c = g + gamma * b1 / (1 - b1) * (g - g_prev)   (clipped to norm max_norm per tensor)
+    m <- b1 m + (1 - b1) c
+    update = -lr * (NS5(m / (1 - b1)) * sqrt(max(1, fan_out / fan_in)) + weight_decay * p)
+
+  The correction is `add_mars_correction`. The paper's Shampoo instance takes
+  ``U V^T`` of the SVD of m (Shampoo without accumulation); the official code
+  computes it with Newton-Schulz (eps=eps), as here (`scale_by_newton_schulz`,
+  with eps scaled by ``1 - b1``, which is the same as dividing m by ``1 - b1``).
+  Every tensor that is not 2-d is trained by AdamW exactly as in `mars_adamw`
   (b1_1d, b2_1d, eps, weight_decay_1d, lr_1d_factor); the official
-  optimize_1d=True path is not offered (it is not defined for Shampoo).
-  Hyperparameters: the official ``MARS`` defaults (b2 is unused for
-  matrices, so there is none). Newton-Schulz runs in float32 (official:
-  bfloat16). The whole-matrix Shampoo with Kronecker statistics fed by MARS's
-  gradient is a one-line chain of its own:
+  optimize_1d=True path is not offered (it is not defined for Shampoo). The
+  defaults are the official ``MARS`` class's (b2 is unused for matrices, so
+  there is none). Newton-Schulz runs in float32 (official: bfloat16). The
+  whole-matrix Shampoo with Kronecker statistics fed by MARS's gradient is a
+  one-line chain of its own:
   ``optax.chain(add_mars_correction(b1, gamma), shampoo(...))``.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule.
+    b1: decay of the momentum, in [0, 1); also scales the correction by
+      ``b1 / (1 - b1)``.
+    eps: the Newton-Schulz normalisation's eps (for ``m / (1 - b1)``) and the
+      non-2-d AdamW's eps, >= 0.
+    weight_decay: decoupled weight decay of the matrices, multiplied by the
+      learning rate, applied to the weights before the step; >= 0.
+    mask: the leaves that decay (under ``weight_decay`` or
+      ``weight_decay_1d``): a tree of bools or a function of the params
+      returning one, as optax's masks; None decays every leaf.
+    gamma: strength of the variance-reduction correction, >= 0.
+    max_norm: per-tensor norm to which the corrected gradient is clipped, > 0;
+      None disables the clipping.
+    lr_1d_factor: the non-2-d tensors' learning rate is ``learning_rate *
+      lr_1d_factor`` (the official ``lr_1d / lr``), >= 0.
+    b1_1d: first-moment decay of the non-2-d tensors' AdamW, in [0, 1).
+    b2_1d: second-moment decay of the non-2-d tensors' AdamW, in [0, 1).
+    weight_decay_1d: decoupled weight decay of the non-2-d tensors' AdamW,
+      multiplied by their learning rate, >= 0.
+    ns_steps: the number of Newton-Schulz iterations, an int >= 1.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "MARS: Unleashing the Power of Variance Reduction for Training Large
+    Models", arXiv:2411.10438 (https://arxiv.org/abs/2411.10438).
+    Official code: AGI-Arena/MARS (``mars.py``, ``mars_type="mars-shampoo"``).
   """
   from optlab.recipes.sign_family import mars_chain
   V.check_decay("mars_shampoo", "b1", b1)

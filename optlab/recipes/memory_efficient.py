@@ -51,18 +51,66 @@ def adafactor(learning_rate: Any = None, min_dim_size_to_factor: int = 128,
   """Adafactor: "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost"
   (arXiv:1804.04235).
 
-  V_hat = factored EMA of g^2 + eps (rows x columns / mean row, beta2_t =
-  1 - t^-decay_rate); U = g / sqrt(V_hat); U <- U / max(1, rms(U) / d);
-  step = -lr_t * max(rms(p), 1e-3) * U, optionally followed by momentum (an
-  un-debiased EMA of the step) and weight decay. Hyperparameters and order as
-  `optax.adafactor`, which this matches. ``learning_rate=None`` is the
-  paper's relative step size rho_t = min(1e-2, 1/sqrt(t)) (optax's None means
-  no learning-rate factor at all, i.e. rho_t = 1). Differences from the paper
-  and the official T2T code, all following optax: tensors are factored over
-  their two largest dims, and only if both are >= min_dim_size_to_factor
-  (T2T factors the last two dims of every tensor with ndim >= 2); weight
-  decay (not in the paper) is added after the learning rate, so it is not
-  multiplied by it. Statistics are stored in float32 (optax: param dtype).
+  With ``d = clipping_threshold``::
+
+    V_hat = factored EMA of g^2 + eps   (rows x columns / mean row,
+                                         beta2_t = 1 - t^-decay_rate)
+    U = g / sqrt(V_hat);  U <- U / max(1, rms(U) / d)
+    step = -lr_t * max(rms(p), 1e-3) * U
+
+  optionally followed by momentum (an un-debiased EMA of the step) and weight
+  decay. The hyperparameters and their order are `optax.adafactor`'s, which
+  this matches. ``learning_rate=None`` is the paper's relative step size
+  ``rho_t = min(1e-2, 1/sqrt(t))`` (optax's None means no learning-rate factor
+  at all, i.e. ``rho_t = 1``).
+
+  Differences from the paper and the official T2T code, all following optax:
+  tensors are factored over their two largest dims, and only if both are >=
+  min_dim_size_to_factor (T2T factors the last two dims of every tensor with
+  ndim >= 2); weight decay (not in the paper) is added after the learning
+  rate, so it is not multiplied by it. Statistics are stored in float32
+  (optax: param dtype).
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule; None:
+      the relative step size ``min(1e-2, 1/sqrt(t))``.
+    min_dim_size_to_factor: factor a tensor only if its two largest dims are
+      both at least this, an int >= 0.
+    decay_rate: the exponent of ``beta2_t = 1 - t^-decay_rate``, >= 0.
+    decay_offset: ``t`` counts from this step (``t = step + 1 -
+      decay_offset``), an int >= 0.
+    multiply_by_parameter_scale: scale the step by ``max(rms(p), 1e-3)``.
+    clipping_threshold: d of the update clip ``U / max(1, rms(U) / d)``, > 0;
+      None disables it.
+    momentum: decay of the optional momentum of the step, in [0, 1); None: no
+      momentum.
+    dtype_momentum: the dtype of the momentum.
+    weight_decay_rate: weight decay added after the learning rate (not
+      multiplied by it), >= 0; None: no decay.
+    eps: added to ``g^2``, >= 0.
+    factored: False keeps an element-wise second moment for every tensor.
+    weight_decay_mask: the leaves that decay: a tree of bools or a function of
+      the params returning one, as optax's masks; None decays every leaf.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the default parameter scale, and for weight decay) and no
+    extra args.
+
+  References:
+    "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
+    arXiv:1804.04235 (https://arxiv.org/abs/1804.04235).
+
+  Example:
+    >>> import jax.numpy as jnp, optlab
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> tx = optlab.adafactor()  # the relative step size
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.full((3, 2), 0.5)}, state, params)
+    >>> updates["w"].shape
+    (3, 2)
+    >>> bool(jnp.all(updates["w"] < 0))
+    True
   """
   V.check_learning_rate("adafactor", learning_rate)
   V.check_nonneg("adafactor", "eps", eps)
@@ -93,12 +141,33 @@ def adamw_8bit(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e
 
   `adamw` inside `with_quantized_state`: m and v are stored as uint8 codes of
   the dynamic tree map (signed for m, unsigned for v) with one float32 absmax
-  per block of `block_size` entries; each step dequantises, takes the AdamW
-  step in full precision and re-quantises. Hyperparameters: as `adamw`
-  (weight_decay defaults to bitsandbytes' 1e-2), plus block_size (the paper's
-  2048; current bitsandbytes kernels use 256) and min_size (tensors with fewer
-  entries keep fp32 state, bitsandbytes' min_8bit_size=4096). Deviation: the
-  paper's stable embedding layer is a model change and is not part of this.
+  per block of ``block_size`` entries; each step dequantises, takes the AdamW
+  step in full precision and re-quantises. The hyperparameters are `adamw`'s
+  (weight_decay defaults to bitsandbytes' 1e-2), plus block_size and
+  min_size. Deviation: the paper's stable embedding layer is a model change
+  and is not part of this.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule.
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the second moment, in [0, 1).
+    eps: added to ``sqrt(v_hat)``, >= 0.
+    weight_decay: AdamW's decoupled weight decay, multiplied by the learning
+      rate, >= 0.
+    mask: the leaves that decay: a tree of bools or a function of the params
+      returning one, as optax's masks; None decays every leaf.
+    block_size: entries per quantisation block, an int >= 1 (the paper's 2048;
+      current bitsandbytes kernels use 256).
+    min_size: tensors with fewer entries keep float32 state (bitsandbytes'
+      min_8bit_size=4096), an int >= 0.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "8-bit Optimizers via Block-wise Quantization", arXiv:2110.02861
+    (https://arxiv.org/abs/2110.02861).
   """
   V.check_learning_rate("adamw_8bit", learning_rate)
   inner = adamw(learning_rate, b1, b2, eps, weight_decay=weight_decay, mask=mask)
@@ -111,19 +180,45 @@ def adam_mini(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-
               partition: Any = None, mu_dtype: Any = None):
   """Adam-mini: "Adam-mini: Use Fewer Learning Rates To Gain More" (arXiv:2406.16793).
 
-  AdamW with one second moment per parameter block: v_B <- b2 v_B + (1 - b2)
-  mean_B(g^2); u = -lr * (m_hat / (sqrt(v_B_hat) + eps) + weight_decay * p).
+  AdamW with one second moment per parameter block B::
+
+    v_B <- b2 v_B + (1 - b2) mean_B(g^2)
+    u = -lr * (m_hat / (sqrt(v_B_hat) + eps) + weight_decay * p)
+
   Blocks follow the official code (zyushun/Adam-mini, v1.1) translated to
-  flax paths by `adam_mini_partition(num_heads)`: biases element-wise,
-  embeddings per token, query/key per head (needs `num_heads` for 2-D
+  flax paths by ``adam_mini_partition(num_heads)``: biases element-wise,
+  embeddings per token, query/key per head (needs ``num_heads`` for 2-D
   kernels), other matrices per output neuron, LayerNorm-like vectors per
-  tensor. `partition(names, shape) -> block spec` overrides them.
-  Hyperparameters: learning_rate, b1, b2, eps, weight_decay (official default
-  0), mask (default: the official rule, no decay on paths naming norm /
-  ln_f), num_heads, partition, mu_dtype. Differences from the official code:
-  output neurons are flax's last kernel axis (PyTorch's rows); the official
-  code's distributed all-reduce of block sums is what jit/pmap do by
-  themselves; its v dtype follows the params, here it is float32.
+  tensor. Differences from the official code: output neurons are flax's last
+  kernel axis (PyTorch's rows); the official code's distributed all-reduce of
+  block sums is what jit/pmap do by themselves; its v dtype follows the
+  params, here it is float32.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule.
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the block second moments, in [0, 1).
+    eps: added to ``sqrt(v_B_hat)``, >= 0.
+    weight_decay: decoupled weight decay, multiplied by the learning rate,
+      >= 0 (official default 0).
+    mask: the leaves that decay: a tree of bools or a function of the params
+      returning one, as optax's masks; None: the official rule, no decay on
+      paths naming norm / ln_f (`adam_mini_mask`).
+    num_heads: the number of attention heads, an int >= 1, for the per-head
+      blocks of 2-D query/key kernels; None: those kernels get one block per
+      output neuron.
+    partition: ``partition(names, shape) -> block spec``, overriding the
+      default blocks; None: ``adam_mini_partition(num_heads)``.
+    mu_dtype: the dtype of the first moment; None keeps the params' dtype.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "Adam-mini: Use Fewer Learning Rates To Gain More", arXiv:2406.16793
+    (https://arxiv.org/abs/2406.16793).
+    Official code: zyushun/Adam-mini (v1.1).
   """
   V.check_learning_rate("adam_mini", learning_rate)
   V.check_nonneg("adam_mini", "weight_decay", weight_decay)
@@ -140,16 +235,43 @@ def came(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, b3: Any = 0.9999,
   """CAME: "CAME: Confidence-guided Adaptive Memory Efficient Optimization"
   (arXiv:2307.02047).
 
-  Adafactor's factored, clipped update u (constant b2, no relative step),
-  momentum m <- b1 m + (1 - b1) u, then the confidence term: the factored EMA
-  (b3) S of the instability (u - m)^2 + eps2 scales the step,
-  p <- p - lr * (m / sqrt(S_hat) + weight_decay * p). Hyperparameters and
-  defaults as the official code (yangluo7/CAME: betas (0.9, 0.999, 0.9999),
-  eps (1e-30, 1e-16), clip_threshold 1, weight_decay 0): learning_rate, b1,
-  b2, b3, eps1, eps2, clip_threshold, weight_decay, mask, mu_dtype. As the
-  official code: tensors with ndim >= 2 are factored over their last two
-  dims; 0-/1-D tensors use an element-wise v and plain momentum (no
-  confidence term); no bias correction; decoupled decay scaled by lr.
+  Adafactor's factored, clipped update u (constant b2, no relative step), a
+  momentum, then the confidence term: the factored EMA (b3) S of the
+  instability scales the step::
+
+    m <- b1 m + (1 - b1) u
+    S <- factored EMA_b3 of (u - m)^2 + eps2
+    p <- p - lr * (m / sqrt(S_hat) + weight_decay * p)
+
+  The hyperparameters and defaults are the official code's (yangluo7/CAME:
+  betas (0.9, 0.999, 0.9999), eps (1e-30, 1e-16), clip_threshold 1,
+  weight_decay 0). As the official code: tensors with ndim >= 2 are factored
+  over their last two dims; 0-/1-D tensors use an element-wise v and plain
+  momentum (no confidence term); no bias correction; decoupled decay scaled by
+  lr.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule.
+    b1: decay of the momentum, in [0, 1).
+    b2: decay of the factored second moment of g, in [0, 1).
+    b3: decay of the factored instability EMA S, in [0, 1).
+    eps1: added to ``g^2``, >= 0.
+    eps2: added to the instability ``(u - m)^2``, >= 0.
+    clip_threshold: d of the update clip ``u / max(1, rms(u) / d)``, > 0.
+    weight_decay: decoupled weight decay, multiplied by the learning rate,
+      >= 0.
+    mask: the leaves that decay: a tree of bools or a function of the params
+      returning one, as optax's masks; None decays every leaf.
+    mu_dtype: the dtype of the momentum; None keeps the params' dtype.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "CAME: Confidence-guided Adaptive Memory Efficient Optimization",
+    arXiv:2307.02047 (https://arxiv.org/abs/2307.02047).
+    Official code: yangluo7/CAME.
   """
   V.check_learning_rate("came", learning_rate)
   V.check_nonneg("came", "weight_decay", weight_decay)
@@ -165,16 +287,38 @@ def adalomo(learning_rate: Any, eps1: Any = 1e-30, eps2: Any = 1e-3,
   (arXiv:2310.10195).
 
   Adafactor's factored second moment without momentum, grouped update
-  normalisation (u <- u / max(1, rms(u) / clip_threshold) per tensor) and a
-  parameter-scaled step: p <- p - lr * max(eps2, rms(p)) * (u + weight_decay * p).
-  Hyperparameters and defaults as the official code (OpenLMLab/LOMO,
-  AdaLomo): eps1 added to g^2, eps2 floor of rms(p), beta2_t = 1 - t^-decay_rate
-  (the code's decay_rate=-0.8 is this 0.8), clip_threshold, weight_decay
-  (multiplied by lr * max(eps2, rms(p)) as in the code), mask. As the code:
-  every tensor with ndim >= 2 is factored over its last two dims. Not
-  included: LOMO's fused update inside the backward pass (a framework matter:
-  under jit XLA frees gradients itself), its loss scaling for fp16, and its
-  two-pass global gradient-norm clipping (chain `clip_by_global_norm`).
+  normalisation and a parameter-scaled step::
+
+    u = g / sqrt(V_hat)          (factored EMA of g^2 + eps1, beta2_t = 1 - t^-decay_rate)
+    u <- u / max(1, rms(u) / clip_threshold)          (per tensor)
+    p <- p - lr * max(eps2, rms(p)) * (u + weight_decay * p)
+
+  The hyperparameters and defaults are the official code's (OpenLMLab/LOMO,
+  AdaLomo; the code's decay_rate=-0.8 is this 0.8). As the code: every tensor
+  with ndim >= 2 is factored over its last two dims. Not included: LOMO's
+  fused update inside the backward pass (a framework matter: under jit XLA
+  frees gradients itself), its loss scaling for fp16, and its two-pass global
+  gradient-norm clipping (chain `clip_by_global_norm`).
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule.
+    eps1: added to ``g^2``, >= 0.
+    eps2: the floor of ``rms(p)`` in the parameter scale, >= 0.
+    clip_threshold: the bound of the per-tensor RMS of ``u``, > 0.
+    decay_rate: the exponent of ``beta2_t = 1 - t^-decay_rate``, >= 0.
+    weight_decay: weight decay, multiplied by ``lr * max(eps2, rms(p))`` as in
+      the code, >= 0.
+    mask: the leaves that decay: a tree of bools or a function of the params
+      returning one, as optax's masks; None decays every leaf.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the parameter scale) and no extra args.
+
+  References:
+    "AdaLomo: Low-memory Optimization with Adaptive Learning Rate",
+    arXiv:2310.10195 (https://arxiv.org/abs/2310.10195).
+    Official code: OpenLMLab/LOMO (AdaLomo).
   """
   V.check_learning_rate("adalomo", learning_rate)
   V.check_nonneg("adalomo", "weight_decay", weight_decay)
@@ -197,29 +341,60 @@ def adam_subset_norm(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: An
   """AdamW with Subset-Norm step sizes: "Efficient Adaptive Optimization via
   Subset-Norm and Subspace-Momentum" (arXiv:2411.07120), official AdamWSN.
 
-  For a matrix, v is shared along its smaller dim: v_i <- b2 v_i + (1 - b2)
-  sum_j g_ij^2 (one value per entry of the larger dim); other tensors keep
-  Adam's element-wise v. u = -lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps),
-  then p <- p - lr * weight_decay * p on the updated weights. Hyperparameters
-  and defaults as the official code (timmytonga/sn-sm, eps 1e-6, eps before
-  the bias correction, decay after the step): learning_rate, b1, b2, eps,
-  weight_decay, mask, partition (a block-spec function overriding the subsets,
-  see `optlab.primitives.blockwise`). The official code applies subset-norm
-  to the parameter group the user marks (the LLaMA linear layers); here every
-  2-D tensor by default.
+  For a matrix, v is shared along its smaller dim (one value per entry i of
+  the larger dim); other tensors keep Adam's element-wise v::
+
+    v_i <- b2 v_i + (1 - b2) sum_j g_ij^2
+    u = -lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
+    p <- p - lr * weight_decay * p       (on the updated weights)
+
+  The hyperparameters and defaults are the official code's (timmytonga/sn-sm,
+  eps 1e-6, eps before the bias correction, decay after the step). The
+  official code applies subset-norm to the parameter group the user marks (the
+  LLaMA linear layers); here every 2-D tensor by default.
 
   Subspace-Momentum (the paper's second technique, official GenericOptim with
   momentum_type="sm", second_moment_type="sn"): with ``momentum_rank=r`` the
   first moment of every matrix with min dim > r is kept only in a rank-r
-  subspace (SVD of the gradient, or `projector`, refreshed every
-  `momentum_update_every` steps, momentum restarted on refresh) and the
+  subspace (SVD of the gradient, or ``projector``, refreshed every
+  ``momentum_update_every`` steps, momentum restarted on refresh) and the
   complement takes a plain SGD step: the numerator is
-  P m_low + (g - P P^T g), divided by the same Subset-Norm denominator of the
-  raw gradient, with the same bias correction (which the official code also
-  applies to the complement). `seed` seeds random projectors. Difference from
-  the official code: the projector is refreshed on steps 1, k+1, 2k+1, ...
-  (the `in_subspace` schedule shared with GaLore/APOLLO), the official code on
-  steps 1, k, 2k, ... (its first period is one step shorter).
+  ``P m_low + (g - P P^T g)``, divided by the same Subset-Norm denominator of
+  the raw gradient, with the same bias correction (which the official code
+  also applies to the complement). Difference from the official code: the
+  projector is refreshed on steps 1, k+1, 2k+1, ... (the `in_subspace`
+  schedule shared with GaLore/APOLLO), the official code on steps 1, k, 2k,
+  ... (its first period is one step shorter).
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule.
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the second moment, in [0, 1).
+    eps: added to ``sqrt(v)`` before the bias correction, >= 0.
+    weight_decay: decay of the updated weights, ``p <- p - lr *
+      weight_decay * p`` after the step, >= 0.
+    mask: the leaves that decay: a tree of bools or a function of the params
+      returning one, as optax's masks; None decays every leaf.
+    partition: ``partition(names, shape) -> block spec`` overriding the
+      subsets (see `optlab.primitives.blockwise`); None:
+      `subset_norm_partition`.
+    momentum_rank: the rank r of Subspace-Momentum, an int >= 1; None: no
+      Subspace-Momentum (a full first moment).
+    momentum_update_every: refresh the projector every this many steps, an int
+      >= 1 (with ``momentum_rank``).
+    projector: the projector of Subspace-Momentum (see
+      `optlab.primitives.subspace`); None: the SVD of the gradient.
+    seed: the int seed of random projectors.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "Efficient Adaptive Optimization via Subset-Norm and Subspace-Momentum:
+    Fast, Memory-Reduced Training with Convergence Guarantees",
+    arXiv:2411.07120 (https://arxiv.org/abs/2411.07120).
+    Official code: timmytonga/sn-sm (AdamWSN, GenericOptim).
   """
   V.check_learning_rate("adam_subset_norm", learning_rate)
   V.check_nonneg("adam_subset_norm", "weight_decay", weight_decay)
@@ -245,16 +420,42 @@ def slim_adam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.95, eps: Any = 1e-8
   """SlimAdam: "When Can You Get Away with Low Memory Adam?" (arXiv:2503.01843).
 
   AdamW whose second moment is averaged along the dims where its
-  signal-to-noise ratio is high: v <- b2 v + (1 - b2) mean_dims(g^2);
-  u = -lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p). The dims come
-  from ``partition(names, shape) -> block spec``, by default the paper's
-  Table 1 rules (`slim_adam_partition`, the official layer map translated to
-  flax's (in, out) kernels); rules measured by the official SNR script can be
-  passed the same way. Hyperparameters and defaults as the official code
-  (dayal-kalra/low-memory-adam: betas (0.9, 0.95), eps 1e-8, weight_decay 0.1
-  on tensors with ndim >= 2 only, the default ``mask``), plus mu_dtype.
-  Difference: biases are never compressed (the official name matching would
-  compress a bias of an MLP layer to one value).
+  signal-to-noise ratio is high::
+
+    v <- b2 v + (1 - b2) mean_dims(g^2)
+    u = -lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p)
+
+  The dims come from ``partition(names, shape) -> block spec``, by default the
+  paper's Table 1 rules (`slim_adam_partition`, the official layer map
+  translated to flax's (in, out) kernels); rules measured by the official SNR
+  script can be passed the same way. The hyperparameters and defaults are the
+  official code's (dayal-kalra/low-memory-adam: betas (0.9, 0.95), eps 1e-8,
+  weight_decay 0.1 on tensors with ndim >= 2 only, the default ``mask``), plus
+  mu_dtype. Difference: biases are never compressed (the official name
+  matching would compress a bias of an MLP layer to one value).
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule.
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the compressed second moment, in [0, 1).
+    eps: added to ``sqrt(v_hat)``, >= 0.
+    weight_decay: decoupled weight decay, multiplied by the learning rate,
+      >= 0.
+    mask: the leaves that decay: a tree of bools or a function of the params
+      returning one, as optax's masks; None: the tensors with ndim >= 2
+      (`slim_adam_mask`).
+    partition: ``partition(names, shape) -> block spec``, the dims to average
+      over; None: `slim_adam_partition`.
+    mu_dtype: the dtype of the first moment; None keeps the params' dtype.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "When Can You Get Away with Low Memory Adam?", arXiv:2503.01843
+    (https://arxiv.org/abs/2503.01843).
+    Official code: dayal-kalra/low-memory-adam.
   """
   V.check_learning_rate("slim_adam", learning_rate)
   V.check_nonneg("slim_adam", "weight_decay", weight_decay)
@@ -272,21 +473,41 @@ def badam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
   Language Models" (arXiv:2404.02827).
 
   Block coordinate descent with AdamW as the inner solver: the blocks are
-  trained one at a time for `switch_every` steps each (BAdam's K), in
-  ``order`` "ascending", "descending" or "random" (a new permutation each
-  epoch, seeded by `seed`); the other blocks get no update at all (not even
-  weight decay), and on every switch the Adam state (moments and step count)
-  starts afresh, as the official code (Ledzy/BAdam) clears it. Blocks:
-  ``blocks(names, shape) -> label``, default one per top-level module
-  (`block_by_layer`; BAdam's default is one per transformer layer).
-  Hyperparameters: learning_rate, b1, b2, eps, weight_decay (decoupled, lr-
-  scaled), switch_every, order, blocks, seed.
+  trained one at a time for ``switch_every`` steps each (BAdam's K), in
+  ``order``; the other blocks get no update at all (not even weight decay), and
+  on every switch the Adam state (moments and step count) starts afresh, as
+  the official code (Ledzy/BAdam) clears it. Blocks: by default one per
+  top-level module (`block_by_layer`; BAdam's default is one per transformer
+  layer).
 
   What JAX forces: the inactive blocks' state cannot be freed inside one
   compiled function, so the Adam state lives on a flat buffer sized to the
   largest block, re-initialised on each switch (the same peak memory as
   BAdam: 2 x largest block); the buffer is replicated, not sharded like the
   params. Weight-decay masks are not offered (the buffer has no leaf names).
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule.
+    b1: decay of Adam's first moment, in [0, 1).
+    b2: decay of Adam's second moment, in [0, 1).
+    eps: Adam's eps, >= 0.
+    weight_decay: decoupled weight decay of the active block, multiplied by
+      the learning rate, >= 0.
+    switch_every: steps between block switches (BAdam's K), an int >= 1.
+    order: "ascending" or "descending" (blocks in tree order, cycling) or
+      "random" (a new permutation each epoch, seeded by ``seed``).
+    blocks: ``blocks(names, shape) -> label``; leaves with the same label form
+      a block; None: `block_by_layer`.
+    seed: the int seed of the random order.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "BAdam: A Memory Efficient Full Parameter Training Method for Large
+    Language Models", arXiv:2404.02827 (https://arxiv.org/abs/2404.02827).
+    Official code: Ledzy/BAdam.
   """
   V.check_learning_rate("badam", learning_rate)
   V.check_nonneg("badam", "eps", eps)
@@ -305,25 +526,45 @@ def smmf(learning_rate: Any, b1: Any = 0.9, eps: Any = 1e-8, weight_decay: Any =
 
   Each tensor is reshaped to its most nearly square matrix; m and v are kept
   as rank-1 non-negative factors (row and column sums), m's signs as one bit
-  per entry. Per step: decompress, m <- b1_t m + (1 - b1_t) g with
-  b1_t = b1 * growth_rate^(t-1), v <- b2_t v + (1 - b2_t) g^2 with
-  b2_t = 1 - t^(-decay_rate), compress again, p <- p - lr * (m / (sqrt(v) + eps)
-  + weight_decay * p). Hyperparameters and defaults as the official code
-  (eai-lab/SMMF, as published in KwangryeolPark/Official.SMMF): learning_rate,
-  b1 (the code's beta; None = no first moment, the step is
-  g / (sqrt(v) + eps)), eps, weight_decay, mask, decay_rate (the code's -0.5
-  is this 0.5), growth_rate, vector_reshape (False keeps element-wise moments
-  for 1-D tensors), weight_decay_mode ("adamw":
-  decoupled, lr-scaled; "adam": added to the gradient before the moments).
+  per entry. Per step: decompress, update, compress again::
 
-  Following the official code where it differs from the paper: the step uses
-  the freshly updated full m and v (compression happens after it), there is no
-  bias correction, and every tensor, scalars included, is matricized by
-  default. Differences from the official code: the moments are computed in
-  float32 (the code uses the param dtype) and m's signs are stored as packed
-  bits (the code keeps a bool tensor, one byte per entry); the step is clipped
-  to the largest finite value so that a huge m over a tiny rank-1 v cannot
-  give inf.
+    m <- b1_t m + (1 - b1_t) g,    b1_t = b1 * growth_rate^(t-1)
+    v <- b2_t v + (1 - b2_t) g^2,  b2_t = 1 - t^(-decay_rate)
+    p <- p - lr * (m / (sqrt(v) + eps) + weight_decay * p)
+
+  The hyperparameters and defaults are the official code's (eai-lab/SMMF, as
+  published in KwangryeolPark/Official.SMMF). Following the official code
+  where it differs from the paper: the step uses the freshly updated full m
+  and v (compression happens after it), there is no bias correction, and every
+  tensor, scalars included, is matricized by default. Differences from the
+  official code: the moments are computed in float32 (the code uses the param
+  dtype) and m's signs are stored as packed bits (the code keeps a bool
+  tensor, one byte per entry); the step is clipped to the largest finite value
+  so that a huge m over a tiny rank-1 v cannot give inf.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule.
+    b1: the first-moment decay (the code's beta), in [0, 1]; None: no first
+      moment, the step is ``g / (sqrt(v) + eps)``.
+    eps: added to ``sqrt(v)``, >= 0.
+    weight_decay: the weight decay, >= 0 (how it enters: ``weight_decay_mode``).
+    mask: the leaves that decay: a tree of bools or a function of the params
+      returning one, as optax's masks; None decays every leaf.
+    decay_rate: the exponent of ``b2_t = 1 - t^(-decay_rate)``, in [0, 1]
+      (the code's -0.5 is this 0.5).
+    growth_rate: the per-step factor of ``b1_t``, in [0, 1].
+    vector_reshape: False keeps element-wise moments for 1-D tensors.
+    weight_decay_mode: "adamw" (decoupled, lr-scaled) or "adam" (added to the
+      gradient before the moments).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "SMMF: Square-Matricized Momentum Factorization for Memory-Efficient
+    Optimization", arXiv:2412.08894 (https://arxiv.org/abs/2412.08894).
+    Official code: eai-lab/SMMF (KwangryeolPark/Official.SMMF).
   """
   V.check_learning_rate("smmf", learning_rate)
   V.check_nonneg("smmf", "weight_decay", weight_decay)
@@ -341,24 +582,51 @@ def microadam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-
   """MicroAdam: "MicroAdam: Accurate Adaptive Optimization with Low Space Overhead
   and Provable Convergence" (arXiv:2405.15593).
 
-  a = g + Q^-1(e); the top k_init fraction of |a| (per block) goes into a ring
-  window of the last m sparse gradients, the rest is kept as the 4-bit error
-  e = Q(a - top-k(a)); Adam's debiased moments are recomputed from the window
-  (row of age j weighted b1^j, b2^j) and p <- p - lr * (m_hat / (sqrt(v_hat) + eps)
-  + weight_decay * p). Hyperparameters and defaults as the official code
-  (IST-DASLab/ISTA-DASLab-Optimizers, MicroAdam, with its GLUE script's
-  quant_block_size 100000): learning_rate, b1, b2, eps, weight_decay (decoupled,
-  lr-scaled), mask, m (window length), k_init (density of the top-k; None =
-  the official 0.01; it sets the state's shapes, so it must be a static arg of
-  `optax.inject_hyperparams`), quant_block_size (entries per min/max pair of
-  the error), topk_block_size, values_dtype (bfloat16 as the code; None = the statistics' dtype).
+  Per tensor, with ``Q`` the 4-bit quantiser of the error ``e``::
 
-  Differences from the official code: its top-k block size comes from the
-  GPU's shared memory (here `topk_block_size`, at most 32768 for the int16
-  indices); a, the error's min/max and the moments are float32 (the code:
-  bfloat16 gradients and min/max); an error block whose min equals its max
-  stores code 0 (the code divides by zero there; any code decodes to the
-  same value).
+    a = g + Q^-1(e)
+    the top k_init fraction of abs(a) (per block) goes into a ring window of
+    the last m sparse gradients; the rest is kept as e = Q(a - top-k(a))
+    m_hat, v_hat = Adam's debiased moments recomputed from the window
+                   (the row of age j weighted b1^j, b2^j)
+    p <- p - lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p)
+
+  The hyperparameters and defaults are the official code's
+  (IST-DASLab/ISTA-DASLab-Optimizers, MicroAdam, with its GLUE script's
+  quant_block_size 100000). Differences from the official code: its top-k
+  block size comes from the GPU's shared memory (here ``topk_block_size``, at
+  most 32768 for the int16 indices); a, the error's min/max and the moments
+  are float32 (the code: bfloat16 gradients and min/max); an error block whose
+  min equals its max stores code 0 (the code divides by zero there; any code
+  decodes to the same value).
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule.
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the second moment, in [0, 1).
+    eps: added to ``sqrt(v_hat)``, >= 0.
+    weight_decay: decoupled weight decay, multiplied by the learning rate,
+      >= 0.
+    mask: the leaves that decay: a tree of bools or a function of the params
+      returning one, as optax's masks; None decays every leaf.
+    m: the window length (sparse gradients kept), an int >= 1.
+    k_init: the density of the top-k, in (0, 1]; None: the official 0.01. It
+      sets the state's shapes, so it must be a static arg of
+      `optax.inject_hyperparams`.
+    quant_block_size: entries per min/max pair of the 4-bit error, an int
+      >= 1.
+    topk_block_size: entries per top-k block, an int in [1, 32768].
+    values_dtype: the dtype of the window's values (bfloat16 as the code);
+      None: the statistics' dtype.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "MicroAdam: Accurate Adaptive Optimization with Low Space Overhead and
+    Provable Convergence", arXiv:2405.15593 (https://arxiv.org/abs/2405.15593).
+    Official code: IST-DASLab/ISTA-DASLab-Optimizers (MicroAdam).
   """
   V.check_learning_rate("microadam", learning_rate)
   V.check_nonneg("microadam", "weight_decay", weight_decay)

@@ -41,10 +41,45 @@ def lion(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.99, mu_dtype: Any = None
          weight_decay: Any = 1e-3, mask: Any = None):
   """Lion: "Symbolic Discovery of Optimization Algorithms" (arXiv:2302.06675).
 
-  u = -lr * (sign(b1 m + (1 - b1) g) + weight_decay * p);  m <- b2 m + (1 - b2) g.
-  Hyperparameters: learning_rate, b1, b2, mu_dtype, weight_decay, mask.
-  Matches optax.lion, including its default weight_decay=1e-3 (the paper's
-  code defaults to 0).
+  Lion steps along the sign of an interpolation between the momentum and the
+  gradient, then refreshes the momentum with a second rate::
+
+    u = -lr * (sign(b1 m + (1 - b1) g) + weight_decay * p)
+    m <- b2 m + (1 - b2) g
+
+  Matches ``optax.lion``, including its default ``weight_decay=1e-3`` (the
+  paper's code defaults to 0).
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule (step -> step size).
+    b1: weight of the momentum in the interpolation whose sign is taken, in
+      [0, 1).
+    b2: decay of the momentum, in [0, 1).
+    mu_dtype: dtype of the momentum accumulator; None keeps the params' dtype.
+    weight_decay: decoupled weight decay, multiplied by the learning rate;
+      >= 0. Default 1e-3, as optax.
+    mask: a tree of booleans shaped like the params, or a function
+      params -> such a tree, selecting the leaves that are decayed (optax's
+      ``mask`` convention); None decays every leaf.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the decay) and no extra args.
+
+  References:
+    "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675
+    (https://arxiv.org/abs/2302.06675).
+
+  Example:
+    >>> import jax.numpy as jnp, optlab
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> tx = optlab.lion(1e-3)
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.full((3, 2), 0.5)}, state, params)
+    >>> updates["w"].shape
+    (3, 2)
+    >>> bool(jnp.allclose(updates["w"], -1e-3 * (1.0 + 1e-3)))  # sign + decay
+    True
   """
   _check("lion", learning_rate)
   V.check_nonneg("lion", "weight_decay", weight_decay)
@@ -59,20 +94,62 @@ def cautious_adamw(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any 
                    eps_before_debias: bool = False):
   """C-AdamW: "Cautious Optimizers: Improving Training with One Line of Code" (arXiv:2411.16085).
 
-  u = Adam's m_hat / (sqrt(v_hat) + eps); phi = 1[u * g > 0];
-  update = -lr * (u * phi / max(mean(phi), 1e-3) + weight_decay * p), the mean
-  taken per tensor. Hyperparameters: learning_rate, b1, b2, eps, mu_dtype,
-  weight_decay, mask, eps_before_debias; defaults are the official code's
-  (eps=1e-6, no decay).
+  AdamW whose update is kept only where it agrees in sign with the current
+  gradient, rescaled per tensor so that its average size is kept::
+
+    u = m_hat / (sqrt(v_hat) + eps)          (Adam's direction)
+    phi = 1[u * g > 0]
+    update = -lr * (u * phi / max(mean(phi), 1e-3) + weight_decay * p)
+
+  the mean taken per tensor. Defaults are the official code's (``eps=1e-6``,
+  no decay).
+
   Follows the official kyleliang919/C-Optim ``c_adamw.py`` where it differs
-  from the paper's algorithm: strict mask (> 0), mask / max(mean, 1e-3)
-  instead of the paper's n / (nnz + 1), decay from the weights before the
-  step (AdamW's order). The official file has two paths that place eps
-  differently: its default ``foreach=True`` path (since Aug 2025) adds eps
-  to sqrt(v_hat), as the paper and optax do -- the default here; its
+  from the paper's algorithm: strict mask (``> 0``), ``mask / max(mean,
+  1e-3)`` instead of the paper's ``n / (nnz + 1)``, decay from the weights
+  before the step (AdamW's order). The official file has two paths that place
+  eps differently: its default ``foreach=True`` path (since Aug 2025) adds eps
+  to ``sqrt(v_hat)``, as the paper and optax do -- the default here; its
   ``foreach=False`` loop (the only path in the code released with the paper,
-  copied from HF-transformers' AdamW) adds eps to sqrt(v) before the bias
-  correction, an effective eps / sqrt(1 - b2^t): ``eps_before_debias=True``.
+  copied from HF-transformers' AdamW) adds eps to ``sqrt(v)`` before the bias
+  correction, an effective ``eps / sqrt(1 - b2^t)``:
+  ``eps_before_debias=True``.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule (step -> step size).
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the second moment, in [0, 1).
+    eps: added to the denominator ``sqrt(v_hat)``, >= 0.
+    mu_dtype: dtype of the momentum accumulator; None keeps the params' dtype.
+    weight_decay: decoupled weight decay, multiplied by the learning rate;
+      >= 0.
+    mask: a tree of booleans shaped like the params, or a function
+      params -> such a tree, selecting the leaves that are decayed (optax's
+      ``mask`` convention); None decays every leaf.
+    eps_before_debias: keyword-only; True adds eps to ``sqrt(v)`` before the
+      bias correction, as the official ``foreach=False`` loop (see above).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the decay) and no extra args.
+
+  References:
+    "Cautious Optimizers: Improving Training with One Line of Code",
+    arXiv:2411.16085 (https://arxiv.org/abs/2411.16085).
+
+    Official code: kyleliang919/C-Optim, ``c_adamw.py``.
+
+  Example:
+    >>> import jax.numpy as jnp, optlab
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> tx = optlab.cautious_adamw(1e-3)
+    >>> state = tx.init(params)
+    >>> grads = {"w": jnp.array([[0.5, -0.5], [0.5, -0.5], [0.5, -0.5]])}
+    >>> updates, state = tx.update(grads, state, params)
+    >>> updates["w"].shape
+    (3, 2)
+    >>> bool(jnp.all(updates["w"] * grads["w"] < 0))  # every entry descends
+    True
   """
   _check("cautious_adamw", learning_rate)
   V.check_nonneg("cautious_adamw", "eps", eps)
@@ -86,12 +163,40 @@ def cautious_lion(learning_rate: Any, b1: Any = 0.95, b2: Any = 0.98, mu_dtype: 
                   weight_decay: Any = 0.0, mask: Any = None):
   """C-Lion: "Cautious Optimizers: Improving Training with One Line of Code" (arXiv:2411.16085).
 
-  u = sign(b1 m + (1 - b1) g); phi = 1[u * g > 0];
-  update = -lr * (u * phi * n / (sum(phi) + 1) + weight_decay * p), n the
-  tensor's size;  m <- b2 m + (1 - b2) g. Hyperparameters: learning_rate, b1,
-  b2, mu_dtype, weight_decay, mask; defaults are the official ``c_lion.py``'s
-  (b1=0.95, b2=0.98, no decay), which also gives the n / (nnz + 1) rescaling
-  used here (C-AdamW's code uses the mean instead).
+  Lion whose update is kept only where it agrees in sign with the current
+  gradient::
+
+    u = sign(b1 m + (1 - b1) g)
+    phi = 1[u * g > 0]
+    update = -lr * (u * phi * n / (sum(phi) + 1) + weight_decay * p)
+    m <- b2 m + (1 - b2) g
+
+  with ``n`` the tensor's size. Defaults are the official ``c_lion.py``'s
+  (``b1=0.95``, ``b2=0.98``, no decay), which also gives the
+  ``n / (nnz + 1)`` rescaling used here (C-AdamW's code uses the mean
+  instead).
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule (step -> step size).
+    b1: weight of the momentum in the interpolation whose sign is taken, in
+      [0, 1).
+    b2: decay of the momentum, in [0, 1).
+    mu_dtype: dtype of the momentum accumulator; None keeps the params' dtype.
+    weight_decay: decoupled weight decay, multiplied by the learning rate;
+      >= 0.
+    mask: a tree of booleans shaped like the params, or a function
+      params -> such a tree, selecting the leaves that are decayed (optax's
+      ``mask`` convention); None decays every leaf.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the decay) and no extra args.
+
+  References:
+    "Cautious Optimizers: Improving Training with One Line of Code",
+    arXiv:2411.16085 (https://arxiv.org/abs/2411.16085).
+
+    Official code: kyleliang919/C-Optim, ``c_lion.py``.
   """
   _check("cautious_lion", learning_rate)
   V.check_nonneg("cautious_lion", "weight_decay", weight_decay)
@@ -105,15 +210,40 @@ def grams(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
           mu_dtype: Any = None, weight_decay: Any = 0.0, mask: Any = None):
   """Grams-Adam: "Grams: Gradient Descent with Adaptive Momentum Scaling" (arXiv:2412.17107).
 
-  u = sign(g) * |m_hat| / ((sqrt(v) + eps) / sqrt(1 - b2^t));
-  update = -lr * (u + weight_decay * p).
-  Hyperparameters: learning_rate, b1, b2, eps, mu_dtype, weight_decay, mask;
-  defaults are the official code's (eps=1e-6, no decay). Follows the official
-  Gunale0926/Grams ``grams.py`` (built on HF-transformers' AdamW): eps is
-  added to sqrt(v) before the bias correction (its ``denom = sqrt(v) + eps``
-  with step size lr * sqrt(1 - b2^t) / (1 - b1^t)), where the paper's
-  algorithm adds it to sqrt(v_hat); and the decay uses the weights before
-  the step. Its ``correct_bias=False`` option is not offered.
+  Adam's magnitude with the current gradient's sign::
+
+    u = sign(g) * |m_hat| / ((sqrt(v) + eps) / sqrt(1 - b2^t))
+    update = -lr * (u + weight_decay * p)
+
+  Defaults are the official code's (``eps=1e-6``, no decay). Follows the
+  official Gunale0926/Grams ``grams.py`` (built on HF-transformers' AdamW):
+  eps is added to ``sqrt(v)`` before the bias correction (its
+  ``denom = sqrt(v) + eps`` with step size
+  ``lr * sqrt(1 - b2^t) / (1 - b1^t)``), where the paper's algorithm adds it
+  to ``sqrt(v_hat)``; and the decay uses the weights before the step. Its
+  ``correct_bias=False`` option is not offered.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule (step -> step size).
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the second moment, in [0, 1).
+    eps: added to ``sqrt(v)`` before the bias correction, >= 0.
+    mu_dtype: dtype of the momentum accumulator; None keeps the params' dtype.
+    weight_decay: decoupled weight decay, multiplied by the learning rate;
+      >= 0.
+    mask: a tree of booleans shaped like the params, or a function
+      params -> such a tree, selecting the leaves that are decayed (optax's
+      ``mask`` convention); None decays every leaf.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the decay) and no extra args.
+
+  References:
+    "Grams: Gradient Descent with Adaptive Momentum Scaling",
+    arXiv:2412.17107 (https://arxiv.org/abs/2412.17107).
+
+    Official code: Gunale0926/Grams, ``grams.py``.
   """
   _check("grams", learning_rate)
   V.check_nonneg("grams", "eps", eps)
@@ -157,19 +287,61 @@ def mars_adamw(learning_rate: Any, b1: Any = 0.95, b2: Any = 0.99, eps: Any = 1e
   """MARS-AdamW: "MARS: Unleashing the Power of Variance Reduction for Training Large
   Models" (arXiv:2411.10438), approximate form, as in the official AGI-Arena/MARS code.
 
-  c = g + gamma * b1 / (1 - b1) * (g - g_prev), clipped to norm max_norm per
-  tensor; Adam on c: u = m_hat / (sqrt(v_hat) + eps) with m, v the EMAs of c
-  and c^2 (eps after the bias correction, as the official ``update_fn``);
-  update = -lr * (u + weight_decay * p), decaying the weights before the step.
-  Hyperparameters (defaults: the official ``MARS`` class): learning_rate, b1,
-  b2, eps, weight_decay, mask, gamma, max_norm (None: no clipping),
-  optimize_1d, lr_1d_factor, b1_1d, b2_1d, weight_decay_1d. As in the official
-  code with ``optimize_1d=False``, every tensor that is not 2-d (biases,
-  norms, scalars, also conv kernels) is trained by plain AdamW with (b1_1d,
-  b2_1d), weight_decay_1d and the learning rate times lr_1d_factor (the
-  official ``lr_1d / lr``, so it follows the same schedule); the previous
-  gradient is kept for them but unused. amsgrad and the exact (two-gradient)
-  form are not provided.
+  Adam on a variance-reduced gradient ``c``, with ``m`` and ``v`` the EMAs of
+  ``c`` and ``c^2``::
+
+    c = g + gamma * b1 / (1 - b1) * (g - g_prev)   (clipped to norm max_norm per tensor)
+    u = m_hat / (sqrt(v_hat) + eps)
+    update = -lr * (u + weight_decay * p)
+
+  eps is added after the bias correction, as the official ``update_fn``; the
+  weights are decayed before the step. Defaults are the official ``MARS``
+  class's. As in the official code with ``optimize_1d=False``, every tensor
+  that is not 2-d (biases, norms, scalars, also conv kernels) is trained by
+  plain AdamW with ``(b1_1d, b2_1d)``, ``weight_decay_1d`` and the learning
+  rate times ``lr_1d_factor`` (the official ``lr_1d / lr``, so it follows
+  the same schedule); the previous gradient is kept for them but unused.
+  amsgrad and the exact (two-gradient) form are not provided.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule (step -> step size).
+    b1: decay of the first moment, in [0, 1); also scales the correction
+      by ``b1 / (1 - b1)``.
+    b2: decay of the second moment, in [0, 1).
+    eps: added to ``sqrt(v_hat)`` (here and in the non-2-d AdamW), >= 0.
+    weight_decay: decoupled weight decay of the tensors MARS trains,
+      multiplied by the learning rate, applied to the weights before the
+      step; >= 0.
+    mask: a tree of booleans shaped like the params, or a function
+      params -> such a tree, selecting the leaves that are decayed (optax's
+      ``mask`` convention); None decays every leaf.
+    gamma: strength of the variance-reduction correction, >= 0 (0 gives
+      back the gradient, clipped).
+    max_norm: per-tensor norm to which the corrected gradient is clipped,
+      > 0; None disables the clipping.
+    optimize_1d: keyword-only; True applies MARS to every tensor. False
+      (default, as the official code) applies it to the 2-d tensors only and
+      trains all others (biases, norms, scalars, also conv kernels) by plain
+      AdamW with ``b1_1d``, ``b2_1d``, ``eps`` and ``weight_decay_1d``.
+    lr_1d_factor: keyword-only; the learning rate of the non-2-d tensors is
+      ``learning_rate * lr_1d_factor`` (the official ``lr_1d / lr``, so it
+      follows the same schedule); >= 0. Unused with ``optimize_1d=True``.
+    b1_1d: keyword-only; first-moment decay of the AdamW for non-2-d
+      tensors, in [0, 1).
+    b2_1d: keyword-only; second-moment decay of the AdamW for non-2-d
+      tensors, in [0, 1).
+    weight_decay_1d: keyword-only; decoupled weight decay of the non-2-d
+      tensors' AdamW, multiplied by their learning rate; >= 0.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the decay) and no extra args.
+
+  References:
+    "MARS: Unleashing the Power of Variance Reduction for Training Large
+    Models", arXiv:2411.10438 (https://arxiv.org/abs/2411.10438).
+
+    Official code: AGI-Arena/MARS.
   """
   V.check_decay("mars_adamw", "b2", b2)
   return mars_chain("mars_adamw", learning_rate, (scale_by_adam(b1, b2, eps),), b1, gamma,
@@ -184,12 +356,55 @@ def mars_lion(learning_rate: Any, b1: Any = 0.95, weight_decay: Any = 0.0, mask:
   """MARS-Lion: "MARS: Unleashing the Power of Variance Reduction for Training Large
   Models" (arXiv:2411.10438), approximate form, as in the official AGI-Arena/MARS code.
 
-  c = g + gamma * b1 / (1 - b1) * (g - g_prev), clipped to norm max_norm per
-  tensor; m <- b1 m + (1 - b1) c; update = -lr * (sign(m) + weight_decay * p).
+  The sign of the momentum of a variance-reduced gradient ``c``::
+
+    c = g + gamma * b1 / (1 - b1) * (g - g_prev)   (clipped to norm max_norm per tensor)
+    m <- b1 m + (1 - b1) c
+    update = -lr * (sign(m) + weight_decay * p)
+
   Unlike Lion, the official MARS-Lion takes the sign of the updated momentum
-  itself (one rate, b1; the official b2 is unused, so there is none here).
-  Hyperparameters: as `mars_adamw` without b2; eps only serves the AdamW that
-  trains the non-2-d tensors when ``optimize_1d=False`` (see `mars_adamw`).
+  itself (one rate, ``b1``; the official ``b2`` is unused, so there is none
+  here). The other arguments are as in `mars_adamw`; ``eps`` only serves the
+  AdamW that trains the non-2-d tensors when ``optimize_1d=False``.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule (step -> step size).
+    b1: decay of the momentum, in [0, 1); also scales the correction by
+      ``b1 / (1 - b1)``.
+    weight_decay: decoupled weight decay of the tensors MARS trains,
+      multiplied by the learning rate, applied to the weights before the
+      step; >= 0.
+    mask: a tree of booleans shaped like the params, or a function
+      params -> such a tree, selecting the leaves that are decayed (optax's
+      ``mask`` convention); None decays every leaf.
+    gamma: strength of the variance-reduction correction, >= 0 (0 gives
+      back the gradient, clipped).
+    max_norm: per-tensor norm to which the corrected gradient is clipped,
+      > 0; None disables the clipping.
+    optimize_1d: keyword-only; True applies MARS to every tensor. False
+      (default, as the official code) applies it to the 2-d tensors only and
+      trains all others (biases, norms, scalars, also conv kernels) by plain
+      AdamW with ``b1_1d``, ``b2_1d``, ``eps`` and ``weight_decay_1d``.
+    lr_1d_factor: keyword-only; the learning rate of the non-2-d tensors is
+      ``learning_rate * lr_1d_factor`` (the official ``lr_1d / lr``, so it
+      follows the same schedule); >= 0. Unused with ``optimize_1d=True``.
+    b1_1d: keyword-only; first-moment decay of the AdamW for non-2-d
+      tensors, in [0, 1).
+    b2_1d: keyword-only; second-moment decay of the AdamW for non-2-d
+      tensors, in [0, 1).
+    eps: keyword-only; eps of the non-2-d tensors' AdamW, >= 0.
+    weight_decay_1d: keyword-only; decoupled weight decay of the non-2-d
+      tensors' AdamW, multiplied by their learning rate; >= 0.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the decay) and no extra args.
+
+  References:
+    "MARS: Unleashing the Power of Variance Reduction for Training Large
+    Models", arXiv:2411.10438 (https://arxiv.org/abs/2411.10438).
+
+    Official code: AGI-Arena/MARS.
   """
   # unit_scale: no second moment, but the AdamW state layout (see `mars_chain`).
   rule = (scale_by_moments(ema(b1, debias=False), unit_scale()), scale_by_sign())
@@ -205,22 +420,59 @@ def spam(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
   (arXiv:2501.06842), as in the official TianjinYellow/SPAM-Optimizer code
   (``galore_torch/SPAM.py``, its ``AdamW`` class).
 
-  Every delta_t steps (t % delta_t == 0) Adam's m and v are reset to zero
-  (the step count, hence the bias correction, carries on). Gradient entries
-  with g^2 > threshold * v are clipped to sign(g) sqrt(threshold * v), except
-  in the first clip_delay steps after a reset. After each reset Adam's step is
-  scaled by a cosine warm-up from 0.01 back to 1 over warmup_steps steps.
-  p <- p - lr * warmup * m_hat / ((sqrt(v) + eps) / sqrt(1 - b2^t)), then
-  p <- p - lr * weight_decay * p on the updated weights.
-  Hyperparameters (official defaults): learning_rate, b1, b2, eps=1e-6,
-  weight_decay, mask, threshold (theta; 0 disables clipping), delta_t (Delta T,
-  official ``DeltaT``; 0 disables resets), warmup_steps (N), clip_delay
-  (official ``grad_accu_steps``).
+  Adam with periodic momentum resets, spike clipping and a warm-up after
+  each reset:
+
+  * every ``delta_t`` steps (``t % delta_t == 0``) Adam's ``m`` and ``v``
+    are reset to zero (the step count, hence the bias correction, carries
+    on);
+  * gradient entries with ``g^2 > threshold * v`` are clipped to
+    ``sign(g) sqrt(threshold * v)``, except in the first ``clip_delay`` steps
+    after a reset;
+  * after each reset Adam's step is scaled by a cosine warm-up from 0.01 back
+    to 1 over ``warmup_steps`` steps.
+
+  The step, then the decay on the updated weights::
+
+    p <- p - lr * warmup * m_hat / ((sqrt(v) + eps) / sqrt(1 - b2^t))
+    p <- p - lr * weight_decay * p
+
   Follows the official code (built on HF-transformers' AdamW) where the
-  paper's Adam differs: eps is added to sqrt(v) before the bias correction
-  (``denom = sqrt(v) + eps``, step size lr * sqrt(1 - b2^t) / (1 - b1^t)),
-  not to sqrt(v_hat); the decay is applied after the step, to the updated
-  weights. Its sparse-momentum option (``density``) is not provided.
+  paper's Adam differs: eps is added to ``sqrt(v)`` before the bias
+  correction (``denom = sqrt(v) + eps``, step size
+  ``lr * sqrt(1 - b2^t) / (1 - b1^t)``), not to ``sqrt(v_hat)``; the decay
+  is applied after the step, to the updated weights. Its sparse-momentum
+  option (``density``) is not provided. Defaults are the official ones.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule (step -> step size).
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the second moment, in [0, 1).
+    eps: added to ``sqrt(v)`` before the bias correction, >= 0 (official
+      default 1e-6).
+    weight_decay: decay of the updated weights, multiplied by the learning
+      rate; >= 0.
+    mask: a tree of booleans shaped like the params, or a function
+      params -> such a tree, selecting the leaves that are decayed (optax's
+      ``mask`` convention); None decays every leaf.
+    threshold: theta, the spike threshold on ``g^2 / v``; >= 0, 0 disables
+      the clipping.
+    delta_t: Delta T (official ``DeltaT``), the reset period in steps; an
+      int >= 0, 0 disables the resets.
+    warmup_steps: N, the length of the cosine warm-up after each reset; an
+      int >= 0.
+    clip_delay: steps after each reset without spike clipping (official
+      ``grad_accu_steps``); an int >= 0.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the decay) and no extra args.
+
+  References:
+    "SPAM: Spike-Aware Adam with Momentum Reset for Stable LLM Training",
+    arXiv:2501.06842 (https://arxiv.org/abs/2501.06842).
+
+    Official code: TianjinYellow/SPAM-Optimizer, ``galore_torch/SPAM.py``.
   """
   _check("spam", learning_rate)
   V.check_nonneg("spam", "eps", eps)
@@ -241,18 +493,49 @@ def adamp(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
   """AdamP: "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
   Scale-invariant Weights" (arXiv:2006.08217), as in the official clovaai/AdamP code.
 
-  u = m_hat / (sqrt(v_hat) + eps) (with nesterov, (b1 m + (1 - b1) g) / (1 - b1^t)
-  in place of m_hat); for tensors whose gradient is nearly orthogonal to the
-  weights (|cos| < delta / sqrt(dim), per channel or per tensor) the radial
-  part of u is removed and the decay is scaled by wd_ratio;
-  update = -lr * (u + weight_decay * ratio * p).
-  Hyperparameters (official defaults): learning_rate, b1, b2, eps,
-  weight_decay, delta, wd_ratio, nesterov; and channel_axis, the axis of
-  each weight that indexes output channels for the per-channel cosine:
-  -1 (default) for JAX / flax kernels, Dense (in, out) and Conv
-  (h, w, in, out); the official PyTorch code's (out, in, ...) weights are
-  ``channel_axis=0``. The decay is part of the projection wrapper, so there
-  is no `mask` (use optax.partition).
+  Adam whose update loses its radial part on weights that look
+  scale-invariant::
+
+    u = m_hat / (sqrt(v_hat) + eps)
+    update = -lr * (u + weight_decay * ratio * p)
+
+  With ``nesterov``, ``(b1 m + (1 - b1) g) / (1 - b1^t)`` replaces
+  ``m_hat``. For tensors whose gradient is nearly orthogonal to the weights
+  (``|cos| < delta / sqrt(dim)``, per channel or per tensor) the radial part
+  of ``u`` is removed and the decay is scaled by ``ratio = wd_ratio``
+  (otherwise ``ratio = 1``). Defaults are the official ones. The decay is
+  part of the projection wrapper, so there is no ``mask`` (use
+  ``optax.partition``).
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule (step -> step size).
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the second moment, in [0, 1).
+    eps: added to ``sqrt(v_hat)``; also bounds the norms in the projection,
+      >= 0.
+    weight_decay: decoupled weight decay, multiplied by the learning rate
+      (and by ``wd_ratio`` on projected tensors); >= 0.
+    delta: threshold of the scale-invariance test
+      ``|cos(g, p)| < delta / sqrt(dim)``; >= 0.
+    wd_ratio: factor of the weight decay on projected tensors; >= 0.
+    nesterov: keyword-only; True uses the Nesterov form of the first moment.
+    channel_axis: keyword-only; the axis of each weight that indexes output
+      channels, for the per-channel cosine, a Python int: -1 (default) for
+      JAX / flax kernels, Dense ``(in, out)`` and Conv ``(h, w, in, out)``;
+      the official PyTorch code's ``(out, in, ...)`` weights are
+      ``channel_axis=0``. With ``optax.inject_hyperparams`` pass it in
+      ``static_args``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the projection and the decay) and no extra args.
+
+  References:
+    "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
+    Scale-invariant Weights", arXiv:2006.08217
+    (https://arxiv.org/abs/2006.08217).
+
+    Official code: clovaai/AdamP.
   """
   _check("adamp", learning_rate)
   V.check_nonneg("adamp", "eps", eps)
@@ -273,15 +556,46 @@ def sgdp(learning_rate: Any, momentum: Any = 0.0, dampening: Any = 0.0,
   """SGDP: "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
   Scale-invariant Weights" (arXiv:2006.08217), as in the official clovaai/AdamP code.
 
-  buf <- momentum * buf + (1 - dampening) g; d = buf, or g + momentum * buf
-  with nesterov; AdamP's projection of d (see `adamp`), and
-  update = -lr * (d + weight_decay * ratio / (1 - momentum) * p) -- the
-  official code divides the decay by 1 - momentum.
-  Hyperparameters (official defaults): learning_rate, momentum, dampening,
-  weight_decay, nesterov, eps, delta, wd_ratio; and channel_axis, the output
-  channel axis of each weight (-1, the JAX / flax layout, by default; see
-  `adamp`). As in the official code (and unlike torch.optim.SGD), nesterov
-  with dampening is allowed; the Nesterov term uses the raw gradient.
+  SGD with momentum and AdamP's projection (see `adamp`) of its direction::
+
+    buf <- momentum * buf + (1 - dampening) g
+    d = buf                   (with nesterov: d = g + momentum * buf)
+    update = -lr * (proj(d) + weight_decay * ratio / (1 - momentum) * p)
+
+  The official code divides the decay by ``1 - momentum``. Defaults are the
+  official ones. As in the official code (and unlike ``torch.optim.SGD``),
+  nesterov with dampening is allowed; the Nesterov term uses the raw
+  gradient.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule (step -> step size).
+    momentum: the heavy-ball momentum, in [0, 1).
+    dampening: the gradient's weight is ``1 - dampening``, in [0, 1].
+    weight_decay: decoupled weight decay, multiplied by the learning rate,
+      divided by ``1 - momentum`` (and multiplied by ``wd_ratio`` on
+      projected tensors); >= 0.
+    nesterov: keyword-only; True uses the Nesterov direction.
+    eps: keyword-only; bounds the norms in the projection, >= 0.
+    delta: keyword-only; threshold of the scale-invariance test
+      ``|cos(g, p)| < delta / sqrt(dim)``; >= 0.
+    wd_ratio: keyword-only; factor of the weight decay on projected tensors; >= 0.
+    channel_axis: keyword-only; the axis of each weight that indexes output
+      channels, for the per-channel cosine, a Python int: -1 (default) for
+      JAX / flax kernels, Dense ``(in, out)`` and Conv ``(h, w, in, out)``;
+      the official PyTorch code's ``(out, in, ...)`` weights are
+      ``channel_axis=0``. With ``optax.inject_hyperparams`` pass it in
+      ``static_args``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the projection and the decay) and no extra args.
+
+  References:
+    "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
+    Scale-invariant Weights", arXiv:2006.08217
+    (https://arxiv.org/abs/2006.08217).
+
+    Official code: clovaai/AdamP.
   """
   _check("sgdp", learning_rate, momentum=momentum)
   V.check_range("sgdp", "dampening", dampening, 0.0, 1.0)

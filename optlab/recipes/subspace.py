@@ -62,12 +62,12 @@ def galore_adamw(learning_rate: Any, rank: int = 128, update_proj_gap: int = 200
   """GaLore-AdamW: "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank
   Projection" (arXiv:2403.03507).
 
-  R = P^T G (or G P^T) with P the top-`rank` singular vectors of G, refreshed
-  every `update_proj_gap` steps; Adam on R; u = -lr * scale * P adam(R), then
-  p -= lr * weight_decay * p. Hyperparameters: learning_rate, rank,
-  update_proj_gap, scale (the paper's alpha; default 0.25 as the official
-  README), proj_type (side choice, see `subspace_side`), b1, b2, eps
-  (official default 1e-6), weight_decay, mask.
+  With ``P`` the top-``rank`` singular vectors of G, refreshed every
+  ``update_proj_gap`` steps::
+
+    R = P^T G   (or G P^T)
+    u = -lr * scale * P adam(R)     (projected back)
+    p -= lr * weight_decay * p      (on the updated weights)
 
   Follows the official code (jiaweizzhao/GaLore) where it differs from the
   paper: ``proj_type="std"`` projects a tall matrix (m >= n) on the right,
@@ -79,6 +79,49 @@ def galore_adamw(learning_rate: Any, rank: int = 128, update_proj_gap: int = 200
   `svd_projector`); matrices with min(m, n) <= rank are not projected.
   optax.contrib.galore projects like ``proj_type="reverse_std"``, uses
   optax's eps placement and decays the weights before the step.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule.
+    rank: the rank r of the projection, an int >= 1; matrices with
+      ``min(m, n) <= rank``, and tensors that are not matrices, are trained by
+      the same Adam unprojected.
+    update_proj_gap: refresh the projector every this many steps, an int >= 1.
+    scale: the paper's alpha, multiplying the projected-back update, >= 0
+      (default 0.25 as the official README).
+    proj_type: the side choice (see `subspace_side`): "std", "reverse_std",
+      "left" or "right".
+    b1: decay of Adam's first moment, in [0, 1).
+    b2: decay of Adam's second moment, in [0, 1).
+    eps: added to ``sqrt(v)`` before the bias correction, >= 0 (official
+      default 1e-6).
+    weight_decay: decay of the updated weights, ``p -= lr * weight_decay *
+      p`` after the step, >= 0.
+    mask: the leaves that decay: a tree of bools or a function of the params
+      returning one, as optax's masks; None decays every leaf.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection",
+    arXiv:2403.03507 (https://arxiv.org/abs/2403.03507).
+    Official code: jiaweizzhao/GaLore.
+
+  Example:
+    The (8, 4) matrix is projected to rank 2; the vector is trained by the
+    same Adam unprojected:
+
+    >>> import jax.numpy as jnp, optlab
+    >>> params = {"w": jnp.ones((8, 4)), "b": jnp.zeros(4)}
+    >>> tx = optlab.galore_adamw(1e-3, rank=2)
+    >>> state = tx.init(params)
+    >>> grads = {"w": jnp.arange(32.0).reshape(8, 4) / 32, "b": jnp.ones(4)}
+    >>> updates, state = tx.update(grads, state, params)
+    >>> updates["w"].shape, updates["b"].shape
+    ((8, 4), (4,))
+    >>> bool(jnp.all(jnp.isfinite(updates["w"])))
+    True
   """
   _check("galore_adamw", learning_rate, b1, b2, eps, weight_decay)
   V.check_range("galore_adamw", "update_proj_gap", update_proj_gap, 1)
@@ -99,23 +142,55 @@ def apollo(learning_rate: Any, rank: int = 256, update_proj_gap: int = 200, scal
   """APOLLO: "APOLLO: SGD-like Memory, AdamW-level Performance" (arXiv:2412.05270).
 
   R = G P^T (or P^T G) with a random Gaussian P (entries N(0, 1/r)), redrawn
-  every `update_proj_gap` steps; Adam on R gives U; the update is the *full*
-  gradient scaled per channel, s_j = ||U_j|| / (||R_j|| + 1e-8) (norms over
-  the rank axis; one factor per tensor with ``scale_type="tensor"``), passed
-  through Fira's norm-growth limiter (gamma 1.01) and multiplied by
-  sqrt(scale); u = -lr * that, then p -= lr * weight_decay * p.
-  Hyperparameters: learning_rate, rank (official 256), update_proj_gap,
-  scale, scale_type, proj ("random" or "svd"), proj_type, b1, b2, eps
-  (1e-6), weight_decay, mask, scale_front (limit after the scale instead of
-  before), norm_growth_limiter (the official ``disable_nl`` negated), seed.
+  every ``update_proj_gap`` steps; Adam on R gives U; the update is the *full*
+  gradient scaled per channel, passed through Fira's norm-growth limiter
+  (gamma 1.01) and multiplied by ``sqrt(scale)``::
 
-  Follows the official code (zhuhanqing/APOLLO): sqrt(scale), not scale, is
+    s_j = ||U_j|| / (||R_j|| + 1e-8)    (norms over the rank axis; one factor
+                                        per tensor with scale_type="tensor")
+    u = -lr * sqrt(scale) * limit(s * G)
+    p -= lr * weight_decay * p          (on the updated weights)
+
+  Follows the official code (zhuhanqing/APOLLO): ``sqrt(scale)``, not scale, is
   applied; the norms compare the transformers-AdamW direction *before* bias
   correction, which then multiplies the whole update through the step size
   (`scale_by_bias_correction`); the limiter works on the scaled gradient;
   moments kept when P is redrawn. Deliberate differences: the random matrices
-  come from jax.random keyed by `seed` (not torch's generator; see
+  come from jax.random keyed by ``seed`` (not torch's generator; see
   `random_projector`), and are kept in at least float32.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule.
+    rank: the rank r of the projection, an int >= 1 (official 256); matrices
+      with ``min(m, n) <= rank``, and tensors that are not matrices, are
+      trained by the same Adam unprojected.
+    update_proj_gap: redraw the projector every this many steps, an int >= 1.
+    scale: the scale of the update, >= 0; ``sqrt(scale)`` is applied.
+    scale_type: "channel" (one factor per channel) or "tensor" (one per
+      tensor).
+    proj: the projector, "random" or "svd".
+    proj_type: the side choice (see `subspace_side`): "std", "reverse_std",
+      "left" or "right".
+    b1: decay of Adam's first moment, in [0, 1).
+    b2: decay of Adam's second moment, in [0, 1).
+    eps: added to ``sqrt(v)`` before the bias correction, >= 0 (1e-6).
+    weight_decay: decay of the updated weights, ``p -= lr * weight_decay *
+      p`` after the step, >= 0.
+    mask: the leaves that decay: a tree of bools or a function of the params
+      returning one, as optax's masks; None decays every leaf.
+    scale_front: apply the limiter after the scale instead of before.
+    norm_growth_limiter: use the norm-growth limiter (the official
+      ``disable_nl`` negated).
+    seed: the int seed of the random projectors.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "APOLLO: SGD-like Memory, AdamW-level Performance", arXiv:2412.05270
+    (https://arxiv.org/abs/2412.05270).
+    Official code: zhuhanqing/APOLLO.
   """
   _check("apollo", learning_rate, b1, b2, eps, weight_decay)
   V.check_range("apollo", "update_proj_gap", update_proj_gap, 1)
@@ -142,6 +217,35 @@ def apollo_mini(learning_rate: Any, rank: int = 1, update_proj_gap: int = 200,
   README's scale 128 (sqrt(128) is applied). Its state per (m, n) matrix is
   two moments of m or n entries plus the projector: SGD-level memory.
   Hyperparameters and differences: as `apollo`.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule.
+    rank: the rank r of the projection, an int >= 1 (1: APOLLO-Mini).
+    update_proj_gap: redraw the projector every this many steps, an int >= 1.
+    scale: the scale of the update, >= 0; ``sqrt(scale)`` is applied.
+    proj: the projector, "random" or "svd".
+    proj_type: the side choice (see `subspace_side`): "std", "reverse_std",
+      "left" or "right".
+    b1: decay of Adam's first moment, in [0, 1).
+    b2: decay of Adam's second moment, in [0, 1).
+    eps: added to ``sqrt(v)`` before the bias correction, >= 0.
+    weight_decay: decay of the updated weights, ``p -= lr * weight_decay *
+      p`` after the step, >= 0.
+    mask: the leaves that decay: a tree of bools or a function of the params
+      returning one, as optax's masks; None decays every leaf.
+    scale_front: apply the limiter after the scale instead of before.
+    norm_growth_limiter: use the norm-growth limiter (the official
+      ``disable_nl`` negated).
+    seed: the int seed of the random projectors.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "APOLLO: SGD-like Memory, AdamW-level Performance", arXiv:2412.05270
+    (https://arxiv.org/abs/2412.05270).
+    Official code: zhuhanqing/APOLLO.
   """
   _check("apollo_mini", learning_rate, b1, b2, eps, weight_decay)
   V.check_range("apollo_mini", "update_proj_gap", update_proj_gap, 1)
@@ -164,19 +268,45 @@ def fira(learning_rate: Any, rank: int = 128, update_proj_gap: int = 200, alpha:
   """Fira: "Fira: Can We Achieve Full-rank Training of LLMs Under Low-rank
   Constraint?" (arXiv:2410.01623).
 
-  GaLore's SVD subspace plus the residual: with R the projected gradient and
-  N = adam(R), u = alpha * back(N) + limit(phi * (G - alpha * back(R))), where
-  phi = ||N_j|| / (||R_j|| + 1e-8) per channel (norms over the rank axis) and
-  `limit` is the norm-growth limiter (gamma 1.01); then -lr and
-  p -= lr * weight_decay * p. Hyperparameters: learning_rate, rank (128),
-  update_proj_gap (200), alpha (0.25, the official scripts), proj_type, b1, b2,
-  eps (1e-6), weight_decay, mask.
+  GaLore's SVD subspace plus the residual. With R the projected gradient,
+  ``back`` the projection back and ``limit`` the norm-growth limiter (gamma
+  1.01)::
+
+    N = adam(R)
+    phi_j = ||N_j|| / (||R_j|| + 1e-8)      (per channel, norms over the rank axis)
+    u = alpha * back(N) + limit(phi * (G - alpha * back(R)))
+    update = -lr * u;  p -= lr * weight_decay * p
 
   Follows the official code (xichen-fy/Fira, fira_adamw.py): phi and the
   limiter see the transformers-AdamW direction *before* bias correction, which
   then multiplies the whole update (`scale_by_bias_correction`); the
   subtracted projection includes alpha; moments are kept across refreshes.
   Deliberate differences: as `galore_adamw` (float32+ SVD, aligned signs).
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule.
+    rank: the rank r of the projection, an int >= 1 (128).
+    update_proj_gap: refresh the projector every this many steps, an int >= 1
+      (200).
+    alpha: the scale of the low-rank part, >= 0 (0.25, the official scripts).
+    proj_type: the side choice (see `subspace_side`): "std", "reverse_std",
+      "left" or "right".
+    b1: decay of Adam's first moment, in [0, 1).
+    b2: decay of Adam's second moment, in [0, 1).
+    eps: added to ``sqrt(v)`` before the bias correction, >= 0 (1e-6).
+    weight_decay: decay of the updated weights, ``p -= lr * weight_decay *
+      p`` after the step, >= 0.
+    mask: the leaves that decay: a tree of bools or a function of the params
+      returning one, as optax's masks; None decays every leaf.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "Fira: Can We Achieve Full-rank Training of LLMs Under Low-rank
+    Constraint?", arXiv:2410.01623 (https://arxiv.org/abs/2410.01623).
+    Official code: xichen-fy/Fira (fira_adamw.py).
   """
   _check("fira", learning_rate, b1, b2, eps, weight_decay)
   V.check_range("fira", "update_proj_gap", update_proj_gap, 1)
@@ -196,20 +326,46 @@ def frugal(learning_rate: Any, rank: int = 128, update_gap: int = 200,
   Scalable Training" (arXiv:2411.07837).
 
   The gradient is split by GaLore's SVD projector: Adam (state-full) runs on
-  R = proj(G) and signSGD (state-free) on the rest, u = -lr * (s * back(adam(R))
-  + s * s_in * sign(G - back(R))) with s = proj_params_lr_scale and
-  s_in = inactive_lr_scale; the weights decay before the step
-  (p *= 1 - lr * weight_decay). Every `update_gap` steps the projector is
-  refreshed and, with `reset_statistics`, the Adam state of the projected
-  leaves (its step count included) starts afresh. Hyperparameters:
-  learning_rate, rank, update_gap (200), proj_params_lr_scale, inactive_lr_scale,
-  proj_type, reset_statistics, b1, b2, eps (1e-8), weight_decay (0.01), mask.
+  ``R = proj(G)`` and signSGD (state-free) on the rest; with
+  ``s = proj_params_lr_scale`` and ``s_in = inactive_lr_scale``::
+
+    p <- p * (1 - lr * weight_decay)        (before the step)
+    u = -lr * (s * back(adam(R)) + s * s_in * sign(G - back(R)))
+
+  Every ``update_gap`` steps the projector is refreshed and, with
+  ``reset_statistics``, the Adam state of the projected leaves (its step count
+  included) starts afresh.
 
   Follows the official code's GaloreAdamW (proj_optimizer_templates.py /
   adamw.py): torch-style Adam (eps after the bias correction), decay before
-  the step. Deliberate difference: a fixed `rank` instead of the official
+  the step. Deliberate difference: a fixed ``rank`` instead of the official
   ``density`` (rank = density * dimension); only the SVD projector (the
   official RandK and block projectors are not built).
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule.
+    rank: the rank r of the projection, an int >= 1.
+    update_gap: refresh the projector every this many steps, an int >= 1 (200).
+    proj_params_lr_scale: s, the scale of the whole update, >= 0.
+    inactive_lr_scale: s_in, the further scale of the signSGD part, >= 0.
+    proj_type: the side choice (see `subspace_side`): "std", "reverse_std",
+      "left" or "right".
+    reset_statistics: restart the projected leaves' Adam state on each refresh.
+    b1: decay of Adam's first moment, in [0, 1).
+    b2: decay of Adam's second moment, in [0, 1).
+    eps: added to ``sqrt(v_hat)``, >= 0 (1e-8).
+    weight_decay: decoupled weight decay before the step, multiplied by the
+      learning rate, >= 0 (0.01).
+    mask: the leaves that decay: a tree of bools or a function of the params
+      returning one, as optax's masks; None decays every leaf.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for
+    Scalable Training", arXiv:2411.07837 (https://arxiv.org/abs/2411.07837).
   """
   _check("frugal", learning_rate, b1, b2, eps, weight_decay)
   V.check_range("frugal", "update_gap", update_gap, 1)
@@ -232,19 +388,44 @@ def online_subspace_descent(learning_rate: Any, rank: int = 128, update_proj_gap
   Descent" (arXiv:2408.12857).
 
   GaLore with the SVD projector replaced by online PCA: P starts as the SVD
-  projector of the first gradient and then takes one AdamW step per step
-  (lr 1 / update_proj_gap) on ||Gn P^T P - Gn||^2, Gn = G / ||G||
-  (`online_pca_projector`); Adam runs on R = proj(G), u = -lr * scale *
-  back(adam(R)), then p -= lr * weight_decay * p. Hyperparameters:
-  learning_rate, rank, update_proj_gap (sets the projector's step size),
-  scale, proj_type, b1, b2, eps (1e-6), weight_decay, mask.
+  projector of the first gradient and then takes one AdamW step per step (lr
+  ``1 / update_proj_gap``) on a PCA loss (`online_pca_projector`)::
+
+    Gn = G / ||G||;  P <- AdamW step on ||Gn P^T P - Gn||^2
+    u = -lr * scale * back(adam(proj(G)))
+    p -= lr * weight_decay * p          (on the updated weights)
 
   Follows the official code (kyleliang919/Online-Subspace-Descent, proj_type
   "continuous"): transformers-AdamW for the weights, torch AdamW defaults for
   P, P used for this step's projection and back-projection before its own
   update. Deliberate difference: the projector's step size stays
-  1 / update_proj_gap (the official code multiplies it by the ratio of the
+  ``1 / update_proj_gap`` (the official code multiplies it by the ratio of the
   current to the initial learning rate of the schedule).
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule.
+    rank: the rank r of the projection, an int >= 1.
+    update_proj_gap: sets the projector's step size ``1 / update_proj_gap``,
+      an int >= 1.
+    scale: multiplies the projected-back update, >= 0.
+    proj_type: the side choice (see `subspace_side`): "std", "reverse_std",
+      "left" or "right".
+    b1: decay of Adam's first moment, in [0, 1).
+    b2: decay of Adam's second moment, in [0, 1).
+    eps: added to ``sqrt(v)`` before the bias correction, >= 0 (1e-6).
+    weight_decay: decay of the updated weights, ``p -= lr * weight_decay *
+      p`` after the step, >= 0.
+    mask: the leaves that decay: a tree of bools or a function of the params
+      returning one, as optax's masks; None decays every leaf.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "Memory-Efficient LLM Training with Online Subspace Descent",
+    arXiv:2408.12857 (https://arxiv.org/abs/2408.12857).
+    Official code: kyleliang919/Online-Subspace-Descent.
   """
   _check("online_subspace_descent", learning_rate, b1, b2, eps, weight_decay)
   V.check_range("online_subspace_descent", "update_proj_gap", update_proj_gap, 1)
@@ -260,12 +441,13 @@ def gwt_adam(learning_rate: Any, level: int = 2, scale: Any = 1.0, proj_type: st
   """GWT-Adam: "Breaking Memory Limits: Gradient Wavelet Transform Enhances LLMs
   Training" (arXiv:2501.07237).
 
-  A `level`-level orthonormal Haar transform along one axis of each matrix
-  gradient (the axis `proj_type` picks, as GaLore's side rule); Adam keeps its
-  moments for the approximation coefficients only (a 2^level smaller state)
-  and its output is mapped back by the inverse transform,
-  u = -lr * (scale * H^T adam(H G) + weight_decay * p). Hyperparameters:
-  learning_rate, level (2), scale, proj_type, b1, b2, eps, weight_decay, mask.
+  A ``level``-level orthonormal Haar transform H along one axis of each matrix
+  gradient (the axis ``proj_type`` picks, as GaLore's side rule); Adam keeps
+  its moments for the approximation coefficients only (a 2^level smaller
+  state) and its output is mapped back by the inverse transform::
+
+    u = -lr * (scale * H^T adam(H G) + weight_decay * p)
+
   A matrix whose axis is not divisible by 2^level is trained unprojected.
 
   No official code was available to us; this follows our reading of the
@@ -274,6 +456,28 @@ def gwt_adam(learning_rate: Any, level: int = 2, scale: Any = 1.0, proj_type: st
   coefficients through (normalised by the approximation's second moment), that
   part is missing here. Adam is optax's (eps after the bias correction) and
   the decay is AdamW's.
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule.
+    level: the number of Haar levels, an int >= 1 (2).
+    scale: multiplies the transformed-back update, >= 0.
+    proj_type: the side choice (see `subspace_side`): "std", "reverse_std",
+      "left" or "right".
+    b1: decay of Adam's first moment, in [0, 1).
+    b2: decay of Adam's second moment, in [0, 1).
+    eps: added to ``sqrt(v_hat)``, >= 0.
+    weight_decay: decoupled weight decay, multiplied by the learning rate,
+      >= 0.
+    mask: the leaves that decay: a tree of bools or a function of the params
+      returning one, as optax's masks; None decays every leaf.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` (for the weight decay) and no extra args.
+
+  References:
+    "Breaking Memory Limits: Gradient Wavelet Transform Enhances LLMs
+    Training", arXiv:2501.07237 (https://arxiv.org/abs/2501.07237).
   """
   _check("gwt_adam", learning_rate, b1, b2, eps, weight_decay)
   sub = in_subspace(scale_by_adam(b1, b2, eps), haar_projector(level), 1, 1 << 30,

@@ -27,20 +27,50 @@ def ivon(learning_rate: Any, ess: Any = 1e4, hess_init: Any = 1.0, b1: Any = 0.9
   """IVON: "Variational Learning is Effective for Large Deep Networks" (Shen et al.,
   arXiv:2402.17641), official team-approx-bayes/ivon code.
 
-  Gaussian posterior N(m, 1 / (ess (h + wd))) over the weights; per step, the
-  gradient g at sampled weights (from ``obj_fn``, which this recipe needs),
-  mu <- b1 mu + (1 - b1) g, h <- b2 h + (1 - b2) f + (1 - b2)^2 (h - f)^2 / (2 (h + wd))
-  with f = ess (h + wd) noise * g, and
-  m <- m - lr (h0 + wd) clip((mu / (1 - b1^t) + wd m) / (h + wd)); see
-  `scale_by_ivon`. Evaluate at the mean (the params) or average predictions
-  over ``ivon_sample_params(state, params, s)``. Hyperparameters: the official
-  names (b1, b2 for beta1, beta2); ess has no official default (it is the
-  training-set size; 1e4 here), mc_samples (None: 1) and seed (None: 0) are
-  None by default so that `optax.inject_hyperparams` keeps them static;
-  axis_name averages the sampled gradients over a pmap axis (official
-  ``sync``). Only the 'price' Hessian estimate is offered (the official code
-  also has 'gradsq'); the noise is drawn with jax.random (see
-  `optlab.primitives.variational`).
+  A Gaussian posterior ``N(m, 1 / (ess (h + wd)))`` over the weights. Per step,
+  with g the gradient at sampled weights (from ``obj_fn``) and
+  ``f = ess (h + wd) noise * g``::
+
+    mu <- b1 mu + (1 - b1) g
+    h <- b2 h + (1 - b2) f + (1 - b2)^2 (h - f)^2 / (2 (h + wd))
+    m <- m - lr (h0 + wd) clip((mu / (1 - b1^t) + wd m) / (h + wd))
+
+  See `scale_by_ivon`. Evaluate at the mean (the params) or average
+  predictions over ``ivon_sample_params(state, params, s)``. The
+  hyperparameters have the official names (b1, b2 for beta1, beta2). Only the
+  'price' Hessian estimate is offered (the official code also has 'gradsq');
+  the noise is drawn with jax.random (see `optlab.primitives.variational`).
+
+  Args:
+    learning_rate: the step size, a float >= 0 or an optax schedule of the
+      0-based step.
+    ess: the effective sample size, > 0: the training-set size (no official
+      default; 1e4 here).
+    hess_init: the initial Hessian estimate h0, > 0.
+    b1: decay of the gradient EMA mu, in [0, 1).
+    b2: decay of the Hessian estimate h, in [0, 1).
+    weight_decay: the weight decay wd, > 0 (it also enters the posterior
+      variance ``1 / (ess (h + wd))``).
+    mc_samples: the number of sampled weights per step, an int >= 1; None
+      means 1 (None so that `optax.inject_hyperparams` keeps it static).
+    clip_radius: the bound of the elementwise clipping to
+      ``[-clip_radius, clip_radius]`` in the step, > 0
+      (``math.inf``: no clipping).
+    seed: the integer seed of the noise; None means 0 (None so that
+      `optax.inject_hyperparams` keeps it static).
+    axis_name: a pmap axis name over which the sampled gradients are averaged
+      (the official ``sync``); None averages nothing.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
+    ``params`` and the extra arg ``obj_fn``, a function params -> scalar loss
+    on the current batch: the gradients it uses are those of ``obj_fn`` at
+    the sampled weights.
+
+  References:
+    "Variational Learning is Effective for Large Deep Networks",
+    arXiv:2402.17641 (https://arxiv.org/abs/2402.17641). Official code:
+    team-approx-bayes/ivon.
   """
   V.check_learning_rate("ivon", learning_rate)
   if seed is not None:
