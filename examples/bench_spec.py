@@ -1,10 +1,10 @@
 """A spec file for `optlab bench --spec`: chains of your own next to catalogue recipes.
 
     optlab bench --task digits-mlp --spec examples/bench_spec.py \
-        --optimizers adamw,cautious_lion_soap_basis,mars_cautious_lion --steps 300 --lr-sweep 3
+        --optimizers adamw,cautious_lion_soap_basis,mars_cautious_lion --steps 300 --tune lr
 
-OPTIMIZERS maps a name to a `learning_rate -> transformation` callable (swept by
---lr-sweep around LEARNING_RATES[name]) or to a ready transformation (run as is).
+OPTIMIZERS maps a name to a `learning_rate -> transformation` callable (its learning
+rate is tuned from LEARNING_RATES[name]) or to a ready transformation (run as is).
 EXTRA_ARGS names the extra args a chain's update needs (obj_fn, value or
 logits_fn); the bench builds them from the task's loss.
 """

@@ -84,24 +84,21 @@ def test_measures():
   params = {"w": jnp.ones((4, 5)), "b": jnp.ones(5)}
   assert bench.state_bytes_per_param(optlab.adamw(1e-3), params) == pytest.approx(8.0, abs=0.5)
   assert bench.state_bytes_per_param(optlab.lion(1e-3), params) == pytest.approx(4.0, abs=0.5)
-  grid = bench.lr_grid(1e-3, 3)
-  assert grid[1] == pytest.approx(1e-3) and grid[2] / grid[0] == pytest.approx(10.0)
-  assert bench.lr_grid(1e-3, 1) == [1e-3] and bench.lr_grid(None, 4) == [None]
   from optlab.bench.runner import smooth
   np.testing.assert_allclose(smooth(np.array([4.0, 2.0, 0.0, 2.0]), 2), [4.0, 3.0, 1.0, 1.0])
 
 
 def test_bench_cli_end_to_end(tmp_path, capsys):
   """Catalog recipes (one with obj_fn), a spec-file chain and a fixed transformation;
-  lr sweep, two seeds; every output file is written and consistent."""
+  learning-rate tuning, two seeds, speedups; every output file is written and consistent."""
   spec = tmp_path / "spec.py"
   spec.write_text(SPEC)
   with_obj_fn = [r.name for r in optlab.catalog() if "obj_fn" in r.needs_extra_args][:1]
   names = ",".join(["adamw", *with_obj_fn, "cautious_lion_chain", "fixed_sgd"])
   out = tmp_path / "out"
   code = main(["bench", "--task", "quadratic-illcond", "--task-arg", "dim=8", "--optimizers",
-               names, "--spec", str(spec), "--steps", "30", "--lr-sweep", "2", "--seeds", "2",
-               "--out", str(out), "--no-progress"])
+               names, "--spec", str(spec), "--steps", "30", "--budget", "3", "--seeds", "2",
+               "--budgets", "0.5,2", "--out", str(out), "--no-progress"])
   assert code == 0
   text = capsys.readouterr().out
   results = json.loads((out / "results.json").read_text())
@@ -110,7 +107,9 @@ def test_bench_cli_end_to_end(tmp_path, capsys):
     assert r["name"] in text
     assert len(r["runs"]) == 2 and all(len(x["losses"]) == 30 for x in r["runs"])
     assert r["compile_s"] > 0 and r["median_step_ms"] > 0
-    assert len(r["sweep"]) == (0 if r["name"] == "fixed_sgd" else 2)
+    trials = (r["tuning"] or {}).get("trials", [])
+    assert 1 <= len(trials) <= 3 if r["name"] != "fixed_sgd" else r["tuning"] is None
+    assert r["speedup"]["per_seed"] and len(r["speedup"]["per_seed"]) == 2
   adamw = results["optimizers"][0]
   assert adamw["state_bytes_per_param"] == pytest.approx(8.0, abs=0.5)
   assert results["target"] == pytest.approx(max(adamw["final_loss_per_seed"]))
@@ -169,7 +168,9 @@ def test_cli_bad_spec_file(tmp_path, capsys, body, message):
 
 
 @pytest.mark.parametrize("flag, value", [("--steps", "-5"), ("--steps", "0"),
-                                         ("--seeds", "0"), ("--lr-sweep", "x"),
+                                         ("--seeds", "0"), ("--budget", "0"),
+                                         ("--budget", "x"), ("--warmup", "1.5"),
+                                         ("--budgets", "0,2"),
                                          ("--target", "nan")])
 def test_cli_bad_numbers(capsys, flag, value):
   with pytest.raises(SystemExit) as e:

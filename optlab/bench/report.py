@@ -12,7 +12,7 @@ from optlab.bench.runner import smooth
 
 __all__ = ["table", "markdown", "write_json", "plot", "write_all"]
 
-_COLUMNS = ("optimizer", "lr", "final loss", "val", "steps→target", "s→target",
+_COLUMNS = ("optimizer", "lr", "score", "final loss", "val", "speedup", "steps→target",
             "ms/step", "compile s", "state B/param")
 
 
@@ -22,14 +22,34 @@ def _fmt(x, spec: str = ".4f") -> str:
   return format(x, spec)
 
 
+def _speedup(s) -> str:
+  """``1.93x (1.80-2.05)``; a bound shows as ``>2.00x`` / ``<0.25x``."""
+  if not s:
+    return "-"
+  mark = {">": ">", "<": "<"}.get(s["bound"] or "", "")
+  if s["bound"] == "mixed":
+    mark = "~"
+  spread = f" ({s['min']:.2f}-{s['max']:.2f})" if len(s["per_seed"]) > 1 else ""
+  return f"{mark}{s['median']:.2f}x{spread}"
+
+
+def _lr(r) -> str:
+  if r["learning_rate"] is None:
+    return "-"
+  tuning = r.get("tuning") or {}
+  flag = "*" if tuning.get("interior") is False else ""
+  return _fmt(r["learning_rate"], ".3g") + flag
+
+
 def _rows(results: dict) -> list[tuple[str, ...]]:
   rows = []
   for r in results["optimizers"]:
     val = r["metrics"].get("val_acc", r["metrics"].get("val_loss"))
-    rows.append((r["name"], _fmt(r["learning_rate"], ".3g"), _fmt(r["final_loss"]),
-                 _fmt(val), _fmt(r["steps_to_target"], "d"),
-                 _fmt(r["seconds_to_target"], ".2f"), _fmt(r["median_step_ms"], ".2f"),
-                 _fmt(r["compile_s"], ".2f"), _fmt(r["state_bytes_per_param"], ".1f")))
+    name = r["name"] + ("" if r["status"] == "ok" else f" ({r['status']})")
+    rows.append((name, _lr(r), _fmt(r["score"]), _fmt(r["final_loss"]), _fmt(val),
+                 _speedup(r.get("speedup")), _fmt(r["steps_to_target"], "d"),
+                 _fmt(r["median_step_ms"], ".2f"), _fmt(r["compile_s"], ".2f"),
+                 _fmt(r["state_bytes_per_param"], ".1f")))
   return rows
 
 
@@ -38,45 +58,83 @@ def _val_name(results: dict) -> str:
   return "val acc" if "val_acc" in names else "val loss"
 
 
+def _protocol(results: dict) -> str:
+  tuned = sorted({k for ks in results["tune"].values() for k in ks})
+  table = [r["name"] for r in results["optimizers"]
+           if (r.get("tuning") or {}).get("from") == "tuned table"]
+  hows = [f"tuned {', '.join(tuned)} with {results['budget']} runs each"] if tuned else []
+  if table:
+    hows.append("hyperparameters from a tuned table" + (
+        f" for {', '.join(table)}" if len(table) < len(results["optimizers"]) else ""))
+  how = "; ".join(hows) or "untuned (starting values)"
+  return (f"{results['steps']} steps, {results['schedule']} schedule "
+          f"(warm-up {results['warmup']:g}), {how}, {results['seeds']} seed(s); "
+          f"score: {results['score_name']}")
+
+
 def _header(results: dict) -> str:
-  sweep = f", lr sweep {results['lr_sweep']}" if results["lr_sweep"] > 1 else ""
-  return (f"{results['task']}: {results['description']}\n"
-          f"{results['steps']} steps, {results['seeds']} seed(s){sweep}; target loss "
-          f"{_fmt(results['target'])} ({results['target_from']}); device {results['device']}")
+  return (f"{results['task']}: {results['description']}\n{_protocol(results)}; speedup vs "
+          f"{results['baseline']}; target loss {_fmt(results['target'])} "
+          f"({results['target_from']}); device {results['device']}")
+
+
+def _legend(results: dict) -> str:
+  return ("lr* : the best learning rate is at the edge of what the budget allowed (not "
+          "interior). speedup: baseline steps to the same score / steps, median over seeds "
+          "(range); > or < : beyond the baseline's longest or shortest run. (failed): ends at "
+          "or above its first loss or at chance level; (diverged): not finite.")
 
 
 def table(results: dict) -> str:
   """A fixed-width table for the terminal."""
   cols = list(_COLUMNS)
-  cols[3] = _val_name(results)
+  cols[4] = _val_name(results)
   rows = [tuple(cols)] + _rows(results)
   widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
   lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
            for r in rows]
   lines.insert(1, "  ".join("-" * w for w in widths))
-  return _header(results) + "\n" + "\n".join(lines)
+  return _header(results) + "\n" + "\n".join(lines) + "\n" + _legend(results)
+
+
+def _trials(r: dict) -> str:
+  t = r.get("tuning") or {}
+  if not t.get("trials"):
+    return ""
+  pts = []
+  for x in t["trials"]:
+    hp = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                   for k, v in x["hparams"].items() if k in t.get("knobs", x["hparams"]))
+    pts.append(f"{hp} → " + (_fmt(x["score"]) if x["status"] == "ok" else x["status"]))
+  flag = "interior" if t["interior"] else f"NOT interior: {t['note']}"
+  return f"- `{r['name']}` ({t['runs']} runs, {flag}): " + "; ".join(pts)
 
 
 def markdown(results: dict, plots: dict[str, str] | None = None) -> str:
   """The markdown report; `plots` maps a caption to a PNG path relative to it."""
   cols = list(_COLUMNS)
-  cols[3] = _val_name(results)
+  cols[4] = _val_name(results)
   head, sub = _header(results).split("\n", 1)
   lines = [f"# Bench: {results['task']}", "", head.split(": ", 1)[1] + ".", "", sub + ".", "",
            "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   lines += ["| " + " | ".join(r) + " |" for r in _rows(results)]
-  lines += ["", "Final loss: training loss at the end of the run"
+  lines += ["", _legend(results), "",
+            "Score: the comparison's measure at the end of the run, mean over seeds. Final "
+            "loss: training loss at the end"
             + (f" (running mean over {results['smoothing_window']} steps)"
                if results["smoothing_window"] > 1 else "")
-            + ", mean over seeds. Steps and seconds to target: median over seeds, "
-            "seconds summed over step times (compilation excluded). State bytes per "
-            "parameter: optimizer state from `jax.eval_shape` of `init`."]
-  sweeps = [r for r in results["optimizers"] if r["sweep"]]
-  if sweeps:
-    lines += ["", "## Learning-rate sweep (first seed)", ""]
-    for r in sweeps:
-      pts = ", ".join(f"{s['learning_rate']:.3g} → {_fmt(s['final_loss'])}" for s in r["sweep"])
-      lines.append(f"- `{r['name']}`: {pts}")
+            + ". Steps to target: median over seeds. State bytes per parameter: optimizer "
+            "state from `jax.eval_shape` of `init`."]
+  if results.get("note"):
+    lines += ["", f"Note: {results['note']}"]
+  curve = results.get("baseline_curve")
+  if curve:
+    pts = ", ".join(f"{n} → {_fmt(s)}" for n, s in zip(curve["steps"], curve["raw_score"]))
+    lines += ["", f"Baseline `{results['baseline']}` score by run length (mean over seeds, "
+              f"each run with its own full schedule): {pts}."]
+  tuned = [x for x in (_trials(r) for r in results["optimizers"]) if x]
+  if tuned:
+    lines += ["", "## Tuning (first seed)", ""] + tuned
   for caption, path in (plots or {}).items():
     lines += ["", f"![{caption}]({path})"]
   return "\n".join(lines) + "\n"
@@ -126,8 +184,10 @@ def plot(results: dict, out: Path) -> dict[str, Path]:
                         color=line.get_color(), alpha=0.2, lw=0)
     if results["target"] is not None and math.isfinite(results["target"]):
       ax.axhline(results["target"], color="grey", ls=":", lw=1, label="target")
-    if results["log_loss"]:
-      ax.set_yscale("log")
+    finite = [v for r in results["optimizers"] for x in r["runs"]
+              for v in np.asarray(x["losses"], float) if np.isfinite(v) and v > 0]
+    if results["log_loss"] or (finite and max(finite) / min(finite) > 30.0):
+      ax.set_yscale("log")  # the loss spans decades
     else:  # clip the first steps' large losses so the end of the race is visible
       finals = [r["final_loss"] for r in results["optimizers"] if math.isfinite(r["final_loss"])]
       lows = [np.nanmin(smooth(np.asarray(x["losses"], float), window))

@@ -1,9 +1,20 @@
-"""Train optimizers on a bench task and record what a comparison needs.
+"""Train optimizers on a bench task and record what a fair comparison needs.
 
-For each optimizer: an optional learning-rate sweep on the first seed, then every
-seed at the best rate. Each run compiles one jitted step ahead of time (the
-compile time), then steps with a tqdm bar, recording the training loss, the
-step time and, at the end, the task's held-out metrics.
+For each optimizer: tuning on the first seed (`optlab.bench.tuning`: the same
+budget of runs for everyone, until the best learning rate is interior), then
+every seed at the tuned hyperparameters; then the baseline at several run
+lengths, from which each optimizer's speedup is read (`optlab.bench.speedup`).
+
+Every run follows the same learning-rate schedule shape (`schedule_factors`:
+constant, cosine or warm-up-stable-decay, with one warm-up fraction for all),
+applied as a factor on each optimizer's update, so it reaches every recipe the
+same way whatever its internal use of the learning rate. The comparison is made
+at the end of the runs.
+
+The train step takes the learning rate and the schedule factor as arguments,
+so one compilation serves all of an optimizer's learning rates, run lengths
+and (for recipes without a seed) seeds; the compile time reported is that one
+compilation.
 """
 
 from __future__ import annotations
@@ -21,11 +32,16 @@ import numpy as np
 import optax
 
 from optlab.bench.defaults import default_learning_rate
+from optlab.bench.speedup import baseline_curve, speedup
 from optlab.bench.tasks import Task
+from optlab.bench.tuning import Trial, check_knobs, tune as tune_search, tunable_defaults
 from optlab.catalog import catalog, held_out
 
-__all__ = ["BenchError", "OptimizerSpec", "resolve_optimizers", "load_spec_file",
-           "run_bench", "train", "lr_grid", "state_bytes_per_param", "smooth"]
+__all__ = ["BenchError", "OptimizerSpec", "SCHEDULES", "resolve_optimizers", "load_spec_file",
+           "run_bench", "train", "schedule_factors", "state_bytes_per_param", "smooth"]
+
+#: The schedule shapes `schedule_factors` knows (``--schedule``).
+SCHEDULES = ("constant", "cosine", "wsd")
 
 
 class BenchError(Exception):
@@ -36,16 +52,31 @@ class BenchError(Exception):
 class OptimizerSpec:
   """How to build one optimizer at a given learning rate (and seed).
 
-  `learning_rate` is the rate the sweep centres on; with `scale_lr` the bench
+  `learning_rate` is the rate tuning starts from; with `scale_lr` the bench
   multiplies it by the task's ``lr_scale`` first (catalogue recipes with an
   Adam-sized step; see `optlab.bench.defaults`), otherwise it is used as given.
   """
   name: str
-  build: Callable[..., optax.GradientTransformation]  # (learning_rate, seed) -> tx
-  learning_rate: Optional[float]  # default rate; None = fixed (no sweep)
+  build: Callable[..., optax.GradientTransformation]  # (learning_rate, seed, **hparams) -> tx
+  learning_rate: Optional[float]  # default rate; None = fixed (never tuned)
   extra_args: tuple[str, ...] = ()
   source: str = "catalog"
   scale_lr: bool = False
+  defaults: dict = dataclasses.field(default_factory=dict)  # other tunable numeric defaults
+  takes_seed: bool = False
+
+  def tunable(self) -> dict[str, Any]:
+    """Hyperparameters `--tune` may move, with their defaults (the rate unscaled)."""
+    rate = {} if self.learning_rate is None else {"learning_rate": self.learning_rate}
+    return {**rate, **self.defaults}
+
+  def start(self, task: Task) -> dict[str, Any]:
+    """The hyperparameters a run starts from: every tunable default, the learning
+    rate times the task's scale where it applies (`optlab.bench.defaults`)."""
+    hp = self.tunable()
+    if "learning_rate" in hp and self.scale_lr:
+      hp["learning_rate"] = hp["learning_rate"] * task.lr_scale
+    return hp
 
 
 def _accepts(fn, name: str) -> bool:
@@ -61,21 +92,28 @@ def _from_recipe(recipe) -> OptimizerSpec:
   lr, scale_lr = default_learning_rate(recipe)
   takes_seed = _accepts(recipe.factory, "seed")
 
-  def build(learning_rate, seed):
-    return recipe.build(learning_rate=learning_rate, **({"seed": seed} if takes_seed else {}))
+  def build(learning_rate, seed, **hparams):
+    return recipe.build(learning_rate=learning_rate, **hparams,
+                        **({"seed": seed} if takes_seed else {}))
 
+  others = {k: v for k, v in tunable_defaults(recipe.factory).items()
+            if k not in ("learning_rate", "seed")}
   return OptimizerSpec(recipe.name, build, None if lr is None else float(lr),
-                       tuple(recipe.needs_extra_args), scale_lr=scale_lr)
+                       tuple(recipe.needs_extra_args), scale_lr=scale_lr, defaults=others,
+                       takes_seed=takes_seed)
 
 
 def load_spec_file(path: str) -> dict[str, OptimizerSpec]:
   """Optimizers from a small Python file.
 
-  The file defines ``OPTIMIZERS``, a dict from a name to either
-  - a callable ``learning_rate -> GradientTransformation`` (swept around
+  The file defines ``OPTIMIZERS``, a dict from a name to either:
+
+  - a callable ``learning_rate -> GradientTransformation`` (tuned from
     ``LEARNING_RATES[name]``, default 1e-3, used as given: the task's
-    ``lr_scale`` does not apply to a spec file's rates), or
-  - a ready ``GradientTransformation`` (run as is, never swept),
+    ``lr_scale`` does not apply to a spec file's rates; only the learning rate
+    is tunable), or
+  - a ready ``GradientTransformation`` (run as is, never tuned);
+
   and optionally ``EXTRA_ARGS = {name: ("obj_fn", ...)}`` for chains that need
   extra args. See ``examples/bench_spec.py``.
   """
@@ -103,9 +141,9 @@ def load_spec_file(path: str) -> dict[str, OptimizerSpec]:
       raise BenchError(f"spec file {path!r}: optimizer names must be non-empty strings "
                        f"without commas, got {name!r}")
     if isinstance(value, optax.GradientTransformation):
-      build, lr = (lambda tx: lambda learning_rate, seed: tx)(value), None
+      build, lr = (lambda tx: lambda learning_rate, seed, **hp: tx)(value), None
     elif callable(value):
-      build = (lambda f: lambda learning_rate, seed: f(learning_rate))(value)
+      build = (lambda f: lambda learning_rate, seed, **hp: f(learning_rate))(value)
       lr = float(rates.get(name, 1e-3))
     else:
       raise BenchError(f"spec file {path!r}: OPTIMIZERS[{name!r}] is a "
@@ -141,11 +179,28 @@ def state_bytes_per_param(tx, params) -> float:
   return optlab.state_bytes(tx, params).per_param
 
 
-def lr_grid(lr: Optional[float], n: int) -> list[Optional[float]]:
-  """`n` rates log-spaced over one decade centred on `lr` (half a decade either side)."""
-  if lr is None or n <= 1:
-    return [lr]
-  return [float(lr * 10 ** e) for e in np.linspace(-0.5, 0.5, n)]
+def schedule_factors(kind: str, steps: int, warmup: float = 0.0, decay: float = 0.2
+                     ) -> np.ndarray:
+  """The factor on each step's update: a linear warm-up over the first `warmup`
+  fraction of the steps, then constant, a cosine to 0 (``cosine``), or constant
+  until the last `decay` fraction, which decays linearly to 0 (``wsd``,
+  warm-up-stable-decay)."""
+  if kind not in SCHEDULES:
+    raise BenchError(f"unknown schedule {kind!r}; use one of {', '.join(SCHEDULES)}")
+  if not 0.0 <= warmup < 1.0:
+    raise BenchError(f"warmup must be a fraction in [0, 1), got {warmup}")
+  i = np.arange(steps, dtype=np.float64)
+  w = int(round(warmup * steps))
+  out = np.ones(steps)
+  if kind == "cosine":
+    progress = (i - w) / max(steps - w, 1)
+    out = 0.5 * (1.0 + np.cos(np.pi * np.clip(progress, 0.0, 1.0)))
+  elif kind == "wsd":
+    d = max(int(round(decay * steps)), 1)
+    out = np.clip((steps - i) / d, 0.0, 1.0)
+  if w:
+    out = np.where(i < w, (i + 1) / w, out)
+  return out.astype(np.float32)
 
 
 def smooth(losses: np.ndarray, window: int) -> np.ndarray:
@@ -182,43 +237,115 @@ def _check_extras(spec: OptimizerSpec, task: Task):
       raise BenchError(f"{spec.name} needs logits_fn, but task {task.name!r} has no logits")
 
 
-def train(task: Task, spec: OptimizerSpec, learning_rate, seed: int, steps: int,
-          progress: bool = True, desc: str = "") -> dict:
-  """One run: returns losses (per step, the loss at the params before the step),
-  step times, compile time, state bytes per parameter and held-out metrics."""
-  from tqdm import tqdm  # not tqdm.auto: in Jupyter without ipywidgets it warns (IProgress)
 
+class StepCache:
+  """Compiled train steps of one task, shared by the runs of a bench.
+
+  Keyed by the optimizer, its fixed (non-rate) hyperparameters and, for recipes
+  that take one, the seed. The learning rate is traced where the recipe builds
+  with a traced rate (all catalogue recipes do); otherwise it is baked in and is
+  part of the key.
+  """
+
+  def __init__(self, task: Task):
+    self.task = task
+    self._steps: dict[tuple, tuple[Callable, float]] = {}
+    self._concrete: set[tuple] = set()  # chains that cannot take a traced rate
+
+  def get(self, spec: OptimizerSpec, hparams: dict, seed: int, params, state):
+    rate = hparams.get("learning_rate")
+    fixed = {k: v for k, v in hparams.items() if k != "learning_rate"}
+    base = (spec.name, tuple(sorted(fixed.items())), seed if spec.takes_seed else None)
+    for traced in (True, False) if base not in self._concrete else (False,):
+      key = base + ((None,) if traced else (rate,))
+      if key in self._steps:
+        return self._steps[key]
+      try:
+        compiled = self._compile(spec, fixed, rate, seed, traced, params, state)
+      except Exception:
+        if traced and rate is not None:  # this chain needs a concrete rate
+          self._concrete.add(base)
+          continue
+        raise
+      self._steps[key] = compiled
+      return compiled
+    raise AssertionError("unreachable")
+
+  def _compile(self, spec, fixed, rate, seed, traced, params, state):
+    task = self.task
+
+    def step(params, state, data, key, i, lr, factor):
+      tx = spec.build(lr if traced else rate, seed, **fixed)
+      batch = task.batch(data, key, i)
+      loss_b = lambda p: task.loss(p, batch)
+      value, grads = jax.value_and_grad(loss_b)(params)
+      extra = _extras(spec.extra_args, task, batch, loss_b, value)
+      updates, state = tx.update(grads, state, params, **extra)
+      updates = jax.tree.map(lambda u: u * factor.astype(u.dtype), updates)
+      return optax.apply_updates(params, updates), state, value
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
+        params, state, task.data, jax.random.PRNGKey(0), jnp.int32(0),
+        jnp.float32(0.0 if rate is None else rate), jnp.float32(1.0)).compile()
+    return compiled, time.perf_counter() - t0
+
+
+def _build(spec: OptimizerSpec, hparams: dict, seed: int) -> optax.GradientTransformation:
+  rate = hparams.get("learning_rate")
+  fixed = {k: v for k, v in hparams.items() if k != "learning_rate"}
   try:
-    tx = spec.build(learning_rate, seed)
+    tx = spec.build(rate, seed, **fixed)
   except Exception as e:
-    raise BenchError(f"{spec.name}: building it at learning_rate={learning_rate} failed: "
+    shown = ", ".join(f"{k}={v!r}" for k, v in hparams.items())
+    raise BenchError(f"{spec.name}: building it with {shown} failed: "
                      f"{type(e).__name__}: {e}") from None
   if not isinstance(tx, optax.GradientTransformation):
     raise BenchError(f"{spec.name} did not return a GradientTransformation "
                      f"(got {type(tx).__name__})")
+  return tx
+
+
+def assess(task: Task, losses: np.ndarray, metrics: dict, window: int) -> tuple[str, float]:
+  """(status, score) of a run. The score is the held-out ``val_loss`` where the task
+  reports one, else the smoothed training loss at the end. A run whose loss is not
+  finite has diverged; one that ends at or above its first loss, or at the task's
+  chance level, has failed; both score inf."""
+  losses = np.asarray(losses, float)
+  if not np.all(np.isfinite(losses)) or metrics is None:
+    return "diverged", math.inf
+  final = float(smooth(losses, window)[-1])
+  if final >= losses[0] or (task.chance_loss is not None and final >= 0.99 * task.chance_loss):
+    return "failed", math.inf
+  score = float(metrics.get("val_loss", final))
+  return ("ok", score) if math.isfinite(score) else ("diverged", math.inf)
+
+
+def train(task: Task, spec: OptimizerSpec, hparams: dict, seed: int, steps: int, *,
+          schedule: str = "constant", warmup: float = 0.0, cache: Optional[StepCache] = None,
+          progress: bool = True, desc: str = "") -> dict:
+  """One run at `hparams` (``learning_rate`` and any other factory argument):
+  losses (per step, at the params before the step), step times, compile time,
+  state bytes per parameter, held-out metrics, status and score (`assess`)."""
+  from tqdm import tqdm  # not tqdm.auto: in Jupyter without ipywidgets it warns (IProgress)
+
+  tx = _build(spec, hparams, seed)
   params = task.init(seed)
   bpp = state_bytes_per_param(tx, params)
-  key = jax.random.PRNGKey(1000 + seed)
-
-  def step(params, state, data, i):
-    batch = task.batch(data, key, i)
-    loss_b = lambda p: task.loss(p, batch)
-    value, grads = jax.value_and_grad(loss_b)(params)
-    extra = _extras(spec.extra_args, task, batch, loss_b, value)
-    updates, state = tx.update(grads, state, params, **extra)
-    return optax.apply_updates(params, updates), state, value
-
   state = tx.init(params)
-  t0 = time.perf_counter()
-  compiled = jax.jit(step).lower(params, state, task.data, jnp.int32(0)).compile()
-  compile_s = time.perf_counter() - t0
+  cache = cache or StepCache(task)
+  compiled, compile_s = cache.get(spec, hparams, seed, params, state)
+  factors = schedule_factors(schedule, steps, warmup)
+  key = jax.random.PRNGKey(1000 + seed)
+  rate = jnp.float32(hparams.get("learning_rate") or 0.0)
   losses = np.full(steps, np.nan)
   times = np.zeros(steps)
   bar = tqdm(range(steps), desc=desc or spec.name, leave=False, disable=not progress,
              mininterval=0.5)
   for i in bar:
     t0 = time.perf_counter()
-    params, state, value = compiled(params, state, task.data, jnp.int32(i))
+    params, state, value = compiled(params, state, task.data, key, jnp.int32(i), rate,
+                                    jnp.float32(factors[i]))
     value = float(value)  # blocks until the step is done
     times[i] = time.perf_counter() - t0
     losses[i] = value
@@ -229,10 +356,19 @@ def train(task: Task, spec: OptimizerSpec, learning_rate, seed: int, steps: int,
       bar.set_postfix(loss=f"{value:.4f}", refresh=False)
   bar.close()
   finite = all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(params))
-  metrics = task.evaluate(params) if finite and np.isfinite(losses[-1]) else {}
-  return {"learning_rate": learning_rate, "seed": seed, "losses": losses,
-          "step_times": times, "compile_s": compile_s, "state_bytes_per_param": bpp,
-          "metrics": metrics}
+  metrics = task.evaluate(params) if finite and np.isfinite(losses[-1]) else None
+  window = smoothing_window(task, steps)
+  status, score = assess(task, losses, metrics, window)  # metrics None: params not finite
+  return {"learning_rate": hparams.get("learning_rate"), "hparams": dict(hparams),
+          "seed": seed, "steps": steps, "losses": losses, "step_times": times,
+          "compile_s": compile_s, "state_bytes_per_param": bpp, "metrics": metrics or {},
+          "status": status, "score": score,
+          "final_loss": _final(losses, window)}
+
+
+def smoothing_window(task: Task, steps: int) -> int:
+  """Mini-batch losses are averaged over the last 4% of the steps before comparing."""
+  return max(1, steps // 25) if task.stochastic else 1
 
 
 def _final(losses: np.ndarray, window: int) -> float:
@@ -240,29 +376,6 @@ def _final(losses: np.ndarray, window: int) -> float:
   if not np.all(np.isfinite(losses)):
     return math.inf
   return float(smooth(losses, window)[-1])
-
-
-def _summarise(spec: OptimizerSpec, runs: list[dict], sweep: list[dict], window: int) -> dict:
-  finals = [_final(r["losses"], window) for r in runs]
-  metric_names = sorted({k for r in runs for k in r["metrics"]})
-  metrics = {k: float(np.mean([r["metrics"][k] for r in runs if k in r["metrics"]]))
-             for k in metric_names}
-  all_times = np.concatenate([r["step_times"] for r in runs])
-  return {
-      "name": spec.name, "source": spec.source, "extra_args": list(spec.extra_args),
-      "learning_rate": runs[0]["learning_rate"],
-      "default_learning_rate": spec.learning_rate, "lr_scaled": spec.scale_lr,
-      "sweep": [{"learning_rate": s["learning_rate"],
-                 "final_loss": _final(s["losses"], window)} for s in sweep],
-      "final_loss": float(np.mean(finals)), "final_loss_per_seed": finals,
-      "metrics": metrics,
-      "median_step_ms": 1e3 * float(np.median(all_times)) if len(all_times) else math.nan,
-      "compile_s": float(np.median([r["compile_s"] for r in runs])),
-      "state_bytes_per_param": runs[0]["state_bytes_per_param"],
-      "runs": [{"seed": r["seed"], "losses": r["losses"].tolist(),
-                "step_times": r["step_times"].tolist(), "compile_s": r["compile_s"],
-                "metrics": r["metrics"]} for r in runs],
-  }
 
 
 def _to_target(runs: list[dict], target: float, window: int):
@@ -278,40 +391,142 @@ def _to_target(runs: list[dict], target: float, window: int):
   return int(np.median(steps)), float(np.median(secs))
 
 
-def run_bench(task: Task, specs: Sequence[OptimizerSpec], steps: int, seeds: int = 1,
-              lr_sweep: int = 1, target: Optional[float] = None, progress: bool = True,
+def _run_json(r: dict) -> dict:
+  return {"seed": r["seed"], "losses": np.asarray(r["losses"]).tolist(),
+          "step_times": np.asarray(r["step_times"]).tolist(), "compile_s": r["compile_s"],
+          "metrics": r["metrics"], "status": r["status"], "score": r["score"]}
+
+
+def _summarise(spec: OptimizerSpec, runs: list[dict], tuning: dict) -> dict:
+  ok = [r for r in runs if r["status"] == "ok"]
+  metric_names = sorted({k for r in runs for k in r["metrics"]})
+  metrics = {k: float(np.mean([r["metrics"][k] for r in runs if k in r["metrics"]]))
+             for k in metric_names}
+  all_times = np.concatenate([r["step_times"] for r in runs])
+  statuses = sorted({r["status"] for r in runs})
+  return {
+      "name": spec.name, "source": spec.source, "extra_args": list(spec.extra_args),
+      "hparams": runs[0]["hparams"], "learning_rate": runs[0]["learning_rate"],
+      "default_learning_rate": spec.learning_rate, "lr_scaled": spec.scale_lr,
+      "tuning": tuning,
+      "status": "ok" if len(ok) == len(runs) else "/".join(s for s in statuses if s != "ok"),
+      "final_loss": float(np.mean([r["final_loss"] for r in runs])),
+      "final_loss_per_seed": [r["final_loss"] for r in runs],
+      "score": float(np.mean([r["score"] for r in runs])),
+      "score_per_seed": [r["score"] for r in runs],
+      "metrics": metrics,
+      "median_step_ms": 1e3 * float(np.median(all_times)) if len(all_times) else math.nan,
+      "compile_s": float(runs[0]["compile_s"]),
+      "state_bytes_per_param": runs[0]["state_bytes_per_param"],
+      "runs": [_run_json(r) for r in runs],
+  }
+
+
+def run_bench(task: Task, specs: Sequence[OptimizerSpec], steps: int, *, seeds: int = 1,
+              tune: Sequence[str] = (), budget: int = 8, tuned: Optional[dict] = None,
+              schedule: str = "constant", warmup: float = 0.0,
+              baseline: Optional[str] = None, budgets: Sequence[float] = (),
+              target: Optional[float] = None, progress: bool = True,
               log: Callable[[str], None] = print) -> dict:
-  """Sweep, train and compare `specs` on `task`; returns the results dict."""
-  if steps < 1 or seeds < 1 or lr_sweep < 1:
-    raise BenchError("steps, seeds and lr_sweep must be positive")
+  """Tune, train and compare `specs` on `task`; returns the results dict.
+
+  Args:
+    task: a `Task` (`make_task`).
+    specs: the optimizers (`resolve_optimizers`).
+    steps: steps of every run (tuning runs included).
+    seeds: seeds per optimizer at its tuned hyperparameters (tuning uses seed 0).
+    tune: hyperparameters to tune (factory argument names, learning rate first;
+      `optlab.bench.tuning`); empty: run at the starting values.
+    budget: the most tuning runs per optimizer.
+    tuned: name -> entry of a tuned table (`read_tuned`'s ``optimizers``: its
+      ``hparams``, and how they were found); these optimizers run at them, untuned.
+    schedule, warmup: the update-factor schedule shared by all runs
+      (`schedule_factors`).
+    baseline: the optimizer the speedups are relative to (default: ``adamw`` if
+      listed, else the first).
+    budgets: run-length multiples at which the baseline also runs (e.g.
+      ``(0.25, 0.5, 2)``; 1 is its main run); empty: no speedups.
+    target: the training loss for steps-to-target (default: the baseline's final
+      loss, worst seed).
+  """
+  if steps < 1 or seeds < 1 or budget < 1:
+    raise BenchError("steps, seeds and budget must be positive")
+  schedule_factors(schedule, 1, warmup)  # validates both before any training
   for spec in specs:
     _check_extras(spec, task)
-  window = max(1, steps // 25) if task.stochastic else 1
-  results = []
+  knobs = check_knobs(tuple(tune), specs) if tune else {s.name: () for s in specs}
+  names = [s.name for s in specs]
+  base_name = baseline or ("adamw" if "adamw" in names else names[0])
+  if base_name not in names:
+    raise BenchError(f"the baseline {base_name!r} is not among the optimizers {names}")
+  if any(b <= 0 for b in budgets):
+    raise BenchError(f"budgets must be positive multiples of the run length, got {list(budgets)}")
+  tuned = tuned or {}
+  window = smoothing_window(task, steps)
+  cache = StepCache(task)
+  results, base_runs = [], []
   for spec in specs:
-    sweep = []
-    scale = task.lr_scale if spec.scale_lr and spec.learning_rate is not None else 1.0
-    centre = None if spec.learning_rate is None else spec.learning_rate * scale
-    if centre is not None:
-      how = (f"{spec.learning_rate:.3g} x task lr_scale {scale:g}" if spec.scale_lr
-             else "as given")
-      log(f"  {spec.name}: learning rate {centre:.3g} ({how})")
-    grid = lr_grid(centre, lr_sweep)
-    for lr in grid:
-      desc = f"{spec.name} lr={lr:.3g}" if lr is not None else spec.name
-      sweep.append(train(task, spec, lr, 0, steps, progress, desc))
-    best = min(sweep, key=lambda r: _final(r["losses"], window))
-    runs = [best] + [train(task, spec, best["learning_rate"], s, steps, progress,
-                           f"{spec.name} seed {s}") for s in range(1, seeds)]
-    summary = _summarise(spec, runs, sweep if len(grid) > 1 else [], window)
+    def evaluate(hp, seed=0, n=steps, spec=spec):
+      desc = f"{spec.name} " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                       for k, v in hp.items()) + (f" seed {seed}" if seed else "")
+      return train(task, spec, hp, seed, n, schedule=schedule, warmup=warmup, cache=cache,
+                   progress=progress, desc=desc)
+
+    start = spec.start(task)
+    seen: dict = {}
+    if spec.name in tuned:
+      entry = tuned[spec.name]
+      hp = {**start, **entry["hparams"]}
+      tuning = {"from": "tuned table", "interior": entry.get("interior"),
+                "note": entry.get("note", ""), "runs": entry.get("runs")}
+      log(f"  {spec.name}: tuned table: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float)
+                                                    else f"{k}={v}" for k, v in hp.items()))
+    elif knobs[spec.name]:
+      log(f"  {spec.name}: tuning {', '.join(knobs[spec.name])} with a budget of {budget} "
+          f"runs, from learning rate {start.get('learning_rate', 0):.3g}"
+          + (f" ({spec.learning_rate:.3g} x task lr_scale {task.lr_scale:g})" if spec.scale_lr
+             else " (as given)"))
+
+      def trial(hp, spec=spec, seen=seen):
+        r = evaluate(hp)
+        seen[repr(sorted(hp.items()))] = r
+        return Trial(hp, r["score"], r["status"], r["final_loss"])
+
+      tuning = tune_search(trial, start, knobs[spec.name], budget, log)
+      hp = tuning["hparams"]
+    else:
+      hp, tuning = start, None
+      if "learning_rate" in hp:
+        log(f"  {spec.name}: learning rate {hp['learning_rate']:.3g} ("
+            + (f"{spec.learning_rate:.3g} x task lr_scale {task.lr_scale:g})" if spec.scale_lr
+               else "as given)"))
+    first = seen.get(repr(sorted(hp.items()))) or evaluate(hp)
+    runs = [first] + [evaluate(hp, s) for s in range(1, seeds)]
+    summary = _summarise(spec, runs, tuning)
     results.append(summary)
-    lr_txt = f" at lr {best['learning_rate']:.3g}" if best["learning_rate"] is not None else ""
-    log(f"  {spec.name}: final loss {summary['final_loss']:.4f}{lr_txt}")
+    log(f"  {spec.name}: final loss {summary['final_loss']:.4f}, score {summary['score']:.4f}"
+        + ("" if summary["status"] == "ok" else f" ({summary['status']})"))
+    if spec.name == base_name:
+      base_runs = runs
+      base_spec, base_hp = spec, hp
+  curve = None
+  if budgets:
+    log(f"  {base_name}: the baseline at {', '.join(f'{b:g}' for b in budgets)} x {steps} steps")
+    by_len = {steps: [r["score"] for r in base_runs]}
+    for b in budgets:
+      n = max(1, int(round(b * steps)))
+      if n not in by_len:
+        by_len[n] = [train(task, base_spec, base_hp, s, n, schedule=schedule, warmup=warmup,
+                           cache=cache, progress=progress,
+                           desc=f"{base_name} {n} steps seed {s}")["score"]
+                     for s in range(seeds)]
+    curve = baseline_curve(by_len)
+    for r in results:
+      r["speedup"] = speedup(r["score_per_seed"], steps, curve)
+  base = next(r for r in results if r["name"] == base_name)
   if target is None:
-    # the baseline's final loss at its best rate, worst over seeds (every seed reaches it)
-    base = ([r for r in results if r["name"] == "adamw"] or results[:1])[0]
     target = float(max(base["final_loss_per_seed"]))
-    target_from = f"{base['name']}'s final loss, worst seed"
+    target_from = f"{base_name}'s final loss, worst seed"
   else:
     target_from = "--target"
   for r in results:
@@ -320,7 +535,56 @@ def run_bench(task: Task, specs: Sequence[OptimizerSpec], steps: int, seeds: int
     r["steps_to_target"], r["seconds_to_target"] = (
         _to_target(runs, target, window) if math.isfinite(target) else (None, None))
   return {"task": task.name, "description": task.description, "task_info": task.info,
-          "steps": steps, "seeds": seeds, "lr_sweep": lr_sweep, "smoothing_window": window,
+          "task_options": task.options, "steps": steps, "seeds": seeds,
+          "tune": {n: list(k) for n, k in knobs.items()}, "budget": budget,
+          "schedule": schedule, "warmup": warmup, "baseline": base_name,
+          "baseline_curve": curve, "smoothing_window": window,
+          "score_name": ("held-out val_loss" if any("val_loss" in r["metrics"] for r in results)
+                         else "final training loss"),
           "target": target, "target_from": target_from, "log_loss": task.log_loss,
-          "lr_scale": task.lr_scale,
-          "device": str(jax.devices()[0]), "jax": jax.__version__, "optimizers": results}
+          "lr_scale": task.lr_scale, "device": str(jax.devices()[0]), "jax": jax.__version__,
+          "optimizers": results}
+
+
+def merge_results(parts: Sequence[dict], baseline: Optional[str] = None,
+                  curve: Optional[dict] = None) -> dict:
+  """One comparison from several `run_bench` results of the same task and protocol
+  (e.g. one process per optimizer, sharing a GPU). The part that holds the
+  baseline's run-length curve supplies the speedups, unless `curve` (a
+  ``baseline_curve`` measured in a separate run of the baseline at the same
+  hyperparameters) is given; the steps-to-target target is recomputed as the
+  baseline's worst final loss."""
+  if not parts:
+    raise BenchError("nothing to merge")
+  keys = ("task", "task_options", "steps", "seeds", "schedule", "warmup", "budget")
+  for p in parts[1:]:
+    diff = [k for k in keys if p.get(k) != parts[0].get(k)]
+    if diff:
+      raise BenchError(f"cannot merge results that differ in {diff}")
+  optimizers = [r for p in parts for r in p["optimizers"]]
+  names = [r["name"] for r in optimizers]
+  if len(set(names)) != len(names):
+    raise BenchError(f"an optimizer appears in two parts: {names}")
+  curves = [p for p in parts if p.get("baseline_curve")]
+  base = baseline or (curves[0]["baseline"] if curves else names[0])
+  source = next((p for p in curves if p["baseline"] == base), None)
+  curve = curve or (source["baseline_curve"] if source else None)
+  out = {**parts[0], "optimizers": optimizers, "baseline": base, "baseline_curve": curve,
+         "tune": {n: k for p in parts for n, k in p["tune"].items()},
+         "merged_from": len(parts)}
+  for r in optimizers:  # from results.json, inf was written as null
+    for k in ("score_per_seed", "final_loss_per_seed"):
+      r[k] = [math.inf if v is None else v for v in r[k]]
+    r.pop("speedup", None)
+    if curve:
+      r["speedup"] = speedup(r["score_per_seed"], out["steps"], curve)
+  ref = next(r for r in optimizers if r["name"] == base)
+  out["target"] = float(max(ref["final_loss_per_seed"]))
+  out["target_from"] = f"{base}'s final loss, worst seed"
+  for r in optimizers:
+    runs = [{"losses": np.asarray(x["losses"], float),
+             "step_times": np.asarray(x["step_times"], float)} for x in r["runs"]]
+    r["steps_to_target"], r["seconds_to_target"] = (
+        _to_target(runs, out["target"], out["smoothing_window"])
+        if math.isfinite(out["target"]) else (None, None))
+  return out

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Task", "TASKS", "register_task", "make_task", "stdlib_corpus"]
+__all__ = ["Task", "TASKS", "PRESETS", "register_task", "make_task", "task_options",
+           "stdlib_corpus"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,10 @@ class Task:
     stochastic: the batch changes from step to step (losses are smoothed
       before comparing them).
     info: extra facts recorded in results.json (corpus hash, sizes).
+    chance_loss: the loss of a uniform guess (log of the number of classes); a
+      run that ends there has failed. None where there is no such level.
+    options: the options the task was built with (`make_task` fills it in; a
+      tuned table records them, and only applies to the same options).
   """
   name: str
   description: str
@@ -67,6 +72,8 @@ class Task:
   stochastic: bool = False
   lr_scale: float = 1.0
   info: dict = dataclasses.field(default_factory=dict)
+  chance_loss: Optional[float] = None
+  options: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +82,7 @@ class _Entry:
   summary: str
 
 
+#: The registered tasks: name -> the builder and its one-line summary (`register_task`).
 TASKS: dict[str, _Entry] = {}
 
 
@@ -88,17 +96,67 @@ def register_task(name: str, summary: str):
   return wrap
 
 
-def make_task(name: str, **options) -> Task:
-  """Build a registered task; unknown names or options raise ValueError."""
+#: task -> preset name -> options (`--preset`; explicit options override them).
+PRESETS: dict[str, dict[str, dict]] = {
+    # `make demo`: small enough that the whole demo runs in minutes on 2 CPU cores
+    "lm-stdlib": {
+        "demo": {"d_model": 96, "n_layers": 3, "n_heads": 4, "context": 64, "batch_size": 8},
+        # steps-to-target claims: 3.3M params; ~1 s per AdamW step on 2 CPU cores,
+        # milliseconds on a GPU
+        "large": {"d_model": 256, "n_layers": 4, "n_heads": 8, "context": 128,
+                  "batch_size": 32, "budget_bytes": 8_000_000, "val_batches": 16},
+    },
+    "digits-mlp": {"demo": {"batch_size": 128}},
+}
+
+
+def task_options(name: str) -> dict[str, Any]:
+  """A registered task's options with their defaults."""
   if name not in TASKS:
     raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
-  build = TASKS[name].build
-  allowed = inspect.signature(build).parameters
+  return {p.name: p.default for p in inspect.signature(TASKS[name].build).parameters.values()}
+
+
+def make_task(name: str, preset: Optional[str] = None, **options) -> Task:
+  """Build a registered task, from a preset's options (`PRESETS`) updated by `options`.
+
+  Args:
+    name: a registered task (a key of `TASKS`).
+    preset: a named set of the task's options (`PRESETS`), or None for the
+      task's defaults.
+    **options: the task builder's keyword options, overriding the preset's.
+
+  Returns:
+    The `Task`.
+
+  Raises:
+    ValueError: unknown names, presets or options, or options out of range.
+  """
+  allowed = task_options(name)
+  if preset is not None:
+    known = PRESETS.get(name, {})
+    if preset not in known:
+      raise ValueError(f"task {name!r} has no preset {preset!r}"
+                       + (f"; presets: {', '.join(sorted(known))}" if known else ""))
+    options = {**known[preset], **options}
   unknown = sorted(set(options) - set(allowed))
   if unknown:
     raise ValueError(f"task {name!r} has no options {unknown}; it takes "
                      f"{', '.join(allowed) or 'none'}")
-  return build(**options)
+  for key, value in options.items():
+    default = allowed[key]
+    if isinstance(default, (int, float)) and not isinstance(default, bool) and (
+        isinstance(value, bool) or not isinstance(value, (int, float))):
+      raise ValueError(f"task {name!r}: option {key} must be a number, got {value!r}")
+  task = TASKS[name].build(**options)
+  return dataclasses.replace(task, options=dict(sorted(options.items())))
+
+
+def _check(task: str, **bounds):
+  """Each option ``name=(value, low)`` must be >= low (one-line errors)."""
+  for key, (value, low) in bounds.items():
+    if value < low:
+      raise ValueError(f"task {task!r}: option {key} must be >= {low}, got {value}")
 
 
 def _cross_entropy(logits, labels):
@@ -112,6 +170,7 @@ def quadratic_illcond(dim: int = 256, cond: float = 1e4, lr_scale: float = 10.0)
   """0.5 (x - x*)^T A (x - x*) with A = Q diag(logspace(0, log10 cond)) Q^T / cond.
 
   Full batch and deterministic: `lr_scale` 10 (Adam at 1e-2)."""
+  _check("quadratic-illcond", dim=(dim, 2), cond=(cond, 1.0), lr_scale=(lr_scale, 1e-12))
   rng = np.random.default_rng(0)
   q, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
   eig = np.logspace(0.0, np.log10(cond), dim) / cond
@@ -136,6 +195,8 @@ def rosenbrock(dim: int = 1000, lr_scale: float = 10.0) -> Task:
   """Mean over i of 100 (x_{i+1} - x_i^2)^2 + (1 - x_i)^2; minimum 0 at x = 1.
 
   Full batch and deterministic: `lr_scale` 10 (Adam at 1e-2)."""
+  _check("rosenbrock", dim=(dim, 2), lr_scale=(lr_scale, 1e-12))
+
   def loss(params, batch):
     x = params["x"]
     return jnp.mean(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
@@ -151,12 +212,17 @@ def rosenbrock(dim: int = 1000, lr_scale: float = 10.0) -> Task:
 
 # ----------------------------------------------------------------- digits
 @register_task("digits-mlp", "MLP on scikit-learn's digits (train/validation split)")
-def digits_mlp(hidden: int = 128, depth: int = 2, batch_size: int = 0,
+def digits_mlp(hidden: int = 128, depth: int = 2, batch_size: Optional[int] = None,
                val_fraction: float = 0.2, lr_scale: float = 3.0) -> Task:
-  """A flax MLP on the 8x8 digits; full-batch unless `batch_size` > 0.
+  """A flax MLP on the 8x8 digits; full-batch unless `batch_size` is given.
 
   A few hundred steps on a small MLP: `lr_scale` 3 (Adam at 3e-3)."""
   import flax.linen as nn
+
+  _check("digits-mlp", hidden=(hidden, 1), depth=(depth, 0), lr_scale=(lr_scale, 1e-12),
+         **({} if batch_size is None else {"batch_size": (batch_size, 1)}))
+  if not 0.0 < val_fraction < 1.0:
+    raise ValueError(f"task 'digits-mlp': option val_fraction must be in (0, 1), got {val_fraction}")
   from sklearn.datasets import load_digits
 
   x, y = load_digits(return_X_y=True)
@@ -194,7 +260,7 @@ def digits_mlp(hidden: int = 128, depth: int = 2, batch_size: int = 0,
               f"{len(xt)} train / {len(xv)} val", init, loss,
               data={"x": jnp.asarray(xt), "y": jnp.asarray(yt)}, batch=batch,
               evaluate=evaluate, logits=logits, stochastic=bool(batch_size), lr_scale=lr_scale,
-              info={"train": len(xt), "val": len(xv), "hidden": hidden, "depth": depth})
+              chance_loss=float(np.log(10)), info={"train": len(xt), "val": len(xv), "hidden": hidden, "depth": depth})
 
 
 # -------------------------------------------------------------- lm-stdlib
@@ -245,6 +311,9 @@ def lm_stdlib(d_model: int = 128, n_layers: int = 4, n_heads: int = 4,
   """
   import flax.linen as nn
 
+  _check("lm-stdlib", d_model=(d_model, 1), n_layers=(n_layers, 1), n_heads=(n_heads, 1),
+         context=(context, 1), batch_size=(batch_size, 1), budget_bytes=(budget_bytes, 1000),
+         val_batches=(val_batches, 1), lr_scale=(lr_scale, 1e-12))
   if d_model % n_heads:
     raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
   train, val, info = stdlib_corpus(budget_bytes)
@@ -294,4 +363,5 @@ def lm_stdlib(d_model: int = 128, n_layers: int = 4, n_heads: int = 4,
   return Task("lm-stdlib", f"char LM {n_params / 1e6:.2f}M params ({n_layers}x{d_model}, "
               f"context {context}, batch {batch_size}) on {info['bytes'] / 1e6:.1f} MB of "
               f"CPython {info['python']} stdlib", init, loss, data=jnp.asarray(train),
-              batch=batch, evaluate=evaluate, logits=logits, stochastic=True, lr_scale=lr_scale, info=info)
+              batch=batch, evaluate=evaluate, logits=logits, stochastic=True, lr_scale=lr_scale,
+              chance_loss=float(np.log(256)), info=info)
