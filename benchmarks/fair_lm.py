@@ -35,6 +35,8 @@ def main() -> int:
   ap.add_argument("--task-arg", action="append", default=[])
   ap.add_argument("--steps", type=int, default=1000)
   ap.add_argument("--budget", type=int, default=6)
+  ap.add_argument("--tune", default="lr,adam_learning_rate",
+                  help="knobs to tune; each optimizer tunes those it has (Muon: both rates)")
   ap.add_argument("--seeds", type=int, default=2)
   ap.add_argument("--parallel", type=int, default=4)
   ap.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
@@ -47,11 +49,20 @@ def main() -> int:
   work.mkdir(parents=True, exist_ok=True)
   env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "PYTHONUNBUFFERED": "1"}
 
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+  from optlab import bench
+  from optlab.bench.tuning import parse_knobs
+
+  def knobs(name: str) -> str:
+    has = bench.resolve_optimizers([name])[0].tunable()
+    return ",".join(k for k in parse_knobs(args.tune) if k in has) or "none"
+
   def one(name: str) -> tuple[str, int, float]:
     base = name == args.baseline
     cmd = [sys.executable, "-m", "optlab.cli", "bench", "--task", "lm-stdlib", "--preset",
            args.preset, "--optimizers", name, "--steps", str(args.steps), "--budget",
-           str(args.budget), "--seeds", str(args.seeds), "--schedule", "cosine",
+           str(args.budget), "--tune", knobs(name), "--seeds", str(args.seeds),
+           "--schedule", "cosine",
            "--budgets", "0.25,0.5,2" if base else "none", "--out", str(work / name),
            "--no-progress", *[a for t in args.task_arg for a in ("--task-arg", t)]]
     t0 = time.time()
@@ -71,8 +82,6 @@ def main() -> int:
   with ThreadPoolExecutor(args.parallel) as pool:
     for name, code, secs in pool.map(one, order):
       print(f"{name}: exit {code} after {secs:.0f} s", flush=True)
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-  from optlab import bench
   parts = [json.loads((work / n / "results.json").read_text()) for n in order
            if (work / n / "results.json").exists()]
   merged = bench.merge_results(parts, args.baseline)
