@@ -80,6 +80,9 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     metadata = whl.read(f"{info}/METADATA").decode()
     entry_points = whl.read(f"{info}/entry_points.txt").decode()
   assert f"{info}/licenses/LICENSE" in files
+  from optlab.demo import PRESET  # the demo's tuned tables are package data
+  for task in PRESET:
+    assert f"optlab/bench/tuned/{task}-{PRESET[task][0]}.json" in files, f"the wheel lacks {task}'s table"
   assert not [f for f in files if not f.startswith(("optlab/", info))], "stray top-level files"
   for line in (f"Name: {DIST}", "License-Expression: Apache-2.0", "Author: optlab developers",
                "Requires-Python: >=3.10"):
