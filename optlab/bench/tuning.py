@@ -178,20 +178,17 @@ def tune(evaluate: Callable[[dict], Trial], start: dict, knobs: Sequence[str], b
 
   hp = dict(start)
   others = [k for k in knobs if k != "learning_rate"]
-  notes, interior = [], True
+  found: dict[str, tuple[bool, str]] = {}  # knob -> (interior, note)
   if "learning_rate" in knobs:
-    hp, interior, note = line_search(hp, "learning_rate", reserve=2 * len(others))
-    notes.append(note)
+    hp, *found["learning_rate"] = line_search(hp, "learning_rate", reserve=2 * len(others))
   for name in others:
     if hp[name] is None:  # a rate tied to the learning rate: start from the tuned one
       hp[name] = hp["learning_rate"]
-    hp, ok, note = line_search(hp, name, reserve=2 if "learning_rate" in knobs else 0)
-    notes.append(note)
-    interior = interior and ok
-  if "learning_rate" in knobs and others:
-    hp, ok, note = line_search(hp, "learning_rate", reserve=0)  # re-check at the final values
-    interior, notes = ok and interior, notes + [note]
-  note = "; ".join(sorted({n for n in notes if n}))
+    hp, *found[name] = line_search(hp, name, reserve=2 if "learning_rate" in knobs else 0)
+  if "learning_rate" in knobs and others:  # the re-check at the final values supersedes
+    hp, *found["learning_rate"] = line_search(hp, "learning_rate", reserve=0)
+  interior = all(ok for ok, _ in found.values())
+  note = "; ".join(n for _, n in found.values() if n)
   return {"hparams": hp, "knobs": list(knobs), "interior": bool(interior) if knobs else None,
           "note": note,
           "runs": len(trials), "trials": [t.to_json() for t in trials.values()]}
