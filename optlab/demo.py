@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from optlab.bench import make_task, read_tuned, resolve_optimizers, run_bench, table, write_all
+from optlab.bench.tuning import format_hparams
 from optlab.catalog import catalog
 
 DEFAULT = ("adamw", "lion", "soap", "sophia_h", "muon")
@@ -63,7 +64,7 @@ def main(names: Optional[Sequence[str]] = None, tasks: Optional[Sequence[str]] =
     for n in names:
       entry = tuned["optimizers"][n]
       flag = "interior" if entry["interior"] else f"NOT interior ({entry['note']})"
-      print(f"   {n}: " + ", ".join(f"{k}={entry['hparams'][k]:.3g}" for k in entry["knobs"])
+      print(f"   {n}: {format_hparams(entry['hparams'], entry['knobs'])}"
             + f" ({entry['runs']} runs, optimum {flag}); other arguments at their defaults")
     results = run_bench(task, specs, steps, seeds=seeds,
                         tuned={n: tuned["optimizers"][n] for n in names},

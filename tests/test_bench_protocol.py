@@ -16,6 +16,7 @@ import optlab
 from optlab import bench
 from optlab.bench.tuning import Trial, neighbours, parse_knobs, tune
 from optlab.cli import main
+from tests.test_bench import _cli  # (exit code, stderr) of an `optlab` command
 
 TINY_DIGITS = {"hidden": 16, "depth": 1, "batch_size": 32}
 
@@ -273,11 +274,6 @@ def test_bench_runs_real_soap_on_lm_stdlib():
 
 
 # --------------------------------------------------------------- bad input
-def _err(capsys, *argv):
-  code = main(list(argv))
-  return code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize("argv, message", [
     (["--tune", "lr,not_a_knob"], "no optimizer given has the hyperparameter(s) ['not_a_knob']"),
     (["--tuned", "/nonexistent/t.json"], "does not exist"),
@@ -286,7 +282,7 @@ def _err(capsys, *argv):
     (["--task-arg", "dim=1"], "option dim must be >= 2, got 1"),
 ])
 def test_protocol_bad_input(capsys, tmp_path, argv, message):
-  code, err = _err(capsys, "bench", "--task", "rosenbrock", "--optimizers", "adamw",
+  code, err = _cli(capsys, "bench", "--task", "rosenbrock", "--optimizers", "adamw",
                    "--steps", "2", "--no-progress", "--out", str(tmp_path), *argv)
   assert code == 2 and message in err and "Traceback" not in err, err
   assert len(err.strip().splitlines()) == 1
@@ -295,7 +291,7 @@ def test_protocol_bad_input(capsys, tmp_path, argv, message):
 def test_tuned_table_for_another_task_is_refused(capsys, tmp_path):
   table = tmp_path / "t.json"
   table.write_text(json.dumps({"task": "digits-mlp", "task_options": {}, "optimizers": {}}))
-  code, err = _err(capsys, "bench", "--task", "rosenbrock", "--optimizers", "adamw",
+  code, err = _cli(capsys, "bench", "--task", "rosenbrock", "--optimizers", "adamw",
                    "--tuned", str(table), "--out", str(tmp_path / "o"))
   assert code == 2 and "is for task 'digits-mlp', not 'rosenbrock'" in err
 
@@ -307,7 +303,7 @@ def test_tuned_table_for_another_task_is_refused(capsys, tmp_path):
     ("digits-mlp", "hidden='x'", "option hidden must be a number"),
 ])
 def test_task_options_out_of_range(capsys, tmp_path, task, option, message):
-  code, err = _err(capsys, "bench", "--task", task, "--optimizers", "adamw",
+  code, err = _cli(capsys, "bench", "--task", task, "--optimizers", "adamw",
                    "--task-arg", option, "--out", str(tmp_path))
   assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
@@ -315,7 +311,7 @@ def test_task_options_out_of_range(capsys, tmp_path, task, option, message):
 def test_out_is_checked_before_training(capsys, tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("")
-  code, err = _err(capsys, "bench", "--task", "rosenbrock", "--optimizers", "adamw",
+  code, err = _cli(capsys, "bench", "--task", "rosenbrock", "--optimizers", "adamw",
                    "--steps", "100000000", "--out", str(blocker / "sub"))
   assert code == 2 and "--out" in err and "not a writable directory" in err
 
@@ -324,11 +320,11 @@ def test_catalog_cli(capsys, tmp_path):
   assert main(["catalog", "--list"]) == 0
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == len(optlab.catalog()) and lines[0].split()[0] == optlab.catalog()[0].name
-  code, err = _err(capsys, "catalog", "--write", str(tmp_path / "missing.md"))
+  code, err = _cli(capsys, "catalog", "--write", str(tmp_path / "missing.md"))
   assert code == 2 and "no such file" in err
   plain = tmp_path / "plain.md"
   plain.write_text("# no markers\n")
-  code, err = _err(capsys, "catalog", "--write", str(plain))
+  code, err = _cli(capsys, "catalog", "--write", str(plain))
   assert code == 2 and "markers" in err and "Traceback" not in err
   with pytest.raises(SystemExit) as e:
     main(["--version"])
@@ -336,7 +332,7 @@ def test_catalog_cli(capsys, tmp_path):
 
 
 def test_errors_keep_their_quotes(capsys):
-  code, err = _err(capsys, "bench", "--task", "nope", "--optimizers", "adamw")
+  code, err = _cli(capsys, "bench", "--task", "nope", "--optimizers", "adamw")
   assert code == 2 and "unknown task 'nope'" in err
 
 

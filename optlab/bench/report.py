@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from optlab.bench.runner import smooth
+from optlab.bench.tuning import format_hparams
 
 __all__ = ["table", "markdown", "write_json", "plot", "write_all"]
 
@@ -101,11 +102,8 @@ def _trials(r: dict) -> str:
   t = r.get("tuning") or {}
   if not t.get("trials"):
     return ""
-  pts = []
-  for x in t["trials"]:
-    hp = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
-                   for k, v in x["hparams"].items() if k in t.get("knobs", x["hparams"]))
-    pts.append(f"{hp} → " + (_fmt(x["score"]) if x["status"] == "ok" else x["status"]))
+  pts = [f"{format_hparams(x['hparams'], t['knobs'])} → "
+         + (_fmt(x["score"]) if x["status"] == "ok" else x["status"]) for x in t["trials"]]
   flag = "interior" if t["interior"] else f"NOT interior: {t['note']}"
   return f"- `{r['name']}` ({t['runs']} runs, {flag}): " + "; ".join(pts)
 

@@ -34,7 +34,8 @@ import optax
 from optlab.bench.defaults import default_learning_rate
 from optlab.bench.speedup import baseline_curve, speedup
 from optlab.bench.tasks import Task
-from optlab.bench.tuning import Trial, check_knobs, tune as tune_search, tunable_defaults
+from optlab.bench.tuning import (Trial, check_knobs, format_hparams, tune as tune_search,
+                                 tunable_defaults)
 from optlab.catalog import catalog, held_out
 
 __all__ = ["BenchError", "OptimizerSpec", "SCHEDULES", "resolve_optimizers", "load_spec_file",
@@ -253,8 +254,7 @@ class StepCache:
     self._concrete: set[tuple] = set()  # chains that cannot take a traced rate
 
   def get(self, spec: OptimizerSpec, hparams: dict, seed: int, params, state):
-    rate = hparams.get("learning_rate")
-    fixed = {k: v for k, v in hparams.items() if k != "learning_rate"}
+    rate, fixed = _split_rate(hparams)
     base = (spec.name, tuple(sorted(fixed.items())), seed if spec.takes_seed else None)
     for traced in (True, False) if base not in self._concrete else (False,):
       key = base + ((None,) if traced else (rate,))
@@ -291,9 +291,13 @@ class StepCache:
     return compiled, time.perf_counter() - t0
 
 
+def _split_rate(hparams: dict) -> tuple[Any, dict]:
+  """(learning rate, the other hyperparameters): `spec.build`'s arguments."""
+  return hparams.get("learning_rate"), {k: v for k, v in hparams.items() if k != "learning_rate"}
+
+
 def _build(spec: OptimizerSpec, hparams: dict, seed: int) -> optax.GradientTransformation:
-  rate = hparams.get("learning_rate")
-  fixed = {k: v for k, v in hparams.items() if k != "learning_rate"}
+  rate, fixed = _split_rate(hparams)
   try:
     tx = spec.build(rate, seed, **fixed)
   except Exception as e:
@@ -312,9 +316,9 @@ def assess(task: Task, losses: np.ndarray, metrics: dict, window: int) -> tuple[
   finite has diverged; one that ends at or above its first loss, or at the task's
   chance level, has failed; both score inf."""
   losses = np.asarray(losses, float)
-  if not np.all(np.isfinite(losses)) or metrics is None:
+  final = _final(losses, window)
+  if not math.isfinite(final) or metrics is None:
     return "diverged", math.inf
-  final = float(smooth(losses, window)[-1])
   if final >= losses[0] or (task.chance_loss is not None and final >= 0.99 * task.chance_loss):
     return "failed", math.inf
   score = float(metrics.get("val_loss", final))
@@ -467,8 +471,7 @@ def run_bench(task: Task, specs: Sequence[OptimizerSpec], steps: int, *, seeds: 
   results, base_runs = [], []
   for spec in specs:
     def evaluate(hp, seed=0, n=steps, spec=spec):
-      desc = f"{spec.name} " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                       for k, v in hp.items()) + (f" seed {seed}" if seed else "")
+      desc = f"{spec.name} {format_hparams(hp, sep=' ')}" + (f" seed {seed}" if seed else "")
       return train(task, spec, hp, seed, n, schedule=schedule, warmup=warmup, cache=cache,
                    progress=progress, desc=desc)
 
@@ -479,13 +482,11 @@ def run_bench(task: Task, specs: Sequence[OptimizerSpec], steps: int, *, seeds: 
       hp = {**start, **entry["hparams"]}
       tuning = {"from": "tuned table", "interior": entry.get("interior"),
                 "note": entry.get("note", ""), "runs": entry.get("runs")}
-      log(f"  {spec.name}: tuned table: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float)
-                                                    else f"{k}={v}" for k, v in hp.items()))
+      log(f"  {spec.name}: tuned table: {format_hparams(hp)}")
     elif knobs[spec.name]:
       log(f"  {spec.name}: tuning {', '.join(knobs[spec.name])} with a budget of {budget} "
-          f"runs, from learning rate {start.get('learning_rate', 0):.3g}"
-          + (f" ({spec.learning_rate:.3g} x task lr_scale {task.lr_scale:g})" if spec.scale_lr
-             else " (as given)"))
+          f"runs, from learning rate {start.get('learning_rate', 0):.3g} "
+          f"({_rate_origin(spec, task)})")
 
       def trial(hp, spec=spec, seen=seen):
         r = evaluate(hp)
@@ -497,9 +498,8 @@ def run_bench(task: Task, specs: Sequence[OptimizerSpec], steps: int, *, seeds: 
     else:
       hp, tuning = start, None
       if "learning_rate" in hp:
-        log(f"  {spec.name}: learning rate {hp['learning_rate']:.3g} ("
-            + (f"{spec.learning_rate:.3g} x task lr_scale {task.lr_scale:g})" if spec.scale_lr
-               else "as given)"))
+        log(f"  {spec.name}: learning rate {hp['learning_rate']:.3g} "
+            f"({_rate_origin(spec, task)})")
     first = seen.get(repr(sorted(hp.items()))) or evaluate(hp)
     runs = [first] + [evaluate(hp, s) for s in range(1, seeds)]
     summary = _summarise(spec, runs, tuning)
@@ -521,19 +521,7 @@ def run_bench(task: Task, specs: Sequence[OptimizerSpec], steps: int, *, seeds: 
                            desc=f"{base_name} {n} steps seed {s}")["score"]
                      for s in range(seeds)]
     curve = baseline_curve(by_len)
-    for r in results:
-      r["speedup"] = speedup(r["score_per_seed"], steps, curve)
-  base = next(r for r in results if r["name"] == base_name)
-  if target is None:
-    target = float(max(base["final_loss_per_seed"]))
-    target_from = f"{base_name}'s final loss, worst seed"
-  else:
-    target_from = "--target"
-  for r in results:
-    runs = [{"losses": np.asarray(x["losses"]), "step_times": np.asarray(x["step_times"])}
-            for x in r["runs"]]
-    r["steps_to_target"], r["seconds_to_target"] = (
-        _to_target(runs, target, window) if math.isfinite(target) else (None, None))
+  target, target_from = _compare(results, base_name, steps, window, curve, target)
   return {"task": task.name, "description": task.description, "task_info": task.info,
           "task_options": task.options, "steps": steps, "seeds": seeds,
           "tune": {n: list(k) for n, k in knobs.items()}, "budget": budget,
@@ -569,22 +557,40 @@ def merge_results(parts: Sequence[dict], baseline: Optional[str] = None,
   base = baseline or (curves[0]["baseline"] if curves else names[0])
   source = next((p for p in curves if p["baseline"] == base), None)
   curve = curve or (source["baseline_curve"] if source else None)
-  out = {**parts[0], "optimizers": optimizers, "baseline": base, "baseline_curve": curve,
-         "tune": {n: k for p in parts for n, k in p["tune"].items()},
-         "merged_from": len(parts)}
   for r in optimizers:  # from results.json, inf was written as null
     for k in ("score_per_seed", "final_loss_per_seed"):
       r[k] = [math.inf if v is None else v for v in r[k]]
     r.pop("speedup", None)
-    if curve:
-      r["speedup"] = speedup(r["score_per_seed"], out["steps"], curve)
-  ref = next(r for r in optimizers if r["name"] == base)
-  out["target"] = float(max(ref["final_loss_per_seed"]))
-  out["target_from"] = f"{base}'s final loss, worst seed"
-  for r in optimizers:
+  out = {**parts[0], "optimizers": optimizers, "baseline": base, "baseline_curve": curve,
+         "tune": {n: k for p in parts for n, k in p["tune"].items()},
+         "merged_from": len(parts)}
+  out["target"], out["target_from"] = _compare(optimizers, base, out["steps"],
+                                               out["smoothing_window"], curve)
+  return out
+
+
+def _rate_origin(spec: OptimizerSpec, task: Task) -> str:
+  return (f"{spec.learning_rate:.3g} x task lr_scale {task.lr_scale:g}" if spec.scale_lr
+          else "as given")
+
+
+def _compare(results: list[dict], base_name: str, steps: int, window: int,
+             curve: Optional[dict], target: Optional[float] = None) -> tuple[float, str]:
+  """Adds each optimizer's speedup (when there is a baseline curve) and steps and
+  seconds to `target` (default: the baseline's final loss, worst seed); returns
+  (target, where it came from)."""
+  if curve:
+    for r in results:
+      r["speedup"] = speedup(r["score_per_seed"], steps, curve)
+  if target is None:
+    base = next(r for r in results if r["name"] == base_name)
+    target, target_from = float(max(base["final_loss_per_seed"])), (
+        f"{base_name}'s final loss, worst seed")
+  else:
+    target_from = "--target"
+  for r in results:
     runs = [{"losses": np.asarray(x["losses"], float),
              "step_times": np.asarray(x["step_times"], float)} for x in r["runs"]]
     r["steps_to_target"], r["seconds_to_target"] = (
-        _to_target(runs, out["target"], out["smoothing_window"])
-        if math.isfinite(out["target"]) else (None, None))
-  return out
+        _to_target(runs, target, window) if math.isfinite(target) else (None, None))
+  return target, target_from

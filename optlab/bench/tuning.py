@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 __all__ = ["TUNABLE_ALIASES", "Trial", "neighbours", "tune", "parse_knobs", "check_knobs",
-           "write_tuned", "read_tuned"]
+           "format_hparams", "write_tuned", "read_tuned"]
 
 # short names accepted by --tune
 TUNABLE_ALIASES = {"lr": "learning_rate", "wd": "weight_decay"}
@@ -143,8 +143,8 @@ def tune(evaluate: Callable[[dict], Trial], start: dict, knobs: Sequence[str], b
         return None
       trials[k] = evaluate(dict(hp))
       t = trials[k]
-      log("      " + ", ".join(f"{n}={_fmt(v)}" for n, v in hp.items() if n in knobs)
-          + f": {t.status}" + (f", score {t.score:.4f}" if math.isfinite(t.score) else ""))
+      log(f"      {format_hparams(hp, knobs)}: {t.status}"
+          + (f", score {t.score:.4f}" if math.isfinite(t.score) else ""))
     return trials[k]
 
   def line_search(hp: dict, name: str, reserve: int) -> tuple[dict, bool, str]:
@@ -194,8 +194,11 @@ def tune(evaluate: Callable[[dict], Trial], start: dict, knobs: Sequence[str], b
           "runs": len(trials), "trials": [t.to_json() for t in trials.values()]}
 
 
-def _fmt(v) -> str:
-  return f"{v:.3g}" if isinstance(v, float) else repr(v)
+def format_hparams(hp: dict, names: Optional[Sequence[str]] = None, sep: str = ", ") -> str:
+  """``learning_rate=0.00632, b2=0.99`` (floats to 3 digits), for logs and reports;
+  only `names` where given."""
+  return sep.join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v!r}"
+                  for k, v in hp.items() if names is None or k in names)
 
 
 # ------------------------------------------------------------ tuned tables
