@@ -16,8 +16,8 @@ from optlab import federated, rules, schedules
 from optlab._recipe import recipe_chain
 from optlab._registry import Recipe
 from optlab.catalog import catalog, get_recipe, held_out
-from optlab.primitives.bases import (EigenbasisState, in_eigenbasis, scale_by_newton_schulz,
-                                     ShampooState, scale_by_shampoo)
+from optlab.primitives.bases import (EigenbasisState, StackedInnerState, in_eigenbasis,
+                                     scale_by_newton_schulz, ShampooState, scale_by_shampoo)
 from optlab.primitives.basis import (LINEAR, SECOND, INVARIANT, OPAQUE, NESTED, MOMENT, ANCHOR,
                                      STATISTIC, COUNTER, LINEAR_MOMENT, SECOND_MOMENT, ANCHOR_POINT,
                                      COUNT, INVARIANT_STAT, LINEAR_STAT, SECOND_STAT, OPAQUE_STAT,
@@ -65,6 +65,7 @@ from optlab.primitives.parameter_free import (DistanceOverGradientsState, scale_
 from optlab.primitives.regularizers import (centralize_gradient, normalize_gradient_std,
                                             scale_by_pnm_adam, PnmAdamState, StableWeightDecayState,
                                             with_stable_weight_decay, add_norm_loss)
+from optlab.primitives.routing import route, RouteState
 from optlab.primitives.sparse_window import MicroAdamState, scale_by_microadam
 from optlab.primitives.step_size import (ScaleByLearningRateState, scale_by_learning_rate,
                                          radam_rectification, scale_by_rectified_moments,
@@ -129,6 +130,7 @@ __all__ = [
     'schedules',
     # optlab.primitives.bases
     'EigenbasisState',
+    'StackedInnerState',
     'in_eigenbasis',
     'scale_by_newton_schulz',
     'ShampooState',
@@ -281,6 +283,9 @@ __all__ = [
     'StableWeightDecayState',
     'with_stable_weight_decay',
     'add_norm_loss',
+    # optlab.primitives.routing
+    'route',
+    'RouteState',
     # optlab.primitives.sparse_window
     'MicroAdamState',
     'scale_by_microadam',

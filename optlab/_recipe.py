@@ -10,6 +10,7 @@ import optax
 
 from optlab import _validate as V
 from optlab.primitives.basis import LINEAR, SECOND, iter_fields
+from optlab.primitives.bases import TreeLayout
 from optlab.primitives.moments import bound_gradient
 
 __all__ = ["recipe_chain"]
@@ -17,8 +18,12 @@ __all__ = ["recipe_chain"]
 
 def _first_param_tree(state: Any) -> Any:
   """The first non-empty field declared LINEAR or SECOND (a tree shaped like the
-  gradients) found in a nested state, or None."""
+  gradients) found in a nested state, or None. The inner states of stacked blocks
+  (`StackedInnerState`: ``.inner_state.blocks`` and ``.inner_state.rest``) are
+  not shaped like the gradients and are skipped."""
   for field in iter_fields(state):
+    if ".inner_state.blocks" in field.path or ".inner_state.rest" in field.path:
+      continue
     if field.kind in (LINEAR, SECOND) and not (isinstance(field.value, tuple) and not field.value):
       return field.value
   return None
@@ -50,6 +55,9 @@ def _check_state_matches_params(where: str, init: Any, state: Any, params: Any) 
   builds for `params`: a state initialised for other params. This catches compact
   states too (factored, packed or windowed statistics); it runs while tracing only.
   """
+  for field in iter_fields(state):  # stacked states name the leaf from their layout
+    if isinstance(field.value, TreeLayout):
+      TreeLayout.check(where, field.value, params, "params")
   want = jax.eval_shape(init, params)
   got = jax.tree_util.tree_leaves_with_path(state)
   if jax.tree.structure(want) != jax.tree.structure(state):

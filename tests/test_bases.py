@@ -92,12 +92,13 @@ def test_no_factor_for_huge_1d_or_large_dims():
              optlab.soap_lion(1e-3)):
     state = jax.eval_shape(tx.init, params)
     basis = state[0]
-    assert basis.stats.shape == (64 * 64,) and basis.basis.shape == (64 * 64,)
+    shapes = lambda t: jax.tree.map(lambda x: x.shape, t)
+    assert shapes(basis.stats) == (((1, 64, 64),),) == shapes(basis.basis)
     for leaf in jax.tree.leaves(state):
       assert leaf.size <= 64 * 20000, leaf.shape  # nothing n x n for n = 10^6 or 20000
   small = jax.eval_shape(optlab.soap(1e-3, precondition_1d=True).init,
                          {"v": jax.ShapeDtypeStruct((30,), jnp.float32)})
-  assert small[0].stats.shape == (900,)
+  assert jax.tree.map(lambda x: x.shape, small[0].stats) == (((1, 30, 30),),)
 
 
 # ------------------------------------------------------------ numerical safety
@@ -147,9 +148,15 @@ def test_shampoo_state_shapes_and_blocking():
             "m": jax.ShapeDtypeStruct((300, 20), jnp.float32),
             "u": jax.ShapeDtypeStruct((1000,), jnp.float32)}
   state = jax.eval_shape(optlab.shampoo(1e-3, block_size=128).init, params)[0]
-  # m: (300, 20) -> 3 x 1 blocks of (128, 20): 3 * (128^2 + 20^2); u: 8 blocks of 128^2.
-  assert state.stats.shape == (3 * (128 ** 2 + 20 ** 2) + 8 * 128 ** 2,)
-  assert state.roots.shape == state.stats.shape
+  # m: (300, 20) -> 3 x 1 blocks of (128, 20), one factor per dimension; u: 8 blocks
+  # of 128 (1000 padded to 1024), stacked by block shape.
+  shapes = jax.tree.map(lambda x: x.shape, state.stats)
+  assert sorted(shapes) == sorted((((3, 128, 128), (3, 20, 20)), ((8, 128, 128),)))
+  assert jax.tree.map(lambda x: x.shape, state.roots) == shapes
+  # block_multiple pads every stack to a multiple of that many blocks
+  padded = jax.eval_shape(optlab.scale_by_shampoo(128, block_multiple=8).init, params)
+  assert sorted(jax.tree.map(lambda x: x.shape, padded.stats)) == sorted(
+      (((8, 128, 128), (8, 20, 20)), ((8, 128, 128),)))
 
 
 def test_shampoo_preconditions_by_default():

@@ -243,7 +243,10 @@ def test_multisteps(recipe):
 def test_tree_map_params(recipe):
   tx, params = plain(recipe), make_params()
   _, state, _ = run(tx, recipe, params, 1)
-  marked = optax.tree_map_params(tx, lambda _: "P", state, transform_non_params=lambda _: "N")
+  # Non-param values are transformed leaf by leaf: a stacked state (SOAP's blocks) is
+  # one non-param value to tree_map_params, whose structure depends on the params.
+  leafwise = lambda value: lambda v: jax.tree.map(lambda _: value, v)
+  marked = optax.tree_map_params(tx, lambda _: "P", state, transform_non_params=leafwise("N"))
   assert jax.tree.structure(marked) == jax.tree.structure(state)
   shapes = {jnp.shape(x) for x in jax.tree.leaves(params)}
   for m, leaf in zip(jax.tree.leaves(marked), jax.tree.leaves(state)):
@@ -252,10 +255,14 @@ def test_tree_map_params(recipe):
       assert jnp.shape(leaf) in shapes
   # A sharding-spec map, the main use: every param-shaped leaf gets its spec.
   specs = jax.tree.map(lambda x: P(*([None] * jnp.ndim(x))), params)
+  is_spec = lambda x: isinstance(x, P)
   mapped = optax.tree_map_params(tx, lambda _, spec: spec, state, specs,
+                                 transform_non_params=leafwise(P()))
+  assert len(jax.tree.leaves(mapped, is_leaf=is_spec)) == len(jax.tree.leaves(state))
+  # One value per non-param field gives a prefix of the state, as jit's shardings accept.
+  prefix = optax.tree_map_params(tx, lambda _, spec: spec, state, specs,
                                  transform_non_params=lambda _: P())
-  assert len(jax.tree.leaves(mapped, is_leaf=lambda x: isinstance(x, P))) == len(
-      jax.tree.leaves(state))
+  jax.tree.map(lambda *_: None, prefix, state, is_leaf=is_spec)
 
 
 # ------------------------------------------------------------ 5: convergence
@@ -316,6 +323,12 @@ SENSITIVE_RTOL = {
     "mezo": 5e-5,
     "sparse_mezo": 5e-5,  # 2.7e-6 measured
     "quzo": 5e-5,
+    # Stacked blocks: a batched matmul over same-shaped matrices rounds differently in
+    # one device program than in eight (pmap), and the iteration amplifies it. Measured:
+    # Newton-Schulz (5 quintic steps) 1.7e-5 on an entry of 8e-3; the inverse 4th roots
+    # of MARS-Shampoo 2.1e-6.
+    "muon": 5e-5,
+    "mars_shampoo": 1e-5,
 }
 
 
@@ -357,7 +370,7 @@ def test_pmap_and_sharding_match_single_device(recipe):
   p_sh = jax.device_put(params, shardings)
   state = jax.jit(tx.init)(p_sh)
   expected = optax.tree_map_params(tx, lambda _, sh: sh, state, shardings,
-                                   transform_non_params=lambda _: None)
+                                   transform_non_params=lambda v: jax.tree.map(lambda _: None, v))
 
   def assert_state_keeps_sharding(state, when):
     for (path, want), leaf in zip(
@@ -408,7 +421,8 @@ def test_rejects_mismatched_trees(recipe):
   # Without params, only a state that keeps param-shaped trees can name the leaf;
   # compact states (factored, packed, block-coordinate) must still refuse the
   # tree, saying that it does not match the params.
-  marks = optax.tree_map_params(tx, lambda _: "P", state, transform_non_params=lambda _: "N")
+  marks = optax.tree_map_params(tx, lambda _: "P", state,
+                                transform_non_params=lambda v: jax.tree.map(lambda _: "N", v))
   tracks_params = "P" in jax.tree.leaves(marks)
   with pytest.raises(ValueError, match="b1" if tracks_params else "b1|match the params"):
     trace(missing, None)

@@ -99,16 +99,24 @@ def test_apply_factors_is_q_transpose_g_q():
   np.testing.assert_allclose(only_right[0], g[0] @ qr, rtol=1e-5, atol=1e-6)
 
 
-def test_factor_layout_groups_by_size():
-  plans = [linalg.BlockPlan.make((4, 3), max_dim=10), None,
-           linalg.BlockPlan.make((3, 8), max_dim=10, block_size=4)]
-  lay = linalg.FactorLayout(plans)
-  assert lay.sizes == (3, 4) and lay.counts == {3: 3, 4: 3}
-  assert lay.total == 3 * 9 + 3 * 16
-  eye = lay.split(lay.identity(jnp.float32))
-  np.testing.assert_array_equal(lay.take(eye, 2, 1), np.broadcast_to(np.eye(4), (2, 4, 4)))
-  empty = linalg.FactorLayout([linalg.BlockPlan.make((5,), max_dim=10)])
-  assert empty.identity(jnp.float32).shape == (0,)
+def test_block_stacks_group_by_shape_and_round_trip():
+  rng = np.random.default_rng(0)
+  leaves = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in [(4, 3), (5,), (4, 3), (3, 8)]]
+  leaves.append(jnp.ones((4, 3), jnp.float64) if jax.config.jax_enable_x64 else leaves[0])
+  plan = lambda shape: linalg.BlockPlan.make(shape, max_dim=10, block_size=4)
+  stacks = linalg.BlockStacks(leaves, plan, multiple=3)
+  # (4, 3) leaves share a stack (one block each); (3, 8) has 2 blocks of (3, 4); (5,) has none
+  by_key = {k[0]: (m, n) for k, m, n in zip(stacks.keys, stacks.members, stacks.n_blocks)}
+  assert by_key[(4, 3)][1] == 3 and by_key[(3, 4)] == ([3], 3)  # padded to multiples of 3
+  assert stacks.rest == [1]
+  blocks = stacks.stack(leaves)
+  assert [b.shape[0] for b in blocks] == stacks.n_blocks
+  back = stacks.unstack(blocks, leaves)
+  for x, y in zip(leaves, back):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  eye = stacks.identity(jnp.float32)
+  g = stacks.keys.index(((3, 4), (True, True), jnp.dtype(jnp.float32)))
+  np.testing.assert_array_equal(eye[g][1], np.broadcast_to(np.eye(4), (3, 4, 4)))
 
 
 # ------------------------------------------------------------ matrix functions

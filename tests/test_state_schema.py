@@ -97,7 +97,9 @@ def test_state_is_declared_and_rebased_by_kind(recipe):
   moved = [(p, v, s[0]) for p, v, s in fields if s[0] in (B.LINEAR, B.SECOND)]
   for p, v, _ in moved:  # a field that rotates like the gradient is shaped like it
     for q, x in jax.tree_util.tree_leaves_with_path(v):
-      assert tuple(x.shape) in _PARAM_SHAPES, (
+      # (stacked blocks: a leading block axis over param-shaped blocks)
+      shape = tuple(x.shape)[1:] if ".inner_state.blocks" in p else tuple(x.shape)
+      assert shape in _PARAM_SHAPES, (
           f"{recipe.name}: {p}{jax.tree_util.keystr(q)} is declared linear/second but has "
           f"shape {x.shape}, not a param's")
 

@@ -2,26 +2,33 @@
 
 Both keep, for every tensor, one statistic per dimension (L = EMA(G G^T),
 R = EMA(G^T G) for a matrix, the contraction over all other axes for higher
-ranks), packed in one flat buffer per state field (`linalg.FactorLayout`), so
-that
+ranks). The blocks of every tensor are stacked by shape (`linalg.BlockStacks`),
+and the factors are held as stacked arrays ``(n_blocks, b, b)``, one per
+block shape and dimension, so that
 
-* the matrix functions (eigh, QR, inverse roots) run as one batched call per
-  distinct factor size, whatever the number of tensors;
-* the state has a fixed structure: `optax.tree_map_params` sees the factor
-  buffers as non-param leaves and every param-shaped leaf (the inner
-  transformation's moments) as a param tree, which keeps the params' sharding.
-  When no tensor gets a factor the buffers are None (`_flat_factors`), not
-  empty arrays, which orbax could not save.
+* statistics, rotations and decompositions (eigh, QR, inverse roots) run as
+  one batched call per distinct block shape: compile time grows with the
+  number of shapes, not of leaves (XLA compiles one kernel per distinct op);
+* the leading block axis is what `optlab.state_sharding` splits over devices
+  (``block_multiple`` pads it to divide evenly), so that each device stores
+  and refreshes its share of the blocks, as in distributed Shampoo.
 
-`in_eigenbasis(inner)` runs any inner transformation in the eigenbasis of the
-factors and re-expresses the inner state through the basis protocol
-(`basis.rebase_state`) whenever the basis is refreshed; SOAP is
-``in_eigenbasis(scale_by_adam(...))``.
+`in_eigenbasis(inner)` runs any inner transformation on the rotated blocks,
+vmapped over the block axis (so it sees every block as its own tensor), and
+on the leaves without a factor as they are; it re-expresses the inner state
+through the basis protocol (`basis.rebase_state`) whenever the basis is
+refreshed. SOAP is ``in_eigenbasis(scale_by_adam(...))``.
+
+The stacked state's structure depends on the params' shapes, which
+`optax.tree_map_params` cannot see (it calls ``init`` on an opaque
+placeholder): to it the stacked fields are one non-param value each. Use
+`optlab.state_sharding` for their shardings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -33,160 +40,171 @@ from optlab._src.dtypes import accumulation_dtype, tree_accumulation_dtype
 from optlab._src.numerics import clip_finite, safe_div, safe_square, saturate
 from optlab._src.tree import zeros_like
 from optlab.primitives import linalg
-from optlab.primitives.basis import (COUNT, NESTED, OPAQUE_STAT, SECOND_MOMENT, declare_state,
-                                     rebase_state)
+from optlab.primitives.basis import (COUNT, INVARIANT_STAT, NESTED, OPAQUE_STAT, SECOND_MOMENT,
+                                     declare_state, rebase_state)
 from optlab.primitives.normalize import tensor_norm
 
-__all__ = ["EigenbasisState", "in_eigenbasis", "scale_by_newton_schulz", "ShampooState",
-           "scale_by_shampoo"]
+__all__ = ["EigenbasisState", "StackedInnerState", "in_eigenbasis", "scale_by_newton_schulz",
+           "ShampooState", "scale_by_shampoo"]
 
 
 # ------------------------------------------------------------------- helpers
+@jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
-class _Slot:
-  """A leaf's position in flatten order and its block plan (a pytree leaf)."""
-  index: int
-  plan: linalg.BlockPlan
+class TreeLayout:
+  """The paths and shapes of the leaves a stacked state was built for.
+
+  Static pytree data (no arrays: nothing to save, shard or transform), so that
+  an update with another tree is refused naming the leaf, as a param-shaped
+  state would: the stacked arrays alone only tell that some stack differs.
+  """
+  leaves: tuple[tuple[str, tuple[int, ...]], ...]
+
+  @staticmethod
+  def of(tree: Any) -> "TreeLayout":
+    return TreeLayout(tuple((jax.tree_util.keystr(p), tuple(jnp.shape(x)))
+                            for p, x in jax.tree_util.tree_leaves_with_path(tree)))
+
+  @staticmethod
+  def check(where: str, layout: Any, updates: Any, name: str = "updates") -> None:
+    """Raises ValueError naming the first leaf of `updates` that differs from
+    `layout` (a state field: a TreeLayout, or a scalar for a tree without leaves)."""
+    got = TreeLayout.of(updates).leaves
+    if not isinstance(layout, TreeLayout):
+      if got:
+        raise ValueError(f"optlab.{where}: the state was built for a tree without leaves "
+                         f"but {name}{got[0][0]} is given")
+      return
+    self = layout
+    if got == self.leaves:
+      return
+    want = dict(self.leaves)
+    for path, shape in got:
+      if path not in want:
+        raise ValueError(f"optlab.{where}: {name}{path} has no counterpart in the state "
+                         "(the updates' tree does not match the params)")
+      if want[path] != shape:
+        raise ValueError(f"optlab.{where}: {name}{path} has shape {shape} but the optimizer "
+                         f"state was built for {want[path]} (a state initialised for other "
+                         "params, or gradients that do not match them)")
+    missing = next(p for p, _ in self.leaves if p not in dict(got))
+    raise ValueError(f"optlab.{where}: the state holds params{missing}, which {name} "
+                     "lack (the updates' tree does not match the params)")
 
 
-def _slots(tree: Any, make_plan) -> tuple[Any, list[_Slot]]:
-  leaves, treedef = jax.tree.flatten(tree)
-  slots = [_Slot(i, make_plan(jnp.shape(x))) for i, x in enumerate(leaves)]
-  return jax.tree.unflatten(treedef, slots), slots
+def _factor_dtype(factors: tuple, leaves: list) -> Any:
+  """The factors' dtype: the state's, or (no factors) what `init` would pick."""
+  for group in factors:
+    for f in group:
+      return f.dtype
+  return tree_accumulation_dtype(leaves)
 
 
-def _is_array(x: Any) -> bool:
-  return isinstance(x, (jax.Array, jnp.ndarray)) or hasattr(x, "shape") and hasattr(x, "dtype")
+def _stacked_updates(where: str, state: Any, updates: Any, make_plan, block_multiple: int):
+  """The updates' leaves, treedef, `BlockStacks`, factor dtype and stacked blocks (in
+  that dtype), after checking them against the state's layout."""
+  leaves, treedef = jax.tree.flatten(updates)
+  TreeLayout.check(where, state.layout, updates)
+  stacks = linalg.BlockStacks(leaves, make_plan, block_multiple)
+  dtype = _factor_dtype(state.stats, leaves)
+  return leaves, treedef, stacks, dtype, stacks.stack(leaves, dtype)
 
 
-def _flat_factors(layout: linalg.FactorLayout, flat: jax.Array, leaves: list) -> Any:
-  """A factor buffer for the state: None when it has no entries (see
-  `storage.flat_zeros`: an empty buffer stays only for a tree without leaves)."""
-  return None if layout.total == 0 and leaves else flat
+def _update_stats(stacks: linalg.BlockStacks, blocks: list, old: tuple, w_old: Any,
+                  w_new: Any) -> tuple:
+  """Per group and rotated dimension: w_old * old + w_new * (contraction of the blocks)."""
+  return tuple(tuple(clip_finite(w_old * s + w_new * linalg.outer_stats(gb, d))
+                     for s, d in zip(old[k], stacks.dims(k))) for k, gb in enumerate(blocks))
 
 
-def _like(flat: jax.Array, old: Any) -> Any:
-  """The new buffer, or None where the state held None (no factors)."""
-  return None if old is None else flat
+def _by_size(fn, *fields: tuple) -> tuple:
+  """`linalg.by_size` over factor fields (per group, per dimension), nested back alike."""
+  flat = [[f for group in field for f in group] for field in fields]
+  it = iter(linalg.by_size(fn, *flat))
+  return tuple(tuple(next(it) for _ in group) for group in fields[0])
 
 
-def _or_empty(buffer: Any, dtype: Any) -> jax.Array:
-  """A state buffer as an array (None holds no entries)."""
-  return jnp.zeros((0,), dtype) if buffer is None else buffer
+def _rotate(stacks: linalg.BlockStacks, factors: tuple, blocks: list, back: bool) -> list:
+  """Every group's blocks in (or, with `back`, out of) the basis `factors`."""
+  return [linalg.apply_factors(b, stacks.with_factors(k, factors[k]), transpose=back)
+          for k, b in enumerate(blocks)]
 
 
-def _buffer_dtype(where: str, layout: linalg.FactorLayout, state_buffer: Any,
-                  updates: Any) -> Any:
-  """The buffers' dtype: the state's, or (no buffers) what `init` would pick.
-
-  Raises ValueError when the buffer does not hold the factors of `updates`
-  (a state built for other params)."""
-  held = 0 if state_buffer is None else state_buffer.shape[0]
-  if held != layout.total:
-    raise ValueError(f"optlab.{where}: the state holds {held} factor entries but the updates' "
-                     f"leaves need {layout.total}: the updates' tree does not match the params "
-                     "the state was built for")
-  if state_buffer is not None:
-    return state_buffer.dtype
-  return tree_accumulation_dtype(jax.tree.leaves(updates))
-
-
-def _factors_of(layout: linalg.FactorLayout, groups: dict, slot: _Slot) -> list:
-  return [layout.take(groups, slot.index, d) if r else None
-          for d, r in enumerate(slot.plan.rotated)]
-
-
-def _rotate(slots_tree: Any, layout: linalg.FactorLayout, groups: dict, tree: Any,
-            back: bool, dtype: Any) -> Any:
-  """Expresses every tensor of `tree` in (or, with `back`, out of) the basis `groups`."""
-
-  def leaf(slot, x):
-    if not _is_array(x) or not slot.plan.any_rotated:
-      return x
-    xb = slot.plan.to_blocks(x.astype(dtype))
-    y = linalg.apply_factors(xb, _factors_of(layout, groups, slot), transpose=back)
-    return slot.plan.from_blocks(y).astype(x.dtype)
-
-  return jax.tree.map(leaf, slots_tree, tree)
-
-
-def _update_stats(layout, slots, leaves, stats, beta, dtype):
-  """stats <- beta * stats + (1 - beta) * (contraction of G with itself), per factor."""
-  outer = {}
-  for slot, g in zip(slots, leaves):
-    if slot.plan.any_rotated:
-      gb = slot.plan.to_blocks(g.astype(dtype))
-      for d, r in enumerate(slot.plan.rotated):
-        if r:
-          outer[(slot.index, d)] = linalg.outer_stats(gb, d)
-  old = layout.split(stats)
-  new = layout.stack(outer)
-  return {b: clip_finite(beta * old[b] + (1 - beta) * new[b]) for b in layout.sizes}
+try:  # flax's msgpack checkpoints: a layout holds nothing to save
+  from flax import serialization as _flax_serialization
+  _flax_serialization.register_serialization_state(TreeLayout, lambda _: {}, lambda x, _: x)
+except ImportError:  # flax is optional at run time
+  pass
 
 
 # ---------------------------------------------------------------- eigenbasis
+@declare_state(blocks=NESTED, rest=NESTED)
+class StackedInnerState(NamedTuple):
+  """The inner transformation's state under `in_eigenbasis`."""
+  blocks: tuple  # per stacked group, its state on the (n_blocks, *block) rotated blocks
+                 # (vmapped: every field has the leading block axis)
+  rest: Any      # its state on the leaves without a factor (a list, in tree order)
+
+
 # The factors and eigenvectors cannot follow an outer change (OPAQUE: nesting this
 # wrapper in another basis wrapper is refused); the moment walkers enter inner_state.
-@declare_state(count=COUNT, stats=OPAQUE_STAT, basis=OPAQUE_STAT, inner_state=NESTED)
+@declare_state(count=COUNT, layout=INVARIANT_STAT, stats=OPAQUE_STAT, basis=OPAQUE_STAT,
+               inner_state=NESTED)
 class EigenbasisState(NamedTuple):
   count: jax.Array  # [], int32: calls so far (the first only builds the basis)
-  stats: Optional[jax.Array]  # [S], float32 (float64 for float64 params): every Kronecker
-                              # factor (EMA of G G^T per dimension), flat and grouped by
-                              # size (linalg.FactorLayout); None when no tensor has one
-  basis: Optional[jax.Array]  # [S], same dtype and layout: the factors' eigenvectors
-  inner_state: Any  # the inner transformation's state, in the rotated coordinates
+  layout: Any  # TreeLayout: the leaves the state was built for (static, no arrays)
+  stats: tuple  # per stacked group (linalg.BlockStacks) and rotated dimension, an
+                # (n_blocks, b, b) float32 array (float64 for float64 params): the
+                # Kronecker factors, EMA of G G^T
+  basis: tuple  # same shapes: the factors' eigenvectors
+  inner_state: Any  # StackedInnerState; a scalar for a tree without leaves (and for
+                    # the placeholder of optax.tree_map_params)
 
 
 class _EigenChange:
-  """The basis protocol's change from one eigenbasis to the next (see basis.py).
+  """The basis protocol's change of one stacked group, from one eigenbasis to the next.
 
   linear: rotate back with the old basis, into the new one (exact).
   second: re-order each rotated dimension by the permutation that sorted the
   estimated eigenvalues, as the official SOAP code does with its exp_avg_sq.
   """
 
-  def __init__(self, slots_tree, layout, old, new, perm, dtype):
-    self.slots_tree, self.layout, self.dtype = slots_tree, layout, dtype
-    self.old, self.new, self.perm = old, new, perm
+  def __init__(self, dims, full_old, full_new, perms, dtype):
+    self.dims, self.old, self.new, self.perms, self.dtype = dims, full_old, full_new, perms, dtype
 
   def linear(self, tree):
-    lay = self.layout
-    if not jax.tree.leaves(tree):  # an unused slot
-      return tree
+    def leaf(x):
+      y = linalg.apply_factors(x.astype(self.dtype), self.old, transpose=True)
+      return linalg.apply_factors(y, self.new).astype(x.dtype)
 
-    def leaf(slot, x):
-      if not _is_array(x) or not slot.plan.any_rotated:
-        return x
-      xb = slot.plan.to_blocks(x.astype(self.dtype))
-      xb = linalg.apply_factors(xb, _factors_of(lay, self.old, slot), transpose=True)
-      xb = linalg.apply_factors(xb, _factors_of(lay, self.new, slot))
-      return slot.plan.from_blocks(xb).astype(x.dtype)
-
-    return jax.tree.map(leaf, self.slots_tree, tree)
+    return jax.tree.map(leaf, tree)
 
   def second(self, tree):
-    lay = self.layout
-    if not jax.tree.leaves(tree):
-      return tree
+    def leaf(x):
+      for d, perm in zip(self.dims, self.perms):
+        shape = [perm.shape[0]] + [1] * (x.ndim - 1)
+        shape[d + 1] = perm.shape[1]
+        x = jnp.take_along_axis(x, perm.reshape(shape), axis=d + 1)
+      return x
 
-    def leaf(slot, x):
-      if not _is_array(x) or not slot.plan.any_rotated:
-        return x
-      xb = slot.plan.to_blocks(x)
-      for d, perm in enumerate(_factors_of(lay, self.perm, slot)):
-        if perm is not None:
-          shape = [perm.shape[0]] + [1] * (xb.ndim - 1)
-          shape[d + 1] = perm.shape[1]
-          xb = jnp.take_along_axis(xb, perm.reshape(shape), axis=d + 1)
-      return slot.plan.from_blocks(xb)
+    return jax.tree.map(leaf, tree)
 
-    return jax.tree.map(leaf, self.slots_tree, tree)
+
+def _no_leaves(params: Any) -> bool:
+  """Whether `params` has no leaves: an empty tree, or optax.tree_map_params's
+  placeholder. Their stacked fields are `_unstacked()`, a single leaf, so that the
+  placeholder's state stays a prefix of every real one (see the module doc)."""
+  return not jax.tree.leaves(params)
+
+
+def _unstacked() -> jax.Array:
+  return jnp.zeros([], jnp.int32)
 
 
 def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: int = 10,
                   shampoo_beta: Any = 0.95, max_precond_dim: int = 10000,
-                  *, merge_dims: bool = False, precondition_1d: bool = False
-                  ) -> optax.GradientTransformationExtraArgs:
+                  *, merge_dims: bool = False, precondition_1d: bool = False,
+                  block_multiple: int = 1) -> optax.GradientTransformationExtraArgs:
   """Runs `inner` in the eigenbasis of Shampoo's Kronecker factors (SOAP's basis).
 
   For each tensor G (after `merge_dims`, see `linalg.merge_dims`), one factor
@@ -210,6 +228,13 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
   1-d tensors get none unless `precondition_1d`; scalars never do. No n x n
   matrix is allocated for a dimension that is not rotated.
 
+  The tensors with a factor are stacked by shape (see the module doc), and
+  `inner` runs vmapped over each stack: it sees every tensor on its own, in
+  its merged shape (``merge_dims``), so element-wise and per-tensor rules
+  behave as on the unstacked tree; a rule that couples tensors (a global
+  norm) sees one tensor at a time. The other leaves reach `inner` together,
+  as a list.
+
   Args:
     inner: any transformation whose state is declared with `declare_state`
       (every primitive of optlab, optax's Adam, Lion, trace, ...).
@@ -219,58 +244,85 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
     merge_dims: merge consecutive small dimensions of tensors of rank >= 2
       while their product is <= max_precond_dim (SOAP's ``merge_dims``).
     precondition_1d: give 1-d tensors a factor too.
+    block_multiple: pad every stack of blocks with zero blocks to a multiple
+      of this, e.g. the number of devices `optlab.state_sharding` splits the
+      state over (a block axis that does not divide stays replicated).
   """
   V.check_range("in_eigenbasis", "precondition_frequency", precondition_frequency, 1)
   V.check_range("in_eigenbasis", "max_precond_dim", max_precond_dim, 1)
+  V.check_range("in_eigenbasis", "block_multiple", block_multiple, 1)
   V.check_decay("in_eigenbasis", "shampoo_beta", shampoo_beta)
   inner = optax.with_extra_args_support(inner)
   make_plan = lambda shape: linalg.BlockPlan.make(
       shape, max_dim=max_precond_dim, merge=merge_dims, min_ndim=1 if precondition_1d else 2)
 
   def init(params):
-    _, slots = _slots(params, make_plan)
-    layout = linalg.FactorLayout([s.plan for s in slots])
+    if _no_leaves(params):
+      return EigenbasisState(jnp.zeros([], jnp.int32), _unstacked(), _unstacked(), _unstacked(),
+                             _unstacked())
     leaves = jax.tree.leaves(params)
+    stacks = linalg.BlockStacks(leaves, make_plan, block_multiple)
     dtype = tree_accumulation_dtype(leaves)
-    return EigenbasisState(jnp.zeros([], jnp.int32),
-                           _flat_factors(layout, layout.zeros(dtype), leaves),
-                           _flat_factors(layout, layout.identity(dtype), leaves),
-                           inner.init(params))
+    blocks = tuple(jax.vmap(inner.init)(b) for b in stacks.stack(leaves))
+    rest = inner.init([leaves[i] for i in stacks.rest])
+    return EigenbasisState(jnp.zeros([], jnp.int32), TreeLayout.of(params), stacks.zeros(dtype),
+                           stacks.identity(dtype), StackedInnerState(blocks, rest))
 
   def update(updates, state, params=None, **extra):
-    slots_tree, slots = _slots(updates, make_plan)
-    layout = linalg.FactorLayout([s.plan for s in slots])
-    dtype = _buffer_dtype("in_eigenbasis", layout, state.stats, updates)
-    stats = _update_stats(layout, slots, jax.tree.leaves(updates),
-                          _or_empty(state.stats, dtype), shampoo_beta, dtype)
-    basis = layout.split(_or_empty(state.basis, dtype))
+    if _no_leaves(updates):
+      return updates, state._replace(count=optax.safe_increment(state.count))
+    leaves, treedef, stacks, dtype, g = _stacked_updates("in_eigenbasis", state, updates,
+                                                         make_plan, block_multiple)
+    stats = _update_stats(stacks, g, state.stats, shampoo_beta, 1 - shampoo_beta)
+    basis = state.basis
+    rest_g = [leaves[i] for i in stacks.rest]
+    p_leaves = None if params is None else treedef.flatten_up_to(params)
+    typed = lambda blocks: [b.astype(k[2]) for b, k in zip(blocks, stacks.keys)]
 
     def first(_):
-      new = {b: linalg.eigenbasis(stats[b], basis[b]).astype(dtype) for b in layout.sizes}
-      return jax.tree.map(jnp.zeros_like, updates), state.inner_state, new
+      new = _by_size(lambda s, q: linalg.eigenbasis(s, q).astype(dtype), stats, basis)
+      zeros = [jnp.zeros_like(b) for b in g]
+      return zeros, jax.tree.map(jnp.zeros_like, rest_g), state.inner_state, new
 
     def refresh(args):
       inner_state, old = args
-      pairs = {b: linalg.refresh_eigenbasis(stats[b], old[b]) for b in layout.sizes}
-      new = {b: q.astype(dtype) for b, (q, _) in pairs.items()}
-      perm = {b: p for b, (_, p) in pairs.items()}
-      change = _EigenChange(slots_tree, layout, old, new, perm, dtype)
-      return rebase_state(inner_state, change), new
+      pairs = _by_size(linalg.refresh_eigenbasis, stats, old)
+      new = tuple(tuple(q.astype(dtype) for q, _ in pk) for pk in pairs)
+      blocks = tuple(rebase_state(bs, _EigenChange(stacks.dims(k), stacks.with_factors(k, old[k]),
+                                                   stacks.with_factors(k, new[k]),
+                                                   [p for _, p in pairs[k]], dtype))
+                     for k, bs in enumerate(inner_state.blocks))
+      return inner_state._replace(blocks=blocks), new
 
     def step(_):
-      g = _rotate(slots_tree, layout, basis, updates, False, dtype)
-      p = None if params is None else _rotate(slots_tree, layout, basis, params, False, dtype)
-      u, inner_state = inner.update(g, state.inner_state, p, **extra)
-      u = _rotate(slots_tree, layout, basis, u, True, dtype)
+      inner_state = state.inner_state
+      rot_g = typed(_rotate(stacks, basis, g, False))
+      if p_leaves is None:
+        rot_p = [None] * len(rot_g)
+        rest_p = None
+      else:
+        rot_p = typed(_rotate(stacks, basis, stacks.stack(p_leaves, dtype), False))
+        rest_p = [p_leaves[i] for i in stacks.rest]
+      outs, blocks = [], []
+      for gb, pb, sb in zip(rot_g, rot_p, inner_state.blocks):
+        one = lambda u, s, p: inner.update(u, s, p, **extra)
+        u, s = jax.vmap(one, in_axes=(0, 0, None if pb is None else 0))(gb, sb, pb)
+        outs.append(u.astype(dtype))
+        blocks.append(s)
+      rest_u, rest = inner.update(rest_g, inner_state.rest, rest_p, **extra)
+      u = _rotate(stacks, basis, outs, True)
+      inner_state = StackedInnerState(tuple(blocks), rest)
       due = state.count % precondition_frequency == 0  # state.count = inner steps done now
       inner_state, new = jax.lax.cond(due, refresh, lambda a: a, (inner_state, basis))
-      return u, inner_state, new
+      return u, rest_u, inner_state, new
 
-    u, inner_state, new = jax.lax.cond(state.count == 0, first, step, None)
-    new_state = EigenbasisState(optax.safe_increment(state.count),
-                                _like(layout.join(stats, dtype), state.stats),
-                                _like(layout.join(new, dtype), state.basis), inner_state)
-    return u, new_state
+    u, rest_u, inner_state, new = jax.lax.cond(state.count == 0, first, step, None)
+    out = stacks.unstack(u, leaves)
+    for i, x in zip(stacks.rest, rest_u):
+      out[i] = x
+    return (jax.tree.unflatten(treedef, out),
+            EigenbasisState(optax.safe_increment(state.count), state.layout, stats, new,
+                            inner_state))
 
   return optax.GradientTransformationExtraArgs(init, update)
 
@@ -288,26 +340,34 @@ def scale_by_newton_schulz(ns_steps: int = 5,
   (Keller Jordan's ``max(1, rows / cols) ** 0.5`` for PyTorch's (out, in)
   weights, optax's width scaling), or with ``consistent_rms`` r,
   r * sqrt(max(fan_in, fan_out)) ("Muon is Scalable for LLM Training",
-  arXiv:2502.16982, which uses r = 0.2). See `linalg.newton_schulz`.
+  arXiv:2502.16982, which uses r = 0.2). See `linalg.newton_schulz`. The
+  matrices of one shape and dtype are orthogonalised as one stack (one
+  batched iteration per shape, so compile time does not grow with the
+  number of layers).
   """
   V.check_range("scale_by_newton_schulz", "ns_steps", ns_steps, 1)
   V.check_nonneg("scale_by_newton_schulz", "eps", eps)
 
-  def one(u):
-    if u.ndim < 2 or u.size == 0:  # a zero-size matrix's update is zero-size
-      return u
-    x = u.reshape(-1, u.shape[-1])
-    fan_in, fan_out = x.shape
+  def scale(fan_in, fan_out):
     if consistent_rms is None:
-      scale = max(1.0, fan_out / fan_in) ** 0.5
-    else:
-      scale = consistent_rms * max(fan_in, fan_out) ** 0.5
-    y = linalg.newton_schulz(x, ns_steps, ns_coeffs, eps).astype(accumulation_dtype(u.dtype))
-    return (scale * y).reshape(u.shape).astype(u.dtype)
+      return max(1.0, fan_out / fan_in) ** 0.5
+    return consistent_rms * max(fan_in, fan_out) ** 0.5
 
   def update(updates, state, params=None, **extra):
     del params, extra
-    return jax.tree.map(one, updates), state
+    leaves, treedef = jax.tree.flatten(updates)
+    groups: dict[tuple, list[int]] = {}
+    for i, u in enumerate(leaves):
+      if u.ndim >= 2 and u.size:  # a zero-size matrix's update is zero-size
+        groups.setdefault(((math.prod(u.shape[:-1]), u.shape[-1]), u.dtype), []).append(i)
+    out = list(leaves)
+    for ((fan_in, fan_out), _), members in groups.items():
+      x = jnp.stack([leaves[i].reshape(fan_in, fan_out) for i in members])
+      y = linalg.newton_schulz(x, ns_steps, ns_coeffs, eps).astype(accumulation_dtype(x.dtype))
+      y = scale(fan_in, fan_out) * y
+      for k, i in enumerate(members):
+        out[i] = y[k].reshape(leaves[i].shape).astype(leaves[i].dtype)
+    return jax.tree.unflatten(treedef, out), state
 
   return optax.GradientTransformationExtraArgs(lambda _: optax.EmptyState(), update)
 
@@ -316,13 +376,15 @@ def scale_by_newton_schulz(ns_steps: int = 5,
 _GRAFTS = ("sgd", "adagrad", "rmsprop", "rmsprop_normalized")
 
 
-@declare_state(count=COUNT, stats=OPAQUE_STAT, roots=OPAQUE_STAT, graft_nu=SECOND_MOMENT)
+@declare_state(count=COUNT, layout=INVARIANT_STAT, stats=OPAQUE_STAT, roots=OPAQUE_STAT,
+               graft_nu=SECOND_MOMENT)
 class ShampooState(NamedTuple):
   count: jax.Array  # [], int32: steps taken
-  stats: Optional[jax.Array]  # [S], float32 (float64 for float64 params): the Kronecker
-                              # statistics of every block, flat and grouped by size
-                              # (linalg.FactorLayout); None when nothing is preconditioned
-  roots: Optional[jax.Array]  # [S], same dtype and layout: their inverse p-th roots
+  layout: Any  # TreeLayout: the leaves the state was built for (static, no arrays)
+  stats: Any  # per stacked group (linalg.BlockStacks) and dimension, an (n_blocks, b, b)
+              # float32 array (float64 for float64 params): the Kronecker statistics;
+              # a scalar for a tree without leaves
+  roots: Any  # same shapes: their inverse p-th roots
   graft_nu: Any     # param-shaped tree, float32+: the grafting method's diagonal statistic;
                     # () for sgd grafting
 
@@ -331,7 +393,7 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
                      diagonal_eps: Any = 1e-10, graft_type: str = "sgd",
                      start_preconditioning_step: int = 5, statistics_compute_steps: int = 1,
                      preconditioning_compute_steps: int = 1, max_precond_dim: int = 4096,
-                     exponent_override: Optional[int] = None
+                     exponent_override: Optional[int] = None, *, block_multiple: int = 1
                      ) -> optax.GradientTransformationExtraArgs:
   """Shampoo's preconditioned, grafted direction (arXiv:1802.09568, 2002.09018).
 
@@ -356,7 +418,10 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
   Tensors with a dimension above `max_precond_dim` (distributed Shampoo's
   ``skip_preconditioning_dim_size_gt``) and scalars are not preconditioned:
   their update is D. Momentum, decay and the learning rate are separate
-  links (see the `shampoo` recipe).
+  links (see the `shampoo` recipe). The blocks are stacked by shape
+  (`linalg.BlockStacks`): every step is one batched op per block shape, and
+  ``block_multiple`` pads each stack to a multiple of that many blocks (the
+  number of devices `optlab.state_sharding` splits the state over).
   """
   where = "scale_by_shampoo"
   V.check_choice(where, "graft_type", graft_type, _GRAFTS)
@@ -366,6 +431,7 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
     V.check_range(where, name, locals()[name], 1)
   V.check_nonneg(where, "matrix_eps", matrix_eps)
   V.check_nonneg(where, "diagonal_eps", diagonal_eps)
+  V.check_range(where, "block_multiple", block_multiple, 1)
 
   def make_plan(shape):
     plan = linalg.BlockPlan.make(shape, merge=True, merge_limit=block_size,
@@ -375,22 +441,19 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
     return plan
 
   def init(params):
-    _, slots = _slots(params, make_plan)
-    layout = linalg.FactorLayout([s.plan for s in slots])
-    leaves = jax.tree.leaves(params)
-    dtype = tree_accumulation_dtype(leaves)
     nu = () if graft_type == "sgd" else jax.tree.map(
         lambda p: zeros_like(p, accumulation_dtype(p.dtype)), params)
-    return ShampooState(jnp.zeros([], jnp.int32),
-                        _flat_factors(layout, layout.zeros(dtype), leaves),
-                        _flat_factors(layout, layout.identity(dtype), leaves), nu)
+    if _no_leaves(params):
+      return ShampooState(jnp.zeros([], jnp.int32), _unstacked(), _unstacked(), _unstacked(), nu)
+    leaves = jax.tree.leaves(params)
+    stacks = linalg.BlockStacks(leaves, make_plan, block_multiple)
+    dtype = tree_accumulation_dtype(leaves)
+    return ShampooState(jnp.zeros([], jnp.int32), TreeLayout.of(params), stacks.zeros(dtype),
+                        stacks.identity(dtype), nu)
 
-  def exponents(layout, slots):
-    out = {b: [] for b in layout.sizes}
-    for (leaf, _), (b, _, k) in sorted(layout.where.items(), key=lambda kv: kv[1][:2]):
-      rank = len(slots[leaf].plan.merged)
-      out[b] += [2 * rank if exponent_override is None else exponent_override] * k
-    return {b: jnp.asarray(v, jnp.float32)[:, None] for b, v in out.items()}
+  def exponents(stacks):
+    return [2 * len(stacks.block_shape(k)) if exponent_override is None else exponent_override
+            for k in range(len(stacks.keys))]
 
   def graft(g, nu):
     dt = accumulation_dtype(g.dtype)
@@ -408,47 +471,44 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
 
   def update(updates, state, params=None, **extra):
     del params, extra
-    slots_tree, slots = _slots(updates, make_plan)
-    layout = linalg.FactorLayout([s.plan for s in slots])
-    dtype = _buffer_dtype("scale_by_shampoo", layout, state.stats, updates)
+    if _no_leaves(updates):
+      return updates, state._replace(count=optax.safe_increment(state.count))
+    leaves, treedef, stacks, dtype, g = _stacked_updates("scale_by_shampoo", state, updates,
+                                                         make_plan, block_multiple)
     count = state.count
     w1, w2 = (b2, 1.0) if isinstance(b2, (int, float)) and b2 == 1 else (b2, 1 - b2)
-    flat_stats = _or_empty(state.stats, dtype)
-    stats = _update_stats(layout, slots, jax.tree.leaves(updates), flat_stats, 0.0, dtype)
-    old = layout.split(flat_stats)
-    stats = jax.tree.map(lambda o, n: clip_finite(w1 * o + w2 * n), old, stats)
     due = count % statistics_compute_steps == 0
-    stats = {b: jnp.where(due, stats[b], old[b]) for b in layout.sizes}
-    roots = layout.split(_or_empty(state.roots, dtype))
-    exps = exponents(layout, slots)
+    new = _update_stats(stacks, g, state.stats, w1, w2)
+    stats = jax.tree.map(lambda n, o: jnp.where(due, n, o), new, state.stats)
+
+    exps = tuple(tuple(jnp.full((s.shape[0], 1), p, dtype) for s in sk)
+                 for sk, p in zip(stats, exponents(stacks)))
 
     def compute_roots(roots):
-      return {b: linalg.inverse_pth_root(stats[b], exps[b], matrix_eps, roots[b]).astype(dtype)
-              for b in layout.sizes}
+      return _by_size(lambda s, r, p: linalg.inverse_pth_root(s, p, matrix_eps, r).astype(dtype),
+                      stats, roots, exps)
 
     roots = jax.lax.cond(count % preconditioning_compute_steps == 0, compute_roots,
-                         lambda r: r, roots)
+                         lambda r: r, state.roots)
+    precond = stacks.unstack(_rotate(stacks, roots, g, False), leaves, dtype)
 
-    flat, treedef = jax.tree.flatten(updates)
     if graft_type == "sgd":
-      pairs = [graft(g, None) for g in flat]
+      pairs = [graft(x, None) for x in leaves]
     else:
-      pairs = [graft(g, n) for g, n in zip(flat, treedef.flatten_up_to(state.graft_nu))]
-    direction = jax.tree.unflatten(treedef, [d for d, _ in pairs])
+      pairs = [graft(x, n) for x, n in zip(leaves, treedef.flatten_up_to(state.graft_nu))]
     nu = () if graft_type == "sgd" else jax.tree.unflatten(treedef, [n for _, n in pairs])
     run = count >= start_preconditioning_step
+    rest = set(stacks.rest)
 
-    def leaf(slot, g, d):
-      if not slot.plan.any_rotated:
-        return d.astype(g.dtype)
-      gb = slot.plan.to_blocks(g.astype(dtype))
-      s = slot.plan.from_blocks(linalg.apply_factors(gb, _factors_of(layout, roots, slot)))
+    def leaf(i, x, d):
+      if i in rest:
+        return d.astype(x.dtype)
+      s = precond[i]
       s = s * (tensor_norm(d) / (tensor_norm(s) + 1e-16)).astype(dtype)
-      return jnp.where(run, s, d.astype(dtype)).astype(g.dtype)
+      return jnp.where(run, s, d.astype(dtype)).astype(x.dtype)
 
-    out = jax.tree.map(leaf, slots_tree, updates, direction)
-    return out, ShampooState(optax.safe_increment(count),
-                             _like(layout.join(stats, dtype), state.stats),
-                             _like(layout.join(roots, dtype), state.roots), nu)
+    out = [leaf(i, x, d) for i, (x, (d, _)) in enumerate(zip(leaves, pairs))]
+    return jax.tree.unflatten(treedef, out), ShampooState(
+        optax.safe_increment(count), state.layout, stats, roots, nu)
 
   return optax.GradientTransformationExtraArgs(init, update)

@@ -2,12 +2,10 @@
 
 * Blocking: `merge_dims` merges small dimensions (SOAP's rule), and
   `BlockPlan` splits each dimension of a tensor into blocks of at most a given
-  size, so that one batched op (a leading block axis) serves every block of a
-  tensor. `FactorLayout` packs the per-dimension factor matrices of a whole
-  tree into one flat buffer, grouped by size, so that the expensive matrix
-  functions run as one batched call per distinct size (small compile graphs)
-  and the optimizer state has a fixed structure (one leaf) that
-  `optax.tree_map_params` can tell apart from param-shaped state.
+  size. `BlockStacks` stacks the blocks of a whole tree by shape, so that
+  every matrix op (statistics, rotations, decompositions) runs as one batched
+  call per distinct block shape: XLA compiles a kernel per distinct op, so
+  per-leaf ops would make compile time grow with the number of leaves.
 * Matrix functions that never return NaN: `eigenbasis` (eigh, eigenvalues in
   descending order), `refresh_eigenbasis` (one power iteration and a QR, with
   SOAP's eigenvalue-order permutation), `inverse_pth_root` (eigh, damped
@@ -201,69 +199,109 @@ def apply_factors(blocks: jax.Array, mats: Sequence[Optional[jax.Array]],
   return x
 
 
-class FactorLayout:
-  """The factor matrices of a whole tree, packed in one flat buffer grouped by size.
+class BlockStacks:
+  """Every preconditioned block of a tree, stacked by shape: the "stacked blocks".
 
-  Built from the `BlockPlan` of every leaf (in ``jax.tree.leaves`` order).
-  Factor (leaf, dim) is a stack of ``nblocks`` matrices of size
-  ``block[dim]``; all factors of one size sit next to each other, so
-  `split` gives, per size b, one array (N_b, b, b) on which a matrix function
-  is a single batched call.
+  Built from the leaves of a tree (shapes and dtypes) and a plan maker. The
+  leaves with a factor are grouped by (block shape, rotated dimensions,
+  dtype), in a fixed order; group g stacks the blocks of its leaves on one
+  leading axis of ``n_blocks[g]`` entries (zero blocks pad it to a multiple
+  of `multiple`, so that the axis divides evenly over devices). Every matrix
+  op of the Kronecker methods then runs once per group on
+  ``(n_blocks, *block)``, however many leaves share the shape: compile time
+  grows with the number of distinct block shapes, and the block axis is the
+  axis that `optlab.state_sharding` splits over devices. Leaves without a
+  factor are listed in ``rest``.
   """
 
-  def __init__(self, plans: Sequence[Optional[BlockPlan]]):
-    by_size: dict[int, list[tuple[int, int, int]]] = {}
-    for leaf, plan in enumerate(plans):
-      if plan is None:
-        continue
-      for dim, rot in enumerate(plan.rotated):
-        if rot:
-          by_size.setdefault(plan.block[dim], []).append((leaf, dim, plan.nblocks))
-    self.sizes = tuple(sorted(by_size))
-    self.where: dict[tuple[int, int], tuple[int, int, int]] = {}  # -> (size, start, count)
-    self.counts: dict[int, int] = {}
-    for b in self.sizes:
-      start = 0
-      for leaf, dim, k in by_size[b]:
-        self.where[(leaf, dim)] = (b, start, k)
-        start += k
-      self.counts[b] = start
-    self.total = sum(self.counts[b] * b * b for b in self.sizes)
+  def __init__(self, leaves: Sequence[Any], make_plan, multiple: int = 1):
+    self.plans = [make_plan(tuple(jnp.shape(x))) for x in leaves]
+    groups: dict[tuple, list[int]] = {}
+    for i, (x, plan) in enumerate(zip(leaves, self.plans)):
+      if plan.any_rotated:
+        groups.setdefault((plan.block, plan.rotated, jnp.dtype(jnp.result_type(x))), []).append(i)
+    self.keys = sorted(groups, key=repr)
+    self.members = [groups[k] for k in self.keys]
+    used = [sum(self.plans[i].nblocks for i in m) for m in self.members]
+    self.n_blocks = [-(-n // multiple) * multiple for n in used]
+    self.pad = [n - u for n, u in zip(self.n_blocks, used)]
+    self.rest = [i for i, plan in enumerate(self.plans) if not plan.any_rotated]
 
-  def split(self, flat: jax.Array) -> dict[int, jax.Array]:
-    out, off = {}, 0
-    for b in self.sizes:
-      n = self.counts[b] * b * b
-      out[b] = flat[off:off + n].reshape(self.counts[b], b, b)
-      off += n
+  def block_shape(self, g: int) -> tuple[int, ...]:
+    return self.keys[g][0]
+
+  def dims(self, g: int) -> list[int]:
+    """The rotated dimensions of group g's blocks."""
+    return [d for d, r in enumerate(self.keys[g][1]) if r]
+
+  def factor_shapes(self, g: int) -> list[tuple[int, int, int]]:
+    n, block = self.n_blocks[g], self.block_shape(g)
+    return [(n, block[d], block[d]) for d in self.dims(g)]
+
+  def stack(self, leaves: Sequence[Any], dtype: Any = None) -> list[jax.Array]:
+    """The blocks of `leaves` (shaped like the tree's), one (n_blocks, *block) array per group."""
+    out = []
+    for g, members in enumerate(self.members):
+      parts = [self.plans[i].to_blocks(leaves[i] if dtype is None else leaves[i].astype(dtype))
+               for i in members]
+      if self.pad[g]:
+        parts.append(jnp.zeros((self.pad[g],) + self.block_shape(g), parts[0].dtype))
+      out.append(parts[0] if len(parts) == 1 else jnp.concatenate(parts))
     return out
 
-  def join(self, groups: dict[int, jax.Array], dtype: Any) -> jax.Array:
-    if not self.sizes:
-      return jnp.zeros((0,), dtype)
-    return jnp.concatenate([groups[b].reshape(-1).astype(dtype) for b in self.sizes])
+  def unstack(self, stacks: Sequence[jax.Array], leaves: Sequence[Any],
+              dtype: Any = None) -> list[Any]:
+    """`leaves` with every stacked leaf replaced by its blocks from `stacks`, in its
+    own dtype (or `dtype`). One slice per leaf: the only per-leaf op."""
+    out = list(leaves)
+    for stacked, members in zip(stacks, self.members):
+      start = 0
+      for i in members:
+        k = self.plans[i].nblocks
+        x = self.plans[i].from_blocks(stacked[start:start + k])
+        out[i] = x.astype(leaves[i].dtype if dtype is None else dtype)
+        start += k
+    return out
 
-  def take(self, groups: dict[int, jax.Array], leaf: int, dim: int) -> jax.Array:
-    b, start, k = self.where[(leaf, dim)]
-    return groups[b][start:start + k]
+  def with_factors(self, g: int, factors: Sequence[Any]) -> list[Optional[Any]]:
+    """Group g's factors (one per rotated dimension) as a list over all dimensions."""
+    it = iter(factors)
+    return [next(it) if r else None for r in self.keys[g][1]]
 
-  def stack(self, per_factor: dict[tuple[int, int], jax.Array]) -> dict[int, jax.Array]:
-    """{(leaf, dim): (k, b, b)} -> {b: (N_b, b, b)} in layout order."""
-    groups: dict[int, list] = {b: [] for b in self.sizes}
-    for key, (b, _, _) in sorted(self.where.items(), key=lambda kv: (kv[1][0], kv[1][1])):
-      groups[b].append(per_factor[key])
-    return {b: v[0] if len(v) == 1 else jnp.concatenate(v) for b, v in groups.items()}
+  def identity(self, dtype: Any) -> tuple:
+    return tuple(tuple(jnp.broadcast_to(jnp.eye(s[1], dtype=dtype), s) for s in self.factor_shapes(g))
+                 for g in range(len(self.keys)))
 
-  def identity(self, dtype: Any) -> jax.Array:
-    groups = {b: jnp.broadcast_to(jnp.eye(b, dtype=dtype), (self.counts[b], b, b))
-              for b in self.sizes}
-    return self.join(groups, dtype)
-
-  def zeros(self, dtype: Any) -> jax.Array:
-    return jnp.zeros((self.total,), dtype)
+  def zeros(self, dtype: Any) -> tuple:
+    return tuple(tuple(jnp.zeros(s, dtype) for s in self.factor_shapes(g))
+                 for g in range(len(self.keys)))
 
 
 # ------------------------------------------------------------ matrix functions
+def by_size(fn, *args: Sequence[jax.Array]) -> list:
+  """``fn(*entries)`` for every entry i of the lists `args`, one call per matrix size.
+
+  Entry i of each list is a stack with a leading axis of the same length
+  (matrices (N_i, b, b) in the first list); the stacks of one size b are
+  concatenated, so that a decomposition is compiled once per distinct size
+  (a CPU decomposition is a loop that costs ~0.1 s of compile time each),
+  and the results are cut back into one per entry (a tuple where `fn`
+  returns one).
+  """
+  sizes: dict[int, list[int]] = {}
+  for i, x in enumerate(args[0]):
+    sizes.setdefault(x.shape[-1], []).append(i)
+  out: list = [None] * len(args[0])
+  for idx in sizes.values():
+    joined = [a[idx[0]] if len(idx) == 1 else jnp.concatenate([a[i] for i in idx]) for a in args]
+    res, start = fn(*joined), 0
+    for i in idx:
+      k = args[0][i].shape[0]
+      out[i] = jax.tree.map(lambda r, s=start, k=k: r[s:s + k], res)
+      start += k
+  return out
+
+
 def _finite(x: jax.Array) -> jax.Array:
   """Per matrix of a batch (N, b, b): True where every entry is finite."""
   return jnp.all(jnp.isfinite(x), axis=(-2, -1))

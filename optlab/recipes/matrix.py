@@ -20,7 +20,7 @@ from optlab._recipe import recipe_chain
 from optlab._registry import Recipe
 from optlab.primitives.bases import in_eigenbasis, scale_by_newton_schulz, scale_by_shampoo
 from optlab.primitives.decay import add_decayed_weights, add_decayed_weights_after_step
-from optlab.primitives.masks import with_leaf_labels
+from optlab.primitives.routing import route
 from optlab.primitives.moments import (scale_by_adam, scale_by_adopt, scale_by_lion_momentum,
     scale_by_moments)
 from optlab.rules import dual_ema, ema, ema_sq, heavy_ball, unit_scale
@@ -369,24 +369,18 @@ def soap_laprop(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1
 
 # ------------------------------------------------------------------------ Muon
 def _route(transforms: dict, matrices: Any) -> optax.GradientTransformationExtraArgs:
-  """`with_leaf_labels` over {"matrix", "other"}, labelled by `matrices`.
+  """`route` over {"matrix", "other"}, labelled by `matrices`.
 
   None: 2-d tensors are matrices. Otherwise a tree of bools (or a prefix of
   the params) or a function of the params returning one, as optax's masks.
   """
-  if matrices is None:
-    return with_leaf_labels(transforms, lambda x: "matrix" if jnp.ndim(x) == 2 else "other")
-  init = with_leaf_labels(transforms, lambda x: "other").init
+  def labels(tree):
+    if matrices is None:
+      return jax.tree.map(lambda x: "matrix" if jnp.ndim(x) == 2 else "other", tree)
+    flags = matrices(tree) if callable(matrices) else matrices
+    return jax.tree.map(lambda f: "matrix" if f else "other", flags)
 
-  def update(updates, state, params=None, **extra):
-    flags = matrices(updates) if callable(matrices) else matrices
-    flags = jax.tree.map(lambda f, sub: jax.tree.map(lambda _: bool(f), sub), flags, updates)
-    labels = iter(["matrix" if f else "other" for f in jax.tree.leaves(flags)])
-    # with_leaf_labels asks for one label per leaf, in flatten order.
-    tx = with_leaf_labels(transforms, lambda x: next(labels))
-    return tx.update(updates, state, params, **extra)
-
-  return optax.GradientTransformationExtraArgs(init, update)
+  return route(transforms, labels)
 
 
 def muon(learning_rate: Any, ns_coeffs: tuple = (3.4445, -4.7750, 2.0315), ns_steps: int = 5,
@@ -408,7 +402,10 @@ def muon(learning_rate: Any, ns_coeffs: tuple = (3.4445, -4.7750, 2.0315), ns_st
   Every other tensor is trained by Adam (``adam_b1``, ``adam_b2``,
   ``adam_eps``; decoupled ``adam_weight_decay``) with ``adam_learning_rate``
   (None: ``learning_rate``). The hyperparameters are optax.contrib.muon's where
-  it has them; ``matrices`` overrides which tensors are orthogonalised.
+  it has them; ``matrices`` overrides which tensors are orthogonalised. The
+  state holds one momentum buffer per matrix entry, as the official code, and
+  Adam's two per entry of the other tensors (`route`; those tensors' second
+  moment is stored flat, outside the params' sharding).
 
   Follows Keller Jordan's official code (KellerJordan/Muon, ``muon.py``:
   ``Muon`` / ``MuonWithAuxAdam``): momentum by lerp without bias correction,
@@ -424,8 +421,7 @@ def muon(learning_rate: Any, ns_coeffs: tuple = (3.4445, -4.7750, 2.0315), ns_st
 
   Args:
     learning_rate: the step size of the matrices, a float >= 0 or an optax
-      schedule; a number if ``adam_learning_rate`` is a number, a schedule if
-      it is a schedule (one shared state layout).
+      schedule.
     ns_coeffs: the coefficients (a, b, c) of the quintic Newton-Schulz
       iteration.
     ns_steps: the number of Newton-Schulz iterations, an int >= 1.
@@ -488,16 +484,15 @@ def muon(learning_rate: Any, ns_coeffs: tuple = (3.4445, -4.7750, 2.0315), ns_st
                       ("adam_weight_decay", adam_weight_decay), ("consistent_rms", consistent_rms)):
     V.check_nonneg("muon", name, value)
   adam_lr = learning_rate if adam_learning_rate is None else adam_learning_rate
-  # unit_scale: no second moment for matrices, but Adam's state layout.
+  # Matrices keep one momentum buffer, the other tensors Adam's two (`route`).
   body = _route({
       "matrix": optax.chain(
-          scale_by_moments(ema(beta, debias=False, nesterov=nesterov, dtype=mu_dtype),
-                           unit_scale()),
+          scale_by_moments(ema(beta, debias=False, nesterov=nesterov, dtype=mu_dtype), None),
           scale_by_newton_schulz(ns_steps, ns_coeffs, eps, consistent_rms),
           add_decayed_weights(weight_decay, weight_decay_mask),
           scale_by_learning_rate(learning_rate)),
       "other": optax.chain(
-          scale_by_adam(adam_b1, adam_b2, adam_eps, mu_dtype=mu_dtype), optax.identity(),
+          scale_by_adam(adam_b1, adam_b2, adam_eps, mu_dtype=mu_dtype),
           add_decayed_weights(adam_weight_decay, weight_decay_mask),
           scale_by_learning_rate(adam_lr)),
   }, matrices)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -19,10 +20,11 @@ from optlab._registry import Recipe
 from optlab.primitives.clipping import clip_spikes, with_momentum_reset
 from optlab.primitives.decay import add_decayed_weights, add_decayed_weights_after_step
 from optlab.primitives.masks import (cautious, check_channel_axis, with_grams,
-                                     with_leaf_labels, with_radial_projection)
+                                     with_radial_projection)
 from optlab.primitives.moments import scale_by_adam, scale_by_lion_momentum, scale_by_moments
-from optlab.rules import ema, ema_sq, heavy_ball, nesterov_ema, unit_scale
+from optlab.rules import ema, ema_sq, heavy_ball, nesterov_ema
 from optlab.primitives.normalize import scale_by_sign
+from optlab.primitives.routing import route
 from optlab.primitives.step_size import scale_by_learning_rate
 from optlab.primitives.variance_reduction import add_mars_correction
 
@@ -269,14 +271,13 @@ def mars_chain(where, learning_rate, matrix_rule, b1, gamma, max_norm, weight_de
   if optimize_1d:
     body = optax.chain(*matrix_rule, add_decayed_weights(weight_decay, mask))
   else:  # the official code trains every non-2-d tensor with plain AdamW
-    body = with_leaf_labels({
-        "matrix": optax.chain(*matrix_rule, add_decayed_weights(weight_decay, mask),
-                              optax.scale(1.0)),
+    # `route`: each branch keeps only its own state (MARS-Lion's matrices one buffer)
+    body = route({
+        "matrix": optax.chain(*matrix_rule, add_decayed_weights(weight_decay, mask)),
         "other": optax.chain(scale_by_adam(b1_1d, b2_1d, eps),
-                             *[optax.identity()] * (len(matrix_rule) - 1),  # for the sign
                              add_decayed_weights(weight_decay_1d, mask),
                              optax.scale(lr_1d_factor)),
-    }, _matrix_label)
+    }, lambda tree: jax.tree.map(_matrix_label, tree))
   return recipe_chain(where, correction, body, scale_by_learning_rate(learning_rate))
 
 
@@ -406,8 +407,7 @@ def mars_lion(learning_rate: Any, b1: Any = 0.95, weight_decay: Any = 0.0, mask:
 
     Official code: AGI-Arena/MARS.
   """
-  # unit_scale: no second moment, but the AdamW state layout (see `mars_chain`).
-  rule = (scale_by_moments(ema(b1, debias=False), unit_scale()), scale_by_sign())
+  rule = (scale_by_moments(ema(b1, debias=False), None), scale_by_sign())
   return mars_chain("mars_lion", learning_rate, rule, b1, gamma, max_norm, weight_decay, mask,
                     optimize_1d, lr_1d_factor, b1_1d, b2_1d, eps, weight_decay_1d)
 
