@@ -16,6 +16,7 @@ from optlab import federated, rules, schedules
 from optlab._recipe import recipe_chain
 from optlab._registry import Recipe
 from optlab.catalog import catalog, get_recipe, held_out
+from optlab.sharding import state_sharding
 from optlab.primitives.bases import (EigenbasisState, StackedInnerState, in_eigenbasis,
                                      scale_by_newton_schulz, ShampooState, scale_by_shampoo)
 from optlab.primitives.basis import (LINEAR, SECOND, INVARIANT, OPAQUE, NESTED, MOMENT, ANCHOR,
@@ -125,6 +126,7 @@ __all__ = [
     'get_recipe',
     'held_out',
     'recipe_chain',
+    'state_sharding',
     'federated',
     'rules',
     'schedules',

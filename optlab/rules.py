@@ -622,9 +622,9 @@ class unit_scale:
   """A second-moment rule that scales by 1 and keeps an all-zero tree.
 
   Gives a first-moment-only transformation the state layout of an Adam-like
-  one, so that both can share a state under `with_leaf_labels` (MARS-Lion's
-  matrices next to the AdamW that trains its other tensors; the official code
-  allocates that tree too).
+  one, so that both can share a state under `with_leaf_labels`, which needs
+  one layout. `route` keeps each branch's own state and needs no such
+  padding (the catalogue's Muon and MARS recipes use it).
   """
 
   def init(self, params):

@@ -35,9 +35,10 @@ from optlab import federated, rules, schedules
 from optlab._recipe import recipe_chain
 from optlab._registry import Recipe
 from optlab.catalog import catalog, get_recipe, held_out
+from optlab.sharding import state_sharding
 '''
 
-FIXED = ["Recipe", "catalog", "get_recipe", "held_out", "recipe_chain"]
+FIXED = ["Recipe", "catalog", "get_recipe", "held_out", "recipe_chain", "state_sharding"]
 SUBMODULES = ["federated", "rules", "schedules"]
 
 

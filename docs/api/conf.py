@@ -188,8 +188,8 @@ def _write_pages() -> set[str]:
       placed.update(names)
   index += _toc("Primitives", pages)
 
-  core = ["Recipe", "recipe_chain", "catalog", "held_out", "get_recipe"]
-  lines = _heading("The catalogue and recipe_chain")
+  core = ["Recipe", "recipe_chain", "catalog", "held_out", "get_recipe", "state_sharding"]
+  lines = _heading("The catalogue, recipe_chain and state_sharding")
   lines += [".. currentmodule:: optlab", ""]
   for name in core:
     lines += _directive("optlab", name)

@@ -204,7 +204,8 @@ def _unstacked() -> jax.Array:
 def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: int = 10,
                   shampoo_beta: Any = 0.95, max_precond_dim: int = 10000,
                   *, merge_dims: bool = False, precondition_1d: bool = False,
-                  block_multiple: int = 1) -> optax.GradientTransformationExtraArgs:
+                  block_multiple: int = 1, axis_name: Optional[str] = None
+                  ) -> optax.GradientTransformationExtraArgs:
   """Runs `inner` in the eigenbasis of Shampoo's Kronecker factors (SOAP's basis).
 
   For each tensor G (after `merge_dims`, see `linalg.merge_dims`), one factor
@@ -247,6 +248,10 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
     block_multiple: pad every stack of blocks with zero blocks to a multiple
       of this, e.g. the number of devices `optlab.state_sharding` splits the
       state over (a block axis that does not divide stays replicated).
+    axis_name: under pmap (or shard_map) with the state whole on every
+      device, the axis whose devices share the decompositions: each computes
+      1/n of them and they are all-gathered (`linalg.split_over_axis`);
+      None: every device computes all.
   """
   V.check_range("in_eigenbasis", "precondition_frequency", precondition_frequency, 1)
   V.check_range("in_eigenbasis", "max_precond_dim", max_precond_dim, 1)
@@ -255,6 +260,7 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
   inner = optax.with_extra_args_support(inner)
   make_plan = lambda shape: linalg.BlockPlan.make(
       shape, max_dim=max_precond_dim, merge=merge_dims, min_ndim=1 if precondition_1d else 2)
+  split = lambda fn: linalg.split_over_axis(fn, axis_name)
 
   def init(params):
     if _no_leaves(params):
@@ -280,13 +286,13 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
     typed = lambda blocks: [b.astype(k[2]) for b, k in zip(blocks, stacks.keys)]
 
     def first(_):
-      new = _by_size(lambda s, q: linalg.eigenbasis(s, q).astype(dtype), stats, basis)
+      new = _by_size(split(lambda s, q: linalg.eigenbasis(s, q).astype(dtype)), stats, basis)
       zeros = [jnp.zeros_like(b) for b in g]
       return zeros, jax.tree.map(jnp.zeros_like, rest_g), state.inner_state, new
 
     def refresh(args):
       inner_state, old = args
-      pairs = _by_size(linalg.refresh_eigenbasis, stats, old)
+      pairs = _by_size(split(linalg.refresh_eigenbasis), stats, old)
       new = tuple(tuple(q.astype(dtype) for q, _ in pk) for pk in pairs)
       blocks = tuple(rebase_state(bs, _EigenChange(stacks.dims(k), stacks.with_factors(k, old[k]),
                                                    stacks.with_factors(k, new[k]),
@@ -393,8 +399,8 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
                      diagonal_eps: Any = 1e-10, graft_type: str = "sgd",
                      start_preconditioning_step: int = 5, statistics_compute_steps: int = 1,
                      preconditioning_compute_steps: int = 1, max_precond_dim: int = 4096,
-                     exponent_override: Optional[int] = None, *, block_multiple: int = 1
-                     ) -> optax.GradientTransformationExtraArgs:
+                     exponent_override: Optional[int] = None, *, block_multiple: int = 1,
+                     axis_name: Optional[str] = None) -> optax.GradientTransformationExtraArgs:
   """Shampoo's preconditioned, grafted direction (arXiv:1802.09568, 2002.09018).
 
   The chain statistics -> inverse roots -> preconditioning -> grafting, as
@@ -421,7 +427,9 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
   links (see the `shampoo` recipe). The blocks are stacked by shape
   (`linalg.BlockStacks`): every step is one batched op per block shape, and
   ``block_multiple`` pads each stack to a multiple of that many blocks (the
-  number of devices `optlab.state_sharding` splits the state over).
+  number of devices `optlab.state_sharding` splits the state over). With
+  ``axis_name`` (pmap or shard_map, the state whole on every device), the
+  devices of that axis share the inverse roots: each computes 1/n of them.
   """
   where = "scale_by_shampoo"
   V.check_choice(where, "graft_type", graft_type, _GRAFTS)
@@ -485,8 +493,8 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
                  for sk, p in zip(stats, exponents(stacks)))
 
     def compute_roots(roots):
-      return _by_size(lambda s, r, p: linalg.inverse_pth_root(s, p, matrix_eps, r).astype(dtype),
-                      stats, roots, exps)
+      root = lambda s, r, p: linalg.inverse_pth_root(s, p, matrix_eps, r).astype(dtype)
+      return _by_size(linalg.split_over_axis(root, axis_name), stats, roots, exps)
 
     roots = jax.lax.cond(count % preconditioning_compute_steps == 0, compute_roots,
                          lambda r: r, state.roots)

@@ -278,6 +278,30 @@ class BlockStacks:
 
 
 # ------------------------------------------------------------ matrix functions
+def split_over_axis(fn, axis_name: Optional[str]):
+  """`fn` of stacks (N, ...) computed 1/n per device of the pmap / shard_map axis.
+
+  Each of the n devices of `axis_name` takes its share of the N matrices
+  (the stacks are padded with copies of their first matrix to a multiple of
+  n), and the results are all-gathered: distributed Shampoo's split of the
+  refresh work, for states held whole on every device. None: `fn` itself.
+  """
+  if axis_name is None:
+    return fn
+
+  def run(*xs):
+    n, i = jax.lax.axis_size(axis_name), jax.lax.axis_index(axis_name)
+    total = xs[0].shape[0]
+    per = -(-total // n)
+    pad = lambda x: jnp.concatenate([x, jnp.repeat(x[:1], per * n - total, 0)]) \
+        if per * n > total else x
+    mine = [jax.lax.dynamic_slice_in_dim(pad(x), i * per, per) for x in xs]
+    out = fn(*mine)
+    return jax.tree.map(lambda y: jax.lax.all_gather(y, axis_name, tiled=True)[:total], out)
+
+  return run
+
+
 def by_size(fn, *args: Sequence[jax.Array]) -> list:
   """``fn(*entries)`` for every entry i of the lists `args`, one call per matrix size.
 

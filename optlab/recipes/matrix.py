@@ -23,7 +23,7 @@ from optlab.primitives.decay import add_decayed_weights, add_decayed_weights_aft
 from optlab.primitives.routing import route
 from optlab.primitives.moments import (scale_by_adam, scale_by_adopt, scale_by_lion_momentum,
     scale_by_moments)
-from optlab.rules import dual_ema, ema, ema_sq, heavy_ball, unit_scale
+from optlab.rules import dual_ema, ema, ema_sq, heavy_ball
 from optlab.primitives.normalize import scale_by_rms_normalize
 from optlab.primitives.step_size import scale_by_learning_rate
 
@@ -43,14 +43,16 @@ def _skip_first(learning_rate: Any):
 
 
 def _in_soap_basis(where: str, inner, learning_rate, weight_decay, mask, shampoo_beta,
-                   precondition_frequency, max_precond_dim, merge_dims, precondition_1d):
+                   precondition_frequency, max_precond_dim, merge_dims, precondition_1d,
+                   block_multiple, axis_name):
   """The SOAP chain around `inner`: in_eigenbasis, learning rate, then decay of the
   updated weights (official SOAP: p <- p - lr * u, then p <- p - lr * wd * p)."""
   V.check_learning_rate(where, learning_rate)
   V.check_nonneg(where, "weight_decay", weight_decay)
   max_precond_dim = 10000 if max_precond_dim is None else max_precond_dim
   basis = in_eigenbasis(inner, precondition_frequency, shampoo_beta, max_precond_dim,
-                        merge_dims=merge_dims, precondition_1d=precondition_1d)
+                        merge_dims=merge_dims, precondition_1d=precondition_1d,
+                        block_multiple=block_multiple, axis_name=axis_name)
   return recipe_chain(where, basis, scale_by_learning_rate(learning_rate),
                       add_decayed_weights_after_step(weight_decay, _skip_first(learning_rate),
                                                      mask))
@@ -65,7 +67,8 @@ def soap(learning_rate: Any, b1: Any = 0.95, b2: Any = 0.95, shampoo_beta: Any =
          eps: Any = 1e-8, weight_decay: Any = 0.01, mask: Any = None,
          precondition_frequency: int = 10, max_precond_dim: Optional[int] = None,
          *, merge_dims: bool = False, precondition_1d: bool = False,
-         normalize_grads: bool = False, correct_bias: bool = True, mu_dtype: Any = None):
+         normalize_grads: bool = False, correct_bias: bool = True, mu_dtype: Any = None,
+         block_multiple: int = 1, axis_name: Any = None):
   """SOAP: "SOAP: Improving and Stabilizing Shampoo using Adam" (arXiv:2409.11321).
 
   Adam run in the eigenbasis of Shampoo's factors ``L = EMA(G G^T)``,
@@ -121,6 +124,11 @@ def soap(learning_rate: Any, b1: Any = 0.95, b2: Any = 0.95, shampoo_beta: Any =
     normalize_grads: divide the update by its RMS before the bias correction.
     correct_bias: apply Adam's bias correction ``sqrt(1 - b2^t) / (1 - b1^t)``.
     mu_dtype: the dtype of the first moment; None keeps the params' dtype.
+    block_multiple: pad every stack of same-shaped blocks to a multiple of
+      this many blocks (the devices `optlab.state_sharding` splits the state
+      over), an int >= 1.
+    axis_name: under pmap, the axis whose devices share the basis refreshes
+      (each computes 1/n of them); None: every device computes all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
@@ -159,13 +167,15 @@ def soap(learning_rate: Any, b1: Any = 0.95, b2: Any = 0.95, shampoo_beta: Any =
         *([optax.scale_by_schedule(_bias_factor(b1, b2))] if correct_bias else []))
   beta = b2 if shampoo_beta is None else shampoo_beta
   return _in_soap_basis("soap", inner, learning_rate, weight_decay, mask, beta,
-                        precondition_frequency, max_precond_dim, merge_dims, precondition_1d)
+                        precondition_frequency, max_precond_dim, merge_dims, precondition_1d,
+                        block_multiple, axis_name)
 
 
 def soap_lion(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.99, weight_decay: Any = 0.01,
               mask: Any = None, shampoo_beta: Any = 0.95, precondition_frequency: int = 10,
               max_precond_dim: Optional[int] = None, *, merge_dims: bool = False,
-              precondition_1d: bool = False, mu_dtype: Any = None):
+              precondition_1d: bool = False, mu_dtype: Any = None,
+              block_multiple: int = 1, axis_name: Any = None):
   """Lion (arXiv:2302.06675) in SOAP's eigenbasis (arXiv:2409.11321).
 
   With ``G' = Q_L^T G Q_R`` and ``m`` kept in the rotated basis::
@@ -196,6 +206,11 @@ def soap_lion(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.99, weight_decay: A
       while their product is <= max_precond_dim.
     precondition_1d: rotate 1-d tensors too.
     mu_dtype: the dtype of the first moment; None keeps the params' dtype.
+    block_multiple: pad every stack of same-shaped blocks to a multiple of
+      this many blocks (the devices `optlab.state_sharding` splits the state
+      over), an int >= 1.
+    axis_name: under pmap, the axis whose devices share the basis refreshes
+      (each computes 1/n of them); None: every device computes all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
@@ -207,13 +222,14 @@ def soap_lion(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.99, weight_decay: A
     "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675
     (https://arxiv.org/abs/2302.06675).
   """
-  return _in_soap_basis("soap_lion", scale_by_lion_momentum(b1, b2, mu_dtype), learning_rate, weight_decay, mask, shampoo_beta, precondition_frequency, max_precond_dim, merge_dims, precondition_1d)  # noqa: E501
+  return _in_soap_basis("soap_lion", scale_by_lion_momentum(b1, b2, mu_dtype), learning_rate, weight_decay, mask, shampoo_beta, precondition_frequency, max_precond_dim, merge_dims, precondition_1d, block_multiple, axis_name)  # noqa: E501
 
 
 def soap_adopt(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.9999, eps: Any = 1e-6,
                weight_decay: Any = 0.01, mask: Any = None, shampoo_beta: Any = 0.95,
                precondition_frequency: int = 10, max_precond_dim: Optional[int] = None,
-               *, merge_dims: bool = False, precondition_1d: bool = False, mu_dtype: Any = None):
+               *, merge_dims: bool = False, precondition_1d: bool = False, mu_dtype: Any = None,
+               block_multiple: int = 1, axis_name: Any = None):
   """ADOPT (arXiv:2411.02853) in SOAP's eigenbasis (arXiv:2409.11321).
 
   `scale_by_adopt` (with its clipping) on ``G' = Q_L^T G Q_R``, rotated back.
@@ -242,6 +258,11 @@ def soap_adopt(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.9999, eps: Any = 1
       while their product is <= max_precond_dim.
     precondition_1d: rotate 1-d tensors too.
     mu_dtype: the dtype of the first moment; None keeps the params' dtype.
+    block_multiple: pad every stack of same-shaped blocks to a multiple of
+      this many blocks (the devices `optlab.state_sharding` splits the state
+      over), an int >= 1.
+    axis_name: under pmap, the axis whose devices share the basis refreshes
+      (each computes 1/n of them); None: every device computes all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
@@ -254,14 +275,15 @@ def soap_adopt(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.9999, eps: Any = 1
     arXiv:2411.02853 (https://arxiv.org/abs/2411.02853).
   """
   V.check_nonneg("soap_adopt", "eps", eps)
-  return _in_soap_basis("soap_adopt", scale_by_adopt(b1, b2, eps, mu_dtype), learning_rate, weight_decay, mask, shampoo_beta, precondition_frequency, max_precond_dim, merge_dims, precondition_1d)  # noqa: E501
+  return _in_soap_basis("soap_adopt", scale_by_adopt(b1, b2, eps, mu_dtype), learning_rate, weight_decay, mask, shampoo_beta, precondition_frequency, max_precond_dim, merge_dims, precondition_1d, block_multiple, axis_name)  # noqa: E501
 
 
 def soap_ademamix(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, b3: Any = 0.9999,
                   alpha: Any = 5.0, eps: Any = 1e-8, weight_decay: Any = 0.01, mask: Any = None,
                   shampoo_beta: Any = 0.95, precondition_frequency: int = 10,
                   max_precond_dim: Optional[int] = None, *, merge_dims: bool = False,
-                  precondition_1d: bool = False, mu_dtype: Any = None):
+                  precondition_1d: bool = False, mu_dtype: Any = None,
+                  block_multiple: int = 1, axis_name: Any = None):
   """AdEMAMix (arXiv:2409.03350) in SOAP's eigenbasis (arXiv:2409.11321).
 
   On ``G' = Q_L^T G Q_R``, rotated back::
@@ -297,6 +319,11 @@ def soap_ademamix(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, b3: Any = 
       while their product is <= max_precond_dim.
     precondition_1d: rotate 1-d tensors too.
     mu_dtype: the dtype of the first moment; None keeps the params' dtype.
+    block_multiple: pad every stack of same-shaped blocks to a multiple of
+      this many blocks (the devices `optlab.state_sharding` splits the state
+      over), an int >= 1.
+    axis_name: under pmap, the axis whose devices share the basis refreshes
+      (each computes 1/n of them); None: every device computes all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
@@ -312,13 +339,14 @@ def soap_ademamix(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, b3: Any = 
     V.check_decay("soap_ademamix", name, value)
   V.check_nonneg("soap_ademamix", "eps", eps)
   V.check_nonneg("soap_ademamix", "alpha", alpha)
-  return _in_soap_basis("soap_ademamix", scale_by_moments(dual_ema(b1, b3, alpha, dtype=mu_dtype), ema_sq(b2), eps=eps), learning_rate, weight_decay, mask, shampoo_beta, precondition_frequency, max_precond_dim, merge_dims, precondition_1d)  # noqa: E501
+  return _in_soap_basis("soap_ademamix", scale_by_moments(dual_ema(b1, b3, alpha, dtype=mu_dtype), ema_sq(b2), eps=eps), learning_rate, weight_decay, mask, shampoo_beta, precondition_frequency, max_precond_dim, merge_dims, precondition_1d, block_multiple, axis_name)  # noqa: E501
 
 
 def soap_laprop(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-15,
                 weight_decay: Any = 0.01, mask: Any = None, shampoo_beta: Any = 0.95,
                 precondition_frequency: int = 10, max_precond_dim: Optional[int] = None,
-                *, merge_dims: bool = False, precondition_1d: bool = False, mu_dtype: Any = None):
+                *, merge_dims: bool = False, precondition_1d: bool = False, mu_dtype: Any = None,
+                block_multiple: int = 1, axis_name: Any = None):
   """LaProp (arXiv:2002.04839) in SOAP's eigenbasis (arXiv:2409.11321).
 
   With ``G' = Q_L^T G Q_R``::
@@ -350,6 +378,11 @@ def soap_laprop(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1
       while their product is <= max_precond_dim.
     precondition_1d: rotate 1-d tensors too.
     mu_dtype: the dtype of the first moment; None keeps the params' dtype.
+    block_multiple: pad every stack of same-shaped blocks to a multiple of
+      this many blocks (the devices `optlab.state_sharding` splits the state
+      over), an int >= 1.
+    axis_name: under pmap, the axis whose devices share the basis refreshes
+      (each computes 1/n of them); None: every device computes all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
@@ -364,7 +397,7 @@ def soap_laprop(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1
   for name, value in (("b1", b1), ("b2", b2)):
     V.check_decay("soap_laprop", name, value)
   V.check_nonneg("soap_laprop", "eps", eps)
-  return _in_soap_basis("soap_laprop", scale_by_moments(ema(b1, dtype=mu_dtype), ema_sq(b2), eps=eps, order="laprop"), learning_rate, weight_decay, mask, shampoo_beta, precondition_frequency, max_precond_dim, merge_dims, precondition_1d)  # noqa: E501
+  return _in_soap_basis("soap_laprop", scale_by_moments(ema(b1, dtype=mu_dtype), ema_sq(b2), eps=eps, order="laprop"), learning_rate, weight_decay, mask, shampoo_beta, precondition_frequency, max_precond_dim, merge_dims, precondition_1d, block_multiple, axis_name)  # noqa: E501
 
 
 # ------------------------------------------------------------------------ Muon
@@ -503,7 +536,7 @@ def muon(learning_rate: Any, ns_coeffs: tuple = (3.4445, -4.7750, 2.0315), ns_st
 def _shampoo_body(where, learning_rate, block_size, b1, b2, matrix_eps, diagonal_eps,
                   weight_decay, mask, graft_type, start_preconditioning_step,
                   statistics_compute_steps, preconditioning_compute_steps, max_precond_dim,
-                  exponent_override, nesterov):
+                  exponent_override, nesterov, block_multiple=1, axis_name=None):
   V.check_learning_rate(where, learning_rate)
   V.check_decay(where, "b1", b1)
   V.check_range(where, "b2", b2, 0.0, 1.0)
@@ -515,7 +548,8 @@ def _shampoo_body(where, learning_rate, block_size, b1, b2, matrix_eps, diagonal
   max_precond_dim = 4096 if max_precond_dim is None else max_precond_dim
   return (scale_by_shampoo(block_size, b2, matrix_eps, diagonal_eps, graft_type,
                            start_preconditioning_step, statistics_compute_steps,
-                           preconditioning_compute_steps, max_precond_dim, exponent_override),
+                           preconditioning_compute_steps, max_precond_dim, exponent_override,
+                           block_multiple=block_multiple, axis_name=axis_name),
           add_decayed_weights(weight_decay, mask),
           scale_by_moments(heavy_ball(b1, nesterov=nesterov), None),
           scale_by_learning_rate(learning_rate))
@@ -526,7 +560,7 @@ def shampoo(learning_rate: Any, block_size: Optional[int] = None, b1: Any = 0.9,
             mask: Any = None, graft_type: str = "sgd", start_preconditioning_step: int = 5,
             statistics_compute_steps: int = 1, preconditioning_compute_steps: int = 1,
             max_precond_dim: Optional[int] = None, exponent_override: Any = None,
-            *, nesterov: bool = True):
+            *, nesterov: bool = True, block_multiple: int = 1, axis_name: Any = None):
   """Shampoo: "Shampoo: Preconditioned Stochastic Tensor Optimization" (arXiv:1802.09568),
   blocked and grafted as in "Scalable Second Order Optimization for Deep Learning"
   (arXiv:2002.09018) and its code, distributed Shampoo (google-research
@@ -589,6 +623,11 @@ def shampoo(learning_rate: Any, block_size: Optional[int] = None, b1: Any = 0.9,
     exponent_override: the root p of ``P_i = (L_i + eps I)^(-1/p)``, > 0;
       None: 2k for a k-dimensional tensor.
     nesterov: Nesterov momentum, ``u + b1 m``.
+    block_multiple: pad every stack of same-shaped blocks to a multiple of
+      this many blocks (the devices `optlab.state_sharding` splits the state
+      over), an int >= 1.
+    axis_name: under pmap, the axis whose devices share the inverse roots
+      (each computes 1/n of them); None: every device computes all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
@@ -617,7 +656,8 @@ def shampoo(learning_rate: Any, block_size: Optional[int] = None, b1: Any = 0.9,
   return recipe_chain("shampoo", *_shampoo_body(
       "shampoo", learning_rate, block_size, b1, b2, matrix_eps, diagonal_eps, weight_decay,
       mask, graft_type, start_preconditioning_step, statistics_compute_steps,
-      preconditioning_compute_steps, max_precond_dim, exponent_override, nesterov))
+      preconditioning_compute_steps, max_precond_dim, exponent_override, nesterov,
+      block_multiple, axis_name))
 
 
 # ---------------------------------------------------------------- MARS-Shampoo
@@ -681,7 +721,7 @@ def mars_shampoo(learning_rate: Any, b1: Any = 0.95, eps: Any = 1e-8, weight_dec
   """
   from optlab.recipes.sign_family import mars_chain
   V.check_decay("mars_shampoo", "b1", b1)
-  rule = (scale_by_moments(ema(b1, debias=False), unit_scale()),
+  rule = (scale_by_moments(ema(b1, debias=False), None),
           scale_by_newton_schulz(ns_steps, eps=eps * (1 - b1)))
   return mars_chain("mars_shampoo", learning_rate, rule, b1, gamma, max_norm, weight_decay,
                     mask, False, lr_1d_factor, b1_1d, b2_1d, eps, weight_decay_1d)
@@ -689,20 +729,22 @@ def mars_shampoo(learning_rate: Any, b1: Any = 0.95, eps: Any = 1e-8, weight_dec
 
 # ------------------------------------------------------------------- catalogue
 _SOAP_PAPER = "SOAP: Improving and Stabilizing Shampoo using Adam"
+_STACKS = ("block_multiple",)  # fixes the stacked state's shapes
 RECIPES = (
-    Recipe("soap", soap, "second_order", _SOAP_PAPER, "2409.11321"),
+    Recipe("soap", soap, "second_order", _SOAP_PAPER, "2409.11321", static=_STACKS),
     Recipe("soap_lion", soap_lion, "second_order", _SOAP_PAPER, "2409.11321",
-           notes="Lion (arXiv:2302.06675) as the inner rule of SOAP's basis."),
+           notes="Lion (arXiv:2302.06675) as the inner rule of SOAP's basis.", static=_STACKS),
     Recipe("soap_adopt", soap_adopt, "second_order", _SOAP_PAPER, "2409.11321",
-           notes="ADOPT (arXiv:2411.02853) as the inner rule of SOAP's basis."),
+           notes="ADOPT (arXiv:2411.02853) as the inner rule of SOAP's basis.", static=_STACKS),
     Recipe("soap_ademamix", soap_ademamix, "second_order", _SOAP_PAPER, "2409.11321",
-           notes="AdEMAMix (arXiv:2409.03350) as the inner rule of SOAP's basis."),
+           notes="AdEMAMix (arXiv:2409.03350) as the inner rule of SOAP's basis.", static=_STACKS),
     Recipe("soap_laprop", soap_laprop, "second_order", _SOAP_PAPER, "2409.11321",
-           notes="LaProp (arXiv:2002.04839) as the inner rule of SOAP's basis."),
+           notes="LaProp (arXiv:2002.04839) as the inner rule of SOAP's basis.", static=_STACKS),
     Recipe("muon", muon, "second_order", "Muon is Scalable for LLM Training", "2502.16982",
            notes="Official code: Keller Jordan's KellerJordan/Muon (blog, Dec 2024)."),
     Recipe("shampoo", shampoo, "second_order",
-           "Shampoo: Preconditioned Stochastic Tensor Optimization", "1802.09568"),
+           "Shampoo: Preconditioned Stochastic Tensor Optimization", "1802.09568",
+           static=_STACKS),
     Recipe("mars_shampoo", mars_shampoo, "second_order",
            "MARS: Unleashing the Power of Variance Reduction for Training Large Models",
            "2411.10438", notes="Official code: AGI-Arena/MARS, mars_type='mars-shampoo'."),

@@ -1,0 +1,150 @@
+"""optlab.state_sharding and the stacked blocks under an 8-device FSDP mesh and pmap
+(issue 14: each device holds its share of SOAP's and Shampoo's state, and the sharded
+update equals the single-device one)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import optlab
+
+# 3 layers of square matrices (axis 0 divides 8) and a vector each. Square, so that every
+# Kronecker factor of a random gradient has distinct eigenvalues: with a degenerate one
+# (G^T G of a wide G) the eigenbasis is arbitrary inside the degenerate subspace, and
+# SOAP's update depends on LAPACK's choice, which differs between one device and eight.
+SHAPES = {f"l{i}": {"a": (16, 16), "b": (32, 32), "c": (64, 64), "n": (16,)} for i in range(3)}
+
+
+def _params():
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), jnp.float32), SHAPES,
+                      is_leaf=lambda s: isinstance(s, tuple))
+
+
+def _grads(params, t):
+  rng = np.random.default_rng(10 + t)
+  return jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+
+
+def _soap(multiple):
+  inner = optlab.in_eigenbasis(optlab.scale_by_adam(0.95, 0.95), precondition_frequency=2,
+                               block_multiple=multiple)
+  return optax.chain(inner, optax.scale(-1e-2))
+
+
+def _shampoo(multiple):
+  # matrix_eps 1e-2: a well-conditioned inverse root, so that float32 rounding (a
+  # different reduction order across devices) is not amplified by (1e-6 lambda_max)^(-1/4)
+  return optax.chain(optlab.scale_by_shampoo(block_size=32, matrix_eps=1e-2,
+                                             start_preconditioning_step=1,
+                                             graft_type="rmsprop", block_multiple=multiple),
+                     optax.scale(-1e-2))
+
+
+@pytest.fixture(scope="module")
+def mesh():
+  return Mesh(np.array(jax.devices()[:8]), ("d",))
+
+
+def _fsdp(mesh, params):
+  return jax.tree.map(lambda p: NamedSharding(mesh, P("d") if p.shape[0] % 8 == 0 else P()),
+                      params)
+
+
+def _device0_share(state):
+  total = sum(x.nbytes for x in jax.tree.leaves(state))
+  dev = jax.devices()[0]
+  held = sum(s.data.nbytes for x in jax.tree.leaves(state)
+             for s in x.addressable_shards if s.device == dev)
+  return held / total
+
+
+@pytest.mark.parametrize("make", [_soap, _shampoo], ids=["soap", "shampoo"])
+def test_one_device_holds_an_eighth_and_updates_match(make, mesh):
+  params = _params()
+  shardings = _fsdp(mesh, params)
+  p_sh = jax.device_put(params, shardings)
+  tx = make(8)
+  state_sh = optlab.state_sharding(tx, p_sh, mesh)
+  state = jax.jit(tx.init, out_shardings=state_sh)(p_sh)
+  share = _device0_share(state)
+  assert share <= 0.25, f"device 0 holds {share:.3f} of the state"
+  # replicated (the default) holds it all: the check above can fail
+  full = jax.jit(tx.init)(p_sh)
+  assert _device0_share(jax.device_put(full, NamedSharding(mesh, P()))) == 1.0
+
+  step = jax.jit(lambda g, s, p: tx.update(g, s, p), out_shardings=(shardings, state_sh))
+  single = jax.jit(lambda g, s, p: tx.update(g, s, p))
+  s1, p1 = tx.init(params), params
+  for t in range(4):  # past two basis refreshes
+    u, state = step(_grads(params, t), state, p_sh)
+    p_sh = jax.jit(optax.apply_updates, out_shardings=shardings)(p_sh, u)
+    u1, s1 = single(_grads(params, t), s1, p1)
+    p1 = optax.apply_updates(p1, u1)
+  for a, b in zip(jax.tree.leaves(p_sh), jax.tree.leaves(p1)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  for x, want in zip(jax.tree.leaves(state), jax.tree.leaves(state_sh)):
+    assert x.sharding.is_equivalent_to(want, x.ndim)
+
+
+def test_state_sharding_rules(mesh):
+  params = _params()
+  tx = _soap(8)
+  sh = optlab.state_sharding(tx, params, mesh, param_shardings=jax.tree.map(
+      lambda p: P("d") if p.shape[0] % 8 == 0 else P(), params))
+  state = jax.eval_shape(tx.init, params)
+  assert jax.tree.structure(sh, is_leaf=lambda x: isinstance(x, NamedSharding)) == \
+      jax.tree.structure(state)
+  basis = sh[0]
+  # stacked factors and the inner moments of the stacks: split on the block axis
+  for x in jax.tree.leaves((basis.stats, basis.basis, basis.inner_state.blocks)):
+    assert x.spec in (P("d"), P()), x.spec
+  assert any(x.spec == P("d") for x in jax.tree.leaves(basis.stats))
+  assert basis.count.spec == P()
+  with pytest.raises(ValueError, match="'x' is not an axis"):
+    optlab.state_sharding(tx, params, mesh, axis="x")
+
+
+def test_adam_state_follows_param_shardings(mesh):
+  params = _params()
+  specs = jax.tree.map(lambda p: P(None, "d") if p.ndim == 2 and p.shape[1] % 8 == 0 else P(),
+                       params)
+  tx = optlab.adamw(1e-3)
+  sh = optlab.state_sharding(tx, params, mesh, param_shardings=specs)
+  state = jax.eval_shape(tx.init, params)
+  pairs = list(zip(jax.tree.leaves(state), jax.tree.leaves(sh)))
+  # the moments follow their params' specs (not the leading-axis rule for other leaves)
+  assert sum(x.spec == P(None, "d") for _, x in pairs) == 2 * 9  # mu and nu of 9 matrices
+  for leaf, x in pairs:
+    want = P(None, "d") if leaf.ndim == 2 and leaf.shape[1] % 8 == 0 else P()
+    assert x.spec == want, (leaf.shape, x.spec)
+
+
+@pytest.mark.parametrize("name", ["soap", "shampoo"])
+def test_pmap_axis_name_splits_the_refresh(name):
+  """With axis_name, each of the 8 devices decomposes 1/8 of the blocks and the results
+  are all-gathered; the update equals the single-device one."""
+  params = _params()
+  if name == "soap":
+    make = lambda **kw: optax.chain(optlab.in_eigenbasis(
+        optlab.scale_by_adam(0.95, 0.95), precondition_frequency=2, **kw), optax.scale(-1e-2))
+  else:
+    make = lambda **kw: optax.chain(optlab.scale_by_shampoo(
+        block_size=32, matrix_eps=1e-2, start_preconditioning_step=1, **kw), optax.scale(-1e-2))
+  tx, ref = make(axis_name="i"), make()
+  rep = lambda tree: jax.tree.map(lambda x: jnp.stack([x] * 8), tree)
+  pstep = jax.pmap(lambda g, s: tx.update(g, s), axis_name="i")
+  text = pstep.lower(rep(_grads(params, 0)), rep(tx.init(params))).as_text()
+  assert "all_gather" in text or "all-gather" in text  # the refresh is split
+  s, s1 = rep(tx.init(params)), ref.init(params)
+  single = jax.jit(ref.update)
+  for t in range(4):
+    u, s = pstep(rep(_grads(params, t)), s)
+    u1, s1 = single(_grads(params, t), s1)
+    for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(u1)):
+      np.testing.assert_allclose(np.asarray(a[3]), np.asarray(b), rtol=1e-5, atol=1e-7)
