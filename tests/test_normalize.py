@@ -363,3 +363,17 @@ def test_injected_zero_weight_decay_keeps_the_state_shape(name):
   want, _ = _step(cfg.build(recipe), jax.tree.map(lambda p: 0.1 * p, params), params)
   for k in params:
     np.testing.assert_allclose(u[k], want[k], rtol=1e-5, atol=1e-7)
+
+
+def test_segment_norms_match_per_tensor_norms():
+  from optlab.primitives.normalize import segment_norms
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(6, 4, 3)).astype(np.float32)
+  x[4:] *= 1e30  # segment 2 overflows a plain sum of squares; segment 1 underflows
+  x[2:4] *= 1e-30
+  ids = np.array([0, 0, 1, 1, 2, 2])
+  got = np.asarray(segment_norms(jnp.asarray(x), ids, 3))
+  want = [np.linalg.norm(x[ids == s].astype(np.float64).ravel()) for s in range(3)]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(segment_norms(jnp.zeros((2, 3)), np.array([0, 1]), 2)),
+                                [0.0, 0.0])

@@ -42,7 +42,7 @@ from optlab._src.tree import zeros_like
 from optlab.primitives import linalg
 from optlab.primitives.basis import (COUNT, INVARIANT_STAT, NESTED, OPAQUE_STAT, SECOND_MOMENT,
                                      declare_state, rebase_state)
-from optlab.primitives.normalize import tensor_norm
+from optlab.primitives.normalize import segment_norms, tensor_norm
 
 __all__ = ["EigenbasisState", "StackedInnerState", "in_eigenbasis", "scale_by_newton_schulz",
            "ShampooState", "scale_by_shampoo"]
@@ -498,22 +498,27 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
 
     roots = jax.lax.cond(count % preconditioning_compute_steps == 0, compute_roots,
                          lambda r: r, state.roots)
-    precond = stacks.unstack(_rotate(stacks, roots, g, False), leaves, dtype)
-
     if graft_type == "sgd":
       pairs = [graft(x, None) for x in leaves]
     else:
       pairs = [graft(x, n) for x, n in zip(leaves, treedef.flatten_up_to(state.graft_nu))]
     nu = () if graft_type == "sgd" else jax.tree.unflatten(treedef, [n for _, n in pairs])
+    directions = [d for d, _ in pairs]
+    # S * ||D|| / (||S|| + 1e-16) per tensor, the norms computed stack by stack
+    d_blocks = g if graft_type == "sgd" else stacks.stack(directions, dtype)
+    scaled = []
+    for k, s_k in enumerate(_rotate(stacks, roots, g, False)):
+      ids, n = stacks.segments(k)
+      ratio = segment_norms(d_blocks[k], ids, n) / (segment_norms(s_k, ids, n) + 1e-16)
+      scaled.append(s_k * ratio[ids].reshape((-1,) + (1,) * (s_k.ndim - 1)).astype(dtype))
+    precond = stacks.unstack(scaled, leaves, dtype)
     run = count >= start_preconditioning_step
     rest = set(stacks.rest)
 
     def leaf(i, x, d):
       if i in rest:
         return d.astype(x.dtype)
-      s = precond[i]
-      s = s * (tensor_norm(d) / (tensor_norm(s) + 1e-16)).astype(dtype)
-      return jnp.where(run, s, d.astype(dtype)).astype(x.dtype)
+      return jnp.where(run, precond[i], d.astype(dtype)).astype(x.dtype)
 
     out = [leaf(i, x, d) for i, (x, (d, _)) in enumerate(zip(leaves, pairs))]
     return jax.tree.unflatten(treedef, out), ShampooState(

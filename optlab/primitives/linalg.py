@@ -263,6 +263,12 @@ class BlockStacks:
         start += k
     return out
 
+  def segments(self, g: int) -> tuple[np.ndarray, int]:
+    """(the member index of each block of group g, the number of segments): the
+    padding blocks form a last segment of their own."""
+    counts = [self.plans[i].nblocks for i in self.members[g]] + [self.pad[g]]
+    return np.repeat(np.arange(len(counts)), counts), len(counts)
+
   def with_factors(self, g: int, factors: Sequence[Any]) -> list[Optional[Any]]:
     """Group g's factors (one per rotated dimension) as a list over all dimensions."""
     it = iter(factors)
