@@ -89,8 +89,8 @@ def test_mismatched_shapes_are_named(recipe, case):
 # tests/recipe_config.py sets (the others are found from its hparams and cases).
 OPTIONAL_NUMBERS = {"base_lr": float, "weight_decay": float, "num_heads": int, "vocab_axis": int}
 # Arguments that default to None and take no number (trees, functions, dtypes, names).
-NOT_NUMBERS = {"axis_name", "base", "blocks", "clip_value_fn", "mask", "matrices", "mu_dtype",
-               "partition", "projector", "values_dtype", "weight_decay_mask"}
+NOT_NUMBERS = {"axis_name", "base", "blocks", "clip_value_fn", "compute_dtype", "mask", "matrices",
+               "mu_dtype", "partition", "projector", "values_dtype", "weight_decay_mask"}
 
 
 def _is_number(v):

@@ -124,9 +124,11 @@ def _by_size(fn, *fields: tuple) -> tuple:
   return tuple(tuple(next(it) for _ in group) for group in fields[0])
 
 
-def _rotate(stacks: linalg.BlockStacks, factors: tuple, blocks: list, back: bool) -> list:
+def _rotate(stacks: linalg.BlockStacks, factors: tuple, blocks: list, back: bool,
+            compute_dtype: Any = None) -> list:
   """Every group's blocks in (or, with `back`, out of) the basis `factors`."""
-  return [linalg.apply_factors(b, stacks.with_factors(k, factors[k]), transpose=back)
+  return [linalg.apply_factors(b, stacks.with_factors(k, factors[k]), transpose=back,
+                               compute_dtype=compute_dtype)
           for k, b in enumerate(blocks)]
 
 
@@ -204,8 +206,8 @@ def _unstacked() -> jax.Array:
 def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: int = 10,
                   shampoo_beta: Any = 0.95, max_precond_dim: int = 10000,
                   *, merge_dims: bool = False, precondition_1d: bool = False,
-                  block_multiple: int = 1, axis_name: Optional[str] = None
-                  ) -> optax.GradientTransformationExtraArgs:
+                  block_multiple: int = 1, axis_name: Optional[str] = None,
+                  compute_dtype: Any = None) -> optax.GradientTransformationExtraArgs:
   """Runs `inner` in the eigenbasis of Shampoo's Kronecker factors (SOAP's basis).
 
   For each tensor G (after `merge_dims`, see `linalg.merge_dims`), one factor
@@ -252,11 +254,16 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
       device, the axis whose devices share the decompositions: each computes
       1/n of them and they are all-gathered (`linalg.split_over_axis`);
       None: every device computes all.
+    compute_dtype: None (float32 rotations at full precision) or e.g.
+      ``jnp.bfloat16``: the rotations' inputs in that dtype, accumulated in
+      float32 (`linalg.check_compute_dtype`); the factors and bases stay
+      float32.
   """
   V.check_range("in_eigenbasis", "precondition_frequency", precondition_frequency, 1)
   V.check_range("in_eigenbasis", "max_precond_dim", max_precond_dim, 1)
   V.check_range("in_eigenbasis", "block_multiple", block_multiple, 1)
   V.check_decay("in_eigenbasis", "shampoo_beta", shampoo_beta)
+  compute_dtype = linalg.check_compute_dtype("in_eigenbasis", compute_dtype)
   inner = optax.with_extra_args_support(inner)
   make_plan = lambda shape: linalg.BlockPlan.make(
       shape, max_dim=max_precond_dim, merge=merge_dims, min_ndim=1 if precondition_1d else 2)
@@ -302,12 +309,12 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
 
     def step(_):
       inner_state = state.inner_state
-      rot_g = typed(_rotate(stacks, basis, g, False))
+      rot_g = typed(_rotate(stacks, basis, g, False, compute_dtype))
       if p_leaves is None:
         rot_p = [None] * len(rot_g)
         rest_p = None
       else:
-        rot_p = typed(_rotate(stacks, basis, stacks.stack(p_leaves, dtype), False))
+        rot_p = typed(_rotate(stacks, basis, stacks.stack(p_leaves, dtype), False, compute_dtype))
         rest_p = [p_leaves[i] for i in stacks.rest]
       outs, blocks = [], []
       for gb, pb, sb in zip(rot_g, rot_p, inner_state.blocks):
@@ -316,7 +323,7 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
         outs.append(u.astype(dtype))
         blocks.append(s)
       rest_u, rest = inner.update(rest_g, inner_state.rest, rest_p, **extra)
-      u = _rotate(stacks, basis, outs, True)
+      u = _rotate(stacks, basis, outs, True, compute_dtype)
       inner_state = StackedInnerState(tuple(blocks), rest)
       due = state.count % precondition_frequency == 0  # state.count = inner steps done now
       inner_state, new = jax.lax.cond(due, refresh, lambda a: a, (inner_state, basis))
@@ -336,8 +343,8 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
 # --------------------------------------------------------------- Newton-Schulz
 def scale_by_newton_schulz(ns_steps: int = 5,
                            ns_coeffs: tuple[float, float, float] = (3.4445, -4.7750, 2.0315),
-                           eps: Any = 1e-7, consistent_rms: Optional[Any] = None
-                           ) -> optax.GradientTransformationExtraArgs:
+                           eps: Any = 1e-7, consistent_rms: Optional[Any] = None,
+                           compute_dtype: Any = None) -> optax.GradientTransformationExtraArgs:
   """Orthogonalises each matrix update with Muon's quintic Newton-Schulz iteration.
 
   u <- s * NS(u) for every tensor of rank >= 2 (ranks > 2 are viewed as
@@ -349,9 +356,12 @@ def scale_by_newton_schulz(ns_steps: int = 5,
   arXiv:2502.16982, which uses r = 0.2). See `linalg.newton_schulz`. The
   matrices of one shape and dtype are orthogonalised as one stack (one
   batched iteration per shape, so compile time does not grow with the
-  number of layers).
+  number of layers). ``compute_dtype`` (e.g. ``jnp.bfloat16``, as the
+  official code) gives the iteration's products inputs in that dtype,
+  accumulated in float32.
   """
   V.check_range("scale_by_newton_schulz", "ns_steps", ns_steps, 1)
+  compute_dtype = linalg.check_compute_dtype("scale_by_newton_schulz", compute_dtype)
   V.check_nonneg("scale_by_newton_schulz", "eps", eps)
 
   def scale(fan_in, fan_out):
@@ -369,7 +379,8 @@ def scale_by_newton_schulz(ns_steps: int = 5,
     out = list(leaves)
     for ((fan_in, fan_out), _), members in groups.items():
       x = jnp.stack([leaves[i].reshape(fan_in, fan_out) for i in members])
-      y = linalg.newton_schulz(x, ns_steps, ns_coeffs, eps).astype(accumulation_dtype(x.dtype))
+      y = linalg.newton_schulz(x, ns_steps, ns_coeffs, eps, compute_dtype)
+      y = y.astype(accumulation_dtype(x.dtype))
       y = scale(fan_in, fan_out) * y
       for k, i in enumerate(members):
         out[i] = y[k].reshape(leaves[i].shape).astype(leaves[i].dtype)
@@ -400,7 +411,8 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
                      start_preconditioning_step: int = 5, statistics_compute_steps: int = 1,
                      preconditioning_compute_steps: int = 1, max_precond_dim: int = 4096,
                      exponent_override: Optional[int] = None, *, block_multiple: int = 1,
-                     axis_name: Optional[str] = None) -> optax.GradientTransformationExtraArgs:
+                     axis_name: Optional[str] = None, compute_dtype: Any = None
+                     ) -> optax.GradientTransformationExtraArgs:
   """Shampoo's preconditioned, grafted direction (arXiv:1802.09568, 2002.09018).
 
   The chain statistics -> inverse roots -> preconditioning -> grafting, as
@@ -430,6 +442,9 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
   number of devices `optlab.state_sharding` splits the state over). With
   ``axis_name`` (pmap or shard_map, the state whole on every device), the
   devices of that axis share the inverse roots: each computes 1/n of them.
+  ``compute_dtype`` (e.g. ``jnp.bfloat16``) gives the preconditioning
+  products inputs in that dtype, accumulated in float32; the statistics and
+  roots stay float32.
   """
   where = "scale_by_shampoo"
   V.check_choice(where, "graft_type", graft_type, _GRAFTS)
@@ -440,6 +455,7 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
   V.check_nonneg(where, "matrix_eps", matrix_eps)
   V.check_nonneg(where, "diagonal_eps", diagonal_eps)
   V.check_range(where, "block_multiple", block_multiple, 1)
+  compute_dtype = linalg.check_compute_dtype(where, compute_dtype)
 
   def make_plan(shape):
     plan = linalg.BlockPlan.make(shape, merge=True, merge_limit=block_size,
@@ -507,7 +523,7 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
     # S * ||D|| / (||S|| + 1e-16) per tensor, the norms computed stack by stack
     d_blocks = g if graft_type == "sgd" else stacks.stack(directions, dtype)
     scaled = []
-    for k, s_k in enumerate(_rotate(stacks, roots, g, False)):
+    for k, s_k in enumerate(_rotate(stacks, roots, g, False, compute_dtype)):
       ids, n = stacks.segments(k)
       ratio = segment_norms(d_blocks[k], ids, n) / (segment_norms(s_k, ids, n) + 1e-16)
       scaled.append(s_k * ratio[ids].reshape((-1,) + (1,) * (s_k.ndim - 1)).astype(dtype))

@@ -39,8 +39,36 @@ __all__ = ["inverse_pth_root", "newton_schulz"]
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
-  return jnp.matmul(a, b, precision=HIGHEST)
+def _mm(a: jax.Array, b: jax.Array, compute_dtype: Any = None) -> jax.Array:
+  """a @ b: full float32 (``Precision.HIGHEST``), or with `compute_dtype` (e.g.
+  bfloat16) inputs in that dtype and float32 accumulation, the MXU / tensor-core
+  rate (see `check_compute_dtype`)."""
+  if compute_dtype is None:
+    return jnp.matmul(a, b, precision=HIGHEST)
+  out = jnp.promote_types(a.dtype, b.dtype)
+  return jnp.matmul(a.astype(compute_dtype), b.astype(compute_dtype),
+                    preferred_element_type=jnp.float32).astype(out)
+
+
+def check_compute_dtype(where: str, compute_dtype: Any) -> Any:
+  """The `compute_dtype` option of the matrix methods: None or a floating dtype of
+  at most 32 bits (the rotations' inputs; accumulation stays float32).
+
+  The statistics, bases and inverse roots stay float32 whatever it is: only the
+  products that apply them (rotations, preconditioning, Newton-Schulz) take
+  it. With bfloat16 (8 bits of mantissa) an update moves by ~1e-2 relative,
+  so the reference tests run with None.
+  """
+  if compute_dtype is None:
+    return None
+  try:
+    dt = jnp.dtype(compute_dtype)
+  except TypeError:
+    dt = None
+  if dt is None or not jnp.issubdtype(dt, jnp.floating) or dt.itemsize > 4:
+    raise ValueError(f"optlab.{where}: compute_dtype must be None or a floating dtype of at "
+                     f"most 32 bits (e.g. jnp.bfloat16), got {compute_dtype!r}")
+  return dt
 
 
 # -------------------------------------------------------------------- blocking
@@ -179,12 +207,12 @@ def outer_stats(blocks: jax.Array, dim: int) -> jax.Array:
 
 
 def apply_factors(blocks: jax.Array, mats: Sequence[Optional[jax.Array]],
-                  *, transpose: bool = False) -> jax.Array:
+                  *, transpose: bool = False, compute_dtype: Any = None) -> jax.Array:
   """Multiplies dimension i of every block by mats[i] (K, b_i, b_i), x_i <- sum_a x_a M[a, i].
 
   For a matrix block G and factors (Q_L, Q_R) this is Q_L^T G Q_R, or with
   ``transpose`` Q_L G Q_R^T (the way back). A None factor leaves its
-  dimension alone.
+  dimension alone. `compute_dtype`: see `_mm`.
   """
   x = blocks
   for dim, m in enumerate(mats):
@@ -194,7 +222,7 @@ def apply_factors(blocks: jax.Array, mats: Sequence[Optional[jax.Array]],
       m = jnp.swapaxes(m, 1, 2)
     y = jnp.moveaxis(x, dim + 1, -1)
     shape = y.shape
-    y = _mm(y.reshape(shape[0], -1, shape[-1]), m).reshape(shape)
+    y = _mm(y.reshape(shape[0], -1, shape[-1]), m, compute_dtype).reshape(shape)
     x = jnp.moveaxis(y, -1, dim + 1)
   return x
 
@@ -433,14 +461,15 @@ def inverse_pth_root(stats: jax.Array, p: Any, eps: Any = 1e-6,
 # ---------------------------------------------------------------- Newton-Schulz
 def newton_schulz(x: jax.Array, steps: int = 5,
                   coeffs: Sequence[float] = (3.4445, -4.7750, 2.0315),
-                  eps: Any = 1e-7) -> jax.Array:
+                  eps: Any = 1e-7, compute_dtype: Any = None) -> jax.Array:
   """Approximate orthogonalisation U V^T of a matrix (or a batch, leading axes).
 
   Muon's quintic iteration (Keller Jordan's ``zeropower_via_newtonschulz5``):
   X = G / (||G||_F + eps), transposed to be wide; then `steps` times
   A = X X^T, X <- a X + (b A + c A A) X. Computed in at least float32 (the
-  official code uses bfloat16); the Frobenius norm is `tensor_norm`, finite
-  for entries of 1e30. Returns the input's dtype.
+  official code uses bfloat16; ``compute_dtype=jnp.bfloat16`` gives its
+  products bfloat16 inputs, accumulated in float32); the Frobenius norm is
+  `tensor_norm`, finite for entries of 1e30. Returns the input's dtype.
   """
   if x.size == 0:
     return x  # nothing to orthogonalise
@@ -457,8 +486,8 @@ def newton_schulz(x: jax.Array, steps: int = 5,
   a, b, c = coeffs
 
   def body(_, y):
-    g = _mm(y, jnp.swapaxes(y, -1, -2))
-    return a * y + _mm(b * g + c * _mm(g, g), y)
+    g = _mm(y, jnp.swapaxes(y, -1, -2), compute_dtype)
+    return a * y + _mm(b * g + c * _mm(g, g, compute_dtype), y, compute_dtype)
 
   if isinstance(steps, int):
     for i in range(steps):

@@ -44,7 +44,7 @@ def _skip_first(learning_rate: Any):
 
 def _in_soap_basis(where: str, inner, learning_rate, weight_decay, mask, shampoo_beta,
                    precondition_frequency, max_precond_dim, merge_dims, precondition_1d,
-                   block_multiple, axis_name):
+                   block_multiple, axis_name, compute_dtype=None):
   """The SOAP chain around `inner`: in_eigenbasis, learning rate, then decay of the
   updated weights (official SOAP: p <- p - lr * u, then p <- p - lr * wd * p)."""
   V.check_learning_rate(where, learning_rate)
@@ -52,7 +52,8 @@ def _in_soap_basis(where: str, inner, learning_rate, weight_decay, mask, shampoo
   max_precond_dim = 10000 if max_precond_dim is None else max_precond_dim
   basis = in_eigenbasis(inner, precondition_frequency, shampoo_beta, max_precond_dim,
                         merge_dims=merge_dims, precondition_1d=precondition_1d,
-                        block_multiple=block_multiple, axis_name=axis_name)
+                        block_multiple=block_multiple, axis_name=axis_name,
+                        compute_dtype=compute_dtype)
   return recipe_chain(where, basis, scale_by_learning_rate(learning_rate),
                       add_decayed_weights_after_step(weight_decay, _skip_first(learning_rate),
                                                      mask))
@@ -68,7 +69,8 @@ def soap(learning_rate: Any, b1: Any = 0.95, b2: Any = 0.95, shampoo_beta: Any =
          precondition_frequency: int = 10, max_precond_dim: Optional[int] = None,
          *, merge_dims: bool = False, precondition_1d: bool = False,
          normalize_grads: bool = False, correct_bias: bool = True, mu_dtype: Any = None,
-         block_multiple: int = 1, axis_name: Any = None):
+         block_multiple: int = 1, axis_name: Any = None,
+         compute_dtype: Any = None):
   """SOAP: "SOAP: Improving and Stabilizing Shampoo using Adam" (arXiv:2409.11321).
 
   Adam run in the eigenbasis of Shampoo's factors ``L = EMA(G G^T)``,
@@ -129,6 +131,9 @@ def soap(learning_rate: Any, b1: Any = 0.95, b2: Any = 0.95, shampoo_beta: Any =
       over), an int >= 1.
     axis_name: under pmap, the axis whose devices share the basis refreshes
       (each computes 1/n of them); None: every device computes all.
+    compute_dtype: None (float32 rotations at full precision) or e.g.
+      ``jnp.bfloat16``: their inputs in that dtype, accumulated in float32
+      (the statistics stay float32; updates move by ~1e-2 relative).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
@@ -168,7 +173,7 @@ def soap(learning_rate: Any, b1: Any = 0.95, b2: Any = 0.95, shampoo_beta: Any =
   beta = b2 if shampoo_beta is None else shampoo_beta
   return _in_soap_basis("soap", inner, learning_rate, weight_decay, mask, beta,
                         precondition_frequency, max_precond_dim, merge_dims, precondition_1d,
-                        block_multiple, axis_name)
+                        block_multiple, axis_name, compute_dtype)
 
 
 def soap_lion(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.99, weight_decay: Any = 0.01,
@@ -421,7 +426,7 @@ def muon(learning_rate: Any, ns_coeffs: tuple = (3.4445, -4.7750, 2.0315), ns_st
          weight_decay_mask: Any = None, mu_dtype: Any = None, *, nesterov: bool = True,
          consistent_rms: Any = None, matrices: Any = None, adam_b1: Any = 0.9,
          adam_b2: Any = 0.95, adam_eps: Any = 1e-10, adam_weight_decay: Any = 0.0,
-         adam_learning_rate: Any = None):
+         adam_learning_rate: Any = None, compute_dtype: Any = None):
   """Muon: MomentUm Orthogonalized by Newton-Schulz (Keller Jordan, 2024; "Muon is
   Scalable for LLM Training", arXiv:2502.16982).
 
@@ -484,6 +489,9 @@ def muon(learning_rate: Any, ns_coeffs: tuple = (3.4445, -4.7750, 2.0315), ns_st
       multiplied by their learning rate, >= 0.
     adam_learning_rate: the step size of the Adam-trained tensors, a float >=
       0 or an optax schedule; None: ``learning_rate``.
+    compute_dtype: None (float32 Newton-Schulz products at full precision) or e.g.
+      ``jnp.bfloat16``: their inputs in that dtype, accumulated in float32
+      (as the official code's bfloat16; updates move by ~1e-2 relative).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
@@ -521,7 +529,7 @@ def muon(learning_rate: Any, ns_coeffs: tuple = (3.4445, -4.7750, 2.0315), ns_st
   body = _route({
       "matrix": optax.chain(
           scale_by_moments(ema(beta, debias=False, nesterov=nesterov, dtype=mu_dtype), None),
-          scale_by_newton_schulz(ns_steps, ns_coeffs, eps, consistent_rms),
+          scale_by_newton_schulz(ns_steps, ns_coeffs, eps, consistent_rms, compute_dtype),
           add_decayed_weights(weight_decay, weight_decay_mask),
           scale_by_learning_rate(learning_rate)),
       "other": optax.chain(
@@ -536,7 +544,8 @@ def muon(learning_rate: Any, ns_coeffs: tuple = (3.4445, -4.7750, 2.0315), ns_st
 def _shampoo_body(where, learning_rate, block_size, b1, b2, matrix_eps, diagonal_eps,
                   weight_decay, mask, graft_type, start_preconditioning_step,
                   statistics_compute_steps, preconditioning_compute_steps, max_precond_dim,
-                  exponent_override, nesterov, block_multiple=1, axis_name=None):
+                  exponent_override, nesterov, block_multiple=1, axis_name=None,
+                  compute_dtype=None):
   V.check_learning_rate(where, learning_rate)
   V.check_decay(where, "b1", b1)
   V.check_range(where, "b2", b2, 0.0, 1.0)
@@ -549,7 +558,8 @@ def _shampoo_body(where, learning_rate, block_size, b1, b2, matrix_eps, diagonal
   return (scale_by_shampoo(block_size, b2, matrix_eps, diagonal_eps, graft_type,
                            start_preconditioning_step, statistics_compute_steps,
                            preconditioning_compute_steps, max_precond_dim, exponent_override,
-                           block_multiple=block_multiple, axis_name=axis_name),
+                           block_multiple=block_multiple, axis_name=axis_name,
+                        compute_dtype=compute_dtype),
           add_decayed_weights(weight_decay, mask),
           scale_by_moments(heavy_ball(b1, nesterov=nesterov), None),
           scale_by_learning_rate(learning_rate))
@@ -560,7 +570,8 @@ def shampoo(learning_rate: Any, block_size: Optional[int] = None, b1: Any = 0.9,
             mask: Any = None, graft_type: str = "sgd", start_preconditioning_step: int = 5,
             statistics_compute_steps: int = 1, preconditioning_compute_steps: int = 1,
             max_precond_dim: Optional[int] = None, exponent_override: Any = None,
-            *, nesterov: bool = True, block_multiple: int = 1, axis_name: Any = None):
+            *, nesterov: bool = True, block_multiple: int = 1, axis_name: Any = None,
+            compute_dtype: Any = None):
   """Shampoo: "Shampoo: Preconditioned Stochastic Tensor Optimization" (arXiv:1802.09568),
   blocked and grafted as in "Scalable Second Order Optimization for Deep Learning"
   (arXiv:2002.09018) and its code, distributed Shampoo (google-research
@@ -628,6 +639,9 @@ def shampoo(learning_rate: Any, block_size: Optional[int] = None, b1: Any = 0.9,
       over), an int >= 1.
     axis_name: under pmap, the axis whose devices share the inverse roots
       (each computes 1/n of them); None: every device computes all.
+    compute_dtype: None (float32 preconditioning products at full precision) or e.g.
+      ``jnp.bfloat16``: their inputs in that dtype, accumulated in float32
+      (the statistics stay float32; updates move by ~1e-2 relative).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
@@ -657,7 +671,7 @@ def shampoo(learning_rate: Any, block_size: Optional[int] = None, b1: Any = 0.9,
       "shampoo", learning_rate, block_size, b1, b2, matrix_eps, diagonal_eps, weight_decay,
       mask, graft_type, start_preconditioning_step, statistics_compute_steps,
       preconditioning_compute_steps, max_precond_dim, exponent_override, nesterov,
-      block_multiple, axis_name))
+      block_multiple, axis_name, compute_dtype))
 
 
 # ---------------------------------------------------------------- MARS-Shampoo
