@@ -57,7 +57,7 @@ def _check_state_matches_params(where: str, init: Any, state: Any, params: Any) 
   """
   for field in iter_fields(state):  # stacked states name the leaf from their layout
     if isinstance(field.value, TreeLayout):
-      TreeLayout.check(where, field.value, params, "params")
+      field.value.check(where, params, "params")
   want = jax.eval_shape(init, params)
   got = jax.tree_util.tree_leaves_with_path(state)
   if jax.tree.structure(want) != jax.tree.structure(state):

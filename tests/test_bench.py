@@ -190,7 +190,7 @@ def test_module_entry_point_reports_errors_without_traceback():
 
 def test_docs_pages_are_current():
   stale = stale_docs(ROOT / "docs")
-  assert not stale, f"docs pages are stale: {stale}; run `make docs`"
+  assert not stale, f"docs pages are stale: {stale}; run `make readme`"
   pages = docs_pages()
   for r in optlab.catalog():
     page = pages[f"{r.family}.md"]

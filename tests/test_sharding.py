@@ -4,6 +4,8 @@ update equals the single-device one)."""
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,18 +33,19 @@ def _grads(params, t):
   return jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
 
 
-def _soap(multiple):
+def _soap(multiple, **kw):
   inner = optlab.in_eigenbasis(optlab.scale_by_adam(0.95, 0.95), precondition_frequency=2,
-                               block_multiple=multiple)
+                               block_multiple=multiple, **kw)
   return optax.chain(inner, optax.scale(-1e-2))
 
 
-def _shampoo(multiple):
+def _shampoo(multiple, **kw):
   # matrix_eps 1e-2: a well-conditioned inverse root, so that float32 rounding (a
   # different reduction order across devices) is not amplified by (1e-6 lambda_max)^(-1/4)
   return optax.chain(optlab.scale_by_shampoo(block_size=32, matrix_eps=1e-2,
                                              start_preconditioning_step=1,
-                                             graft_type="rmsprop", block_multiple=multiple),
+                                             graft_type="rmsprop", block_multiple=multiple,
+                                             **kw),
                      optax.scale(-1e-2))
 
 
@@ -64,12 +67,28 @@ def _device0_share(state):
   return held / total
 
 
+def _decomposition_trip_counts(text):
+  """The trip counts of the compiled while loops whose body calls LAPACK (the CPU
+  per-matrix eigh / QR loop of `linalg._per_matrix`)."""
+  bodies = {}
+  for name, body in re.findall(r"\n(%?[\w.\-]+) \([^\n]*\{\n(.*?)\n\}", text, re.S):
+    bodies[name.lstrip("%")] = body
+  out = []
+  for body_name, n in re.findall(r'body=%?([\w.\-]+),.*?"known_trip_count":\{"n":"(\d+)"\}',
+                                 text):
+    if "lapack" in bodies.get(body_name, "") or any(
+        "lapack" in bodies.get(c, "") for c in re.findall(r"calls=%?([\w.\-]+)",
+                                                          bodies.get(body_name, ""))):
+      out.append(int(n))
+  return out
+
+
 @pytest.mark.parametrize("make", [_soap, _shampoo], ids=["soap", "shampoo"])
 def test_one_device_holds_an_eighth_and_updates_match(make, mesh):
   params = _params()
   shardings = _fsdp(mesh, params)
   p_sh = jax.device_put(params, shardings)
-  tx = make(8)
+  tx = make(8, axis_name=mesh)
   state_sh = optlab.state_sharding(tx, p_sh, mesh)
   state = jax.jit(tx.init, out_shardings=state_sh)(p_sh)
   share = _device0_share(state)
@@ -79,8 +98,16 @@ def test_one_device_holds_an_eighth_and_updates_match(make, mesh):
   assert _device0_share(jax.device_put(full, NamedSharding(mesh, P()))) == 1.0
 
   step = jax.jit(lambda g, s, p: tx.update(g, s, p), out_shardings=(shardings, state_sh))
-  single = jax.jit(lambda g, s, p: tx.update(g, s, p))
-  s1, p1 = tx.init(params), params
+  # each device decomposes the eighth of the stacked matrices that it holds (the CPU
+  # per-matrix loop); without the mesh XLA gathers all of them into every device's loop
+  mine = _decomposition_trip_counts(step.lower(_grads(params, 0), state, p_sh).compile().as_text())
+  plain = make(8)
+  text = jax.jit(lambda g, s, p: plain.update(g, s, p), out_shardings=(shardings, state_sh)).lower(
+      _grads(params, 0), state, p_sh).compile().as_text()
+  gathered = _decomposition_trip_counts(text)
+  assert mine and sorted(8 * n for n in mine) == sorted(gathered), (mine, gathered)
+  single = jax.jit(lambda g, s, p: make(8).update(g, s, p))
+  s1, p1 = make(8).init(params), params
   for t in range(4):  # past two basis refreshes
     u, state = step(_grads(params, t), state, p_sh)
     p_sh = jax.jit(optax.apply_updates, out_shardings=shardings)(p_sh, u)

@@ -65,17 +65,9 @@ class TreeLayout:
     return TreeLayout(tuple((jax.tree_util.keystr(p), tuple(jnp.shape(x)))
                             for p, x in jax.tree_util.tree_leaves_with_path(tree)))
 
-  @staticmethod
-  def check(where: str, layout: Any, updates: Any, name: str = "updates") -> None:
-    """Raises ValueError naming the first leaf of `updates` that differs from
-    `layout` (a state field: a TreeLayout, or a scalar for a tree without leaves)."""
-    got = TreeLayout.of(updates).leaves
-    if not isinstance(layout, TreeLayout):
-      if got:
-        raise ValueError(f"optlab.{where}: the state was built for a tree without leaves "
-                         f"but {name}{got[0][0]} is given")
-      return
-    self = layout
+  def check(self, where: str, tree: Any, name: str = "updates") -> None:
+    """Raises ValueError naming the first leaf of `tree` that differs from the layout."""
+    got = TreeLayout.of(tree).leaves
     if got == self.leaves:
       return
     want = dict(self.leaves)
@@ -92,6 +84,15 @@ class TreeLayout:
                      "lack (the updates' tree does not match the params)")
 
 
+def _check_layout(where: str, layout: Any, updates: Any) -> None:
+  """`TreeLayout.check`; a state built for a tree without leaves holds a scalar."""
+  if isinstance(layout, TreeLayout):
+    layout.check(where, updates)
+  elif jax.tree.leaves(updates):
+    raise ValueError(f"optlab.{where}: the state was built for a tree without leaves, "
+                     "but the updates have leaves")
+
+
 def _factor_dtype(factors: tuple, leaves: list) -> Any:
   """The factors' dtype: the state's, or (no factors) what `init` would pick."""
   for group in factors:
@@ -104,7 +105,7 @@ def _stacked_updates(where: str, state: Any, updates: Any, make_plan, block_mult
   """The updates' leaves, treedef, `BlockStacks`, factor dtype and stacked blocks (in
   that dtype), after checking them against the state's layout."""
   leaves, treedef = jax.tree.flatten(updates)
-  TreeLayout.check(where, state.layout, updates)
+  _check_layout(where, state.layout, updates)
   stacks = linalg.BlockStacks(leaves, make_plan, block_multiple)
   dtype = _factor_dtype(state.stats, leaves)
   return leaves, treedef, stacks, dtype, stacks.stack(leaves, dtype)
@@ -206,7 +207,7 @@ def _unstacked() -> jax.Array:
 def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: int = 10,
                   shampoo_beta: Any = 0.95, max_precond_dim: int = 10000,
                   *, merge_dims: bool = False, precondition_1d: bool = False,
-                  block_multiple: int = 1, axis_name: Optional[str] = None,
+                  block_multiple: int = 1, axis_name: Any = None,
                   compute_dtype: Any = None) -> optax.GradientTransformationExtraArgs:
   """Runs `inner` in the eigenbasis of Shampoo's Kronecker factors (SOAP's basis).
 
@@ -252,8 +253,11 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
       state over (a block axis that does not divide stays replicated).
     axis_name: under pmap (or shard_map) with the state whole on every
       device, the axis whose devices share the decompositions: each computes
-      1/n of them and they are all-gathered (`linalg.split_over_axis`);
-      None: every device computes all.
+      1/n of them and they are all-gathered (`linalg.split_over_axis`). Under
+      jit over a mesh, the `jax.sharding.Mesh`: each device decomposes the
+      blocks it holds (set ``block_multiple`` to the mesh's size and place
+      the state with `optlab.state_sharding`). None: every device computes
+      all.
     compute_dtype: None (float32 rotations at full precision) or e.g.
       ``jnp.bfloat16``: the rotations' inputs in that dtype, accumulated in
       float32 (`linalg.check_compute_dtype`); the factors and bases stay
@@ -411,7 +415,7 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
                      start_preconditioning_step: int = 5, statistics_compute_steps: int = 1,
                      preconditioning_compute_steps: int = 1, max_precond_dim: int = 4096,
                      exponent_override: Optional[int] = None, *, block_multiple: int = 1,
-                     axis_name: Optional[str] = None, compute_dtype: Any = None
+                     axis_name: Any = None, compute_dtype: Any = None
                      ) -> optax.GradientTransformationExtraArgs:
   """Shampoo's preconditioned, grafted direction (arXiv:1802.09568, 2002.09018).
 
@@ -441,7 +445,9 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
   ``block_multiple`` pads each stack to a multiple of that many blocks (the
   number of devices `optlab.state_sharding` splits the state over). With
   ``axis_name`` (pmap or shard_map, the state whole on every device), the
-  devices of that axis share the inverse roots: each computes 1/n of them.
+  devices of that axis share the inverse roots: each computes 1/n of them;
+  with a `jax.sharding.Mesh` (jit), each computes those of the blocks it
+  holds.
   ``compute_dtype`` (e.g. ``jnp.bfloat16``) gives the preconditioning
   products inputs in that dtype, accumulated in float32; the statistics and
   roots stay float32.

@@ -30,6 +30,7 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
 
 from optlab.primitives.normalize import tensor_norm
 from optlab._src.dtypes import accumulation_dtype
@@ -312,16 +313,32 @@ class BlockStacks:
 
 
 # ------------------------------------------------------------ matrix functions
-def split_over_axis(fn, axis_name: Optional[str]):
-  """`fn` of stacks (N, ...) computed 1/n per device of the pmap / shard_map axis.
+def split_over_axis(fn, axis_name: Any):
+  """`fn` of stacks (N, ...) computed 1/n per device.
 
-  Each of the n devices of `axis_name` takes its share of the N matrices
-  (the stacks are padded with copies of their first matrix to a multiple of
-  n), and the results are all-gathered: distributed Shampoo's split of the
-  refresh work, for states held whole on every device. None: `fn` itself.
+  `axis_name` a pmap / shard_map axis: each of its n devices takes its share
+  of the N matrices (the stacks are padded with copies of their first matrix
+  to a multiple of n), and the results are all-gathered: distributed
+  Shampoo's split of the refresh work, for states held whole on every
+  device. A `jax.sharding.Mesh` (under jit): `fn` runs in a `jax.shard_map`
+  over all its axes, on the blocks each device holds (the stacks split on
+  their block axis, as `optlab.state_sharding` places them; N must divide,
+  see ``block_multiple``). XLA's partitioner would otherwise gather the
+  stacks into the CPU per-matrix loop on every device. None: `fn` itself.
   """
   if axis_name is None:
     return fn
+  if isinstance(axis_name, Mesh):  # jit over a mesh: each device its own stacked blocks
+    spec = P(axis_name.axis_names)
+
+    def on_mesh(*xs):
+      n = axis_name.size
+      if any(x.shape[0] % n for x in xs):
+        raise ValueError(f"optlab: {xs[0].shape[0]} stacked blocks do not divide over the "
+                         f"{n} devices of the mesh: set block_multiple={n}")
+      return jax.shard_map(fn, mesh=axis_name, in_specs=spec, out_specs=spec)(*xs)
+
+    return on_mesh
 
   def run(*xs):
     n, i = jax.lax.axis_size(axis_name), jax.lax.axis_index(axis_name)
@@ -424,8 +441,8 @@ def refresh_eigenbasis(stats: jax.Array, basis: jax.Array) -> tuple[jax.Array, j
   sq = _mm(s, q)
   est = jnp.sum(q * sq, axis=-2)  # diag(Q^T S Q)
   perm = jnp.argsort(-est, axis=-1, stable=True)
-  q_sorted = jnp.take_along_axis(q, perm[..., None, :], axis=-1)
-  new, _ = _per_matrix(jnp.linalg.qr, _mm(s, q_sorted))
+  # S Q[:, perm] is S Q with its columns permuted: no second product
+  new, _ = _per_matrix(jnp.linalg.qr, jnp.take_along_axis(sq, perm[..., None, :], axis=-1))
   ok = _finite(new) & jnp.all(jnp.isfinite(est), axis=-1)
   identity = jnp.broadcast_to(jnp.arange(s.shape[-1]), perm.shape)
   return _choose(ok, new, q), jnp.where(ok[..., None], perm, identity)

@@ -130,7 +130,8 @@ def soap(learning_rate: Any, b1: Any = 0.95, b2: Any = 0.95, shampoo_beta: Any =
       this many blocks (the devices `optlab.state_sharding` splits the state
       over), an int >= 1.
     axis_name: under pmap, the axis whose devices share the basis refreshes
-      (each computes 1/n of them); None: every device computes all.
+      (each computes 1/n of them); under jit, a `jax.sharding.Mesh`: each
+      device refreshes the blocks it holds; None: every device computes all.
     compute_dtype: None (float32 rotations at full precision) or e.g.
       ``jnp.bfloat16``: their inputs in that dtype, accumulated in float32
       (the statistics stay float32; updates move by ~1e-2 relative).
@@ -215,7 +216,8 @@ def soap_lion(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.99, weight_decay: A
       this many blocks (the devices `optlab.state_sharding` splits the state
       over), an int >= 1.
     axis_name: under pmap, the axis whose devices share the basis refreshes
-      (each computes 1/n of them); None: every device computes all.
+      (each computes 1/n of them); under jit, a `jax.sharding.Mesh`: each
+      device refreshes the blocks it holds; None: every device computes all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
@@ -267,7 +269,8 @@ def soap_adopt(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.9999, eps: Any = 1
       this many blocks (the devices `optlab.state_sharding` splits the state
       over), an int >= 1.
     axis_name: under pmap, the axis whose devices share the basis refreshes
-      (each computes 1/n of them); None: every device computes all.
+      (each computes 1/n of them); under jit, a `jax.sharding.Mesh`: each
+      device refreshes the blocks it holds; None: every device computes all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
@@ -328,7 +331,8 @@ def soap_ademamix(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, b3: Any = 
       this many blocks (the devices `optlab.state_sharding` splits the state
       over), an int >= 1.
     axis_name: under pmap, the axis whose devices share the basis refreshes
-      (each computes 1/n of them); None: every device computes all.
+      (each computes 1/n of them); under jit, a `jax.sharding.Mesh`: each
+      device refreshes the blocks it holds; None: every device computes all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
@@ -387,7 +391,8 @@ def soap_laprop(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1
       this many blocks (the devices `optlab.state_sharding` splits the state
       over), an int >= 1.
     axis_name: under pmap, the axis whose devices share the basis refreshes
-      (each computes 1/n of them); None: every device computes all.
+      (each computes 1/n of them); under jit, a `jax.sharding.Mesh`: each
+      device refreshes the blocks it holds; None: every device computes all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
@@ -638,7 +643,9 @@ def shampoo(learning_rate: Any, block_size: Optional[int] = None, b1: Any = 0.9,
       this many blocks (the devices `optlab.state_sharding` splits the state
       over), an int >= 1.
     axis_name: under pmap, the axis whose devices share the inverse roots
-      (each computes 1/n of them); None: every device computes all.
+      (each computes 1/n of them); under jit, a `jax.sharding.Mesh`: each
+      device computes those of the blocks it holds; None: every device
+      computes all.
     compute_dtype: None (float32 preconditioning products at full precision) or e.g.
       ``jnp.bfloat16``: their inputs in that dtype, accumulated in float32
       (the statistics stay float32; updates move by ~1e-2 relative).
