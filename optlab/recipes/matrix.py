@@ -181,7 +181,8 @@ def soap_lion(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.99, weight_decay: A
               mask: Any = None, shampoo_beta: Any = 0.95, precondition_frequency: int = 10,
               max_precond_dim: Optional[int] = None, *, merge_dims: bool = False,
               precondition_1d: bool = False, mu_dtype: Any = None,
-              block_multiple: int = 1, axis_name: Any = None):
+              block_multiple: int = 1, axis_name: Any = None,
+              compute_dtype: Any = None):
   """Lion (arXiv:2302.06675) in SOAP's eigenbasis (arXiv:2409.11321).
 
   With ``G' = Q_L^T G Q_R`` and ``m`` kept in the rotated basis::
@@ -218,6 +219,9 @@ def soap_lion(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.99, weight_decay: A
     axis_name: under pmap, the axis whose devices share the basis refreshes
       (each computes 1/n of them); under jit, a `jax.sharding.Mesh`: each
       device refreshes the blocks it holds; None: every device computes all.
+    compute_dtype: None (float32 rotations at full precision) or e.g.
+      ``jnp.bfloat16``: their inputs in that dtype, accumulated in float32
+      (the statistics stay float32; updates move by ~1e-2 relative).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
@@ -229,14 +233,15 @@ def soap_lion(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.99, weight_decay: A
     "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675
     (https://arxiv.org/abs/2302.06675).
   """
-  return _in_soap_basis("soap_lion", scale_by_lion_momentum(b1, b2, mu_dtype), learning_rate, weight_decay, mask, shampoo_beta, precondition_frequency, max_precond_dim, merge_dims, precondition_1d, block_multiple, axis_name)  # noqa: E501
+  return _in_soap_basis("soap_lion", scale_by_lion_momentum(b1, b2, mu_dtype), learning_rate, weight_decay, mask, shampoo_beta, precondition_frequency, max_precond_dim, merge_dims, precondition_1d, block_multiple, axis_name, compute_dtype)  # noqa: E501
 
 
 def soap_adopt(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.9999, eps: Any = 1e-6,
                weight_decay: Any = 0.01, mask: Any = None, shampoo_beta: Any = 0.95,
                precondition_frequency: int = 10, max_precond_dim: Optional[int] = None,
                *, merge_dims: bool = False, precondition_1d: bool = False, mu_dtype: Any = None,
-               block_multiple: int = 1, axis_name: Any = None):
+               block_multiple: int = 1, axis_name: Any = None,
+               compute_dtype: Any = None):
   """ADOPT (arXiv:2411.02853) in SOAP's eigenbasis (arXiv:2409.11321).
 
   `scale_by_adopt` (with its clipping) on ``G' = Q_L^T G Q_R``, rotated back.
@@ -271,6 +276,9 @@ def soap_adopt(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.9999, eps: Any = 1
     axis_name: under pmap, the axis whose devices share the basis refreshes
       (each computes 1/n of them); under jit, a `jax.sharding.Mesh`: each
       device refreshes the blocks it holds; None: every device computes all.
+    compute_dtype: None (float32 rotations at full precision) or e.g.
+      ``jnp.bfloat16``: their inputs in that dtype, accumulated in float32
+      (the statistics stay float32; updates move by ~1e-2 relative).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
@@ -283,7 +291,7 @@ def soap_adopt(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.9999, eps: Any = 1
     arXiv:2411.02853 (https://arxiv.org/abs/2411.02853).
   """
   V.check_nonneg("soap_adopt", "eps", eps)
-  return _in_soap_basis("soap_adopt", scale_by_adopt(b1, b2, eps, mu_dtype), learning_rate, weight_decay, mask, shampoo_beta, precondition_frequency, max_precond_dim, merge_dims, precondition_1d, block_multiple, axis_name)  # noqa: E501
+  return _in_soap_basis("soap_adopt", scale_by_adopt(b1, b2, eps, mu_dtype), learning_rate, weight_decay, mask, shampoo_beta, precondition_frequency, max_precond_dim, merge_dims, precondition_1d, block_multiple, axis_name, compute_dtype)  # noqa: E501
 
 
 def soap_ademamix(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, b3: Any = 0.9999,
@@ -291,7 +299,8 @@ def soap_ademamix(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, b3: Any = 
                   shampoo_beta: Any = 0.95, precondition_frequency: int = 10,
                   max_precond_dim: Optional[int] = None, *, merge_dims: bool = False,
                   precondition_1d: bool = False, mu_dtype: Any = None,
-                  block_multiple: int = 1, axis_name: Any = None):
+                  block_multiple: int = 1, axis_name: Any = None,
+                  compute_dtype: Any = None):
   """AdEMAMix (arXiv:2409.03350) in SOAP's eigenbasis (arXiv:2409.11321).
 
   On ``G' = Q_L^T G Q_R``, rotated back::
@@ -333,6 +342,9 @@ def soap_ademamix(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, b3: Any = 
     axis_name: under pmap, the axis whose devices share the basis refreshes
       (each computes 1/n of them); under jit, a `jax.sharding.Mesh`: each
       device refreshes the blocks it holds; None: every device computes all.
+    compute_dtype: None (float32 rotations at full precision) or e.g.
+      ``jnp.bfloat16``: their inputs in that dtype, accumulated in float32
+      (the statistics stay float32; updates move by ~1e-2 relative).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
@@ -348,14 +360,15 @@ def soap_ademamix(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, b3: Any = 
     V.check_decay("soap_ademamix", name, value)
   V.check_nonneg("soap_ademamix", "eps", eps)
   V.check_nonneg("soap_ademamix", "alpha", alpha)
-  return _in_soap_basis("soap_ademamix", scale_by_moments(dual_ema(b1, b3, alpha, dtype=mu_dtype), ema_sq(b2), eps=eps), learning_rate, weight_decay, mask, shampoo_beta, precondition_frequency, max_precond_dim, merge_dims, precondition_1d, block_multiple, axis_name)  # noqa: E501
+  return _in_soap_basis("soap_ademamix", scale_by_moments(dual_ema(b1, b3, alpha, dtype=mu_dtype), ema_sq(b2), eps=eps), learning_rate, weight_decay, mask, shampoo_beta, precondition_frequency, max_precond_dim, merge_dims, precondition_1d, block_multiple, axis_name, compute_dtype)  # noqa: E501
 
 
 def soap_laprop(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-15,
                 weight_decay: Any = 0.01, mask: Any = None, shampoo_beta: Any = 0.95,
                 precondition_frequency: int = 10, max_precond_dim: Optional[int] = None,
                 *, merge_dims: bool = False, precondition_1d: bool = False, mu_dtype: Any = None,
-                block_multiple: int = 1, axis_name: Any = None):
+                block_multiple: int = 1, axis_name: Any = None,
+                compute_dtype: Any = None):
   """LaProp (arXiv:2002.04839) in SOAP's eigenbasis (arXiv:2409.11321).
 
   With ``G' = Q_L^T G Q_R``::
@@ -393,6 +406,9 @@ def soap_laprop(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1
     axis_name: under pmap, the axis whose devices share the basis refreshes
       (each computes 1/n of them); under jit, a `jax.sharding.Mesh`: each
       device refreshes the blocks it holds; None: every device computes all.
+    compute_dtype: None (float32 rotations at full precision) or e.g.
+      ``jnp.bfloat16``: their inputs in that dtype, accumulated in float32
+      (the statistics stay float32; updates move by ~1e-2 relative).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
@@ -407,7 +423,7 @@ def soap_laprop(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1
   for name, value in (("b1", b1), ("b2", b2)):
     V.check_decay("soap_laprop", name, value)
   V.check_nonneg("soap_laprop", "eps", eps)
-  return _in_soap_basis("soap_laprop", scale_by_moments(ema(b1, dtype=mu_dtype), ema_sq(b2), eps=eps, order="laprop"), learning_rate, weight_decay, mask, shampoo_beta, precondition_frequency, max_precond_dim, merge_dims, precondition_1d, block_multiple, axis_name)  # noqa: E501
+  return _in_soap_basis("soap_laprop", scale_by_moments(ema(b1, dtype=mu_dtype), ema_sq(b2), eps=eps, order="laprop"), learning_rate, weight_decay, mask, shampoo_beta, precondition_frequency, max_precond_dim, merge_dims, precondition_1d, block_multiple, axis_name, compute_dtype)  # noqa: E501
 
 
 # ------------------------------------------------------------------------ Muon
