@@ -373,22 +373,21 @@ def scale_by_newton_schulz(ns_steps: int = 5,
       return max(1.0, fan_out / fan_in) ** 0.5
     return consistent_rms * max(fan_in, fan_out) ** 0.5
 
+  def as_matrix(shape):
+    """One (fan_in, fan_out) block; no factor (passed through) below rank 2 or empty."""
+    merged = (math.prod(shape[:-1]), shape[-1]) if len(shape) >= 2 else tuple(shape)
+    rotated = (len(shape) >= 2 and math.prod(shape) > 0,) * len(merged)
+    return linalg.BlockPlan(tuple(shape), merged, merged, (1,) * len(merged), rotated)
+
   def update(updates, state, params=None, **extra):
     del params, extra
     leaves, treedef = jax.tree.flatten(updates)
-    groups: dict[tuple, list[int]] = {}
-    for i, u in enumerate(leaves):
-      if u.ndim >= 2 and u.size:  # a zero-size matrix's update is zero-size
-        groups.setdefault(((math.prod(u.shape[:-1]), u.shape[-1]), u.dtype), []).append(i)
-    out = list(leaves)
-    for ((fan_in, fan_out), _), members in groups.items():
-      x = jnp.stack([leaves[i].reshape(fan_in, fan_out) for i in members])
+    stacks = linalg.BlockStacks(leaves, as_matrix)
+    out = []
+    for k, x in enumerate(stacks.stack(leaves)):
       y = linalg.newton_schulz(x, ns_steps, ns_coeffs, eps, compute_dtype)
-      y = y.astype(accumulation_dtype(x.dtype))
-      y = scale(fan_in, fan_out) * y
-      for k, i in enumerate(members):
-        out[i] = y[k].reshape(leaves[i].shape).astype(leaves[i].dtype)
-    return jax.tree.unflatten(treedef, out), state
+      out.append(scale(*stacks.block_shape(k)) * y.astype(accumulation_dtype(x.dtype)))
+    return jax.tree.unflatten(treedef, stacks.unstack(out, leaves)), state
 
   return optax.GradientTransformationExtraArgs(lambda _: optax.EmptyState(), update)
 

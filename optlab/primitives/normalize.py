@@ -43,16 +43,17 @@ def _scales(dtype: Any) -> tuple[float, float, float]:
   return 2.0 ** (-(3 * e // 4)), 2.0 ** (e // 2), 2.0 ** (-(e // 2))
 
 
-def _sum_sq_one_pass(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _sum_sq_one_pass(x: jax.Array, reduce=jnp.sum) -> tuple[jax.Array, jax.Array]:
   """(t, k) with ||x|| = sqrt(t) * k, from three sibling sums over one read of x.
 
   Used where XLA fuses sibling reductions into one kernel (GPU, TPU): the
   extra multiplies are free in a memory-bound loop, and nothing branches.
+  `reduce` sums the squares (the whole tensor; `segment_norms`: per segment).
   """
   down, up, tiny = _scales(x.dtype)
-  s = jnp.sum(x * x)
-  s_down = jnp.sum(jnp.square(x * down))
-  s_up = jnp.sum(jnp.square(x * up))
+  s = reduce(x * x)
+  s_down = reduce(jnp.square(x * down))
+  s_up = reduce(jnp.square(x * up))
   one = jnp.ones([], x.dtype)
   small = s < tiny
   t = jnp.where(jnp.isfinite(s), jnp.where(small, s_up, s), s_down)
@@ -96,7 +97,11 @@ def tensor_norm(x: Any) -> jax.Array:
   entries propagate. One pass over `x` for inputs whose sum of squares is
   representable.
   """
-  t, k = _sum_sq(x)
+  return _norm(*_sum_sq(x))
+
+
+def _norm(t: jax.Array, k: jax.Array) -> jax.Array:
+  """sqrt(t) * k, saturated at the largest finite value."""
   return jnp.minimum(jnp.sqrt(t) * k, jnp.finfo(t.dtype).max)
 
 
@@ -110,13 +115,8 @@ def segment_norms(x: jax.Array, segment_ids: Any, num_segments: int) -> jax.Arra
   sums (plain, scaled down, scaled up) reduced per segment.
   """
   x = x.astype(accumulation_dtype(x.dtype)).reshape(x.shape[0], -1)
-  down, up, tiny = _scales(x.dtype)
   seg = lambda v: jax.ops.segment_sum(jnp.sum(v, axis=1), segment_ids, num_segments)
-  s, s_down, s_up = seg(x * x), seg(jnp.square(x * down)), seg(jnp.square(x * up))
-  one = jnp.ones([], x.dtype)
-  t = jnp.where(jnp.isfinite(s), jnp.where(s < tiny, s_up, s), s_down)
-  k = jnp.where(jnp.isfinite(s), jnp.where(s < tiny, one / up, one), one / down)
-  return jnp.minimum(jnp.sqrt(t) * k, jnp.finfo(t.dtype).max)
+  return _norm(*_sum_sq_one_pass(x, seg))
 
 
 def tensor_sq_norm(x: Any) -> jax.Array:
