@@ -16,6 +16,7 @@ from optlab import federated, rules, schedules
 from optlab._recipe import recipe_chain
 from optlab._registry import Recipe
 from optlab.catalog import catalog, get_recipe, held_out
+from optlab.layer_stats import LayerStats, capture_layer_stats, capture_linen, capture_nnx
 from optlab.sharding import state_sharding
 from optlab.primitives.bases import (EigenbasisState, StackedInnerState, in_eigenbasis,
                                      scale_by_newton_schulz, ShampooState, scale_by_shampoo)
@@ -121,7 +122,11 @@ from optlab.recipes.zeroth_order import mezo, sparse_mezo, zo_adamu, deepzero, q
 __version__ = "0.1.0"
 
 __all__ = [
+    'LayerStats',
     'Recipe',
+    'capture_layer_stats',
+    'capture_linen',
+    'capture_nnx',
     'catalog',
     'get_recipe',
     'held_out',

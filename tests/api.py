@@ -35,10 +35,12 @@ from optlab import federated, rules, schedules
 from optlab._recipe import recipe_chain
 from optlab._registry import Recipe
 from optlab.catalog import catalog, get_recipe, held_out
+from optlab.layer_stats import LayerStats, capture_layer_stats, capture_linen, capture_nnx
 from optlab.sharding import state_sharding
 '''
 
-FIXED = ["Recipe", "catalog", "get_recipe", "held_out", "recipe_chain", "state_sharding"]
+FIXED = ["LayerStats", "Recipe", "capture_layer_stats", "capture_linen", "capture_nnx", "catalog",
+         "get_recipe", "held_out", "recipe_chain", "state_sharding"]
 SUBMODULES = ["federated", "rules", "schedules"]
 
 

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.tree_util import Partial
 
 
@@ -36,10 +37,42 @@ def _pairwise_logits(params: Any) -> jax.Array:
   return jnp.stack([x - jax.lax.stop_gradient(x), jnp.zeros_like(x)], -1)
 
 
+def synthetic_layer_stats(params: Any, xp: Any = jnp) -> dict:
+  """The contract's `layer_stats` for a tree without a model: one dense layer per
+  2-D leaf ``w*`` of a flat dict (bias: the 1-D leaf ``b*`` of the same suffix and
+  size d_out, if present), fitted by least squares to fixed data. With n = 16
+  rows ``a[i, j] = cos(0.9 i + 1.7 j + 0.3 l)`` and targets
+  ``y[i, j] = sin(1.1 i - 0.6 j + 0.5 l)`` (l: the layer's index in sorted
+  order), the out_grads ``a W + b - y`` are the per-row gradients of
+  ``0.5 |a W + b - y|²``: statistics consistent with a loss, that depend on the
+  params and can be recomputed in NumPy (``xp=np``) by the references."""
+  import optlab
+  layers = sorted(k for k, v in params.items() if xp.ndim(v) == 2 and k.startswith("w"))
+  stats = {}
+  for l, k in enumerate(layers):
+    w = params[k]
+    (d_in, d_out), b = xp.shape(w), "b" + k[1:]
+    has_bias = b in params and xp.shape(params[b]) == (d_out,)
+    rows, cols = np.arange(16.0)[:, None], np.arange(max(d_in, d_out), dtype=float)[None]
+    a = xp.asarray(np.cos(0.9 * rows + 1.7 * cols[:, :d_in] + 0.3 * l), w.dtype)
+    y = xp.asarray(np.sin(1.1 * rows - 0.6 * cols[:, :d_out] + 0.5 * l), w.dtype)
+    out = a @ w + (params[b] if has_bias else 0.0) - y
+    stats[f"['{k}']"] = optlab.LayerStats(a, out, f"['{b}']" if has_bias else None)
+  return stats
+
+
+def _layer_stats(loss: Callable, params: Any) -> dict:
+  """A loss with a model (the digits task) captures real statistics, empirical
+  Fisher (``loss.layer_stats``); any other loss gets `synthetic_layer_stats`."""
+  capture = getattr(loss, "layer_stats", None)
+  return capture(params) if capture is not None else synthetic_layer_stats(params)
+
+
 BUILDERS: dict[str, Callable[[Callable, Any], Any]] = {
     "obj_fn": lambda loss, params: _as_partial(loss),
     "value": lambda loss, params: jnp.asarray(loss(params)),
     "logits_fn": lambda loss, params: Partial(_pairwise_logits),
+    "layer_stats": _layer_stats,
 }
 
 

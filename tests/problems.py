@@ -84,16 +84,27 @@ def digits_pretraining_data():
   return x[256:768], y[256:768]
 
 
+def mlp_apply(p, x, tap=None):
+  """The digits MLP's logits, its two layers marked for `optlab.capture_layer_stats`."""
+  import jax.numpy as jnp
+  tap = tap or (lambda inputs, outputs, *names, **bias: outputs)
+  h = jnp.tanh(tap(x, x @ p["w1"] + p["b1"], "w1", bias="b1"))
+  return tap(h, h @ p["w2"] + p["b2"], "w2", bias="b2")
+
+
 def _mlp_loss(x, y):
+  """The mean cross-entropy of `mlp_apply`; ``loss.layer_stats(p)`` are the layers'
+  empirical-Fisher statistics on the same batch (the extra arg of K-FAC-style recipes)."""
   import jax
   import jax.numpy as jnp
+  import optlab
   x, y = jnp.asarray(x), jnp.asarray(y)
 
   def loss(p):
-    h = jnp.tanh(x @ p["w1"] + p["b1"])
-    logits = h @ p["w2"] + p["b2"]
+    logits = mlp_apply(p, x)
     return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, y[:, None], 1)[:, 0])
 
+  loss.layer_stats = lambda p: optlab.capture_layer_stats(mlp_apply, p, x, targets=y)[2]
   return loss
 
 
