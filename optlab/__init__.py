@@ -46,6 +46,8 @@ from optlab.primitives.decay import (add_decayed_weights, add_cautious_decayed_w
 from optlab.primitives.factored import (FactoredRmsState, scale_by_factored_rms, clip_by_block_rms,
                                         scale_by_param_block_rms, adafactor_decay_rate,
                                         relative_step_size, CameState, scale_by_came)
+from optlab.primitives.gauss_newton import (KroneckerDiagonalState, scale_by_kronecker_diagonal,
+                                            scale_by_gauss_newton)
 from optlab.primitives.grouping import SGGState, sgg
 from optlab.primitives.layerwise import (LayerwiseSecondMomentState,
                                          scale_by_layerwise_second_moment, ScaleByMadgradState,
@@ -104,6 +106,7 @@ from optlab.recipes.adam_variants import (swats, coupled_adam, innaprop, adam_cm
                                           ranger21_schedule, core, gravity)
 from optlab.recipes.adaptive_bounds import radam, adabound, amsbound, adamod
 from optlab.recipes.distributed import distributed_lion, onebit_adam, fedadam, fedyogi, fedadagrad
+from optlab.recipes.gauss_newton import adafisher, egn
 from optlab.recipes.hessian import sophia_h, sophia_g, adahessian, mfac, fosi
 from optlab.recipes.layerwise import novograd, lamb, lars, madgrad
 from optlab.recipes.matrix import (soap, soap_lion, soap_adopt, soap_ademamix, soap_laprop, muon,
@@ -231,6 +234,10 @@ __all__ = [
     'relative_step_size',
     'CameState',
     'scale_by_came',
+    # optlab.primitives.gauss_newton
+    'KroneckerDiagonalState',
+    'scale_by_kronecker_diagonal',
+    'scale_by_gauss_newton',
     # optlab.primitives.grouping
     'SGGState',
     'sgg',
@@ -414,6 +421,9 @@ __all__ = [
     'fedadam',
     'fedyogi',
     'fedadagrad',
+    # optlab.recipes.gauss_newton
+    'adafisher',
+    'egn',
     # optlab.recipes.hessian
     'sophia_h',
     'sophia_g',

@@ -13,9 +13,12 @@ This module captures them without rewriting the model:
 
 * `capture_layer_stats` for a pure function whose layers are marked with the
   ``tap`` it is given;
-* `capture_linen` for a flax linen module (its ``nn.Dense`` calls are
-  intercepted with ``nn.intercept_methods``);
-* `capture_nnx` for a flax nnx model (its ``nnx.Linear`` calls).
+* `capture_linen` for a flax linen module (its ``nn.Dense`` and ``nn.Conv``
+  calls are intercepted with ``nn.intercept_methods``);
+* `capture_nnx` for a flax nnx model (its ``nnx.Linear`` and ``nnx.Conv`` calls).
+
+A convolution is a dense layer on its input patches (`conv_patches`), as in
+KFC (Grosse & Martens, arXiv:1602.01407): one row per example and position.
 
 Each returns ``(loss, grads, layer_stats)`` from one forward pass: the
 gradients for the update and the statistics come from the same ``jax.vjp``. The
@@ -41,7 +44,7 @@ import numpy as np
 import optax
 from jax.tree_util import DictKey, SequenceKey, keystr
 
-__all__ = ["LayerStats", "capture_layer_stats", "capture_linen", "capture_nnx"]
+__all__ = ["LayerStats", "capture_layer_stats", "capture_linen", "capture_nnx", "conv_patches"]
 
 Path = Union[str, tuple]
 
@@ -243,6 +246,60 @@ def _squared_error(outputs, targets):
   return 0.5 * jnp.mean(jnp.sum(jnp.square(outputs - targets), -1))
 
 
+def conv_patches(x: jax.Array, kernel_shape: tuple, strides: Any = 1, padding: Any = "SAME",
+                 dilation: Any = 1) -> jax.Array:
+  """The rows of a convolution as a dense layer: ``(n · positions, kh · kw · c_in)``.
+
+  Each row is the input patch that one output position sees, ordered so that
+  ``patches @ kernel.reshape(-1, c_out)`` is the convolution (channels-last
+  inputs, an ``HWIO`` kernel of shape `kernel_shape`, as flax uses). Pass it as
+  the tapped ``inputs`` of a convolution in `capture_layer_stats`; `capture_linen`
+  and `capture_nnx` call it for their ``Conv`` layers.
+
+  Args:
+    x: ``(batch, *spatial, c_in)`` inputs.
+    kernel_shape: ``(*window, c_in, c_out)``.
+    strides: int or one per spatial dim.
+    padding: ``"SAME"``, ``"VALID"``, an int or one int or (low, high) pair per
+      spatial dim.
+    dilation: the kernel dilation, int or one per spatial dim.
+
+  Returns:
+    The patches, one row per (example, output position).
+
+  References:
+    Grosse & Martens, "A Kronecker-factored approximate Fisher matrix for
+    convolution layers", arXiv:1602.01407 (the patch expansion of KFC).
+  """
+  window, nd = tuple(kernel_shape[:-2]), len(kernel_shape) - 2
+  per_dim = lambda v: (v,) * nd if isinstance(v, int) else tuple(v)
+  if not isinstance(padding, str):
+    padding = [(p, p) if isinstance(p, int) else tuple(p) for p in per_dim(padding)]
+  spatial = "".join("HWDXYZ"[:nd])
+  numbers = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+  p = jax.lax.conv_general_dilated_patches(x, window, per_dim(strides), padding,
+                                           rhs_dilation=per_dim(dilation),
+                                           dimension_numbers=numbers)
+  c_in = x.shape[-1]  # features come out channel-major: (c_in, *window) -> (*window, c_in)
+  p = jnp.moveaxis(p.reshape(p.shape[:-1] + (c_in,) + window), nd + 1, -1)
+  return p.reshape(-1, c_in * math.prod(window))
+
+
+def _conv_inputs(mod: Any, x: jax.Array, kernel_shape: tuple) -> jax.Array:
+  """A flax (linen or nnx) ``Conv``'s inputs as `conv_patches` rows."""
+  name = type(mod).__name__
+  if mod.feature_group_count != 1 or mod.input_dilation not in (1, None) or (
+      isinstance(mod.padding, str) and mod.padding not in ("SAME", "VALID")):
+    raise NotImplementedError(
+        f"optlab.capture_layer_stats: {name} with feature_group_count="
+        f"{mod.feature_group_count}, input_dilation={mod.input_dilation}, padding="
+        f"{mod.padding!r} has no patch statistics here (grouped, input-dilated and "
+        "circular/causal convolutions); tap it yourself or leave it to the fallback rule")
+  if x.ndim == len(kernel_shape) - 1:  # an unbatched input
+    x = x[None]
+  return conv_patches(x, kernel_shape, mod.strides or 1, mod.padding, mod.kernel_dilation or 1)
+
+
 # loss name -> (mean loss over rows, sampler of targets from the model's distribution)
 LOSSES = {
     "softmax_cross_entropy": (
@@ -330,8 +387,8 @@ def capture_layer_stats(apply_fn: Callable, params: Any, *args: Any, targets: An
 def capture_linen(module: Any, params: Any, *args: Any, targets: Any,
                   variables: Optional[Mapping[str, Any]] = None, **kwargs: Any
                   ) -> tuple[jax.Array, Any, dict[str, LayerStats]]:
-  """`capture_layer_stats` for a flax linen module: every ``nn.Dense`` it calls is
-  tapped (through ``nn.intercept_methods``), keyed by its kernel's path in
+  """`capture_layer_stats` for a flax linen module: every ``nn.Dense`` and
+  ``nn.Conv`` (on its `conv_patches`) it calls is tapped (through ``nn.intercept_methods``), keyed by its kernel's path in
   `params` (the ``"params"`` collection), e.g. ``"['Dense_0']['kernel']"``.
 
   Args:
@@ -356,11 +413,13 @@ def capture_linen(module: Any, params: Any, *args: Any, targets: Any,
   def apply_fn(p, *inputs, tap):
     def intercept(call, a, kw, context):
       mod = context.module
-      if context.method_name != "__call__" or not isinstance(mod, nn.Dense):
+      if context.method_name != "__call__" or not isinstance(mod, (nn.Dense, nn.Conv)):
         return call(*a, **kw)
-      x = a[0] if a else kw["inputs"]
+      x, y = a[0] if a else kw["inputs"], call(*a, **kw)
+      if isinstance(mod, nn.Conv):
+        x = _conv_inputs(mod, x, mod.variables["params"]["kernel"].shape)
       bias = mod.path + ("bias",) if mod.use_bias else None
-      return tap(x, call(*a, **kw), mod.path + ("kernel",), bias)
+      return tap(x, y, mod.path + ("kernel",), bias)
 
     with nn.intercept_methods(intercept):
       return module.apply({"params": p, **(variables or {})}, *inputs)
@@ -369,27 +428,35 @@ def capture_linen(module: Any, params: Any, *args: Any, targets: Any,
 
 
 @contextlib.contextmanager
-def _tapping_linear(tap, paths: Mapping[int, tuple]):
-  """Routes every ``nnx.Linear`` call in `paths` (id -> path) through `tap`."""
-  from flax import nnx
-  call = nnx.Linear.__call__
+def _tapping(layer_types: tuple, tap, paths: Mapping[int, tuple]):
+  """Routes every call of a layer in `paths` (id -> path) through `tap`, by
+  patching the ``__call__`` of `layer_types` (``nnx.Linear``, ``nnx.Conv``)
+  while the model runs."""
+  calls = {cls: cls.__call__ for cls in layer_types}
 
   def tapped(self, x, *args, **kwargs):
-    path = paths[id(self)]
+    call = next(c for cls, c in calls.items() if isinstance(self, cls))
+    y, path = call(self, x, *args, **kwargs), paths.get(id(self))
+    if path is None:  # a layer of another model
+      return y
+    if hasattr(self, "kernel_size"):
+      x = _conv_inputs(self, x, self.kernel.shape)
     bias = path + ("bias",) if self.bias is not None else None
-    return tap(x, call(self, x, *args, **kwargs), path + ("kernel",), bias)
+    return tap(x, y, path + ("kernel",), bias)
 
-  nnx.Linear.__call__ = tapped
+  for cls in layer_types:
+    cls.__call__ = tapped
   try:
     yield
   finally:
-    nnx.Linear.__call__ = call
+    for cls, call in calls.items():
+      cls.__call__ = call
 
 
 def capture_nnx(model: Any, *args: Any, targets: Any, **kwargs: Any
                 ) -> tuple[jax.Array, Any, dict[str, LayerStats]]:
-  """`capture_layer_stats` for a flax nnx model: every ``nnx.Linear`` it calls is
-  tapped, keyed by its kernel's path in ``nnx.state(model, nnx.Param)``, e.g.
+  """`capture_layer_stats` for a flax nnx model: every ``nnx.Linear`` and
+  ``nnx.Conv`` (on its `conv_patches`) it calls is tapped, keyed by its kernel's path in ``nnx.state(model, nnx.Param)``, e.g.
   ``"['hidden']['kernel']"``, as ``nnx.Optimizer(model, tx, wrt=nnx.Param)``
   passes the params to the transformation.
 
@@ -413,9 +480,10 @@ def capture_nnx(model: Any, *args: Any, targets: Any, **kwargs: Any
 
   def apply_fn(p, *inputs, tap):
     m = nnx.merge(graphdef, p, rest)
+    layer_types = (nnx.Linear, nnx.Conv)
     paths = {id(node): tuple(path) for path, node in nnx.iter_graph(m)
-             if isinstance(node, nnx.Linear)}
-    with _tapping_linear(tap, paths):
+             if isinstance(node, layer_types)}
+    with _tapping(layer_types, tap, paths):
       return m(*inputs)
 
   return capture_layer_stats(apply_fn, params, *args, targets=targets, **kwargs)

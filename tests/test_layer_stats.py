@@ -251,3 +251,50 @@ def test_kernel_shapes_select_by_mask_and_size():
   assert LS.kernel_shapes(params, max_dim=512) == {"['conv']": (19, 8), "['w']": (17, 8)}
   mask = lambda p: {k: k != "w" for k in p}
   assert sorted(LS.kernel_shapes(params, mask=mask)) == ["['conv']", "['emb']"]
+
+
+def test_conv_layers_are_dense_layers_on_their_patches():
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(2, 6, 5, 3)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 4, 2))
+
+  class LinenConv(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      h = nn.Conv(4, (3, 2), strides=(2, 1), padding="VALID", kernel_dilation=(1, 2))(x)
+      return jnp.mean(nn.Conv(4, (2, 2), padding=((1, 0), (0, 1)), use_bias=False)(h), (1, 2))
+
+  params = LinenConv().init(jax.random.PRNGKey(0), x)["params"]
+  _, grads, stats = LS.capture_linen(LinenConv(), params, x, targets=y)
+  assert sorted(stats) == ["['Conv_0']['kernel']", "['Conv_1']['kernel']"]
+  for key, st in stats.items():
+    kernel = params[key[2:8]]["kernel"]
+    assert st.inputs.shape[1] == kernel.shape[0] * kernel.shape[1] * kernel.shape[2]
+  # patches @ kernel is the convolution; mean outer products give the kernel gradient
+  a, g = stats["['Conv_0']['kernel']"].inputs, stats["['Conv_0']['kernel']"].out_grads
+  h = jax.lax.conv_general_dilated(x, params["Conv_0"]["kernel"], (2, 1), "VALID",
+                                   rhs_dilation=(1, 2), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(a @ params["Conv_0"]["kernel"].reshape(-1, 4), h.reshape(-1, 4),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose((a.T @ g / 2).reshape(grads["Conv_0"]["kernel"].shape),
+                             grads["Conv_0"]["kernel"], rtol=1e-4, atol=1e-6)
+  assert stats["['Conv_1']['kernel']"].bias is None
+
+  class NnxConv(nnx.Module):
+    def __init__(self):
+      self.conv = nnx.Conv(3, 4, (3, 3), rngs=nnx.Rngs(0))
+
+    def __call__(self, x):
+      return jnp.mean(self.conv(x), (1, 2))
+
+  model = NnxConv()
+  _, grads, stats = LS.capture_nnx(model, x, targets=y)
+  st = stats["['conv']['kernel']"]
+  assert st.inputs.shape == (2 * 6 * 5, 27) and st.bias == "['conv']['bias']"
+  np.testing.assert_allclose(st.inputs @ model.conv.kernel[...].reshape(-1, 4) + model.conv.bias[...],
+                             model.conv(x).reshape(-1, 4), rtol=1e-5, atol=1e-5)
+  with pytest.raises(NotImplementedError, match="feature_group_count=3"):
+    LS.capture_nnx(type("G", (nnx.Module,), {
+        "__init__": lambda self: setattr(self, "c", nnx.Conv(3, 3, (2, 2), feature_group_count=3,
+                                                             rngs=nnx.Rngs(0))),
+        "__call__": lambda self, x: jnp.mean(self.c(x), (1, 2))})(), x, targets=y)
