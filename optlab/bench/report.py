@@ -11,19 +11,19 @@ import numpy as np
 from optlab.bench.runner import smooth
 from optlab.bench.tuning import format_hparams
 
-__all__ = ["table", "markdown", "write_json", "plot", "write_all"]
+__all__ = ["table", "markdown", "write_json", "plot", "write_all", "fmt", "speedup_text", "lr_text"]
 
 _COLUMNS = ("optimizer", "lr", "score", "final loss", "val", "speedup", "steps→target",
             "ms/step", "compile s", "state B/param")
 
 
-def _fmt(x, spec: str = ".4f") -> str:
+def fmt(x, spec: str = ".4f") -> str:
   if x is None or (isinstance(x, float) and not math.isfinite(x)):
     return "-" if x is None else ("diverged" if x == math.inf else "nan")
   return format(x, spec)
 
 
-def _speedup(s) -> str:
+def speedup_text(s) -> str:
   """``1.93x (1.80-2.05)``; a bound shows as ``>2.00x`` / ``<0.25x``."""
   if not s:
     return "-"
@@ -34,12 +34,12 @@ def _speedup(s) -> str:
   return f"{mark}{s['median']:.2f}x{spread}"
 
 
-def _lr(r) -> str:
+def lr_text(r) -> str:
   if r["learning_rate"] is None:
     return "-"
   tuning = r.get("tuning") or {}
   flag = "*" if tuning.get("interior") is False else ""
-  return _fmt(r["learning_rate"], ".3g") + flag
+  return fmt(r["learning_rate"], ".3g") + flag
 
 
 def _rows(results: dict) -> list[tuple[str, ...]]:
@@ -47,10 +47,10 @@ def _rows(results: dict) -> list[tuple[str, ...]]:
   for r in results["optimizers"]:
     val = r["metrics"].get("val_acc", r["metrics"].get("val_loss"))
     name = r["name"] + ("" if r["status"] == "ok" else f" ({r['status']})")
-    rows.append((name, _lr(r), _fmt(r["score"]), _fmt(r["final_loss"]), _fmt(val),
-                 _speedup(r.get("speedup")), _fmt(r["steps_to_target"], "d"),
-                 _fmt(r["median_step_ms"], ".2f"), _fmt(r["compile_s"], ".2f"),
-                 _fmt(r["state_bytes_per_param"], ".1f")))
+    rows.append((name, lr_text(r), fmt(r["score"]), fmt(r["final_loss"]), fmt(val),
+                 speedup_text(r.get("speedup")), fmt(r["steps_to_target"], "d"),
+                 fmt(r["median_step_ms"], ".2f"), fmt(r["compile_s"], ".2f"),
+                 fmt(r["state_bytes_per_param"], ".1f")))
   return rows
 
 
@@ -75,7 +75,7 @@ def _protocol(results: dict) -> str:
 
 def _header(results: dict) -> str:
   return (f"{results['task']}: {results['description']}\n{_protocol(results)}; speedup vs "
-          f"{results['baseline']}; target loss {_fmt(results['target'])} "
+          f"{results['baseline']}; target loss {fmt(results['target'])} "
           f"({results['target_from']}); device {results['device']}")
 
 
@@ -103,7 +103,7 @@ def _trials(r: dict) -> str:
   if not t.get("trials"):
     return ""
   pts = [f"{format_hparams(x['hparams'], t['knobs'])} → "
-         + (_fmt(x["score"]) if x["status"] == "ok" else x["status"]) for x in t["trials"]]
+         + (fmt(x["score"]) if x["status"] == "ok" else x["status"]) for x in t["trials"]]
   flag = "interior" if t["interior"] else f"NOT interior: {t['note']}"
   return f"- `{r['name']}` ({t['runs']} runs, {flag}): " + "; ".join(pts)
 
@@ -127,7 +127,7 @@ def markdown(results: dict, plots: dict[str, str] | None = None) -> str:
     lines += ["", f"Note: {results['note']}"]
   curve = results.get("baseline_curve")
   if curve:
-    pts = ", ".join(f"{n} → {_fmt(s)}" for n, s in zip(curve["steps"], curve["raw_score"]))
+    pts = ", ".join(f"{n} → {fmt(s)}" for n, s in zip(curve["steps"], curve["raw_score"]))
     lines += ["", f"Baseline `{results['baseline']}` score by run length (mean over seeds, "
               f"each run with its own full schedule): {pts}."]
   tuned = [x for x in (_trials(r) for r in results["optimizers"]) if x]

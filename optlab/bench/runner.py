@@ -215,7 +215,10 @@ def smooth(losses: np.ndarray, window: int) -> np.ndarray:
   return (c[idx] - c[lo]) / (idx - lo)
 
 
-def _extras(names, task: Task, batch, loss_b, value) -> dict[str, Any]:
+SUPPLIED = ("obj_fn", "value", "logits_fn", "layer_stats")  # the extra args the bench gives
+
+
+def _extras(names, task: Task, batch, loss_b, value, stats) -> dict[str, Any]:
   out = {}
   for n in names:
     if n == "obj_fn":
@@ -224,6 +227,8 @@ def _extras(names, task: Task, batch, loss_b, value) -> dict[str, Any]:
       out[n] = value
     elif n == "logits_fn":
       out[n] = lambda p: task.logits(p, batch)
+    elif n == "layer_stats":
+      out[n] = stats
     else:
       raise BenchError(f"the bench cannot supply the extra arg {n!r}")
   return out
@@ -231,11 +236,13 @@ def _extras(names, task: Task, batch, loss_b, value) -> dict[str, Any]:
 
 def _check_extras(spec: OptimizerSpec, task: Task):
   for n in spec.extra_args:
-    if n not in ("obj_fn", "value", "logits_fn"):
+    if n not in SUPPLIED:
       raise BenchError(f"{spec.name} needs the extra arg {n!r}, which the bench cannot supply "
-                       "(it supplies obj_fn, value and logits_fn)")
+                       f"(it supplies {', '.join(SUPPLIED)})")
     if n == "logits_fn" and task.logits is None:
       raise BenchError(f"{spec.name} needs logits_fn, but task {task.name!r} has no logits")
+    if n == "layer_stats" and task.layer_stats is None:
+      raise BenchError(f"{spec.name} needs layer_stats, but task {task.name!r} captures none")
 
 
 
@@ -278,8 +285,12 @@ class StepCache:
       tx = spec.build(lr if traced else rate, seed, **fixed)
       batch = task.batch(data, key, i)
       loss_b = lambda p: task.loss(p, batch)
-      value, grads = jax.value_and_grad(loss_b)(params)
-      extra = _extras(spec.extra_args, task, batch, loss_b, value)
+      stats = None
+      if "layer_stats" in spec.extra_args:  # the gradient and the statistics from one pass
+        value, grads, stats = task.layer_stats(params, batch)
+      else:
+        value, grads = jax.value_and_grad(loss_b)(params)
+      extra = _extras(spec.extra_args, task, batch, loss_b, value, stats)
       updates, state = tx.update(grads, state, params, **extra)
       updates = jax.tree.map(lambda u: u * factor.astype(u.dtype), updates)
       return optax.apply_updates(params, updates), state, value

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optlab.layer_stats import capture_linen
+
 __all__ = ["Task", "TASKS", "PRESETS", "register_task", "make_task", "task_options",
            "stdlib_corpus"]
 
@@ -46,6 +48,9 @@ class Task:
     evaluate: params -> dict of held-out metrics (e.g. val_loss, val_acc).
     logits: (params, batch) -> logits, for recipes that take ``logits_fn``;
       None where the task is not a classification / language model.
+    layer_stats: (params, batch) -> (loss, grads, layer_stats) from one pass
+      (`optlab.capture_linen`), for recipes that take ``layer_stats``; None
+      where the task's layers are not captured.
     log_loss: plot the loss on a log scale (losses that go to zero).
     lr_scale: how much larger than the usual published rates this task trains
       best: it multiplies the bench's default learning rate of a catalogue recipe
@@ -68,6 +73,7 @@ class Task:
   batch: Callable[[Any, jax.Array, jax.Array], Any] = lambda data, key, step: data
   evaluate: Callable[[Any], dict] = lambda params: {}
   logits: Optional[Callable[[Any, Any], jax.Array]] = None
+  layer_stats: Optional[Callable[[Any, Any], tuple]] = None
   log_loss: bool = False
   stochastic: bool = False
   lr_scale: float = 1.0
@@ -242,6 +248,7 @@ def digits_mlp(hidden: int = 128, depth: int = 2, batch_size: Optional[int] = No
   model = MLP()
   logits = lambda params, batch: model.apply({"params": params}, batch["x"])
   loss = lambda params, batch: _cross_entropy(logits(params, batch), batch["y"])
+  stats = lambda params, batch: capture_linen(model, params, batch["x"], targets=batch["y"])
 
   def batch(data, key, step):
     if not batch_size:
@@ -259,7 +266,8 @@ def digits_mlp(hidden: int = 128, depth: int = 2, batch_size: Optional[int] = No
               f"{'full batch' if not batch_size else f'batch {batch_size}'}, "
               f"{len(xt)} train / {len(xv)} val", init, loss,
               data={"x": jnp.asarray(xt), "y": jnp.asarray(yt)}, batch=batch,
-              evaluate=evaluate, logits=logits, stochastic=bool(batch_size), lr_scale=lr_scale,
+              evaluate=evaluate, logits=logits, layer_stats=stats, stochastic=bool(batch_size),
+              lr_scale=lr_scale,
               chance_loss=float(np.log(10)), info={"train": len(xt), "val": len(xv), "hidden": hidden, "depth": depth})
 
 
@@ -340,6 +348,10 @@ def lm_stdlib(d_model: int = 128, n_layers: int = 4, n_heads: int = 4,
   model = CharLM()
   logits = lambda params, batch: model.apply({"params": params}, batch[:, :-1])
   loss = lambda params, batch: _cross_entropy(logits(params, batch), batch[:, 1:].astype(jnp.int32))
+  # every nn.Dense (the MLPs and the head); attention's DenseGeneral projections
+  # and the embeddings take a recipe's first-order fallback
+  stats = lambda params, batch: capture_linen(model, params, batch[:, :-1],
+                                              targets=batch[:, 1:].astype(jnp.int32))
 
   def windows(arr, starts):
     return arr[starts[:, None] + jnp.arange(context + 1)[None, :]]
@@ -363,5 +375,6 @@ def lm_stdlib(d_model: int = 128, n_layers: int = 4, n_heads: int = 4,
   return Task("lm-stdlib", f"char LM {n_params / 1e6:.2f}M params ({n_layers}x{d_model}, "
               f"context {context}, batch {batch_size}) on {info['bytes'] / 1e6:.1f} MB of "
               f"CPython {info['python']} stdlib", init, loss, data=jnp.asarray(train),
-              batch=batch, evaluate=evaluate, logits=logits, stochastic=True, lr_scale=lr_scale,
+              batch=batch, evaluate=evaluate, logits=logits, layer_stats=stats, stochastic=True,
+              lr_scale=lr_scale,
               chance_loss=float(np.log(256)), info=info)
