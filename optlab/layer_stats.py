@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.tree_util import DictKey, SequenceKey, keystr
+from jax.tree_util import DictKey, GetAttrKey, SequenceKey, keystr
 
 __all__ = ["LayerStats", "capture_layer_stats", "capture_linen", "capture_nnx", "conv_patches"]
 
@@ -88,6 +88,15 @@ jax.tree_util.register_dataclass(Layer, data_fields=["grad", "a", "g"], meta_fie
 
 
 # ---------------------------------------------------------------- for recipes
+def path_key(path: tuple) -> str:
+  """A leaf's key in ``layer_stats``: its ``keystr``, less the ``.value`` of a flax
+  nnx ``Variable``, so that ``nnx.Optimizer``'s ``init`` (which sees Variables)
+  and ``update`` (which sees their pure arrays) name a leaf alike."""
+  if path and isinstance(path[-1], GetAttrKey) and path[-1].name == "value":
+    path = path[:-1]
+  return keystr(path)
+
+
 def kernel_shapes(params: Any, mask: Any = None, max_dim: Optional[int] = None
                   ) -> dict[str, tuple[int, int]]:
   """The leaves that get Kronecker factors: ``keystr`` path -> ``(d_in + 1, d_out)``.
@@ -111,7 +120,7 @@ def kernel_shapes(params: Any, mask: Any = None, max_dim: Optional[int] = None
       continue
     d_in, d_out = math.prod(shape[:-1]), shape[-1]
     if max_dim is None or max(d_in + 1, d_out) <= max_dim:
-      shapes[keystr(path)] = (d_in + 1, d_out)
+      shapes[path_key(path)] = (d_in + 1, d_out)
   return shapes
 
 
@@ -124,7 +133,8 @@ def gather(where: str, layer_stats: Optional[Mapping[str, LayerStats]], updates:
   """Checks the extra arg `layer_stats` against `updates` and the kernels of
   `shapes` (from `kernel_shapes`); returns each covered layer as a `Layer`.
 
-  Raises, naming ``layer_stats`` and the path: the arg is missing; a key is not a
+  Raises TypeError when the arg is missing or not a mapping of `LayerStats`,
+  and ValueError naming ``layer_stats`` and the path when a key is not a
   kernel of `shapes`; the widths of ``inputs``/``out_grads`` disagree with the
   kernel, or their row counts with each other; a bias is not a 1-D leaf of size
   ``d_out`` or is claimed by two layers. A bias masked out of this optimizer
@@ -133,12 +143,12 @@ def gather(where: str, layer_stats: Optional[Mapping[str, LayerStats]], updates:
   """
   if layer_stats is None:
     _fail(where, "needs the extra arg layer_stats= (a mapping from each layer's kernel path to "
-          "optlab.LayerStats, e.g. from optlab.capture_layer_stats); it was not given")
+          "optlab.LayerStats, e.g. from optlab.capture_layer_stats); it was not given", TypeError)
   if not isinstance(layer_stats, Mapping):
     _fail(where, f"layer_stats must be a mapping from kernel paths to optlab.LayerStats, got "
           f"{type(layer_stats).__name__}", TypeError)
   masked = lambda x: isinstance(x, optax.MaskedNode)
-  leaves = {keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(updates, is_leaf=masked)}
+  leaves = {path_key(p): x for p, x in jax.tree_util.tree_leaves_with_path(updates, is_leaf=masked)}
   layers, biases = {}, {}
   for key, st in layer_stats.items():
     name = f"layer_stats[{key!r}]"
@@ -185,7 +195,7 @@ def scatter(updates: Any, layers: Mapping[str, Layer], matrices: Mapping[str, ja
       new[layers[key].bias] = m[-1]
 
   def put(path, leaf):
-    m = new.get(keystr(path))
+    m = new.get(path_key(path))
     return leaf if m is None else m.reshape(leaf.shape).astype(leaf.dtype)
 
   return jax.tree_util.tree_map_with_path(put, updates)

@@ -114,7 +114,10 @@ def test_linen_and_nnx_capture_the_same_statistics():
   _, _, want = LS.capture_layer_stats(apply, p32, x, targets=y)
   linen_params = {"hidden": {"kernel": p32["w1"], "bias": p32["b1"]}, "out": {"kernel": p32["w2"]}}
   _, linen_grads, linen = LS.capture_linen(_Linen(), linen_params, x, targets=y)
-  _, nnx_grads, from_nnx = LS.capture_nnx(_Nnx(params), x, targets=y)
+  model = _Nnx(params)
+  _, nnx_grads, from_nnx = LS.capture_nnx(model, x, targets=y)
+  # init sees nnx Variables, update their pure arrays: both name the kernels alike
+  assert sorted(LS.kernel_shapes(nnx.state(model, nnx.Param))) == sorted(from_nnx)
   nnx_grads = nnx.as_pure(nnx_grads)  # as nnx.Optimizer hands them to the transformation
   for got, grads in ((linen, linen_grads), (from_nnx, nnx_grads)):
     assert sorted(got) == ["['hidden']['kernel']", "['out']['kernel']"]
