@@ -16,7 +16,8 @@ from optlab import federated, rules, schedules
 from optlab._recipe import recipe_chain
 from optlab._registry import Recipe
 from optlab.catalog import catalog, get_recipe, held_out
-from optlab.layer_stats import LayerStats, capture_layer_stats, capture_linen, capture_nnx
+from optlab.layer_stats import (LayerStats, capture_layer_stats, capture_linen, capture_nnx,
+                                conv_patches)
 from optlab.sharding import state_sharding
 from optlab.primitives.bases import (EigenbasisState, StackedInnerState, in_eigenbasis,
                                      scale_by_newton_schulz, ShampooState, scale_by_shampoo)
@@ -49,10 +50,13 @@ from optlab.primitives.factored import (FactoredRmsState, scale_by_factored_rms,
 from optlab.primitives.gauss_newton import (KroneckerDiagonalState, scale_by_kronecker_diagonal,
                                             scale_by_gauss_newton)
 from optlab.primitives.grouping import SGGState, sgg
+from optlab.primitives.kronecker import (KFACState, scale_by_kfac, FisherNormClipState,
+                                         clip_by_fisher_norm, MKORState, scale_by_mkor)
 from optlab.primitives.layerwise import (LayerwiseSecondMomentState,
                                          scale_by_layerwise_second_moment, ScaleByMadgradState,
                                          scale_by_madgrad)
 from optlab.primitives.linalg import inverse_pth_root, newton_schulz
+from optlab.primitives.lora import LoraPairsState, in_lora_pairs, find_lora_pairs
 from optlab.primitives.masks import cautious, with_grams, with_radial_projection, with_leaf_labels
 from optlab.primitives.matricized import SmmfState, scale_by_smmf
 from optlab.primitives.moments import (MomentsState, scale_by_moments, scale_by_adam,
@@ -81,7 +85,8 @@ from optlab.primitives.storage import (StateBytes, state_bytes, WithStateDtypeSt
 from optlab.primitives.subspace import (SubspaceState, in_subspace, svd_projector, random_projector,
                                         online_pca_projector, haar_projector, subspace_side,
                                         BiasCorrectionState, scale_by_bias_correction,
-                                        SubspaceMomentumState, scale_by_subspace_momentum)
+                                        SubspaceMomentumState, scale_by_subspace_momentum,
+                                        NaturalGradientState, scale_by_natural_gradient)
 from optlab.primitives.variance_reduction import MarsState, add_mars_correction
 from optlab.primitives.variants import (InnapropState, scale_by_innaprop, GravityState,
                                         scale_by_gravity, CriticalMomentaState,
@@ -108,7 +113,9 @@ from optlab.recipes.adaptive_bounds import radam, adabound, amsbound, adamod
 from optlab.recipes.distributed import distributed_lion, onebit_adam, fedadam, fedyogi, fedadagrad
 from optlab.recipes.gauss_newton import adafisher, egn
 from optlab.recipes.hessian import sophia_h, sophia_g, adahessian, mfac, fosi
+from optlab.recipes.kronecker import kfac, mkor
 from optlab.recipes.layerwise import novograd, lamb, lars, madgrad
+from optlab.recipes.lora import lora_pro
 from optlab.recipes.matrix import (soap, soap_lion, soap_adopt, soap_ademamix, soap_laprop, muon,
                                    shampoo, mars_shampoo)
 from optlab.recipes.memory_efficient import (adafactor, adamw_8bit, adam_mini, came, adalomo,
@@ -117,8 +124,8 @@ from optlab.recipes.sign_family import (lion, cautious_adamw, cautious_lion, gra
                                         mars_lion, spam, adamp, sgdp)
 from optlab.recipes.step_size_free import (dog, ldog, dadapt_sgd, dadapt_adam, dadapt_lion, momo,
                                            momo_adam, sps, sania)
-from optlab.recipes.subspace import (galore_adamw, apollo, apollo_mini, fira, frugal,
-                                     online_subspace_descent, gwt_adam)
+from optlab.recipes.subspace import (galore_adamw, natural_galore, apollo, apollo_mini, fira,
+                                     frugal, online_subspace_descent, gwt_adam)
 from optlab.recipes.variational import ivon
 from optlab.recipes.zeroth_order import mezo, sparse_mezo, zo_adamu, deepzero, quzo
 
@@ -131,6 +138,7 @@ __all__ = [
     'capture_linen',
     'capture_nnx',
     'catalog',
+    'conv_patches',
     'get_recipe',
     'held_out',
     'recipe_chain',
@@ -241,6 +249,13 @@ __all__ = [
     # optlab.primitives.grouping
     'SGGState',
     'sgg',
+    # optlab.primitives.kronecker
+    'KFACState',
+    'scale_by_kfac',
+    'FisherNormClipState',
+    'clip_by_fisher_norm',
+    'MKORState',
+    'scale_by_mkor',
     # optlab.primitives.layerwise
     'LayerwiseSecondMomentState',
     'scale_by_layerwise_second_moment',
@@ -249,6 +264,10 @@ __all__ = [
     # optlab.primitives.linalg
     'inverse_pth_root',
     'newton_schulz',
+    # optlab.primitives.lora
+    'LoraPairsState',
+    'in_lora_pairs',
+    'find_lora_pairs',
     # optlab.primitives.masks
     'cautious',
     'with_grams',
@@ -334,6 +353,8 @@ __all__ = [
     'scale_by_bias_correction',
     'SubspaceMomentumState',
     'scale_by_subspace_momentum',
+    'NaturalGradientState',
+    'scale_by_natural_gradient',
     # optlab.primitives.variance_reduction
     'MarsState',
     'add_mars_correction',
@@ -430,11 +451,16 @@ __all__ = [
     'adahessian',
     'mfac',
     'fosi',
+    # optlab.recipes.kronecker
+    'kfac',
+    'mkor',
     # optlab.recipes.layerwise
     'novograd',
     'lamb',
     'lars',
     'madgrad',
+    # optlab.recipes.lora
+    'lora_pro',
     # optlab.recipes.matrix
     'soap',
     'soap_lion',
@@ -477,6 +503,7 @@ __all__ = [
     'sania',
     # optlab.recipes.subspace
     'galore_adamw',
+    'natural_galore',
     'apollo',
     'apollo_mini',
     'fira',

@@ -10,7 +10,7 @@ import optax
 
 from optlab import _validate as V
 from optlab.primitives.basis import LINEAR, SECOND, iter_fields
-from optlab.primitives.bases import TreeLayout
+from optlab._src.layout import TreeLayout
 from optlab.primitives.moments import bound_gradient
 
 __all__ = ["recipe_chain"]

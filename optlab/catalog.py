@@ -10,16 +10,18 @@ family order. The tests keep their own configuration of each recipe
 from __future__ import annotations
 
 from optlab._registry import FAMILY_ORDER, Recipe
-from optlab.recipes import (adam_family, adam_variants, adaptive_bounds, distributed, hessian,
-                            layerwise, matrix, memory_efficient, sign_family, step_size_free,
-                            subspace, variational, zeroth_order)
+from optlab.recipes import (adam_family, adam_variants, adaptive_bounds, distributed,
+                            gauss_newton, hessian, kronecker, layerwise, lora, matrix,
+                            memory_efficient, sign_family, step_size_free, subspace, variational,
+                            zeroth_order)
 
 __all__ = ["Recipe", "catalog", "held_out", "get_recipe"]
 
 # every module of optlab.recipes that registers recipes (tests/test_recipe_config.py
 # checks that none is missing)
-MODULES = (adam_family, adam_variants, adaptive_bounds, distributed, hessian, layerwise, matrix,
-           memory_efficient, sign_family, step_size_free, subspace, variational, zeroth_order)
+MODULES = (adam_family, adam_variants, adaptive_bounds, distributed, gauss_newton, hessian,
+           kronecker, layerwise, lora, matrix, memory_efficient, sign_family, step_size_free,
+           subspace, variational, zeroth_order)
 
 
 def _gather() -> tuple[Recipe, ...]:

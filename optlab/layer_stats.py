@@ -176,7 +176,8 @@ def gather(where: str, layer_stats: Optional[Mapping[str, LayerStats]], updates:
         _fail(where, f"{name}.bias is {st.bias!r}, which is not a 1-D leaf of size {d_out} "
               "in the params")
       if st.bias in biases:
-        _fail(where, f"{name}.bias {st.bias!r} is also the bias of layer_stats[{biases[st.bias]!r}]")
+        _fail(where, f"{name}.bias {st.bias!r} is also the bias of "
+              f"layer_stats[{biases[st.bias]!r}]")
       biases[st.bias] = key
       b, ones = leaves[st.bias][None].astype(kernel.dtype), 1.0
     homogeneous = jnp.full((a.shape[0], 1), ones, a.dtype)
@@ -398,8 +399,9 @@ def capture_linen(module: Any, params: Any, *args: Any, targets: Any,
                   variables: Optional[Mapping[str, Any]] = None, **kwargs: Any
                   ) -> tuple[jax.Array, Any, dict[str, LayerStats]]:
   """`capture_layer_stats` for a flax linen module: every ``nn.Dense`` and
-  ``nn.Conv`` (on its `conv_patches`) it calls is tapped (through ``nn.intercept_methods``), keyed by its kernel's path in
-  `params` (the ``"params"`` collection), e.g. ``"['Dense_0']['kernel']"``.
+  ``nn.Conv`` (on its `conv_patches`) it calls is tapped (through
+  ``nn.intercept_methods``), keyed by its kernel's path in `params` (the
+  ``"params"`` collection), e.g. ``"['Dense_0']['kernel']"``.
 
   Args:
     module: the linen module; ``module.apply({"params": params, **variables}, *args)``
@@ -466,7 +468,8 @@ def _tapping(layer_types: tuple, tap, paths: Mapping[int, tuple]):
 def capture_nnx(model: Any, *args: Any, targets: Any, **kwargs: Any
                 ) -> tuple[jax.Array, Any, dict[str, LayerStats]]:
   """`capture_layer_stats` for a flax nnx model: every ``nnx.Linear`` and
-  ``nnx.Conv`` (on its `conv_patches`) it calls is tapped, keyed by its kernel's path in ``nnx.state(model, nnx.Param)``, e.g.
+  ``nnx.Conv`` (on its `conv_patches`) it calls is tapped, keyed by its
+  kernel's path in ``nnx.state(model, nnx.Param)``, e.g.
   ``"['hidden']['kernel']"``, as ``nnx.Optimizer(model, tx, wrt=nnx.Param)``
   passes the params to the transformation.
 

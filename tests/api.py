@@ -35,12 +35,13 @@ from optlab import federated, rules, schedules
 from optlab._recipe import recipe_chain
 from optlab._registry import Recipe
 from optlab.catalog import catalog, get_recipe, held_out
-from optlab.layer_stats import LayerStats, capture_layer_stats, capture_linen, capture_nnx
+from optlab.layer_stats import (LayerStats, capture_layer_stats, capture_linen, capture_nnx,
+                                conv_patches)
 from optlab.sharding import state_sharding
 '''
 
-FIXED = ["LayerStats", "Recipe", "capture_layer_stats", "capture_linen", "capture_nnx", "catalog",
-         "get_recipe", "held_out", "recipe_chain", "state_sharding"]
+FIXED = ["LayerStats", "Recipe", "capture_layer_stats", "capture_linen", "capture_nnx",
+         "catalog", "conv_patches", "get_recipe", "held_out", "recipe_chain", "state_sharding"]
 SUBMODULES = ["federated", "rules", "schedules"]
 
 

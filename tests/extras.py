@@ -43,9 +43,12 @@ def synthetic_layer_stats(params: Any, xp: Any = jnp) -> dict:
   size d_out, if present), fitted by least squares to fixed data. With n = 16
   rows ``a[i, j] = cos(0.9 i + 1.7 j + 0.3 l)`` and targets
   ``y[i, j] = sin(1.1 i - 0.6 j + 0.5 l)`` (l: the layer's index in sorted
-  order), the out_grads ``a W + b - y`` are the per-row gradients of
-  ``0.5 |a W + b - y|²``: statistics consistent with a loss, that depend on the
-  params and can be recomputed in NumPy (``xp=np``) by the references."""
+  order), the out_grads ``a W - y`` are the per-row gradients of
+  ``0.5 |a W - y|²``: statistics consistent with a loss, that depend on the
+  params and can be recomputed in NumPy (``xp=np``) by the references. The bias
+  leaf is named (the homogeneous coordinate) but stays out of the out_grads, so
+  a subtree without it (the masked and partition contract points) sees the same
+  statistics as the whole tree."""
   import optlab
   layers = sorted(k for k, v in params.items() if xp.ndim(v) == 2 and k.startswith("w"))
   stats = {}
@@ -56,7 +59,7 @@ def synthetic_layer_stats(params: Any, xp: Any = jnp) -> dict:
     rows, cols = np.arange(16.0)[:, None], np.arange(max(d_in, d_out), dtype=float)[None]
     a = xp.asarray(np.cos(0.9 * rows + 1.7 * cols[:, :d_in] + 0.3 * l), w.dtype)
     y = xp.asarray(np.sin(1.1 * rows - 0.6 * cols[:, :d_out] + 0.5 * l), w.dtype)
-    out = a @ w + (params[b] if has_bias else 0.0) - y
+    out = a @ w - y
     stats[f"['{k}']"] = optlab.LayerStats(a, out, f"['{b}']" if has_bias else None)
   return stats
 
@@ -68,10 +71,17 @@ def _layer_stats(loss: Callable, params: Any) -> dict:
   return capture(params) if capture is not None else synthetic_layer_stats(params)
 
 
+def _logits_fn(loss: Callable, params: Any) -> Partial:
+  """A loss with a model (the digits task) gives its logits (``loss.logits_fn``);
+  any other loss gets `_pairwise_logits`."""
+  del params
+  return Partial(getattr(loss, "logits_fn", _pairwise_logits))
+
+
 BUILDERS: dict[str, Callable[[Callable, Any], Any]] = {
     "obj_fn": lambda loss, params: _as_partial(loss),
     "value": lambda loss, params: jnp.asarray(loss(params)),
-    "logits_fn": lambda loss, params: Partial(_pairwise_logits),
+    "logits_fn": _logits_fn,
     "layer_stats": _layer_stats,
 }
 

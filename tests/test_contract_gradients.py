@@ -60,6 +60,15 @@ GROWS_WITH_G = {
                    "compressed momentum step is linear in g (3e16)",
     "shampoo": "the default SGD grafting gives the step the norm of SGD's (linear in g), "
                "and preconditioning starts only at start_preconditioning_step (1e18)",
+    "adafisher": "the momentum is divided by the Fisher of the layer statistics (which a "
+                 "gradient spike does not move) or by 1 for leaves without them: linear in "
+                 "g (1e18)",
+    "egn": "the direction (JᵀQJ / n + λ I)⁻¹ g solves a linear system whose matrix comes "
+           "from logits_fn, not from g: linear in g (1e18)",
+    "kfac": "the direction A⁻¹ ∇W G⁻¹ uses factors from layer_stats, which a gradient "
+            "spike does not move, then heavy-ball momentum: linear in g (4e16)",
+    "mkor": "the preconditioned direction is rescaled to the gradient's norm, then SGD "
+            "with momentum: linear in g (9e16)",
 }
 
 

@@ -1,4 +1,5 @@
-"""flax NNX, flax linen TrainState and orbax: the examples in examples/ run a few steps."""
+"""flax NNX, flax linen TrainState, a pure-JAX model with captured layer statistics and
+orbax: the examples in examples/ run a few steps."""
 
 from __future__ import annotations
 
@@ -26,6 +27,28 @@ def test_flax_nnx_optimizer_with_and_without_extra_args(capsys):
   if any(r.needs_extra_args == ("obj_fn",) for r in optlab.catalog()):
     assert any("obj_fn" in k for k in finals)
   assert "after 15 steps" in capsys.readouterr().out
+  assert "kfac (layer_stats)" in finals  # optlab.capture_nnx feeds layer_stats
+
+
+def test_flax_nnx_missing_layer_stats_is_named():
+  from flax import nnx
+  module = _example("flax_nnx")
+  model = module["MLP"](nnx.Rngs(0), hidden=4)
+  optimizer = nnx.Optimizer(model, optlab.kfac(0.1), wrt=nnx.Param)
+  x, y = jax.numpy.ones((2, 64)), jax.numpy.zeros(2, "int32")
+  _, grads, stats = optlab.capture_nnx(model, x, targets=y)
+  with pytest.raises(TypeError, match="layer_stats"):
+    optimizer.update(model, grads)
+  optimizer.update(model, grads, layer_stats=stats)
+  other = {"['hidden']['kernel']": stats["['out']['kernel']"]}  # widths of another layer
+  with pytest.raises(ValueError, match=r"layer_stats\[\"\['hidden'\]\['kernel'\]\"\]\.inputs"):
+    optimizer.update(model, grads, layer_stats=other)
+
+
+def test_pure_jax_layer_stats_example():
+  finals = _example("kfac_pure_jax")["main"](steps=15)
+  assert set(finals) == {"adamw", "kfac"}
+  assert all(np.isfinite(v) and v < 2.0 for v in finals.values()), finals
 
 
 def test_flax_nnx_missing_extra_arg_is_named():
@@ -45,6 +68,7 @@ def test_flax_nnx_missing_extra_arg_is_named():
 def test_flax_linen_train_state():
   finals = _example("flax_linen")["main"](steps=15)
   assert all(np.isfinite(v) and v < 2.2 for v in finals.values()), finals
+  assert "kfac (layer_stats)" in finals  # optlab.capture_linen feeds layer_stats
 
 
 def test_orbax_restore_continues_bit_identically(tmp_path):

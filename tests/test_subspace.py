@@ -65,6 +65,10 @@ def test_no_recipe_keeps_a_full_size_moment(recipe):
   moment vector is at most half the matrices' size; the bias alone is full-size."""
   state = _subspace_state(cfg.build(recipe).init(_params()))
   proj, reg = _packed_sizes(state)
+  if recipe.name == "natural_galore":
+    # first the window of the Fisher: s low-rank gradients (not a moment), s * (16 + 16)
+    window, proj = proj[0], proj[1:]
+    assert window == cfg.hparams(recipe)["natural_history"] * 32, window
   assert proj and all(0 < n <= (48 + 48) // 2 for n in proj), proj
   assert all(n == 6 for n in reg), reg
 
@@ -289,3 +293,54 @@ def test_subspace_momentum_keeps_no_full_first_moment():
   sm = optlab.state_bytes(optlab.adam_subset_norm(1e-3, momentum_rank=128), params)
   # per matrix: m (1024 x 128) + projector (128 x 1024) + 1024 subset norms, in float32
   assert sm.total <= 2 * 4 * (2 * 1024 * 128 + 1024) + 4096
+
+
+# ------------------------------------------------------------ Natural GaLore
+def test_natural_gradient_is_the_damped_inverse_fisher_of_its_window():
+  """Against the direct (lambda I + G G^T)^{-1} g (no Woodbury), float64: the window
+  grows over the first s steps, then the ring buffer drops the oldest gradient."""
+  s, lam = 3, 0.05
+  tx = S.scale_by_natural_gradient(s, lam)
+  rng = np.random.default_rng(5)
+  with jax.enable_x64(True):
+    params = {"m": jnp.zeros((4, 3), jnp.float64), "v": jnp.zeros(2, jnp.float64)}
+    state, seen = tx.init(params), {k: [] for k in params}
+    for _ in range(2 * s + 1):
+      g = {k: rng.normal(size=x.shape) * 3 for k, x in params.items()}
+      u, state = tx.update(jax.tree.map(jnp.asarray, g), state)
+      for k in g:
+        seen[k] = (seen[k] + [g[k].ravel()])[-s:]
+        cols = np.stack(seen[k], 1)
+        want = np.linalg.solve(lam * np.eye(cols.shape[0]) + cols @ cols.T, g[k].ravel())
+        np.testing.assert_allclose(np.asarray(u[k]).ravel(), want, rtol=1e-9, err_msg=k)
+
+
+def test_natural_gradient_stays_finite_and_zero_stays_zero():
+  tx = S.scale_by_natural_gradient(4, 1e-3)
+  params = {"w": jnp.zeros((3, 2))}
+  state = tx.init(params)
+  u, state = tx.update({"w": jnp.zeros((3, 2))}, state)
+  assert not np.any(np.asarray(u["w"]))
+  huge = jnp.full((3, 2), 3e38, jnp.float32).at[0, 0].set(-3e38)
+  for _ in range(3):
+    u, state = tx.update({"w": huge}, state)
+    assert np.all(np.isfinite(np.asarray(u["w"])))
+  with pytest.raises(TypeError, match="history"):
+    S.scale_by_natural_gradient(2.5)
+  with pytest.raises(ValueError, match="damping"):
+    S.scale_by_natural_gradient(2, 0.0)
+
+
+def test_natural_galore_trains_unprojected_leaves_by_plain_adamw():
+  """`regular=`: the bias (not projected) gets GaLore-AdamW's update exactly, the
+  projected matrices a different one (the Fisher acts on them only)."""
+  kw = dict(learning_rate=0.02, rank=2, update_proj_gap=10, scale=1.0)
+  nat, gal = optlab.natural_galore(natural_history=3, **kw), optlab.galore_adamw(**kw)
+  params = _params()
+  s_nat, s_gal = nat.init(params), gal.init(params)
+  for t in range(3):
+    g = jax.tree.map(lambda x: jnp.sin(x * (t + 1.0)), params)
+    u_nat, s_nat = nat.update(g, s_nat, params)
+    u_gal, s_gal = gal.update(g, s_gal, params)
+  np.testing.assert_allclose(u_nat["b"], u_gal["b"], rtol=1e-6)
+  assert not np.allclose(u_nat["w"], u_gal["w"], rtol=1e-3)

@@ -51,6 +51,13 @@ LEARNING_RATES = {
     # default), so lr 1 moves each layer by ~1e-3 of its norm, as Adam's 1e-3.
     "lars": 1.0,
     "adahessian": 0.15,  # the official default: a Newton-like step m / |diag H|
+    # Natural-gradient directions of gradient size (K-FAC's damped A^-1 g G^-1;
+    # MKOR rescales its direction to the gradient's norm): SGD's 1e-2.
+    "kfac": 1e-2,
+    "mkor": 1e-2,
+    # A damped Gauss-Newton step, Newton-sized where the model is near-linear;
+    # the official examples take rates of order 0.1-1.
+    "egn": 0.1,
     "ivon": 0.1,  # the IVON paper's rates for its ResNet runs are 0.1-0.2
     "gravity": 0.1,  # the official default
     # Federated server rules: the paper's grids put the best server rates at

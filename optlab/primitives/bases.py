@@ -37,6 +37,7 @@ import optax
 
 from optlab import _validate as V
 from optlab._src.dtypes import accumulation_dtype, tree_accumulation_dtype
+from optlab._src.layout import TreeLayout, check_layout
 from optlab._src.numerics import clip_finite, safe_div, safe_square, saturate
 from optlab._src.tree import zeros_like
 from optlab.primitives import linalg
@@ -49,50 +50,6 @@ __all__ = ["EigenbasisState", "StackedInnerState", "in_eigenbasis", "scale_by_ne
 
 
 # ------------------------------------------------------------------- helpers
-@jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True)
-class TreeLayout:
-  """The paths and shapes of the leaves a stacked state was built for.
-
-  Static pytree data (no arrays: nothing to save, shard or transform), so that
-  an update with another tree is refused naming the leaf, as a param-shaped
-  state would: the stacked arrays alone only tell that some stack differs.
-  """
-  leaves: tuple[tuple[str, tuple[int, ...]], ...]
-
-  @staticmethod
-  def of(tree: Any) -> "TreeLayout":
-    return TreeLayout(tuple((jax.tree_util.keystr(p), tuple(jnp.shape(x)))
-                            for p, x in jax.tree_util.tree_leaves_with_path(tree)))
-
-  def check(self, where: str, tree: Any, name: str = "updates") -> None:
-    """Raises ValueError naming the first leaf of `tree` that differs from the layout."""
-    got = TreeLayout.of(tree).leaves
-    if got == self.leaves:
-      return
-    want = dict(self.leaves)
-    for path, shape in got:
-      if path not in want:
-        raise ValueError(f"optlab.{where}: {name}{path} has no counterpart in the state "
-                         "(the updates' tree does not match the params)")
-      if want[path] != shape:
-        raise ValueError(f"optlab.{where}: {name}{path} has shape {shape} but the optimizer "
-                         f"state was built for {want[path]} (a state initialised for other "
-                         "params, or gradients that do not match them)")
-    missing = next(p for p, _ in self.leaves if p not in dict(got))
-    raise ValueError(f"optlab.{where}: the state holds params{missing}, which {name} "
-                     "lack (the updates' tree does not match the params)")
-
-
-def _check_layout(where: str, layout: Any, updates: Any) -> None:
-  """`TreeLayout.check`; a state built for a tree without leaves holds a scalar."""
-  if isinstance(layout, TreeLayout):
-    layout.check(where, updates)
-  elif jax.tree.leaves(updates):
-    raise ValueError(f"optlab.{where}: the state was built for a tree without leaves, "
-                     "but the updates have leaves")
-
-
 def _factor_dtype(factors: tuple, leaves: list) -> Any:
   """The factors' dtype: the state's, or (no factors) what `init` would pick."""
   for group in factors:
@@ -105,7 +62,7 @@ def _stacked_updates(where: str, state: Any, updates: Any, make_plan, block_mult
   """The updates' leaves, treedef, `BlockStacks`, factor dtype and stacked blocks (in
   that dtype), after checking them against the state's layout."""
   leaves, treedef = jax.tree.flatten(updates)
-  _check_layout(where, state.layout, updates)
+  check_layout(where, state.layout, updates)
   stacks = linalg.BlockStacks(leaves, make_plan, block_multiple)
   dtype = _factor_dtype(state.stats, leaves)
   return leaves, treedef, stacks, dtype, stacks.stack(leaves, dtype)
@@ -133,11 +90,6 @@ def _rotate(stacks: linalg.BlockStacks, factors: tuple, blocks: list, back: bool
           for k, b in enumerate(blocks)]
 
 
-try:  # flax's msgpack checkpoints: a layout holds nothing to save
-  from flax import serialization as _flax_serialization
-  _flax_serialization.register_serialization_state(TreeLayout, lambda _: {}, lambda x, _: x)
-except ImportError:  # flax is optional at run time
-  pass
 
 
 # ---------------------------------------------------------------- eigenbasis

@@ -62,6 +62,7 @@ import optax
 
 from optlab import _validate as V
 from optlab._src.dtypes import accumulation_dtype, tree_accumulation_dtype
+from optlab._src.packing import Empty, pack, pack_state, repack, unpack, unpack_state
 from optlab._src.numerics import bias_correction, clip_finite, safe_square, saturate
 from optlab._src.random import new_key
 from optlab._src.tree import flat_dtype, pack_flat, unpack_flat
@@ -78,7 +79,7 @@ __all__ = [
     "SubspaceState", "in_subspace", "svd_projector", "random_projector",
     "online_pca_projector", "haar_projector", "subspace_side",
     "BiasCorrectionState", "scale_by_bias_correction", "SubspaceMomentumState",
-    "scale_by_subspace_momentum",
+    "scale_by_subspace_momentum", "NaturalGradientState", "scale_by_natural_gradient",
 ]
 
 _PROJ_TYPES = ("std", "reverse_std", "left", "right")
@@ -257,81 +258,6 @@ def _back(r, p, side):
   return r @ p if side == "right" else p @ r
 
 
-# -------------------------------------------------------------------- packing
-@jax.tree_util.register_pytree_node_class
-class _Empty:
-  """A pytree with no leaves: `inner.init` of it marks inner's param-structured trees."""
-
-  def tree_flatten(self):
-    return (), None
-
-  @classmethod
-  def tree_unflatten(cls, aux, children):
-    del aux, children
-    return cls()
-
-
-def _is_empty(x):
-  return isinstance(x, _Empty)
-
-
-def _pack(tree: Any, params_leaves: Any = None) -> Optional[jax.Array]:
-  """All leaves of `tree`, raveled and concatenated in their common dtype (f32 if none).
-
-  None when they hold no entries (orbax cannot save an empty array); an empty
-  vector only when there are no params leaves at all (`params_leaves`, default
-  the leaves of `tree`): the placeholder tree of `optax.tree_map_params`, whose
-  state must be a tree prefix of every real one (see `storage.flat_zeros`).
-  """
-  leaves = jax.tree.leaves(tree)
-  if not any(int(np.prod(jnp.shape(x))) for x in leaves):
-    anchor = leaves if params_leaves is None else params_leaves
-    return None if len(anchor) else jnp.zeros([0], jnp.float32)
-  dt = jnp.result_type(*leaves)
-  return jnp.concatenate([jnp.ravel(x).astype(dt) for x in leaves])
-
-
-def _unpack(vec: Optional[jax.Array], like: Any) -> Any:
-  """Inverse of `_pack` for a tree of ShapeDtypeStructs `like`."""
-  leaves, treedef = jax.tree.flatten(like)
-  need = sum(int(np.prod(s.shape)) for s in leaves)
-  held = 0 if vec is None else int(vec.shape[0])
-  if held != need:
-    raise ValueError(f"optlab.in_subspace: the state holds {held} packed entries but the "
-                     f"updates' leaves need {need}: the updates' tree does not match the params "
-                     "the state was built for")
-  out, start = [], 0
-  for s in leaves:
-    size = int(np.prod(s.shape))
-    out.append(jnp.zeros(s.shape, s.dtype) if vec is None else
-               vec[start:start + size].reshape(s.shape).astype(s.dtype))
-    start += size
-  return jax.tree.unflatten(treedef, out)
-
-
-def _repack(arrays: list, old: Optional[jax.Array]) -> Optional[jax.Array]:
-  """`_pack` of `arrays` into the dtype of the state field `old` (`old` itself, None or
-  empty, when they hold no entries), so the state keeps its tree."""
-  if old is None or not any(int(np.prod(jnp.shape(x))) for x in arrays):
-    return old
-  return _pack(arrays).astype(old.dtype)
-
-
-def _pack_state(state: Any, template: Any) -> tuple:
-  """Leaves of `state`, with each param-structured tree (an _Empty in `template`) packed
-  (None for a tree without entries: kept as an entry, so the tuple's length is fixed)."""
-  filled = jax.tree.map(lambda t, s: _pack(s) if _is_empty(t) else s, template, state,
-                        is_leaf=_is_empty)
-  return tuple(jax.tree.structure(template, is_leaf=_is_empty).flatten_up_to(filled))
-
-
-def _unpack_state(leaves: tuple, template: Any, shapes: Any) -> Any:
-  treedef = jax.tree.structure(template, is_leaf=_is_empty)
-  filled = jax.tree.unflatten(treedef, list(leaves))
-  return jax.tree.map(lambda t, f, s: _unpack(f, s) if _is_empty(t) else f, template, filled,
-                      shapes, is_leaf=_is_empty)
-
-
 # ---------------------------------------------------------------------- state
 # A subspace wrapper is never rebased: its projectors and packed inner states live
 # in its own coordinates and have no image under an outer change (OPAQUE, so that
@@ -428,7 +354,8 @@ def in_subspace(inner: optax.GradientTransformation, projector: Any = None, rank
                 update_every: int = 200, *, scale: Any = 1.0, proj_type: str = "std",
                 residual: Optional[str] = None, gradient_scaling: Optional[str] = None,
                 norm_growth: Any = None, limit_before_scale: bool = True,
-                sign_scale: Any = 1.0, on_refresh: str = "keep", seed: int = 0
+                sign_scale: Any = 1.0, on_refresh: str = "keep", seed: int = 0,
+                regular: Optional[optax.GradientTransformation] = None
                 ) -> optax.GradientTransformationExtraArgs:
   """Runs `inner` on low-rank projections of the matrix gradients (see module docstring).
 
@@ -459,6 +386,9 @@ def in_subspace(inner: optax.GradientTransformation, projector: Any = None, rank
     on_refresh: ``"keep"`` (official codes), ``"project"`` (basis protocol) or
       ``"reset"`` (FRUGAL).
     seed: seeds the key of random projectors.
+    regular: the transformation of the leaves that are not projected (None:
+      `inner`). Natural GaLore passes Adam alone, as its official code applies
+      the natural-gradient transform to the projected group only.
   """
   projector = svd_projector() if projector is None else projector
   V.check_choice("in_subspace", "proj_type", proj_type, _PROJ_TYPES)
@@ -479,7 +409,9 @@ def in_subspace(inner: optax.GradientTransformation, projector: Any = None, rank
   if norm_growth is not None:
     V.check_range("in_subspace", "norm_growth", norm_growth, 1.0)
   inner = optax.with_extra_args_support(inner)
-  template = inner.init(_Empty())
+  template = inner.init(Empty())
+  regular_tx = inner if regular is None else optax.with_extra_args_support(regular)
+  regular_template = regular_tx.init(Empty())
 
   def layout(shape):
     """(side, rank) of a leaf; side None when it is not projected."""
@@ -515,17 +447,17 @@ def in_subspace(inner: optax.GradientTransformation, projector: Any = None, rank
         lambda p: none(p) if layout(jnp.shape(p))[0] is None else
         jnp.zeros(proxy(p).shape, p.dtype), params)
     regular = jax.tree.map(lambda p: p if layout(jnp.shape(p))[0] is None else none(p), params)
-    inner_state = _pack_state(inner.init(projected), template)
-    regular_state = _pack_state(inner.init(regular), template)
+    inner_state = pack_state(inner.init(projected), template)
+    regular_state = pack_state(regular_tx.init(regular), regular_template)
     projs = [jnp.zeros(s.shape, s.dtype) for s in proj_structs(leaves)]
     aux = projs * _slots(projector)
     acc = tree_accumulation_dtype(leaves)
     return SubspaceState(
         count=jnp.zeros([], jnp.int32),
         key=new_key(seed),
-        projectors=_pack(projs, leaves),
+        projectors=pack(projs, leaves),
         # A projector without state of its own has none, whatever the params.
-        proj_aux=_pack(aux, leaves) if _slots(projector) else None,
+        proj_aux=pack(aux, leaves) if _slots(projector) else None,
         inner_state=inner_state,
         regular_state=regular_state,
         prev_norm=jnp.zeros([len(leaves)], acc),
@@ -540,9 +472,9 @@ def in_subspace(inner: optax.GradientTransformation, projector: Any = None, rank
     first = state.count == 0
     layouts = [layout(jnp.shape(g)) for g in leaves]
     structs = proj_structs(leaves)
-    old_projs = _unpack(state.projectors, structs)
+    old_projs = unpack(state.projectors, structs)
     n_proj = len(structs)
-    old_aux = _unpack(state.proj_aux, structs * _slots(projector))
+    old_aux = unpack(state.proj_aux, structs * _slots(projector))
     new_aux = list(old_aux)
     stored = []
 
@@ -586,9 +518,9 @@ def in_subspace(inner: optax.GradientTransformation, projector: Any = None, rank
     regular = jax.tree.unflatten(
         treedef, [g if side is None else empty(g) for g, side in zip(leaves, sides)])
     shapes = jax.eval_shape(inner.init, proxies)
-    inner_state = _unpack_state(state.inner_state, template, shapes)
-    regular_state = _unpack_state(state.regular_state, template,
-                                  jax.eval_shape(inner.init, regular))
+    inner_state = unpack_state(state.inner_state, template, shapes)
+    regular_state = unpack_state(state.regular_state, regular_template,
+                                  jax.eval_shape(regular_tx.init, regular))
     if on_refresh == "project":
       change = _SubspaceChange(sides, olds, new_projs)
       inner_state = jax.lax.cond(refresh & ~first,
@@ -598,7 +530,7 @@ def in_subspace(inner: optax.GradientTransformation, projector: Any = None, rank
       fresh = inner.init(jax.tree.map(jnp.zeros_like, proxies))
       inner_state = jax.tree.map(lambda a, b: jnp.where(refresh, a, b), fresh, inner_state)
     proj_out, inner_state = inner.update(proxies, inner_state, None, **extra)
-    reg_out, regular_state = inner.update(regular, regular_state, None, **extra)
+    reg_out, regular_state = regular_tx.update(regular, regular_state, None, **extra)
     inner_out = [r if side is None else u for u, r, side in
                  zip(jax.tree.leaves(proj_out), jax.tree.leaves(reg_out), sides)]
 
@@ -646,10 +578,10 @@ def in_subspace(inner: optax.GradientTransformation, projector: Any = None, rank
 
     new_state = SubspaceState(
         count=count, key=key,
-        projectors=_repack(stored, state.projectors),
-        proj_aux=_repack(new_aux, state.proj_aux),
-        inner_state=_pack_state(inner_state, template),
-        regular_state=_pack_state(regular_state, template),
+        projectors=repack(stored, state.projectors),
+        proj_aux=repack(new_aux, state.proj_aux),
+        inner_state=pack_state(inner_state, template),
+        regular_state=pack_state(regular_state, regular_template),
         prev_norm=jnp.stack(norms).astype(state.prev_norm.dtype) if norms else state.prev_norm,
         signature=state.signature)
     return jax.tree.unflatten(treedef, out), new_state
@@ -696,6 +628,82 @@ def scale_by_bias_correction(b1: Any = 0.9, b2: Any = 0.999
       return (u.astype(dt) * factor.astype(dt)).astype(u.dtype)
 
     return jax.tree.map(leaf, updates), BiasCorrectionState(count)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+# ------------------------------------------------------------ natural gradient
+@declare_state(count=COUNT, window=OPAQUE_STAT)
+class NaturalGradientState(NamedTuple):
+  count: jax.Array  # [], int32: steps taken; this step's gradient is row count % s
+  window: Any       # per leaf [s, *leaf shape], its accumulation dtype: the last s
+                    # gradients, a ring buffer (rows not yet written are zero)
+
+
+def scale_by_natural_gradient(history: int = 20, damping: Any = 1e-3
+                              ) -> optax.GradientTransformationExtraArgs:
+  """Natural GaLore's natural-gradient transform, per leaf: "Natural GaLore:
+  Accelerating GaLore for memory-efficient LLM Training and Fine-tuning"
+  (arXiv:2410.16029).
+
+  With G = [vec g_t, ..., vec g_{t-s+1}] the window of the leaf's last
+  s = `history` gradients (the current one included, as in the official code;
+  fewer during the first s - 1 steps) and lambda = `damping`, the output is the
+  inverse of the empirical Fisher lambda I + G G^T applied to g = g_t. The
+  paper writes it with the Woodbury identity as g / lambda - G z / lambda^2,
+  (I + G^T G / lambda) z = G^T g; since g is a column of G, the push-through
+  identity (lambda I + G G^T)^{-1} G = G (lambda I + G^T G)^{-1} gives the same
+  vector as G w with (lambda I + G^T G) w = e_t, an s x s Cholesky solve without
+  the cancellation of the paper's difference (measured in float32 on windows of
+  4 nearly parallel gradients, damping 1e-3: median relative error 1.3e-5
+  against 5.9e-3 for the difference). Cost per step: the s x s Gram
+  (O(k s^2) for a leaf of k entries, as the official code recomputes it) and
+  the solve. The paper defines the empirical Fisher with a 1/s factor but both
+  its Woodbury formula and the code use the plain sum: (lambda I + G G^T / s)^{-1}
+  is s times this transform at damping s * lambda. A solve that is not finite
+  (overflowing statistics) falls back to g / (lambda + ||g||^2), the one-gradient
+  window's answer.
+
+  Args:
+    history: s, the number of gradients in the window, an int >= 1 (the
+      official ``natural_history``, 20).
+    damping: lambda > 0, the Tikhonov damping (official 1e-3).
+  """
+  where = "scale_by_natural_gradient"
+  V.check_int(where, "history", history, "the window length")
+  V.check_range(where, "history", history, 1)
+  V.check_positive(where, "damping", damping)
+  s = int(history)
+
+  def init(params):
+    window = jax.tree.map(
+        lambda p: jnp.zeros((s,) + jnp.shape(p), accumulation_dtype(jnp.result_type(p))), params)
+    return NaturalGradientState(jnp.zeros([], jnp.int32), window)
+
+  def leaf(g, window, slot):
+    window = jax.lax.dynamic_update_index_in_dim(window, g.astype(window.dtype), slot, 0)
+    if g.size == 0:
+      return g, window
+    dt = window.dtype
+    rows = window.reshape(s, -1)       # G^T: one gradient per row
+    gram = rows @ rows.T               # G^T G
+    lam = jnp.asarray(damping, dt)
+    coef = jax.scipy.linalg.solve(gram + lam * jnp.eye(s, dtype=dt),
+                                  jax.nn.one_hot(slot, s, dtype=dt), assume_a="pos")
+    out = (coef @ rows).reshape(g.shape)
+    g32 = g.astype(dt)
+    ok = jnp.all(jnp.isfinite(out)) | jnp.any(jnp.isnan(g32))
+    out = jnp.where(ok, out, g32 / (lam + saturate(jnp.sum(safe_square(g32)))))
+    return clip_finite(out, g.dtype).astype(g.dtype), window
+
+  def update(updates, state, params=None, **extra):
+    del params, extra
+    slot = state.count % s
+    leaves, treedef = jax.tree.flatten(updates)
+    pairs = [leaf(g, w, slot) for g, w in zip(leaves, treedef.flatten_up_to(state.window))]
+    return (jax.tree.unflatten(treedef, [u for u, _ in pairs]),
+            NaturalGradientState(optax.safe_increment(state.count),
+                                 jax.tree.unflatten(treedef, [w for _, w in pairs])))
 
   return optax.GradientTransformationExtraArgs(init, update)
 

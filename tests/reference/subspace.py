@@ -2,7 +2,8 @@
 
 GaLore (jiaweizzhao/GaLore, galore_torch/adamw.py + galore_projector.py),
 Fira (xichen-fy/Fira, optimizer_torch/fira_adamw.py), APOLLO
-(zhuhanqing/APOLLO, apollo_torch/apollo.py + random_projector.py). Every
+(zhuhanqing/APOLLO, apollo_torch/apollo.py + random_projector.py), Natural
+GaLore (the paper arXiv:2410.16029 and selfsupervised-ai/Natural-GaLore). Every
 official code runs the transformers AdamW (eps added to sqrt(v), step size
 lr * sqrt(1 - b2^t) / (1 - b1^t), weight decay p -= lr * wd * p after the step)
 per tensor; a matrix with rank < min(m, n) is projected, everything else is
@@ -95,12 +96,14 @@ def _limit(x, state, key, first, gamma=1.01):
 
 def _subspace_adamw(params, grad_fn, steps, *, learning_rate, rank, update_proj_gap, scale,
                     proj_type, b1, b2, eps, weight_decay, projection="svd", mode="galore",
-                    scale_type="channel", limiter=True, scale_front=False, seed=0):
+                    scale_type="channel", limiter=True, scale_front=False, seed=0,
+                    natural=None):
   p = _copy(params)
   names = sorted(p)
   sides = {k: _side(p[k].shape, rank, proj_type) for k in names}
   proj = {k: None for k in names}
   m, v, prev = {}, {}, {}
+  windows = {k: [] for k in names}
   rand = _RandomMatrices(seed) if projection == "random" else None
   out = []
   for t in range(steps):  # t: the official code's state["step"] before the increment
@@ -119,6 +122,8 @@ def _subspace_adamw(params, grad_fn, steps, *, learning_rate, rank, update_proj_
     for k in names:
       side = sides[k]
       r = g[k] if side is None else _project(g[k], proj[k], side)
+      if natural is not None and side is not None:
+        r = _natural_gradient(r, windows[k], *natural)
       if k not in m:
         m[k], v[k] = np.zeros_like(r), np.zeros_like(r)
       m[k] = b1 * m[k] + (1 - b1) * r
@@ -153,12 +158,40 @@ def _subspace_adamw(params, grad_fn, steps, *, learning_rate, rank, update_proj_
   return out
 
 
+def _natural_gradient(r, window, history, damping):
+  """Natural GaLore's transform as the paper writes it (section "Natural Gradient
+  Transform"): G the last `history` low-rank gradients (the current one included),
+  S = I + G^T G / lambda, S z = G^T g by Cholesky, g~ = g / lambda - G z / lambda^2."""
+  g = r.reshape(-1)
+  window.append(g.copy())
+  if len(window) > history:
+    window.pop(0)
+  gmat = np.stack(window, axis=1)
+  s_mat = np.eye(gmat.shape[1]) + gmat.T @ gmat / damping
+  chol = np.linalg.cholesky(s_mat)
+  z = np.linalg.solve(chol.T, np.linalg.solve(chol, gmat.T @ g))
+  return (g / damping - gmat @ z / damping ** 2).reshape(r.shape)
+
+
 def galore_adamw(params, grad_fn, steps, *, learning_rate, rank=128, update_proj_gap=200,
                  scale=0.25, proj_type="std", b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.0):
   """GaLore's AdamW: official defaults (README scale 0.25, eps 1e-6, wd 0)."""
   return _subspace_adamw(params, grad_fn, steps, learning_rate=learning_rate, rank=rank,
                          update_proj_gap=update_proj_gap, scale=scale, proj_type=proj_type,
                          b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+
+
+def natural_galore(params, grad_fn, steps, *, learning_rate, rank=128, update_proj_gap=200,
+                   scale=0.25, natural_history=20, damping=1e-3, proj_type="std", b1=0.9,
+                   b2=0.999, eps=1e-6, weight_decay=0.0):
+  """Natural GaLore (arXiv:2410.16029): GaLore's projection (one-sided, as the paper's
+  P_k), the inverse empirical Fisher of each projected matrix's window of low-rank
+  gradients (kept across refreshes, as the official code), then the same AdamW;
+  the unprojected leaves get plain AdamW."""
+  return _subspace_adamw(params, grad_fn, steps, learning_rate=learning_rate, rank=rank,
+                         update_proj_gap=update_proj_gap, scale=scale, proj_type=proj_type,
+                         b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                         natural=(natural_history, damping))
 
 
 def apollo(params, grad_fn, steps, *, learning_rate, rank=256, update_proj_gap=200, scale=1.0,
