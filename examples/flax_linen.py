@@ -5,8 +5,10 @@
 `TrainState.create(apply_fn=..., params=..., tx=optlab.<recipe>(...))` works
 as with any optax optimizer. `TrainState.apply_gradients(grads=g, **kwargs)`
 passes its extra keyword arguments to the new state, not to `tx.update`, so a
-recipe that needs extra args (``value``, ``obj_fn``) calls `tx.update` itself:
-see `apply_gradients_with_extras` below.
+recipe that needs extra args (``value``, ``obj_fn``, ``layer_stats``) calls
+`tx.update` itself: see `apply_gradients_with_extras` below. K-FAC-style
+recipes get ``layer_stats`` from `optlab.capture_linen`, which taps every
+``nn.Dense`` of the module without changing it.
 """
 
 from __future__ import annotations
@@ -56,6 +58,16 @@ def make_train_step_with_obj_fn():
   return train_step_obj_fn
 
 
+def make_train_step_with_layer_stats(model: nn.Module):
+  """For recipes with needs_extra_args=("layer_stats",), e.g. optlab.kfac: the loss,
+  the gradient and every nn.Dense layer's statistics from one pass."""
+  @jax.jit
+  def train_step_layer_stats(state: TrainState, x, y):
+    loss, grads, stats = optlab.capture_linen(model, state.params, x, targets=y)
+    return apply_gradients_with_extras(state, grads, layer_stats=stats), loss
+  return train_step_layer_stats
+
+
 def main(steps: int = 100) -> dict[str, float]:
   x, y = load_digits(return_X_y=True)
   x, y = jnp.asarray(x / 16.0, jnp.float32), jnp.asarray(y, jnp.int32)
@@ -65,6 +77,8 @@ def main(steps: int = 100) -> dict[str, float]:
   names = {r.name for r in optlab.catalog()}
   if "sophia_h" in names:
     runs["sophia_h (obj_fn)"] = (optlab.sophia_h(5e-3), make_train_step_with_obj_fn())
+  if "kfac" in names:
+    runs["kfac (layer_stats)"] = (optlab.kfac(0.03), make_train_step_with_layer_stats(model))
   finals = {}
   for name, (tx, step) in runs.items():
     state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)

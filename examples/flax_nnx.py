@@ -55,6 +55,15 @@ def train_step_obj_fn(model, optimizer, x, y):
   return loss
 
 
+@nnx.jit
+def train_step_layer_stats(model, optimizer, x, y):
+  """For recipes with needs_extra_args=("layer_stats",), e.g. optlab.kfac: the loss,
+  the gradient and every nnx.Linear layer's statistics from one pass."""
+  loss, grads, stats = optlab.capture_nnx(model, x, targets=y)
+  optimizer.update(model, grads, layer_stats=stats)
+  return loss
+
+
 def main(steps: int = 100) -> dict[str, float]:
   x, y = load_digits(return_X_y=True)
   x, y = jnp.asarray(x / 16.0, jnp.float32), jnp.asarray(y, jnp.int32)
@@ -65,6 +74,8 @@ def main(steps: int = 100) -> dict[str, float]:
   elif needs_obj_fn:
     runs[f"{needs_obj_fn[0]} (obj_fn)"] = (
         optlab.get_recipe(needs_obj_fn[0]).build(learning_rate=5e-3), train_step_obj_fn)
+  if "kfac" in {r.name for r in optlab.catalog()}:
+    runs["kfac (layer_stats)"] = (optlab.kfac(0.03), train_step_layer_stats)
   finals = {}
   for name, (tx, step) in runs.items():
     model = MLP(nnx.Rngs(0))

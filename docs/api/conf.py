@@ -197,6 +197,10 @@ def _write_pages() -> set[str]:
   placed.update(core)
 
   pages = ["catalogue"]
+  _write(GENERATED / "optlab.layer_stats.rst",
+         _module_page(optlab.layer_stats, optlab.layer_stats.__all__, "optlab"))
+  pages.append("optlab.layer_stats")
+  placed.update(optlab.layer_stats.__all__)
   for module in (optlab.rules, optlab.schedules, optlab.federated, optlab.bench):
     _write(GENERATED / f"{module.__name__}.rst",
            _module_page(module, module.__all__, module.__name__))
