@@ -15,9 +15,11 @@ import pytest
 # test_contract.SENSITIVE_RTOL documents. LLVM at -O0 instead of -O2 cuts compile
 # time 2.5-3x (a 20-leaf SOAP update: 4.3 s at -O1, 1.7 s at -O0); the long
 # zeroth-order runs get slower, but their scopes cost about the same in all. The
-# NumPy reference comparisons compile at -O1 (tests/harness.py REFERENCE_XLA):
-# at -O0 a float32 random draw fused into a step rounds differently in the last
-# bit from the same draw made alone, which flipped a stochastic rounding in quzo's.
+# zeroth-order recipes' NumPy reference comparisons compile at -O1
+# (tests/harness.py REFERENCE_XLA): at -O0 a float32 random draw fused into a
+# step rounds differently in the last bit from the same draw made alone, which
+# flipped a stochastic rounding in quzo's. The other references compile at -O0
+# (test_reference: 143 s of CPU instead of about 230 s).
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8"
                            " --xla_cpu_use_fusion_emitters=false"
