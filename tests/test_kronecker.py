@@ -61,6 +61,7 @@ def _mlp():
   return params, x, y
 
 
+@pytest.mark.slow  # about 14 s: kfac-jax traces and compiles its own estimator
 def test_kfac_matches_kfac_jax():
   """Factors after one estimation step and the damped inverse applied to a
   gradient, against kfac-jax's BlockDiagonalCurvature (dense blocks, empirical
