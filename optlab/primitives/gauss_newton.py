@@ -30,8 +30,6 @@ from optlab.primitives.basis import COUNT, OPAQUE_STAT, declare_state
 
 __all__ = ["KroneckerDiagonalState", "scale_by_kronecker_diagonal", "scale_by_gauss_newton"]
 
-_LAYER_STATS_HELP = ("a mapping from each layer's kernel path to optlab.LayerStats, e.g. from "
-                     "optlab.capture_layer_stats")
 _LOGITS_HELP = ("a function params -> the model's outputs on the current batch, shape (..., c): "
                 "logits for softmax cross-entropy, predictions for squared error")
 GAUSS_NEWTON_LOSSES = ("softmax_cross_entropy", "squared_error")
@@ -128,9 +126,8 @@ def scale_by_kronecker_diagonal(gamma: Any = 0.8, damping: Any = 1e-3,
 
   def update(updates, state, params=None, **extra):
     del params
-    stats = V.require_extra_arg(where, extra, "layer_stats", _LAYER_STATS_HELP)
     shapes = LS.kernel_shapes(updates, mask)
-    layers = LS.gather(where, stats, updates, shapes)
+    layers = LS.gather(where, extra.get("layer_stats"), updates, shapes)
     keys = list(shapes)
     hs = unpack_flat(state.h, [(shapes[k][0],) for k in keys], updates, f"optlab.{where}")
     ss = unpack_flat(state.s, [(shapes[k][1],) for k in keys], updates, f"optlab.{where}")

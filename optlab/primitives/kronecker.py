@@ -45,9 +45,6 @@ from optlab.primitives.clipping import safe_norm
 __all__ = ["KFACState", "scale_by_kfac", "FisherNormClipState", "clip_by_fisher_norm",
            "MKORState", "scale_by_mkor"]
 
-_STATS_HELP = ("per-layer inputs and output gradients keyed by kernel path, "
-               "e.g. from optlab.capture_layer_stats")
-
 
 # ------------------------------------------------------------------ shared parts
 def _layers(where: str, extra: dict, updates: Any, factors: dict) -> dict:
@@ -56,8 +53,7 @@ def _layers(where: str, extra: dict, updates: Any, factors: dict) -> dict:
   Every key of the extra arg is validated against all the kernels of `updates`
   (`LS.gather`), so statistics of a kernel left out by ``mask``/``max_dim`` are
   accepted and unused, while a key that names no kernel is an error."""
-  stats = V.require_extra_arg(where, extra, "layer_stats", _STATS_HELP)
-  layers = LS.gather(where, stats, updates, LS.kernel_shapes(updates))
+  layers = LS.gather(where, extra.get("layer_stats"), updates, LS.kernel_shapes(updates))
   return {k: layers[k] for k in factors if k in layers}
 
 
