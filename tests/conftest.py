@@ -9,21 +9,24 @@ import signal
 
 import pytest
 
-# Compilation is most of this suite's run time. The legacy CPU fusion emitters
-# compile about a quarter faster than the default MLIR ones; they fuse reductions
-# differently, which moves last-bit rounding only in the recipes that
-# test_contract.SENSITIVE_RTOL documents. LLVM at -O0 instead of -O2 cuts compile
-# time 2.5-3x (a 20-leaf SOAP update: 4.3 s at -O1, 1.7 s at -O0); the long
-# zeroth-order runs get slower, but their scopes cost about the same in all. The
-# zeroth-order recipes' NumPy reference comparisons compile at -O1
-# (tests/harness.py REFERENCE_XLA): at -O0 a float32 random draw fused into a
-# step rounds differently in the last bit from the same draw made alone, which
-# flipped a stochastic rounding in quzo's. The other references compile at -O0
-# (test_reference: 143 s of CPU instead of about 230 s).
+# Compilation is most of this suite's run time.
+# * The legacy CPU fusion emitters compile about a quarter faster than the default
+#   MLIR ones; they fuse reductions differently, which moves last-bit rounding only
+#   in the recipes that test_contract.SENSITIVE_RTOL documents.
+# * LLVM at -O0 instead of -O2 cuts compile time 2.5-3x (a 20-leaf SOAP update:
+#   4.3 s at -O1, 1.7 s at -O0). The zeroth-order recipes' long runs and their NumPy
+#   reference comparisons compile at -O1 (test_contract._trainer, tests/harness.py
+#   REFERENCE_XLA): at -O0 a float32 random draw fused into a step rounds
+#   differently in the last bit from the same draw made alone, which flipped a
+#   stochastic rounding in quzo's reference comparison.
+# * One LLVM module per program instead of XLA's parallel codegen split: the split
+#   compiles the parts on threads, which two workers on two cores cannot use, and
+#   costs CPU to split and link. Compile CPU time of ten recipes' steps: 1.9 s -> 1.2 s.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8"
                            " --xla_cpu_use_fusion_emitters=false"
-                           " --xla_backend_optimization_level=0").strip()
+                           " --xla_backend_optimization_level=0"
+                           " --xla_cpu_parallel_codegen_split_count=1").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 

@@ -22,7 +22,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from tests.test_contract import by_recipe, compiled_step, extra_for, make_params, plain, run
+from tests.test_contract import by_recipe, extra_for, jitted_update, make_params, plain, run
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +59,16 @@ def test_orbax_save_restore_mid_run(recipe, checkpointer, tmp_path):
     assert _bits(a) == _bits(b), f"restored{jax.tree_util.keystr(where)} differs"
 
   # orbax returns arrays committed to their device; jit keys its cache on that, and
-  # the shared step was compiled for uncommitted ones: hand over the same bytes
+  # the shared update was compiled for uncommitted ones: hand over the same bytes
   # uncommitted, so that it is reused rather than compiled again.
   restored = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), restored)
-  step = compiled_step(tx, recipe)
-  compiled = step._cache_size()
+  update = jitted_update(tx, recipe)
+  compiled = update._cache_size()
   resumed, resumed_state, _ = run(tx, recipe, restored["params"], 3,
                                   state=restored["opt_state"], start=3)
   # Same avals as the state it was saved from: no new compile. (orbax keeps no weak
   # types; a weak-typed state leaf would come back strong, recompile, promote otherwise.)
-  assert step._cache_size() == compiled, "the restored state made the step recompile"
+  assert update._cache_size() == compiled, "the restored state made the update recompile"
   for (where, a), b in zip(jax.tree_util.tree_leaves_with_path((resumed, resumed_state)),
                            jax.tree.leaves((straight, straight_state))):
     assert _bits(a) == _bits(b), (
