@@ -356,15 +356,20 @@ def scale_by_zo_adamu(eps: Any = 1e-3, alpha: Any = 0.5, b1: Any = 0.9, b2: Any 
       z2 = jax.tree.map(lambda m, x: acc(m) + jnp.sqrt(1 - a) * acc(x), state.m, n2)
       return z1, z2
 
-    def direction(sample_key):
-      z1, z2 = parts(sample_key)
+    def mix(z1, z2):
       return jax.tree.map(lambda x, y, p: (w1 * x + (1 - w1) * y).astype(p.dtype), z1, z2, params)
 
+    def direction(sample_key):
+      return mix(*parts(sample_key))
+
     def weight(sample_key, z):
+      # z rebuilt from the same draws: XLA does not merge the two draws of
+      # `parts`, so this takes the accumulation pass from four draws to two
+      del z
       z1, z2 = parts(sample_key)
       return jax.tree.map(
           lambda zi, x, y: zi.astype(x.dtype) * jax.lax.rsqrt(
-              jnp.square(w2 * x * x + (1 - w2) * y * y) + sigma), z, z1, z2)
+              jnp.square(w2 * x * x + (1 - w2) * y * y) + sigma), mix(z1, z2), z1, z2)
 
     g, loss = spsa_gradient(obj_fn, params, step_key, eps, n_samples,
                             direction_fn=direction, weight_fn=weight)
