@@ -28,8 +28,9 @@ Sections (each a ratio against a baseline measured in the same process):
    largest relative difference of the params after 3 sharded steps against 3
    steps on one device.
 5. lm: the whole training step (forward, backward, update) of the bench's
-   ``lm-stdlib`` task (preset ``demo``) for soap and shampoo (preconditioning
-   every 10 steps) against adamw, amortised over 20 steps.
+   ``lm-stdlib`` task (preset ``demo``, and the same model at 32x its batch)
+   for soap and shampoo (preconditioning every 10 steps) against adamw,
+   amortised over 20 steps, with the FLOP floor of SOAP's ratio.
 6. digits: steps to AdamW's final loss on the digits MLP (tests/problems.py),
    full batch, each method with a 4-point learning-rate sweep.
 
@@ -46,6 +47,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import subprocess
@@ -480,38 +482,73 @@ def bench_sharded(quick: bool, timeout: float):
 
 
 # --------------------------------------------------------------------- 5. lm
-def bench_lm(steps: int, repeats: int):
+# The demo preset's batch (8 sequences of 64 tokens), and 32 times as many tokens per step.
+LM_BATCHES = (8, 256)
+
+
+def soap_tensor_flops(shape, freq: int) -> float:
+  """FLOPs of one SOAP step on one tensor of `shape` with a factor on every
+  dimension (SOAP's default for rank >= 2; 1-d tensors get none), amortised.
+
+  With N entries and dimensions d_i, the statistic of dimension i (a
+  contraction over the other axes) costs 2 N d_i, and so does one mode
+  product with its basis: per step the statistics, the gradient rotated in
+  and the update out make 6 N sum(d_i). Every `freq` steps, per factor, one
+  power iteration and a QR with Q formed, (2 + 8/3) d_i^3, and the first
+  moment re-expressed (out of the old basis, into the new), 4 N sum(d_i).
+  For an n x n matrix this is `soap_flops`' 12 n^3 + 17.33 n^3 / freq.
+  """
+  if len(shape) < 2:
+    return 0.0
+  n, dims = math.prod(shape), sum(shape)
+  refresh = sum((2 + 8 / 3) * d ** 3 for d in shape) + 4 * n * dims
+  return 6 * n * dims + refresh / freq
+
+
+def bench_lm(steps: int, repeats: int, batches=LM_BATCHES):
   import jax
   import optax
   import optlab
   from optlab.bench.tasks import make_task
-  task = make_task("lm-stdlib", "demo")
-  params0 = task.init(0)
   freq = 10
-  txs = {"adamw": optlab.adamw(1e-3),
-         "soap": optlab.soap(1e-3, precondition_frequency=freq),
-         "shampoo": optlab.shampoo(1e-3, preconditioning_compute_steps=freq)}
   key = jax.random.PRNGKey(0)
+  out = {}
+  for batch_size in batches:
+    task = make_task("lm-stdlib", "demo", batch_size=batch_size)
+    params0 = task.init(0)
+    txs = {"adamw": optlab.adamw(1e-3),
+           "soap": optlab.soap(1e-3, precondition_frequency=freq),
+           "shampoo": optlab.shampoo(1e-3, preconditioning_compute_steps=freq)}
+    # the model's share: XLA's count of the forward and backward pass on one batch
+    cost = jax.jit(jax.value_and_grad(task.loss)).lower(
+        params0, task.batch(task.data, key, 0)).compile().cost_analysis()
+    model = float((cost if isinstance(cost, dict) else cost[0])["flops"])
+    extra = sum(soap_tensor_flops(x.shape, freq) for x in jax.tree.leaves(params0))
 
-  def runner(tx):
-    @jax.jit
-    def run(p, s, start):
-      def body(carry, i):
-        p, s = carry
-        batch = task.batch(task.data, key, i)
-        loss, g = jax.value_and_grad(task.loss)(p, batch)
-        u, s = tx.update(g, s, p)
-        return (optax.apply_updates(p, u), s), loss
-      (p, s), losses = jax.lax.scan(body, (p, s), start + jax.numpy.arange(steps))
-      return p, s
-    return lambda p, s: run(p, s, 0)
+    def runner(tx, task=task):
+      @jax.jit
+      def run(p, s, start):
+        def body(carry, i):
+          p, s = carry
+          loss, g = jax.value_and_grad(task.loss)(p, task.batch(task.data, key, i))
+          u, s = tx.update(g, s, p)
+          return (optax.apply_updates(p, u), s), loss
+        (p, s), _ = jax.lax.scan(body, (p, s), start + jax.numpy.arange(steps))
+        return p, s
+      return lambda p, s: run(p, s, 0)
 
-  runs = {name: (runner(tx), params0, tx.init(params0)) for name, tx in txs.items()}
-  times = time_in_turns(runs, repeats, steps)
-  return {"task": task.description, "params": task.info["params"], "steps": steps,
-          "precondition_frequency": freq, "repeats": repeats,
-          "methods": {k: {"seconds_per_step": t, "ratio_vs_adamw": t / times["adamw"]}
-                      for k, t in times.items()}}
+    log(f"lm batch {batch_size}: model {model / 1e9:.2f} GFLOP/step, soap adds "
+        f"{extra / 1e9:.2f}")
+    runs = {name: (runner(tx), params0, tx.init(params0)) for name, tx in txs.items()}
+    times = time_in_turns(runs, repeats, steps)
+    out[str(batch_size)] = {
+        "task": task.description, "tokens_per_step": batch_size * task.info["context"],
+        "model_gflop": model / 1e9, "soap_extra_gflop": extra / 1e9,
+        "soap_flop_floor": (model + extra) / model,
+        "methods": {k: {"seconds_per_step": t, "ratio_vs_adamw": t / times["adamw"]}
+                    for k, t in times.items()}}
+  return {"params": task.info["params"], "steps": steps, "precondition_frequency": freq,
+          "repeats": repeats, "batches": out}
 
 
 # ------------------------------------------------------------------ 6. digits
@@ -631,18 +668,23 @@ def goals(res) -> list:
                  p["muon_ratio"] <= 1.0))
   else:
     rows.append(("muon step <= 1.0x optax.contrib.muon", "not measured", None))
-  lm = res.get("lm", {}).get("methods", {}).get("soap")
-  rows.append(("whole LM step: soap <= 1.15x adamw (lm-stdlib demo)",
-               "not measured" if not lm else f"{lm['ratio_vs_adamw']:.2f}x",
-               None if not lm else lm["ratio_vs_adamw"] <= 1.15))
+  for b, v in res.get("lm", {}).get("batches", {}).items():
+    r = v["methods"]["soap"]["ratio_vs_adamw"]
+    rows.append((f"whole LM step: soap <= 1.15x adamw (lm-stdlib demo, batch {b})",
+                 f"{r:.2f}x (FLOP floor {v['soap_flop_floor']:.2f}x)", r <= 1.15))
+  if not res.get("lm", {}).get("batches"):
+    rows.append(("whole LM step: soap <= 1.15x adamw (lm-stdlib demo)", "not measured", None))
   return rows
 
 
 def markdown(res) -> str:
   L = ["# Second-order benchmark (issue 14)", "",
        f"Machine: {res['machine']}. Run {res['date']}{' (--quick)' if res['quick'] else ''}; "
-       f"total {res.get('total_seconds', 0):.0f} s. Every ratio compares figures taken in this "
-       "one process; step times are wall-clock, best of the repeats, methods timed in turns.", "",
+       f"last run {res.get('total_seconds', 0):.0f} s"
+       + "".join(f"; sections {', '.join(r['sections'])} rerun {r['date']}"
+                 for r in res.get("reruns", []))
+       + ". Every ratio compares figures taken in one process; step times are wall-clock, "
+       "best of the repeats, methods timed in turns.", "",
        *([f"**Caveat: {res['caveat']}**", ""] if res.get("caveat") else []),
        "## Issue 14 goals", "", "| goal | measured | met |", "|---|---|---|"]
   for goal, fig, met in goals(res):
@@ -735,11 +777,25 @@ def markdown(res) -> str:
                  f"{rel} | {moved} |")
   lm = res.get("lm")
   if lm:
-    L += ["", f"## 5. Whole training step (forward, backward, update): {lm['task']}, "
-          f"preconditioning every {lm['precondition_frequency']} steps, amortised over "
-          f"{lm['steps']} steps", "", "| method | s / step | ratio vs adamw |", "|---|---|---|"]
-    for k, v in lm["methods"].items():
-      L.append(f"| {k} | {v['seconds_per_step']:.4f} | {v['ratio_vs_adamw']:.2f} |")
+    L += ["", f"## 5. Whole training step (forward, backward, update): lm-stdlib demo model "
+          f"({lm['params']:,} params), preconditioning every {lm['precondition_frequency']} "
+          f"steps, amortised over {lm['steps']} steps", "",
+          "Model GFLOP: XLA's cost analysis of the forward and backward pass on one batch. "
+          "SOAP adds its statistics, rotations and amortised refresh (`soap_tensor_flops`, "
+          "every tensor of rank >= 2 rotated on every dimension, SOAP's default); the FLOP "
+          "floor is (model + SOAP) / model, the ratio SOAP's step cannot beat at equal "
+          "FLOP rates. SOAP's extra work grows as N sum(d_i) per tensor and the model's as "
+          "tokens x N, so the floor falls towards 1 as the tokens per step grow.", "",
+          "| batch | tokens / step | model GFLOP | SOAP adds GFLOP | FLOP floor | "
+          "adamw s / step | soap s / step (ratio) | shampoo s / step (ratio) |",
+          "|---|---|---|---|---|---|---|---|"]
+    for b, v in lm["batches"].items():
+      m = v["methods"]
+      cells = [f"{m[k]['seconds_per_step']:.4f} ({m[k]['ratio_vs_adamw']:.2f}x)"
+               for k in ("soap", "shampoo")]
+      L.append(f"| {b} | {v['tokens_per_step']:,} | {v['model_gflop']:.2f} | "
+               f"{v['soap_extra_gflop']:.2f} | {v['soap_flop_floor']:.2f}x | "
+               f"{m['adamw']['seconds_per_step']:.4f} | {cells[0]} | {cells[1]} |")
   dg = res.get("digits")
   if dg:
     L += ["", f"## 6. Steps to AdamW's final loss on the digits MLP (full batch, "
