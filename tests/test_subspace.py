@@ -42,6 +42,7 @@ def _subspace_state(state):
 @pytest.mark.parametrize("proj_type,expected", [
     ("std", 8 * 2 + 2 * 8),          # w (8,6) -> (8,2) on the right; v (6,8) -> (2,8) left
     ("reverse_std", 2 * 6 + 6 * 2),  # w -> (2,6) on the left; v -> (6,2) on the right
+    ("both", 2 * 2 + 2 * 2),         # both -> (2,2) cores
 ])
 def test_galore_moments_are_low_rank(proj_type, expected):
   tx = optlab.galore_adamw(0.01, rank=2, proj_type=proj_type)
@@ -52,7 +53,9 @@ def test_galore_moments_are_low_rank(proj_type, expected):
   full = 8 * 6 * 2
   assert expected < full
   # projectors: w (2, 6) + v (6, 2) with std; (8, 2) + (2, 8) with reverse_std
-  assert state.projectors.size == (2 * 6 + 6 * 2 if proj_type == "std" else 8 * 2 + 2 * 8)
+  # the projectors: V_r^T (2, 6) / U_r (6, 2) on one side; (U_r; V_r), (8 + 6) x 2, on both
+  assert state.projectors.size == {"std": 2 * 6 + 6 * 2, "reverse_std": 8 * 2 + 2 * 8,
+                                   "both": 2 * 14 * 2}[proj_type]
 
 
 SUBSPACE_RECIPES = [r for r in optlab.catalog() if cfg.reference(r)
@@ -66,9 +69,10 @@ def test_no_recipe_keeps_a_full_size_moment(recipe):
   state = _subspace_state(cfg.build(recipe).init(_params()))
   proj, reg = _packed_sizes(state)
   if recipe.name == "natural_galore":
-    # first the window of the Fisher: s low-rank gradients (not a moment), s * (16 + 16)
+    # first the window of the Fisher: s low-rank gradients (not a moment), each of the
+    # two matrices' r x r cores (the official code's two-sided projection): s * (4 + 4)
     window, proj = proj[0], proj[1:]
-    assert window == cfg.hparams(recipe)["natural_history"] * 32, window
+    assert window == cfg.hparams(recipe)["natural_history"] * 8, window
   assert proj and all(0 < n <= (48 + 48) // 2 for n in proj), proj
   assert all(n == 6 for n in reg), reg
 
@@ -147,6 +151,34 @@ def test_project_on_refresh_maps_momentum_exactly():
   np.testing.assert_allclose(outs[2], m @ p2, rtol=1e-4, atol=1e-5)
 
 
+def test_both_sides_project_to_the_core_and_map_momentum_exactly():
+  """proj_type='both': R = U^T G V with the top-2 singular vectors (signs aligned),
+  the update U m V^T, and on_refresh='project' takes m to (U2^T U0) m (V0^T V2)."""
+  b1 = 0.5
+  inner = optlab.scale_by_moments(optlab.rules.ema(b1, debias=False), None)
+  tx = S.in_subspace(inner, S.svd_projector(), 2, 2, proj_type="both", on_refresh="project")
+  rng = np.random.default_rng(3)
+  gs = [{"w": jnp.asarray(rng.normal(size=(8, 6)), jnp.float32)} for _ in range(3)]
+  state = tx.init({"w": jnp.zeros((8, 6))})
+  outs, projs = [], []
+  for g in gs:
+    u, state = tx.update(g, state)
+    outs.append(u["w"])
+    p = np.asarray(state.projectors, np.float64).reshape(14, 2)  # (U; V), (8 + 6) x 2
+    projs.append((p[:8], p[8:]))
+  (u0, v0), (u2, v2) = projs[1], projs[2]  # steps 1-2 use (u0, v0); step 3 refreshes
+  g0 = np.asarray(gs[0]["w"], np.float64)
+  su, _, svh = np.linalg.svd(g0)
+  np.testing.assert_allclose(np.abs(u0), np.abs(su[:, :2]), atol=1e-5)
+  np.testing.assert_allclose(np.abs(v0), np.abs(svh[:2].T), atol=1e-5)
+  g = [np.asarray(x["w"], np.float64) for x in gs]
+  m = (1 - b1) * (u0.T @ g[0] @ v0)
+  np.testing.assert_allclose(outs[0], u0 @ m @ v0.T, rtol=1e-4, atol=1e-5)
+  m = b1 * m + (1 - b1) * (u0.T @ g[1] @ v0)
+  m = b1 * ((u2.T @ u0) @ m @ (v0.T @ v2)) + (1 - b1) * (u2.T @ g[2] @ v2)
+  np.testing.assert_allclose(outs[2], u2 @ m @ v2.T, rtol=1e-4, atol=1e-5)
+
+
 def test_reset_on_refresh_restarts_inner_state():
   inner = optlab.scale_by_adam()
   tx = S.in_subspace(inner, S.svd_projector(), 2, 3, on_refresh="reset")
@@ -176,6 +208,10 @@ def test_svd_signs_are_aligned_with_previous_projector():
   p = S.svd_projector().refresh(g, jnp.zeros((2, 6)), None, "right", 2)
   flipped = S.svd_projector().refresh(g, -p, None, "right", 2)
   np.testing.assert_allclose(flipped, -p, atol=1e-6)
+  # both sides: U's columns and V's columns follow the old ones each on their own
+  p = S.svd_projector().refresh(g, jnp.zeros((14, 2)), None, "both", 2)
+  old = p.at[:8, 0].multiply(-1).at[8:, 1].multiply(-1)
+  np.testing.assert_allclose(S.svd_projector().refresh(g, old, None, "both", 2), old, atol=1e-6)
 
 
 def test_haar_projector_is_orthonormal_average():
@@ -255,6 +291,10 @@ def test_bad_arguments_are_named():
     S.in_subspace(optlab.scale_by_adam(), update_every=0)
   with pytest.raises(ValueError, match="proj_type"):
     S.in_subspace(optlab.scale_by_adam(), proj_type="diagonal")
+  with pytest.raises(ValueError, match="proj_type 'both'"):
+    S.in_subspace(optlab.scale_by_adam(), S.random_projector(), proj_type="both")
+  with pytest.raises(ValueError, match="proj_type 'both'"):
+    S.in_subspace(optlab.scale_by_adam(), proj_type="both", residual="norm_scaled")
   tx = S.in_subspace(optlab.scale_by_adam(), rank=2)
   state = tx.init(_params())
   with pytest.raises(ValueError, match="'b'"):

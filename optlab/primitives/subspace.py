@@ -4,10 +4,13 @@
 GaLore, APOLLO, Fira, FRUGAL, Online Subspace Descent and GWT. For every
 matrix leaf G (m x n) with rank < min(m, n) it keeps a projector P and
 
-1. projects the gradient: R = G P^T (m x r, ``side="right"``, P is r x n) or
-   R = P^T G (r x n, ``side="left"``, P is m x r);
-2. runs `inner` on R (its moments therefore live at (m, r) or (r, n));
-3. maps the inner output U back: U P or P U, times ``scale``;
+1. projects the gradient: R = G P^T (m x r, ``side="right"``, P is r x n),
+   R = P^T G (r x n, ``side="left"``, P is m x r), or on both sides
+   R = U^T G V (r x r, ``side="both"``, U m x r and V n x r stored as one
+   (m + n) x r projector: the Tucker decomposition of a matrix, as the
+   official Natural GaLore code projects);
+2. runs `inner` on R (its moments therefore live at (m, r), (r, n) or (r, r));
+3. maps the inner output back: O P, P O or U O V^T, times ``scale``;
 4. optionally adds a treatment of the residual G - back(R) (``residual``),
    or replaces step 3 by a norm-based rescaling of the full gradient
    (``gradient_scaling``, APOLLO).
@@ -82,7 +85,7 @@ __all__ = [
     "scale_by_subspace_momentum", "NaturalGradientState", "scale_by_natural_gradient",
 ]
 
-_PROJ_TYPES = ("std", "reverse_std", "left", "right")
+_PROJ_TYPES = ("std", "reverse_std", "left", "right", "both")
 _RESIDUALS = (None, "norm_scaled", "sign", "identity")
 _SCALINGS = (None, "channel", "tensor")
 _ON_REFRESH = ("keep", "project", "reset")
@@ -95,8 +98,12 @@ def _max_abs_normalised(g: jax.Array) -> jax.Array:
   return g / jnp.where(m > 0, m, jnp.ones_like(m))
 
 
-def _align(p: jax.Array, old: jax.Array, side: str) -> jax.Array:
-  """Flips each new basis vector to point the way of the old one (no flip against 0)."""
+def _align(p: jax.Array, old: jax.Array, side: str, m: int) -> jax.Array:
+  """Flips each new basis vector to point the way of the old one (no flip against 0);
+  ``side="both"``: the columns of U (the first m rows) and of V each on their own."""
+  if side == "both":
+    return jnp.concatenate([_align(p[:m], old[:m], "left", m),
+                            _align(p[m:], old[m:], "left", m)])
   axis = 1 if side == "right" else 0
   dots = jnp.sum(p * old, axis=axis, keepdims=True)
   return jnp.where(dots < 0, -p, p)
@@ -107,9 +114,11 @@ class svd_projector:
   """GaLore's projector: the top-r singular vectors of the current gradient.
 
   ``side="right"``: the first r rows of V^T (r x n); ``"left"``: the first r
-  columns of U (m x r), computed in at least float32 (of G / max|G|, which has
-  the same singular vectors). Singular vectors have arbitrary signs; with
-  ``align_signs`` each new vector is flipped to agree with the previous
+  columns of U (m x r); ``"both"``: those columns of U above the first r
+  columns of V ((m + n) x r: for a matrix, the Tucker decomposition's HOOI
+  converges at once to these factors). Computed in at least float32 (of
+  G / max|G|, which has the same singular vectors). Singular vectors have
+  arbitrary signs; with ``align_signs`` each new vector is flipped to agree with the previous
   projector's (the official code keeps LAPACK's signs, which makes moments
   kept across a refresh depend on an arbitrary choice; aligned, the whole run
   is independent of it).
@@ -121,8 +130,11 @@ class svd_projector:
   def refresh(self, g, old, key, side, rank):
     del key
     u, _, vh = jnp.linalg.svd(_max_abs_normalised(g), full_matrices=False)
-    p = vh[:rank, :] if side == "right" else u[:, :rank]
-    return _align(p, old, side) if self.align_signs else p
+    if side == "both":
+      p = jnp.concatenate([u[:, :rank], vh[:rank, :].T])
+    else:
+      p = vh[:rank, :] if side == "right" else u[:, :rank]
+    return _align(p, old, side, g.shape[0]) if self.align_signs else p
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,7 +240,8 @@ def subspace_side(shape: tuple[int, ...], rank: int, proj_type: str = "std") -> 
   Only matrices with rank < min(m, n) are projected. ``"std"`` (the official
   GaLore / APOLLO / Fira default) projects on the right (R = G P^T, m x r)
   when m >= n, else on the left; ``"reverse_std"`` the other way round
-  (optax.contrib.galore's choice); ``"left"`` / ``"right"`` always that side.
+  (optax.contrib.galore's choice); ``"left"`` / ``"right"`` always that side;
+  ``"both"`` both sides (an r x r core, `svd_projector` only).
   """
   if len(shape) != 2 or rank >= min(shape):
     return None
@@ -242,19 +255,26 @@ def subspace_side(shape: tuple[int, ...], rank: int, proj_type: str = "std") -> 
 
 def _proj_shape(shape, side, rank):
   m, n = shape
-  return (rank, n) if side == "right" else (m, rank)
+  return {"right": (rank, n), "left": (m, rank), "both": (m + n, rank)}[side]
 
 
 def _low_shape(shape, side, rank):
   m, n = shape
-  return (m, rank) if side == "right" else (rank, n)
+  return {"right": (m, rank), "left": (rank, n), "both": (rank, rank)}[side]
 
 
 def _project(g, p, side):
+  """R of the (m, n) gradient g."""
+  if side == "both":
+    m = g.shape[0]
+    return p[:m].T @ g @ p[m:]
   return g @ p.T if side == "right" else p.T @ g
 
 
-def _back(r, p, side):
+def _back(r, p, side, m):
+  """The (m, n) matrix of the low-rank r."""
+  if side == "both":
+    return p[:m] @ r @ p[m:].T
   return r @ p if side == "right" else p @ r
 
 
@@ -320,15 +340,17 @@ def _check_signature(updates: Any, state: "SubspaceState") -> None:
 class _SubspaceChange:
   """The basis change between two sets of projectors, for `rebase_state`."""
 
-  def __init__(self, sides, old, new):
-    self.maps = []
-    for side, po, pn in zip(sides, old, new):
+  def __init__(self, sides, old, new, rows):
+    self.maps = []  # per leaf None or (left map or None, right map or None)
+    for side, po, pn, m in zip(sides, old, new, rows):
       if side is None:
         self.maps.append(None)
       elif side == "right":  # R -> R P_old P_new^T
-        self.maps.append(("right", po @ pn.T))
-      else:  # R -> P_new^T P_old R
-        self.maps.append(("left", pn.T @ po))
+        self.maps.append((None, po @ pn.T))
+      elif side == "left":  # R -> P_new^T P_old R
+        self.maps.append((pn.T @ po, None))
+      else:  # R -> U_new^T U_old R V_old^T V_new
+        self.maps.append((pn[:m].T @ po[:m], po[m:].T @ pn[m:]))
 
   def _apply(self, tree, square):
     leaves, treedef = jax.tree.flatten(tree)
@@ -337,10 +359,13 @@ class _SubspaceChange:
       if mp is None:
         out.append(x)
         continue
-      side, t = mp
-      t = (t * t) if square else t
-      y = x.astype(t.dtype)
-      out.append((y @ t if side == "right" else t @ y).astype(x.dtype))
+      y = x
+      for t, on_left in zip(mp, (True, False)):
+        if t is not None:
+          t = (t * t) if square else t
+          y = y.astype(t.dtype)
+          y = t @ y if on_left else y @ t
+      out.append(y.astype(x.dtype))
     return jax.tree.unflatten(treedef, out)
 
   def linear(self, tree):
@@ -404,6 +429,13 @@ def in_subspace(inner: optax.GradientTransformation, projector: Any = None, rank
                      f"got {update_every!r}")
   if residual is not None and gradient_scaling is not None:
     raise ValueError("optlab.in_subspace: residual and gradient_scaling exclude each other")
+  if proj_type == "both":
+    if type(projector) is not svd_projector:
+      raise ValueError(f"optlab.in_subspace: proj_type 'both' needs svd_projector(), got "
+                       f"{type(projector).__name__}")
+    if residual == "norm_scaled" or gradient_scaling == "channel":
+      raise ValueError("optlab.in_subspace: proj_type 'both' has no channel axis for residual "
+                       "'norm_scaled' or gradient_scaling 'channel'")
   V.check_nonneg("in_subspace", "scale", scale)
   V.check_nonneg("in_subspace", "sign_scale", sign_scale)
   if norm_growth is not None:
@@ -522,7 +554,8 @@ def in_subspace(inner: optax.GradientTransformation, projector: Any = None, rank
     regular_state = unpack_state(state.regular_state, regular_template,
                                   jax.eval_shape(regular_tx.init, regular))
     if on_refresh == "project":
-      change = _SubspaceChange(sides, olds, new_projs)
+      change = _SubspaceChange(sides, olds, new_projs, [jnp.shape(g)[0] if jnp.ndim(g) else 0
+                                                        for g in leaves])
       inner_state = jax.lax.cond(refresh & ~first,
                                  lambda s: rebase_state(s, change, "in_subspace.inner"),
                                  lambda s: s, inner_state)
@@ -543,7 +576,7 @@ def in_subspace(inner: optax.GradientTransformation, projector: Any = None, rank
         norms.append(prev)
         continue
       p = new_projs[i] if new_projs[i] is not None else None
-      dt = p.dtype
+      dt, m = p.dtype, g.shape[0]
       g32, u32, low32 = g.astype(dt), u.astype(dt), lows[i].astype(dt)
       axis = 1 if side == "right" else 0  # the rank axis of the low-rank matrices
       if gradient_scaling is not None:
@@ -559,20 +592,20 @@ def in_subspace(inner: optax.GradientTransformation, projector: Any = None, rank
         if norm_growth is not None and not limit_before_scale:
           main, prev = limit_norm_growth(main, prev, first, norm_growth)
       else:
-        main = jnp.asarray(scale, dt) * _back(u32, p, side)
+        main = jnp.asarray(scale, dt) * _back(u32, p, side, m)
         if residual == "norm_scaled":
           phi = safe_norm(u32, axis=axis, keepdims=True) / (
               safe_norm(low32, axis=axis, keepdims=True) + 1e-8)
-          res = clip_finite((g32 - jnp.asarray(scale, dt) * _back(low32, p, side))
+          res = clip_finite((g32 - jnp.asarray(scale, dt) * _back(low32, p, side, m))
                             * phi.astype(dt), g.dtype)
           if norm_growth is not None:
             res, prev = limit_norm_growth(res, prev, first, norm_growth)
           main = main + res
         elif residual == "sign":
-          res = g32 - _back(low32, p, side)
+          res = g32 - _back(low32, p, side, m)
           main = main + jnp.asarray(sign_scale, dt) * jnp.sign(res)
         elif residual == "identity":
-          main = main + (g32 - _back(low32, p, side))
+          main = main + (g32 - _back(low32, p, side, m))
       out.append(clip_finite(main, g.dtype).astype(g.dtype))
       norms.append(prev.astype(state.prev_norm.dtype))
 

@@ -136,7 +136,7 @@ def galore_adamw(learning_rate: Any, rank: int = 128, update_proj_gap: int = 200
 # -------------------------------------------------------------- Natural GaLore
 def natural_galore(learning_rate: Any, rank: int = 128, update_proj_gap: int = 200,
                    scale: Any = 0.25, natural_history: int = 20, damping: Any = 1e-3,
-                   proj_type: str = "std", b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
+                   proj_type: str = "both", b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-6,
                    weight_decay: Any = 0.0, mask: Any = None):
   """Natural GaLore: "Natural GaLore: Accelerating GaLore for memory-efficient LLM
   Training and Fine-tuning" (arXiv:2410.16029).
@@ -145,10 +145,11 @@ def natural_galore(learning_rate: Any, rank: int = 128, update_proj_gap: int = 2
   Fisher of a window of the last ``s = natural_history`` low-rank gradients
   (`scale_by_natural_gradient`, a Woodbury s x s solve), then fed to Adam::
 
-    R = P^T G   (or G P^T);  G_s = [vec R_t, ..., vec R_{t-s+1}]
+    R = U^T G V   (r x r: U, V the top-r singular vectors of G)
+    G_s = [vec R_t, ..., vec R_{t-s+1}]
     R~ = (damping I + G_s G_s^T)^{-1} vec R
-    u = -lr * scale * P adam(R~)     (projected back)
-    p -= lr * weight_decay * p       (on the updated weights)
+    u = -lr * scale * U adam(R~) V^T     (projected back)
+    p -= lr * weight_decay * p           (on the updated weights)
 
   Adam sees the natural gradient, so its second moment normalises it: the
   Fisher supplies the directions, Adam the step size. Leaves that are not
@@ -156,18 +157,22 @@ def natural_galore(learning_rate: Any, rank: int = 128, update_proj_gap: int = 2
   parameter group).
 
   Follows the official code (selfsupervised-ai/Natural-GaLore, SubSpaceAdamW
-  with proj_type "natural_galore"): one window per projected matrix, the
-  current gradient included, the plain sum G G^T (the paper defines the
-  empirical Fisher with 1/s but its Woodbury formula and the code do not),
-  damping 1e-3, window 20; the window is kept when the projector is refreshed;
-  transformers-AdamW (eps added before the bias correction) and the decay of
-  the updated weights, as `galore_adamw`. Deliberate differences: the
-  official code projects with a Tucker decomposition (tensorly), for a matrix
-  on both sides (an r x r core); we project on one side with GaLore's SVD
-  projector, as the paper describes (same float32+ SVD and sign alignment as
-  `galore_adamw`; matrices with min(m, n) <= rank are not projected). The
-  solve uses the push-through form of the Woodbury identity (see
-  `scale_by_natural_gradient`).
+  with proj_type "natural_galore"): it projects with a Tucker decomposition
+  (tensorly), so a matrix is projected on both sides into an r x r core, and
+  the window and Adam's moments live on that core (the paper writes GaLore's
+  one-sided P^T G; ``proj_type="std"`` gives that). For a matrix the Tucker
+  factors (HOOI from an SVD start, which converges at once) are the top-r
+  singular vectors, refreshed every ``update_proj_gap`` steps. One window per
+  projected matrix, the current gradient included, the plain sum G G^T (the
+  paper defines the empirical Fisher with 1/s but its Woodbury formula and the
+  code do not), damping 1e-3, window 20; the window and the moments are kept
+  when the projector is refreshed; transformers-AdamW (eps added before the
+  bias correction) and the decay of the updated weights, as `galore_adamw`.
+  Deliberate differences: the singular vectors' signs are aligned with the
+  previous projector's (tensorly flips them by its own convention, on which
+  the kept moments would then depend), and matrices with min(m, n) <= rank
+  are trained by plain AdamW. The solve uses the push-through form of the
+  Woodbury identity (see `scale_by_natural_gradient`).
 
   Args:
     learning_rate: the step size, a float >= 0 or an optax schedule.
@@ -180,8 +185,9 @@ def natural_galore(learning_rate: Any, rank: int = 128, update_proj_gap: int = 2
     natural_history: s, the number of low-rank gradients in the Fisher's
       window, an int >= 1 (20).
     damping: lambda > 0, the Fisher's Tikhonov damping (1e-3).
-    proj_type: the side choice (see `subspace_side`): "std", "reverse_std",
-      "left" or "right".
+    proj_type: the side choice (see `subspace_side`): "both" (the official
+      code's Tucker core), or one side as the paper writes: "std",
+      "reverse_std", "left" or "right".
     b1: decay of Adam's first moment, in [0, 1).
     b2: decay of Adam's second moment, in [0, 1).
     eps: added to ``sqrt(v)`` before the bias correction, >= 0 (1e-6).
@@ -193,7 +199,8 @@ def natural_galore(learning_rate: Any, rank: int = 128, update_proj_gap: int = 2
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
     ``params`` (for the weight decay) and no extra args. Its state holds, per
-    projected (m, n) matrix, s low-rank gradients besides GaLore's moments.
+    projected (m, n) matrix, the (m + n) x r projector, s low-rank gradients
+    and Adam's two moments, each r x r.
 
   References:
     "Natural GaLore: Accelerating GaLore for memory-efficient LLM Training and
@@ -582,9 +589,10 @@ RECIPES = (
     Recipe("natural_galore", natural_galore, "memory_efficient",
            "Natural GaLore: Accelerating GaLore for memory-efficient LLM Training and "
            "Fine-tuning", "2410.16029",
-           notes="One-sided SVD projection as the paper (the official code projects with a "
-                 "Tucker decomposition, both sides of a matrix); per-matrix window of low-rank "
-                 "gradients, kept across refreshes; Woodbury in push-through form."),
+           notes="Two-sided projection into an r x r core, as the official code's Tucker "
+                 "decomposition (the paper writes one side: proj_type='std'); singular vectors "
+                 "sign-aligned across refreshes; per-matrix window of low-rank gradients, kept "
+                 "across refreshes; Woodbury in push-through form."),
     Recipe("apollo", apollo, "memory_efficient",
            "APOLLO: SGD-like Memory, AdamW-level Performance", "2412.05270",
            notes="Random projections from jax.random (key schedule in random_projector); "

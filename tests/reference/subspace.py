@@ -41,8 +41,17 @@ def _side(shape, rank, proj_type):
   return proj_type
 
 
+def _flip_columns(p, old):
+  return p if old is None else p * np.where(np.sum(p * old, axis=0) < 0, -1.0, 1.0)[None, :]
+
+
 def _svd(g, rank, side, old):
+  """The projector: V_r^T (right), U_r (left) or the pair (U_r, V_r) (both), each
+  singular vector flipped to agree with the previous projector's."""
   u, _, vh = np.linalg.svd(g, full_matrices=False)
+  if side == "both":
+    return (_flip_columns(u[:, :rank], None if old is None else old[0]),
+            _flip_columns(vh[:rank, :].T, None if old is None else old[1]))
   if side == "right":
     p = vh[:rank, :]
     if old is not None:
@@ -76,10 +85,14 @@ class _RandomMatrices:
 
 
 def _project(g, p, side):
+  if side == "both":  # the Tucker core of a matrix, U^T G V
+    return p[0].T @ g @ p[1]
   return g @ p.T if side == "right" else p.T @ g
 
 
 def _back(r, p, side):
+  if side == "both":
+    return p[0] @ r @ p[1].T
   return r @ p if side == "right" else p @ r
 
 
@@ -182,12 +195,14 @@ def galore_adamw(params, grad_fn, steps, *, learning_rate, rank=128, update_proj
 
 
 def natural_galore(params, grad_fn, steps, *, learning_rate, rank=128, update_proj_gap=200,
-                   scale=0.25, natural_history=20, damping=1e-3, proj_type="std", b1=0.9,
+                   scale=0.25, natural_history=20, damping=1e-3, proj_type="both", b1=0.9,
                    b2=0.999, eps=1e-6, weight_decay=0.0):
-  """Natural GaLore (arXiv:2410.16029): GaLore's projection (one-sided, as the paper's
-  P_k), the inverse empirical Fisher of each projected matrix's window of low-rank
-  gradients (kept across refreshes, as the official code), then the same AdamW;
-  the unprojected leaves get plain AdamW."""
+  """Natural GaLore (arXiv:2410.16029): the official code's projection, a Tucker
+  decomposition, which for a matrix is U_r^T G V_r with the top-r singular vectors
+  (proj_type "both"; one side, the paper's P_k, with "std" and the others), the
+  inverse empirical Fisher of each projected matrix's window of low-rank gradients
+  (kept across refreshes, as the official code), then the same AdamW; the
+  unprojected leaves get plain AdamW."""
   return _subspace_adamw(params, grad_fn, steps, learning_rate=learning_rate, rank=rank,
                          update_proj_gap=update_proj_gap, scale=scale, proj_type=proj_type,
                          b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
