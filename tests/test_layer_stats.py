@@ -155,7 +155,7 @@ def test_squared_error_true_fisher_draws_unit_gaussian_targets():
     _, _, stats = LS.capture_layer_stats(apply, params, x, targets=targets, loss="squared_error",
                                          fisher="true", key=jax.random.PRNGKey(3))
     _, _, emp = LS.capture_layer_stats(apply, params, x, targets=targets, loss="squared_error")
-  np.testing.assert_allclose(emp["['w2']"].out_grads, out - targets, rtol=1e-6)
+  np.testing.assert_allclose(emp["['w2']"].out_grads, np.asarray(out) - targets, rtol=1e-6)
   noise = np.asarray(stats["['w2']"].out_grads)  # outputs - (outputs + noise)
   assert np.all(np.abs(noise) > 0) and np.abs(noise).max() < 6
 
