@@ -52,15 +52,9 @@ def _svd(g, rank, side, old):
   if side == "both":
     return (_flip_columns(u[:, :rank], None if old is None else old[0]),
             _flip_columns(vh[:rank, :].T, None if old is None else old[1]))
-  if side == "right":
-    p = vh[:rank, :]
-    if old is not None:
-      p = p * np.where(np.sum(p * old, axis=1) < 0, -1.0, 1.0)[:, None]
-  else:
-    p = u[:, :rank]
-    if old is not None:
-      p = p * np.where(np.sum(p * old, axis=0) < 0, -1.0, 1.0)[None, :]
-  return p
+  if side == "right":  # the rows of V_r^T are the columns of V_r
+    return _flip_columns(vh[:rank, :].T, None if old is None else old.T).T
+  return _flip_columns(u[:, :rank], old)
 
 
 class _RandomMatrices:
