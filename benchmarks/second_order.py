@@ -239,9 +239,26 @@ def soap_flops(n: int, freq: int) -> dict:
   rotation for the inner rule is dead code when, as scale_by_adam, it does
   not read them: XLA drops it.)
   """
-  step = 2 * 2 * n ** 3 + 4 * 2 * n ** 3
-  refresh = 2 * (2 + 8 / 3) * n ** 3 + 8 * n ** 3
-  return {"useful": step + refresh / freq}
+  return {"useful": soap_tensor_flops((n, n), freq)}
+
+
+def soap_tensor_flops(shape, freq: int) -> float:
+  """FLOPs of one SOAP step on one tensor of `shape` with a factor on every
+  dimension (SOAP's default for rank >= 2; 1-d tensors get none), amortised.
+
+  With N entries and dimensions d_i, the statistic of dimension i (a
+  contraction over the other axes) costs 2 N d_i, and so does one mode
+  product with its basis: per step the statistics, the gradient rotated in
+  and the update out make 6 N sum(d_i). Every `freq` steps, per factor, one
+  power iteration and a QR with Q formed, (2 + 8/3) d_i^3, and the first
+  moment re-expressed (out of the old basis, into the new), 4 N sum(d_i).
+  For an n x n matrix, 12 n^3 + 17.33 n^3 / freq (`soap_flops`).
+  """
+  if len(shape) < 2:
+    return 0.0
+  n, dims = math.prod(shape), sum(shape)
+  refresh = sum((2 + 8 / 3) * d ** 3 for d in shape) + 4 * n * dims
+  return 6 * n * dims + refresh / freq
 
 
 def shampoo_flops(n: int, freq: int) -> dict:
@@ -484,25 +501,6 @@ def bench_sharded(quick: bool, timeout: float):
 # --------------------------------------------------------------------- 5. lm
 # The demo preset's batch (8 sequences of 64 tokens), and 32 times as many tokens per step.
 LM_BATCHES = (8, 256)
-
-
-def soap_tensor_flops(shape, freq: int) -> float:
-  """FLOPs of one SOAP step on one tensor of `shape` with a factor on every
-  dimension (SOAP's default for rank >= 2; 1-d tensors get none), amortised.
-
-  With N entries and dimensions d_i, the statistic of dimension i (a
-  contraction over the other axes) costs 2 N d_i, and so does one mode
-  product with its basis: per step the statistics, the gradient rotated in
-  and the update out make 6 N sum(d_i). Every `freq` steps, per factor, one
-  power iteration and a QR with Q formed, (2 + 8/3) d_i^3, and the first
-  moment re-expressed (out of the old basis, into the new), 4 N sum(d_i).
-  For an n x n matrix this is `soap_flops`' 12 n^3 + 17.33 n^3 / freq.
-  """
-  if len(shape) < 2:
-    return 0.0
-  n, dims = math.prod(shape), sum(shape)
-  refresh = sum((2 + 8 / 3) * d ** 3 for d in shape) + 4 * n * dims
-  return 6 * n * dims + refresh / freq
 
 
 def bench_lm(steps: int, repeats: int, batches=LM_BATCHES):
