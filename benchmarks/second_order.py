@@ -50,6 +50,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -109,6 +110,23 @@ def _block(tree):
 
 
 # ---------------------------------------------------------------- 1. compile
+def distinct_fusions(hlo: str) -> tuple[int, int]:
+  """(distinct fused computations, fusion instructions) of optimized HLO text.
+
+  XLA:CPU compiles one kernel per distinct fused computation and reuses it for
+  identical ones, so the first count (bodies compared without names and
+  metadata) approximates how many kernels the step compiles."""
+  bodies = {}
+  for block in hlo.split("\n\n"):
+    head, _, body = block.partition("\n")
+    m = re.match(r"%(\S+) ", head)
+    if m and body:
+      bodies[m.group(1)] = body
+  called = re.findall(r"fusion\([^\n]*?calls=%([\w.\-]+)", hlo)
+  norm = lambda b: re.sub(r"%[\w.\-]+", "%", re.sub(r", metadata=\{[^}]*\}", "", b))
+  return len({norm(bodies[c]) for c in set(called) if c in bodies}), len(called)
+
+
 def bench_compile(quick: bool):
   import jax
   import optax
@@ -132,10 +150,11 @@ def bench_compile(quick: bool):
           return optax.apply_updates(p, u), s
 
         c0, w0 = time.process_time(), time.perf_counter()
-        jax.jit(step).lower(params, state, params).compile()
+        compiled = jax.jit(step).lower(params, state, params).compile()
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         best[name]["process_s"] = min(best[name]["process_s"], cpu)
         best[name]["wall_s"] = min(best[name]["wall_s"], wall)
+        best[name]["kernels"], best[name]["fusions"] = distinct_fusions(compiled.as_text())
         log(f"compile {label} {name} repeat {r}: process {cpu:.2f} s, wall {wall:.2f} s")
     base = best["adamw"]
     out[label] = {
@@ -627,11 +646,10 @@ def goals(res) -> list:
   rows = []
   c = res.get("compile", {}).get("trees", {}).get("146 leaves")
   if c:
-    m = c["methods"]
-    worst = max(("soap", "shampoo", "muon"), key=lambda k: m[k]["ratio_process"])
-    fig = ", ".join(f"{k} {m[k]['ratio_process']:.2f}x" for k in ("soap", "shampoo", "muon"))
-    rows.append(("compile time <= 2x adamw on the 146-leaf tree (process time)", fig,
-                 m[worst]["ratio_process"] <= 2.0))
+    for k in ("soap", "shampoo", "muon"):
+      r = c["methods"][k]["ratio_process"]
+      rows.append((f"{k} compile time <= 2x adamw on the 146-leaf tree (process time)",
+                   f"{r:.2f}x", r <= 2.0))
   else:
     rows.append(("compile time <= 2x adamw on the 146-leaf tree", "not measured", None))
   sb = res.get("state_bytes_per_param")
@@ -691,12 +709,21 @@ def markdown(res) -> str:
   if c:
     L += ["", f"## 1. Compile time of one step (update + apply_updates, lowered and compiled), "
           f"d = {c['d']}, best of {c['repeats']}", "",
-          "| tree | method | process s | wall s | ratio vs adamw (process) | ratio (wall) |",
-          "|---|---|---|---|---|---|"]
+          "Kernels: distinct fused computations of the compiled step (`distinct_fusions`; "
+          "XLA:CPU compiles one kernel per distinct one), of all its fusions. Every stacked "
+          "leaf is sliced out of its stack at an offset XLA learns at run time "
+          "(`linalg.runtime_ints`), so the leaves of one shape share their kernels; what "
+          "remains grows with the distinct block shapes and the matrix ops per shape "
+          "(statistics, rotations, the decompositions of each size, the refresh), not "
+          "with the leaves.", "",
+          "| tree | method | process s | wall s | ratio vs adamw (process) | ratio (wall) "
+          "| kernels (of fusions) |",
+          "|---|---|---|---|---|---|---|"]
     for label, t in c["trees"].items():
       for k, v in t["methods"].items():
+        kern = f"{v['kernels']} ({v['fusions']})" if "kernels" in v else "-"
         L.append(f"| {label} | {k} | {v['process_s']:.2f} | {v['wall_s']:.2f} | "
-                 f"{v['ratio_process']:.2f} | {v['ratio_wall']:.2f} |")
+                 f"{v['ratio_process']:.2f} | {v['ratio_wall']:.2f} | {kern} |")
   g = res.get("gemm")
   if g:
     L += ["", f"## 2. Step time and GEMM throughput: 4 x {g['n']}^2 + 4 vectors, preconditioning "
