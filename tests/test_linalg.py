@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from optlab.primitives import linalg
+from tests.test_slicing import fused_bodies
 
 
 def _rng(seed=0):
@@ -121,27 +120,6 @@ def test_block_stacks_group_by_shape_and_round_trip():
   np.testing.assert_array_equal(eye[g][1], np.broadcast_to(np.eye(4), (3, 4, 4)))
 
 
-def test_runtime_ints_keep_their_values():
-  probe = jnp.ones((2, 3))
-  for x in (probe, probe.at[0, 0].set(jnp.nan)):  # a NaN first entry runs the loop once
-    got = jax.jit(lambda x: linalg.runtime_ints([0, 3, 7], x))(x)
-    assert [int(v) for v in got] == [0, 3, 7]
-  text = jax.jit(lambda x: linalg.runtime_ints([0, 3, 7], x)).lower(probe).as_text()
-  assert "stablehlo.while" in text  # on CPU the values leave a loop, not constants
-  assert linalg.runtime_ints([5], probe) == (5,)
-
-
-def _fused_bodies(hlo: str) -> set:
-  """The fused computations of optimized HLO, with names and metadata removed,
-  so that identical kernels compare equal."""
-  bodies = set()
-  for block in hlo.split("\n\n"):
-    if block.startswith("%fused"):
-      body = re.sub(r", metadata=\{[^}]*\}", "", block.split("\n", 1)[1])
-      bodies.add(re.sub(r"%[\w.\-]+", "%", body))
-  return bodies
-
-
 def test_unstacked_leaves_of_one_shape_share_one_kernel():
   # XLA compiles one kernel per distinct fused computation: the slice of each
   # leaf out of its stack, fused into its consumer, must not differ by a
@@ -156,7 +134,7 @@ def test_unstacked_leaves_of_one_shape_share_one_kernel():
   for x, y in zip(leaves, jax.jit(f)(blocks)):
     np.testing.assert_array_equal(np.asarray(y), 2 * np.asarray(x) + 1)
   hlo = jax.jit(f).lower(blocks).compile().as_text()
-  per_leaf = [b for b in _fused_bodies(hlo) if "f32[6,4,3]" in b and "ROOT % = f32[4,3]" in b]
+  per_leaf = [b for b in fused_bodies(hlo) if "f32[6,4,3]" in b and "ROOT % = f32[4,3]" in b]
   assert len(per_leaf) == 1, hlo
 
 

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optlab._src import slicing
+
 __all__ = ["Empty", "is_empty", "pack", "unpack", "repack", "pack_state", "unpack_state"]
 
 
@@ -60,13 +62,11 @@ def unpack(vec: Optional[jax.Array], like: Any, where: str = "in_subspace") -> A
     raise ValueError(f"optlab.{where}: the state holds {held} packed entries but the "
                      f"updates' leaves need {need}: the updates' tree does not match the params "
                      "the state was built for")
-  out, start = [], 0
-  for s in leaves:
-    size = int(np.prod(s.shape))
-    out.append(jnp.zeros(s.shape, s.dtype) if vec is None else
-               vec[start:start + size].reshape(s.shape).astype(s.dtype))
-    start += size
-  return jax.tree.unflatten(treedef, out)
+  if vec is None:
+    return jax.tree.unflatten(treedef, [jnp.zeros(s.shape, s.dtype) for s in leaves])
+  pieces = slicing.split(vec, [int(np.prod(s.shape)) for s in leaves])
+  return jax.tree.unflatten(treedef, [v.reshape(s.shape).astype(s.dtype)
+                                      for v, s in zip(pieces, leaves)])
 
 
 def repack(arrays: list, old: Optional[jax.Array]) -> Optional[jax.Array]:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optlab._src import slicing
 from optlab._src.dtypes import statistics_dtype
 
 
@@ -161,7 +162,7 @@ def repack_flat(arrays: Sequence[jax.Array], like: Optional[jax.Array]) -> Optio
 
 def unpack_flat(flat: Optional[jax.Array], shapes: Sequence[tuple[int, ...]], tree: Any = None,
                 where: str = "optlab") -> list[jax.Array]:
-  """Splits a `pack_flat` vector back into arrays of `shapes` (static offsets).
+  """Splits a `pack_flat` vector back into arrays of `shapes` (`slicing.split`).
 
   A size mismatch (updates whose tree differs from the params the state was
   built for) raises a ValueError listing `tree`'s leaf paths when given. A
@@ -177,8 +178,7 @@ def unpack_flat(flat: Optional[jax.Array], shapes: Sequence[tuple[int, ...]], tr
     raise ValueError(f"{where}: the state holds {flat.shape[0]} statistics but the updates'"
                      f" leaves{paths} need {start}: the updates' tree does not match the params"
                      " the state was built for (pass params to update() to name the leaf)")
-  offsets = np.cumsum([0] + sizes)
-  return [jnp.reshape(flat[a:a + n], shape) for a, n, shape in zip(offsets, sizes, shapes)]
+  return [jnp.reshape(v, shape) for v, shape in zip(slicing.split(flat, sizes), shapes)]
 
 
 def flat_dtype(leaves: Sequence[Any]) -> Any:

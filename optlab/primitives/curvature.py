@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
+from optlab._src import slicing
 from optlab._src.numerics import (bias_correction, bound_gradient, one_minus_power, safe_div,
                                   safe_square, saturate, tree_ema)
 from optlab._src.random import new_key
@@ -425,12 +426,9 @@ def _flatten(tree: Any, dtype: Any) -> jax.Array:
 
 def _unflatten_like(flat: jax.Array, like: Any) -> Any:
   leaves, treedef = jax.tree.flatten(like)
-  out, start = [], 0
-  for x in leaves:
-    n = math.prod(jnp.shape(x))
-    out.append(flat[start:start + n].reshape(jnp.shape(x)).astype(jnp.result_type(x)))
-    start += n
-  return jax.tree.unflatten(treedef, out)
+  pieces = slicing.split(flat, [math.prod(jnp.shape(x)) for x in leaves])
+  return jax.tree.unflatten(treedef, [v.reshape(jnp.shape(x)).astype(jnp.result_type(x))
+                                      for v, x in zip(pieces, leaves)])
 
 
 def _safe_matvec(a: jax.Array, v: jax.Array) -> jax.Array:

@@ -33,6 +33,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from optlab.primitives.normalize import tensor_norm
+from optlab._src import slicing
 from optlab._src.dtypes import accumulation_dtype
 
 __all__ = ["inverse_pth_root", "newton_schulz"]
@@ -228,32 +229,6 @@ def apply_factors(blocks: jax.Array, mats: Sequence[Optional[jax.Array]],
   return x
 
 
-def runtime_ints(values: Sequence[int], probe: jax.Array) -> tuple:
-  """`values` as int32 scalars that XLA:CPU only learns at run time.
-
-  Why: XLA compiles one kernel per distinct fused computation and reuses it
-  for identical ones, and compile time grows with the number of kernels. A
-  static slice of a stack bakes the leaf's offset into the kernel of its
-  consumer (the next link of the chain, ``apply_updates``), so each leaf of a
-  stack compiled a kernel of its own: 114 of muon's 139 on a 146-leaf tree.
-  Read from a loop that runs zero times (once for a NaN first entry of
-  `probe`, and then leaves them as they are), the offsets are kernel
-  arguments, and the leaves of one shape share a kernel. Other platforms get
-  the constants: a GPU loop would wait on the host once per step.
-  """
-  consts = tuple(jnp.int32(v) for v in values)
-  if len(consts) < 2:
-    return consts
-  top = int(max(values))
-
-  def opaque(x):
-    x = jnp.ravel(x)[0]
-    body = lambda _, vs: tuple(jnp.minimum(v, top) for v in vs)
-    return jax.lax.fori_loop(0, (x != x).astype(jnp.int32), body, consts)
-
-  return jax.lax.platform_dependent(probe, cpu=opaque, default=lambda _: consts)
-
-
 class BlockStacks:
   """Every preconditioned block of a tree, stacked by shape: the "stacked blocks".
 
@@ -307,15 +282,14 @@ class BlockStacks:
   def unstack(self, stacks: Sequence[jax.Array], leaves: Sequence[Any],
               dtype: Any = None) -> list[Any]:
     """`leaves` with every stacked leaf replaced by its blocks from `stacks`, in its
-    own dtype (or `dtype`). One slice per leaf, the only per-leaf op, at an
-    offset from `runtime_ints`, so that the leaves of one shape share a kernel."""
+    own dtype (or `dtype`). One slice per leaf, the only per-leaf op, by
+    `slicing.split`, so that the leaves of one shape share their kernels."""
     out = list(leaves)
     for stacked, members in zip(stacks, self.members):
-      counts = [self.plans[i].nblocks for i in members]
-      starts = runtime_ints(np.cumsum([0] + counts[:-1]), stacked)
-      for i, k, start in zip(members, counts, starts):
-        x = self.plans[i].from_blocks(jax.lax.dynamic_slice_in_dim(stacked, start, k))
-        out[i] = x.astype(leaves[i].dtype if dtype is None else dtype)
+      pieces = slicing.split(stacked, [self.plans[i].nblocks for i in members])
+      for i, piece in zip(members, pieces):
+        out[i] = self.plans[i].from_blocks(piece).astype(leaves[i].dtype if dtype is None
+                                                         else dtype)
     return out
 
   def segments(self, g: int) -> tuple[np.ndarray, int]:

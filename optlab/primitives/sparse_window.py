@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from optlab import _validate as V
+from optlab._src import slicing
 from optlab._src.dtypes import accumulation_dtype
 from optlab._src.numerics import bias_correction, clip_finite, safe_div
 from optlab._src.tree import flat_dtype, pack_flat, unpack_flat
@@ -212,11 +213,12 @@ def scale_by_microadam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, m: int =
     values = jax.lax.dynamic_update_index_in_dim(
         state.values, pack_flat([jnp.clip(v, -vtop, vtop) for v in new_val],
                                 state.values.dtype), row, 0)
-    out, start = [], 0
-    for g, p in zip(leaves, ps):
-      idx = indices[:, start:start + p.k].astype(jnp.int32) + jnp.asarray(_offsets(p))
-      val = values[:, start:start + p.k].astype(dt)
-      start += p.k
+    out = []
+    widths = [p.k for p in ps]
+    for g, p, idx, val in zip(leaves, ps, slicing.split(indices, widths, axis=1),
+                              slicing.split(values, widths, axis=1)):
+      idx = idx.astype(jnp.int32) + jnp.asarray(_offsets(p))
+      val = val.astype(dt)
       # Each coordinate in units of its own largest |value| in the window: v cannot
       # overflow, and one huge value elsewhere cannot underflow this coordinate's
       # v to 0 while its m stays non-zero (a window-wide scale did: 1e8 x steps).

@@ -1,0 +1,61 @@
+"""optlab._src.slicing: per-leaf pieces of one array, cut at offsets XLA learns at run time."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from optlab._src import slicing
+
+
+def fused_bodies(hlo: str) -> set:
+  """The fused computations of optimized HLO text, with names and metadata removed,
+  so that identical kernels compare equal (XLA:CPU compiles one kernel for them)."""
+  bodies = set()
+  for block in hlo.split("\n\n"):
+    if block.startswith("%fused"):
+      body = re.sub(r", metadata=\{[^}]*\}", "", block.split("\n", 1)[1])
+      bodies.add(re.sub(r"%[\w.\-]+", "%", body))
+  return bodies
+
+
+def test_runtime_ints_keep_their_values():
+  probe = jnp.ones((2, 3))
+  fn = jax.jit(lambda x: slicing.runtime_ints([0, 3, 7], x))
+  for x in (probe, probe.at[0, 0].set(jnp.nan)):  # a NaN first entry runs the loop once
+    assert [int(v) for v in fn(x)] == [0, 3, 7]
+  assert "stablehlo.while" in fn.lower(probe).as_text()  # on CPU: loop outputs, not constants
+  assert slicing.runtime_ints([5], probe) == (5,)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_split_cuts_consecutive_pieces(axis):
+  x = jnp.arange(40.0).reshape(4, 10) if axis else jnp.arange(40.0).reshape(10, 4)
+  sizes = [3, 0, 2, 4]  # a tail of one entry stays unused
+  want = np.split(np.asarray(x), np.cumsum(sizes), axis=axis)[:-1]
+  for got in (slicing.split(x, sizes, axis), jax.jit(lambda x: slicing.split(x, sizes, axis))(x)):
+    assert len(got) == len(sizes)
+    for g, w in zip(got, want):
+      np.testing.assert_array_equal(np.asarray(g), w)
+  assert slicing.split(jnp.zeros([0]), [0, 0])[1].shape == (0,)
+  with pytest.raises(ValueError, match="do not fit"):
+    slicing.split(x, [5, 6], axis)
+
+
+def test_pieces_of_one_shape_share_one_kernel():
+  # A static slice bakes its offset into its consumer's kernel: six pieces of one
+  # shape would compile six kernels.
+  def f(flat):
+    return [v.reshape(4, 3) * 2.0 + 1.0 for v in slicing.split(flat, [12] * 6)]
+
+  flat = jnp.arange(72.0)
+  for k, y in enumerate(jax.jit(f)(flat)):
+    want = 2 * np.arange(12.0 * k, 12.0 * (k + 1)).reshape(4, 3) + 1
+    np.testing.assert_array_equal(np.asarray(y), want)
+  hlo = jax.jit(f).lower(flat).compile().as_text()
+  per_piece = [b for b in fused_bodies(hlo) if "f32[72]" in b and "ROOT % = f32[4,3]" in b]
+  assert len(per_piece) == 1, hlo
