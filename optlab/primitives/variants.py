@@ -219,8 +219,14 @@ def scale_by_critical_momenta(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
     slot = jnp.where(full, lowest, state.filled)
     insert = ~full | (gnorm > state.priorities[lowest])
     entry = jax.tree.map(lambda m, g: jnp.where(first, g.astype(m.dtype), m), mu, updates)
-    buffer = tuple(jax.tree.map(lambda b, e: jnp.where(insert & (slot == i), e, b), buf, entry)
-                   for i, buf in enumerate(state.buffer))
+    # One cond around the whole buffer instead of a select on `insert` per leaf: those
+    # selects all hung on the global norm, and XLA's fusion pass grew with the square
+    # of the leaves (146 leaves: 49 s of compile, 4.6 s with the cond).
+    def put(buffers):
+      return tuple(jax.tree.map(lambda b, e: jnp.where(slot == i, e, b), buf, entry)
+                   for i, buf in enumerate(buffers))
+
+    buffer = jax.lax.cond(insert, put, lambda b: b, state.buffer)
     priorities = jnp.where(insert & (jnp.arange(topc) == slot), gnorm, state.priorities)
     filled = jnp.where(insert & ~full, state.filled + 1, state.filled).astype(jnp.int32)
     used = jax.tree.map(lambda a, m: jnp.where(first, m, a), aggr, mu)  # step 1: m = 0
