@@ -169,3 +169,16 @@ def test_donated_step_copies_no_statistic(recipe):
   assert len(big) == _STRUCTURAL_COPIES.get(recipe.name, 0), (
       f"{recipe.name}: the donated step copies state buffers {big}; saturate statistics "
       "with optlab._src.numerics.saturate (a select), not jnp.minimum")
+
+
+def test_tree_choose_picks_a_whole_tree():
+  from optlab._src.tree import tree_choose
+  a = {"x": jnp.ones(3), "y": jnp.full((2, 2), jnp.nan)}
+  b = {"x": jnp.zeros(3), "y": jnp.zeros((2, 2))}
+  fn = jax.jit(lambda p: tree_choose(p, lambda: a, lambda: b))
+  for pred, want in ((True, a), (False, b)):
+    got = fn(jnp.asarray(pred))
+    for k in a:
+      np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]))
+  hlo = fn.lower(jnp.asarray(True)).compile().as_text()
+  assert " conditional(" in hlo and " select(" not in hlo  # on CPU: one branch, no selects

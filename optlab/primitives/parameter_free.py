@@ -50,7 +50,7 @@ from optlab._src.dtypes import tree_accumulation_dtype
 from optlab._src.numerics import (bound_gradient, one_minus_power, safe_div, safe_square, saturate,
                                   value_at)
 from optlab._src.random import new_key
-from optlab._src.tree import cast_like, saturating_vdot, tree_zeros_like
+from optlab._src.tree import cast_like, saturating_vdot, tree_choose, tree_zeros_like
 from optlab.primitives.basis import (ANCHOR_POINT, COUNT, INVARIANT_STAT, LINEAR_MOMENT,
                                      LINEAR_STAT, SECOND_MOMENT, declare_state)
 from optlab.primitives.normalize import tensor_norm, tensor_sq_norm
@@ -372,9 +372,10 @@ def scale_by_dadapt_adam(learning_rate: Any = 1.0, b1: Any = 0.9, b2: Any = 0.99
       u = -safe_div(m.astype(dtype), jnp.sqrt(v.astype(dtype)) + eps)
       if decouple:
         u = u - weight_decay * dlr * p.astype(dtype)
-      return jnp.where(live, u, 0.0)
+      return u
 
-    out = jax.tree.map(step, mu, nu, params)
+    out = tree_choose(live, lambda: jax.tree.map(step, mu, nu, params),
+                      lambda: jax.tree.map(lambda m: jnp.zeros(m.shape, dtype), mu))
     numerator = jnp.where(live, numerator, state.numerator).astype(dtype)
     return cast_like(out, updates), DAdaptAdamState(count, mu, nu, s, d, numerator)
 

@@ -17,7 +17,8 @@ from optlab._src.dtypes import accumulation_dtype, statistics_dtype
 from optlab._src.numerics import (bias_correction, one_minus_power, safe_div, safe_square,
                                   saturate, tree_ema_sq, value_at)
 from optlab._src.random import leaf_normals, new_key
-from optlab._src.tree import full_like, statistics_zeros_like, unzip_tree, zeros_like
+from optlab._src.tree import (full_like, statistics_zeros_like, tree_choose, unzip_tree,
+                              zeros_like)
 from optlab.primitives.basis import (ANCHOR_POINT, COUNT, INVARIANT_STAT, LINEAR_MOMENT,
                                      SECOND_MOMENT, SECOND_STAT, declare_state)
 from optlab.primitives.normalize import tensor_norm
@@ -219,14 +220,9 @@ def scale_by_critical_momenta(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
     slot = jnp.where(full, lowest, state.filled)
     insert = ~full | (gnorm > state.priorities[lowest])
     entry = jax.tree.map(lambda m, g: jnp.where(first, g.astype(m.dtype), m), mu, updates)
-    # One cond around the whole buffer instead of a select on `insert` per leaf: those
-    # selects all hung on the global norm, and XLA's fusion pass grew with the square
-    # of the leaves (146 leaves: 49 s of compile, 4.6 s with the cond).
-    def put(buffers):
-      return tuple(jax.tree.map(lambda b, e: jnp.where(slot == i, e, b), buf, entry)
-                   for i, buf in enumerate(buffers))
-
-    buffer = jax.lax.cond(insert, put, lambda b: b, state.buffer)
+    put = lambda: tuple(jax.tree.map(lambda b, e: jnp.where(slot == i, e, b), buf, entry)
+                        for i, buf in enumerate(state.buffer))
+    buffer = tree_choose(insert, put, lambda: state.buffer)
     priorities = jnp.where(insert & (jnp.arange(topc) == slot), gnorm, state.priorities)
     filled = jnp.where(insert & ~full, state.filled + 1, state.filled).astype(jnp.int32)
     used = jax.tree.map(lambda a, m: jnp.where(first, m, a), aggr, mu)  # step 1: m = 0
