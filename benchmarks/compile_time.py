@@ -62,12 +62,12 @@ def run(names: list, layers: int) -> dict:
   adamw, rows, skipped = [], {}, {}
   adamw.append(compile_once(build("adamw"), params))
   for i, name in enumerate(names):
+    if i == len(names) // 2:
+      adamw.append(compile_once(build("adamw"), params))
     r = recipes[name]
     if r.needs_extra_args:
       skipped[name] = "needs extra args: " + ", ".join(r.needs_extra_args)
       continue
-    if i == len(names) // 2:
-      adamw.append(compile_once(build("adamw"), params))
     rows[name] = {"family": r.family, **compile_once(build(name), params)}
     print(f"{name:20s} process {rows[name]['process_s']:6.2f} s, wall {rows[name]['wall_s']:6.2f} s,"
           f" kernels {rows[name]['kernels']}", flush=True)
