@@ -712,7 +712,7 @@ def markdown(res) -> str:
           "Kernels: distinct fused computations of the compiled step (`distinct_fusions`; "
           "XLA:CPU compiles one kernel per distinct one), of all its fusions. Every stacked "
           "leaf is sliced out of its stack at an offset XLA learns at run time "
-          "(`linalg.runtime_ints`), so the leaves of one shape share their kernels; what "
+          "(`optlab._src.slicing`), so the leaves of one shape share their kernels; what "
           "remains grows with the distinct block shapes and the matrix ops per shape "
           "(statistics, rotations, the decompositions of each size, the refresh), not "
           "with the leaves.", "",
