@@ -42,6 +42,12 @@ def test_split_cuts_consecutive_pieces(axis):
     for g, w in zip(got, want):
       np.testing.assert_array_equal(np.asarray(g), w)
   assert slicing.split(jnp.zeros([0]), [0, 0])[1].shape == (0,)
+  ints = jnp.arange(10, dtype=jnp.int16)
+  cut = lambda i, probe=None: slicing.split(i, [4, 6], probe=probe)
+  assert "while" not in jax.jit(cut).lower(ints).compile().as_text()  # x != x folds for ints
+  with_probe, floats = jax.jit(cut), jnp.ones(2)  # a float argument: known at run time only
+  assert "while" in with_probe.lower(ints, floats).compile().as_text()
+  np.testing.assert_array_equal(np.asarray(with_probe(ints, floats)[1]), np.arange(4, 10))
   with pytest.raises(ValueError, match="do not fit"):
     slicing.split(x, [5, 6], axis)
 

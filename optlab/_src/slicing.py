@@ -12,7 +12,7 @@ only learns at run time, so the leaves of one shape share their kernels.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,13 +44,15 @@ def runtime_ints(values: Sequence[int], probe: jax.Array) -> tuple:
   return jax.lax.platform_dependent(probe, cpu=opaque, default=lambda _: consts)
 
 
-def split(x: jax.Array, sizes: Sequence[int], axis: int = 0) -> list[jax.Array]:
+def split(x: jax.Array, sizes: Sequence[int], axis: int = 0,
+          probe: Optional[jax.Array] = None) -> list[jax.Array]:
   """Consecutive pieces of `x` along `axis`, of `sizes` entries each, cut at
-  offsets from `runtime_ints` (the sizes may leave a tail of `x` unused)."""
+  offsets from `runtime_ints` (the sizes may leave a tail of `x` unused).
+  `probe`: a float array for `runtime_ints` when `x` holds integers (default `x`)."""
   sizes = [int(n) for n in sizes]
   if sum(sizes) > x.shape[axis]:
     raise ValueError(f"optlab: pieces of {sum(sizes)} entries do not fit in {x.shape[axis]}")
   if x.size == 0:
     return [jax.lax.slice_in_dim(x, 0, n, axis=axis) for n in sizes]
-  starts = runtime_ints(np.cumsum([0] + sizes[:-1]), x)
+  starts = runtime_ints(np.cumsum([0] + sizes[:-1]), x if probe is None else probe)
   return [jax.lax.dynamic_slice_in_dim(x, s, n, axis=axis) for s, n in zip(starts, sizes)]

@@ -215,7 +215,7 @@ def scale_by_microadam(b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, m: int =
                                 state.values.dtype), row, 0)
     out = []
     widths = [p.k for p in ps]
-    for g, p, idx, val in zip(leaves, ps, slicing.split(indices, widths, axis=1),
+    for g, p, idx, val in zip(leaves, ps, slicing.split(indices, widths, axis=1, probe=values),
                               slicing.split(values, widths, axis=1)):
       idx = idx.astype(jnp.int32) + jnp.asarray(_offsets(p))
       val = val.astype(dt)
