@@ -12,7 +12,7 @@ of the compiled step (`second_order.distinct_fusions`, close to the kernels
 XLA:CPU compiles). Recipes whose update needs extra args (a loss function, a
 Hessian-vector product) are listed, not compiled.
 
-    python benchmarks/compile_time.py                    # every recipe, ~10 minutes
+    python benchmarks/compile_time.py                    # every recipe, ~4 minutes here
     python benchmarks/compile_time.py --only mfac,muon   # some
 
 Writes ``results/compile_time.{json,md}`` (``--out`` for another stem).
@@ -25,7 +25,6 @@ import datetime
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,25 +32,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import jax  # noqa: E402
-import optax  # noqa: E402
 
 import optlab  # noqa: E402
 from optlab.bench.defaults import default_kwargs  # noqa: E402
-from second_order import cpu_name, distinct_fusions, transformer_tree  # noqa: E402
-
-
-def compile_once(tx, params) -> dict:
-  state = jax.eval_shape(tx.init, params)
-
-  def step(p, s, g):
-    u, s = tx.update(g, s, p)
-    return optax.apply_updates(p, u), s
-
-  c0, w0 = time.process_time(), time.perf_counter()
-  compiled = jax.jit(step).lower(params, state, params).compile()
-  row = {"process_s": time.process_time() - c0, "wall_s": time.perf_counter() - w0}
-  row["kernels"], row["fusions"] = distinct_fusions(compiled.as_text())
-  return row
+from second_order import compile_step, cpu_name, transformer_tree  # noqa: E402
 
 
 def run(names: list, layers: int) -> dict:
@@ -60,18 +44,18 @@ def run(names: list, layers: int) -> dict:
   recipes = {r.name: r for r in optlab.catalog()}
   build = lambda name: recipes[name].build(**default_kwargs(recipes[name]))
   adamw, rows, skipped = [], {}, {}
-  adamw.append(compile_once(build("adamw"), params))
+  adamw.append(compile_step(build("adamw"), params))
   for i, name in enumerate(names):
     if i == len(names) // 2:
-      adamw.append(compile_once(build("adamw"), params))
+      adamw.append(compile_step(build("adamw"), params))
     r = recipes[name]
     if r.needs_extra_args:
       skipped[name] = "needs extra args: " + ", ".join(r.needs_extra_args)
       continue
-    rows[name] = {"family": r.family, **compile_once(build(name), params)}
+    rows[name] = {"family": r.family, **compile_step(build(name), params)}
     print(f"{name:20s} process {rows[name]['process_s']:6.2f} s, wall {rows[name]['wall_s']:6.2f} s,"
           f" kernels {rows[name]['kernels']}", flush=True)
-  adamw.append(compile_once(build("adamw"), params))
+  adamw.append(compile_step(build("adamw"), params))
   base = {k: statistics.median(a[k] for a in adamw) for k in ("process_s", "wall_s")}
   for row in rows.values():
     row["ratio_process"] = row["process_s"] / base["process_s"]

@@ -127,9 +127,26 @@ def distinct_fusions(hlo: str) -> tuple[int, int]:
   return len({norm(bodies[c]) for c in set(called) if c in bodies}), len(called)
 
 
-def bench_compile(quick: bool):
+def compile_step(tx, params) -> dict:
+  """Lowers and compiles one step of `tx` (update + apply_updates) on abstract
+  `params`: process and wall seconds, and the compiled step's `distinct_fusions`."""
   import jax
   import optax
+  state = jax.eval_shape(tx.init, params)
+
+  def step(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  c0, w0 = time.process_time(), time.perf_counter()
+  compiled = jax.jit(step).lower(params, state, params).compile()
+  row = {"process_s": time.process_time() - c0, "wall_s": time.perf_counter() - w0}
+  row["kernels"], row["fusions"] = distinct_fusions(compiled.as_text())
+  return row
+
+
+def bench_compile(quick: bool):
+  import jax
   import optlab
   builders = {"adamw": lambda: optlab.adamw(1e-3), "soap": lambda: optlab.soap(1e-3),
               "shampoo": lambda: optlab.shampoo(1e-3), "muon": lambda: optlab.muon(0.02)}
@@ -142,20 +159,11 @@ def bench_compile(quick: bool):
     best = {k: {"process_s": float("inf"), "wall_s": float("inf")} for k in builders}
     for r in range(repeats):
       for name, build in builders.items():
-        tx = build()  # fresh closures: nothing cached from the previous repeat
-        state = jax.eval_shape(tx.init, params)
-
-        def step(p, s, g, tx=tx):
-          u, s = tx.update(g, s, p)
-          return optax.apply_updates(p, u), s
-
-        c0, w0 = time.process_time(), time.perf_counter()
-        compiled = jax.jit(step).lower(params, state, params).compile()
-        cpu, wall = time.process_time() - c0, time.perf_counter() - w0
-        best[name]["process_s"] = min(best[name]["process_s"], cpu)
-        best[name]["wall_s"] = min(best[name]["wall_s"], wall)
-        best[name]["kernels"], best[name]["fusions"] = distinct_fusions(compiled.as_text())
-        log(f"compile {label} {name} repeat {r}: process {cpu:.2f} s, wall {wall:.2f} s")
+        row = compile_step(build(), params)  # fresh closures: nothing cached from before
+        best[name].update(kernels=row["kernels"], fusions=row["fusions"],
+                          **{k: min(best[name][k], row[k]) for k in ("process_s", "wall_s")})
+        log(f"compile {label} {name} repeat {r}: process {row['process_s']:.2f} s, "
+            f"wall {row['wall_s']:.2f} s")
     base = best["adamw"]
     out[label] = {
         "leaves": len(jax.tree.leaves(params)),
