@@ -63,7 +63,6 @@ def unzip_tree(like: Any, tree: Any, n: int) -> tuple[Any, ...]:
   return tuple(treedef.unflatten([row[i] for row in rows]) for i in range(n))
 
 
-# ------------------------------------------------------------------ sub-states
 def tree_choose(pred: jax.Array, if_true: Any, if_false: Any) -> Any:
   """``if_true()`` where the scalar `pred` holds, else ``if_false()``: two trees alike.
 
@@ -81,6 +80,7 @@ def tree_choose(pred: jax.Array, if_true: Any, if_false: Any) -> Any:
                                     default=selected)
 
 
+# ------------------------------------------------------------------ sub-states
 def find_state(state: Any, state_type: type) -> Any:
   """The first (depth-first) sub-state of type `state_type` in a nested state, or None."""
   if isinstance(state, state_type):

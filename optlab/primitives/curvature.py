@@ -31,11 +31,11 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
-from optlab._src import slicing
 from optlab._src.numerics import (bias_correction, bound_gradient, one_minus_power, safe_div,
                                   safe_square, saturate, tree_ema)
+from optlab._src.packing import unpack
 from optlab._src.random import new_key
-from optlab._src.tree import tree_zeros_like
+from optlab._src.tree import pack_flat, tree_zeros_like
 from optlab.primitives.basis import (COUNT, INVARIANT_STAT, LINEAR_MOMENT, NESTED, OPAQUE_STAT,
                                      SECOND_MOMENT, declare_state)
 
@@ -418,17 +418,11 @@ def _flat_spec(params: Any) -> tuple[Any, int]:
 
 
 def _flatten(tree: Any, dtype: Any) -> jax.Array:
-  leaves = jax.tree.leaves(tree)
-  if not leaves:
-    return jnp.zeros((0,), dtype)
-  return jnp.concatenate([jnp.ravel(x).astype(dtype) for x in leaves])
+  return pack_flat(jax.tree.leaves(tree), dtype)
 
 
 def _unflatten_like(flat: jax.Array, like: Any) -> Any:
-  leaves, treedef = jax.tree.flatten(like)
-  pieces = slicing.split(flat, [math.prod(jnp.shape(x)) for x in leaves])
-  return jax.tree.unflatten(treedef, [v.reshape(jnp.shape(x)).astype(jnp.result_type(x))
-                                      for v, x in zip(pieces, leaves)])
+  return unpack(flat, like, "curvature")
 
 
 def _safe_matvec(a: jax.Array, v: jax.Array) -> jax.Array:
