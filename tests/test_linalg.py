@@ -162,14 +162,21 @@ def test_inverse_pth_root_never_nan():
   np.testing.assert_array_equal(out[0], np.eye(3))      # no previous root: identity
 
 
-def test_eigenbasis_descending_and_fallback():
+def test_first_eigenbasis_descending_and_fallback():
   s = _spd(6, 3)
-  q = np.asarray(linalg.eigenbasis(jnp.asarray(s[None]))[0])
+  # the first basis is eigh's, whatever the current basis: the identity permutation
+  start = np.linalg.qr(_rng(1).normal(size=(6, 6)))[0]
+  q, perm = linalg.refresh_eigenbasis(jnp.asarray(s[None]), jnp.asarray(start[None]), True)
+  q = np.asarray(q[0])
   lam = np.diag(q.T @ s @ q)
   assert np.all(np.diff(lam) <= 1e-4 * lam.max())
   np.testing.assert_allclose(q.T @ q, np.eye(6), atol=1e-5)
-  nan = linalg.eigenbasis(jnp.full((1, 3, 3), jnp.nan), 5 * jnp.ones((1, 3, 3)))
+  np.testing.assert_allclose(lam, np.sort(np.linalg.eigvalsh(s))[::-1], rtol=1e-5)
+  np.testing.assert_array_equal(perm[0], np.arange(6))
+  nan, perm = linalg.refresh_eigenbasis(jnp.full((1, 3, 3), jnp.nan), 5 * jnp.ones((1, 3, 3)),
+                                        True)
   np.testing.assert_array_equal(nan, 5 * np.ones((1, 3, 3)))
+  np.testing.assert_array_equal(perm[0], np.arange(3))
 
 
 def test_refresh_eigenbasis_orders_and_converges():
@@ -189,13 +196,25 @@ def test_refresh_eigenbasis_orders_and_converges():
   assert np.all(np.isfinite(np.asarray(q)))
 
 
+def test_permute_reorders_each_block_exactly():
+  x = _rng(3).normal(size=(3, 4, 5, 6)).astype(np.float32) * np.float32(1e30)
+  for axis in (1, 2, 3):
+    n = x.shape[axis]
+    perm = np.stack([_rng(10 + k).permutation(n) for k in range(3)])
+    shape = [3, 1, 1, 1]
+    shape[axis] = n
+    want = np.take_along_axis(x, perm.reshape(shape), axis=axis)
+    got = linalg.permute(jnp.asarray(x), jnp.asarray(perm), axis)
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
 def test_cpu_decompositions_take_one_matrix_per_lapack_call():
   # A batched LAPACK call splits its batch over XLA's CPU thread pool and blocks
   # on it, which hung Shampoo's step under pmap over 8 host devices (issue 3);
   # every decomposition is lowered with no batch dimension on CPU instead.
   s = jnp.asarray(np.stack([_spd(5, k) for k in range(3)]), jnp.float32)
   fns = {"inverse_pth_root": lambda x: linalg.inverse_pth_root(x, 4),
-         "eigenbasis": linalg.eigenbasis,
+         "first eigenbasis": lambda x: linalg.refresh_eigenbasis(x, jnp.eye(5) + 0 * x, True),
          "refresh_eigenbasis": lambda x: linalg.refresh_eigenbasis(x, jnp.eye(5) + 0 * x)}
   for name, fn in fns.items():
     text = jax.jit(fn).lower(s).as_text()

@@ -68,19 +68,25 @@ def _device0_share(state):
 
 
 def _decomposition_trip_counts(text):
-  """The trip counts of the compiled while loops whose body calls LAPACK (the CPU
-  per-matrix eigh / QR loop of `linalg._per_matrix`)."""
+  """The trip counts of the compiled while loops whose body calls LAPACK, itself or
+  through the computations it calls (the CPU per-matrix eigh / QR loop of
+  `linalg._per_matrix`)."""
   bodies = {}
   for name, body in re.findall(r"\n(%?[\w.\-]+) \([^\n]*\{\n(.*?)\n\}", text, re.S):
     bodies[name.lstrip("%")] = body
-  out = []
-  for body_name, n in re.findall(r'body=%?([\w.\-]+),.*?"known_trip_count":\{"n":"(\d+)"\}',
-                                 text):
-    if "lapack" in bodies.get(body_name, "") or any(
-        "lapack" in bodies.get(c, "") for c in re.findall(r"calls=%?([\w.\-]+)",
-                                                          bodies.get(body_name, ""))):
-      out.append(int(n))
-  return out
+
+  def calls_lapack(name, seen):
+    body = bodies.get(name, "")
+    if "lapack" in body:
+      return True
+    seen.add(name)
+    called = re.findall(r"(?:calls|to_apply|_computation|computations)=\{?%?([\w.\-]+)", body)
+    called += re.findall(r", %([\w.\-]+)", " ".join(re.findall(r"computations=\{[^}]*\}", body)))
+    return any(calls_lapack(c, seen) for c in called if c not in seen)
+
+  return [int(n) for body_name, n in re.findall(
+      r'body=%?([\w.\-]+),.*?"known_trip_count":\{"n":"(\d+)"\}', text)
+          if calls_lapack(body_name, set())]
 
 
 @pytest.mark.parametrize("make", [_soap, _shampoo], ids=["soap", "shampoo"])

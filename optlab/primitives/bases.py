@@ -137,9 +137,7 @@ class _EigenChange:
   def second(self, tree):
     def leaf(x):
       for d, perm in zip(self.dims, self.perms):
-        shape = [perm.shape[0]] + [1] * (x.ndim - 1)
-        shape[d + 1] = perm.shape[1]
-        x = jnp.take_along_axis(x, perm.reshape(shape), axis=d + 1)
+        x = linalg.permute(x, perm, d + 1)
       return x
 
     return jax.tree.map(leaf, tree)
@@ -249,13 +247,13 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
     typed = lambda blocks: [b.astype(k[2]) for b, k in zip(blocks, stacks.keys)]
 
     def first(_):
-      new = _by_size(split(lambda s, q: linalg.eigenbasis(s, q).astype(dtype)), stats, basis)
       zeros = [jnp.zeros_like(b) for b in g]
-      return zeros, jax.tree.map(jnp.zeros_like, rest_g), state.inner_state, new
+      return zeros, jax.tree.map(jnp.zeros_like, rest_g), state.inner_state
 
     def refresh(args):
       inner_state, old = args
-      pairs = _by_size(split(linalg.refresh_eigenbasis), stats, old)
+      pairs = _by_size(split(lambda s, q: linalg.refresh_eigenbasis(s, q, state.count == 0)),
+                       stats, old)
       new = tuple(tuple(q.astype(dtype) for q, _ in pk) for pk in pairs)
       blocks = tuple(rebase_state(bs, _EigenChange(stacks.dims(k), stacks.with_factors(k, old[k]),
                                                    stacks.with_factors(k, new[k]),
@@ -280,12 +278,11 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
         blocks.append(s)
       rest_u, rest = inner.update(rest_g, inner_state.rest, rest_p, **extra)
       u = _rotate(stacks, basis, outs, True, compute_dtype)
-      inner_state = StackedInnerState(tuple(blocks), rest)
-      due = state.count % precondition_frequency == 0  # state.count = inner steps done now
-      inner_state, new = jax.lax.cond(due, refresh, lambda a: a, (inner_state, basis))
-      return u, rest_u, inner_state, new
+      return u, rest_u, StackedInnerState(tuple(blocks), rest)
 
-    u, rest_u, inner_state, new = jax.lax.cond(state.count == 0, first, step, None)
+    u, rest_u, inner_state = jax.lax.cond(state.count == 0, first, step, None)
+    due = state.count % precondition_frequency == 0  # state.count = inner steps done now
+    inner_state, new = jax.lax.cond(due, refresh, lambda a: a, (inner_state, basis))
     out = stacks.unstack(u, leaves)
     for i, x in zip(stacks.rest, rest_u):
       out[i] = x

@@ -6,9 +6,9 @@
   every matrix op (statistics, rotations, decompositions) runs as one batched
   call per distinct block shape: XLA compiles a kernel per distinct op, so
   per-leaf ops would make compile time grow with the number of leaves.
-* Matrix functions that never return NaN: `eigenbasis` (eigh, eigenvalues in
-  descending order), `refresh_eigenbasis` (one power iteration and a QR, with
-  SOAP's eigenvalue-order permutation), `inverse_pth_root` (eigh, damped
+* Matrix functions that never return NaN: `refresh_eigenbasis` (SOAP's first
+  basis by eigh, then one power iteration and a QR with its eigenvalue-order
+  permutation, applied by `permute`), `inverse_pth_root` (eigh, damped
   relative to the largest eigenvalue). Each takes a fallback (the previous
   result, or the identity) that replaces any non-finite output, factor by
   factor. Statistics are accumulated with saturation (`outer_stats`), so they
@@ -208,6 +208,24 @@ def outer_stats(blocks: jax.Array, dim: int) -> jax.Array:
   return jnp.clip(s, -top, top)
 
 
+def permute(x: jax.Array, perm: jax.Array, axis: int) -> jax.Array:
+  """Per leading block of `x` (K, ...), its entries along `axis` reordered by perm
+  (K, n): ``out[k, ..., i, ...] = x[k, ..., perm[k, i], ...]``.
+
+  Computed as a product with the one-hot permutation matrices (exact: each
+  output is one entry times 1 plus zeros, at ``Precision.HIGHEST``), not a
+  gather: a batched gather compiles into large XLA:CPU kernels, one per shape,
+  and was ~10% of SOAP's compile time. The FLOPs (K n^2 per row of the other
+  axes) are those of one rotation of the same axis. Entries must be finite
+  (an inf would turn its row into NaN).
+  """
+  onehot = (perm[:, None, :] == jnp.arange(perm.shape[1])[None, :, None]).astype(x.dtype)
+  y = jnp.moveaxis(x, axis, -1)
+  shape = y.shape
+  y = _mm(y.reshape(shape[0], -1, shape[-1]), onehot).reshape(shape)
+  return jnp.moveaxis(y, -1, axis)
+
+
 def apply_factors(blocks: jax.Array, mats: Sequence[Optional[jax.Array]],
                   *, transpose: bool = False, compute_dtype: Any = None) -> jax.Array:
   """Multiplies dimension i of every block by mats[i] (K, b_i, b_i), x_i <- sum_a x_a M[a, i].
@@ -390,8 +408,9 @@ def _eye_like(x: jax.Array) -> jax.Array:
   return jnp.broadcast_to(jnp.eye(x.shape[-1], dtype=x.dtype), x.shape)
 
 
-def _per_matrix(fn, x: jax.Array):
-  """`fn` (a LAPACK-backed decomposition) of every matrix of `x` (..., b, b).
+def _per_matrix(fn, x: Any):
+  """`fn` (a LAPACK-backed decomposition) of every matrix of `x` (..., b, b), or of
+  every entry of a tuple of such stacks.
 
   On CPU, one decomposition per matrix in a `lax.map` loop: jaxlib 0.10's CPU
   kernels of a batched eigh / QR split the batch over the XLA intra-op thread
@@ -401,50 +420,50 @@ def _per_matrix(fn, x: jax.Array):
   for ever. A kernel given one matrix runs inline and never waits. Other
   platforms keep the batched call.
   """
-  lead = x.shape[:-2]
+  x0 = jax.tree.leaves(x)[0]
+  lead = x0.shape[:-2]
   n = int(np.prod(lead, dtype=np.int64))
   if n <= 1:
     return fn(x)
-  flat = x.reshape((n,) + x.shape[-2:])
+  flat = jax.tree.map(lambda a: a.reshape((n,) + a.shape[-2:]), x)
   unflat = lambda out: jax.tree.map(lambda y: y.reshape(lead + y.shape[1:]), out)
   return jax.lax.platform_dependent(
       flat, cpu=lambda a: unflat(jax.lax.map(fn, a)), default=lambda a: unflat(fn(a)))
 
 
-def eigenbasis(stats: jax.Array, fallback: Optional[jax.Array] = None) -> jax.Array:
-  """Eigenvectors of symmetric `stats` (N, b, b), columns by descending eigenvalue.
+def refresh_eigenbasis(stats: jax.Array, basis: jax.Array, first: Any = False
+                       ) -> tuple[jax.Array, jax.Array]:
+  """SOAP's basis of symmetric `stats` (N, b, b), kept as the official code does.
 
-  As the official SOAP code's first basis (``eigh(GG + 1e-30 I)``, flipped).
-  Matrices whose result is not finite get `fallback` (default: identity).
-  """
-  dt = accumulation_dtype(stats.dtype)
-  s = stats.astype(dt)
-  s = s + jnp.asarray(1e-30, dt) * _eye_like(s)
-  _, v = _per_matrix(jnp.linalg.eigh, s)
-  v = v[..., ::-1]
-  fb = _eye_like(s) if fallback is None else fallback.astype(dt)
-  return _choose(_finite(v), v, fb)
+  Normally one power iteration and a QR (``get_orthogonal_matrix_QR``): for
+  each matrix S with current basis Q, the estimated eigenvalues diag(Q^T S Q)
+  give the permutation `perm` that sorts them in descending order, and the
+  new basis is the Q factor of S Q[:, perm]. With `first` (a bool, possibly
+  traced), the first basis instead: the eigenvectors of S + 1e-30 I by
+  descending eigenvalue (``get_orthogonal_matrix``), with the identity
+  permutation. Both run in one per-matrix loop, so a compiled step holds one
+  decomposition per matrix size, not two.
 
-
-def refresh_eigenbasis(stats: jax.Array, basis: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """One power iteration and a QR, as the official SOAP ``get_orthogonal_matrix_QR``.
-
-  For each matrix S with current basis Q: the estimated eigenvalues
-  diag(Q^T S Q) give the permutation `perm` that sorts them in descending
-  order; the new basis is the Q factor of S Q[:, perm]. Returns
-  (new basis, perm), where perm (N, b) is what the second-moment statistics
-  kept in the old basis must be re-ordered by. Where the result is not finite
-  the old basis is kept with the identity permutation.
+  Returns (new basis, perm), where perm (N, b) is what the second-moment
+  statistics kept in the old basis must be re-ordered by (`permute`). Where
+  the result is not finite the old basis is kept with the identity
+  permutation.
   """
   dt = accumulation_dtype(stats.dtype)
   s, q = stats.astype(dt), basis.astype(dt)
   sq = _mm(s, q)
   est = jnp.sum(q * sq, axis=-2)  # diag(Q^T S Q)
-  perm = jnp.argsort(-est, axis=-1, stable=True)
-  # S Q[:, perm] is S Q with its columns permuted: no second product
-  new, _ = _per_matrix(jnp.linalg.qr, jnp.take_along_axis(sq, perm[..., None, :], axis=-1))
+  identity = jnp.broadcast_to(jnp.arange(s.shape[-1]), est.shape)
+  perm = jnp.where(first, identity, jnp.argsort(-est, axis=-1, stable=True))
+  tiny = jnp.asarray(1e-30, dt) * jnp.eye(s.shape[-1], dtype=dt)
+
+  def one(args):  # S Q[:, perm] is S Q with its columns permuted: no second product
+    s1, sqp = args
+    return jax.lax.cond(first, lambda: jnp.linalg.eigh(s1 + tiny)[1][..., ::-1],
+                        lambda: jnp.linalg.qr(sqp)[0])
+
+  new = _per_matrix(one, (s, permute(sq, perm, -1)))
   ok = _finite(new) & jnp.all(jnp.isfinite(est), axis=-1)
-  identity = jnp.broadcast_to(jnp.arange(s.shape[-1]), perm.shape)
   return _choose(ok, new, q), jnp.where(ok[..., None], perm, identity)
 
 
