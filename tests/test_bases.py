@@ -148,15 +148,36 @@ def test_shampoo_state_shapes_and_blocking():
             "m": jax.ShapeDtypeStruct((300, 20), jnp.float32),
             "u": jax.ShapeDtypeStruct((1000,), jnp.float32)}
   state = jax.eval_shape(optlab.shampoo(1e-3, block_size=128).init, params)[0]
-  # m: (300, 20) -> 3 x 1 blocks of (128, 20), one factor per dimension; u: 8 blocks
-  # of 128 (1000 padded to 1024), stacked by block shape.
+  # m: (300, 20) -> 3 x 1 blocks of (128, 20), held as (20, 128) (axes sorted by
+  # size), one factor per dimension; u: 8 blocks of 128 (1000 padded to 1024).
   shapes = jax.tree.map(lambda x: x.shape, state.stats)
-  assert sorted(shapes) == sorted((((3, 128, 128), (3, 20, 20)), ((8, 128, 128),)))
+  assert sorted(shapes) == sorted((((3, 20, 20), (3, 128, 128)), ((8, 128, 128),)))
   assert jax.tree.map(lambda x: x.shape, state.roots) == shapes
   # block_multiple pads every stack to a multiple of that many blocks
   padded = jax.eval_shape(optlab.scale_by_shampoo(128, block_multiple=8).init, params)
   assert sorted(jax.tree.map(lambda x: x.shape, padded.stats)) == sorted(
-      (((8, 128, 128), (8, 20, 20)), ((8, 128, 128),)))
+      (((8, 20, 20), (8, 128, 128)), ((8, 128, 128),)))
+
+
+@pytest.mark.parametrize("name", ["soap", "shampoo"])
+def test_transposed_matrices_share_a_stack_and_match_alone(name):
+  # A (6, 4) and a (4, 6) matrix (an MLP's in and out) are one stack of two
+  # (4, 6) blocks; each leaf's updates equal those of a run on that leaf alone.
+  params, grad_fn = _problem({"a": (6, 4), "b": (4, 6)}, seed=5)
+  kw = {"learning_rate": 0.05, "precondition_frequency": 2} if name == "soap" else {
+      "learning_rate": 0.05, "block_size": 8, "start_preconditioning_step": 1}
+  tx = getattr(optlab, name)(**kw)
+  with jax.enable_x64(True):
+    state = jax.eval_shape(tx.init, params)
+    stats = jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "stats"))
+    shapes = [x.shape for s in stats if hasattr(s, "stats") for x in jax.tree.leaves(s.stats)]
+    assert sorted(shapes) == [(2, 4, 4), (2, 6, 6)]
+    both = harness.run_jax(tx, params, grad_fn, 6)
+    for k in params:
+      alone = harness.run_jax(getattr(optlab, name)(**kw), {k: params[k]},
+                              lambda p, t, k=k: {k: grad_fn({**params, **p}, t)[k]}, 6)
+      harness.assert_trajectories_close([{k: x[k]} for x in both], alone, 1e-9, 1e-12,
+                                        f"{name} {k}")
 
 
 def test_shampoo_preconditions_by_default():

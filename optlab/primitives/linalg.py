@@ -109,18 +109,21 @@ class BlockPlan:
   ``nblocks = prod(counts)``. ``rotated[i]`` says whether dimension i has a
   factor. Zero padding is exact for Kronecker preconditioners: a padded
   block's statistics are block-diagonal with zeros, so the real part of any
-  matrix function of them equals that of the unpadded block.
+  matrix function of them equals that of the unpadded block. ``order`` (empty
+  for none) permutes the axes of every stacked block (see ``canonical`` in
+  `make`); ``stacked_block`` and ``stacked_rotated`` are then in that order.
   """
   shape: tuple[int, ...]
   merged: tuple[int, ...]
   block: tuple[int, ...]
   counts: tuple[int, ...]
   rotated: tuple[bool, ...]
+  order: tuple[int, ...] = ()
 
   @staticmethod
   def make(shape: Sequence[int], *, max_dim: Optional[int] = None, merge: bool = False,
            merge_limit: Optional[int] = None, block_size: Optional[int] = None,
-           min_ndim: int = 2) -> "BlockPlan":
+           min_ndim: int = 2, canonical: bool = False) -> "BlockPlan":
     """A plan for `shape`.
 
     Args:
@@ -132,6 +135,11 @@ class BlockPlan:
         one block.
       min_ndim: tensors of lower rank get no factors (SOAP's precondition_1d
         is ``min_ndim=1``). Nor does a tensor without entries.
+      canonical: stack the blocks with their axes sorted by size (stable), so
+        that a (256, 64) block is held as (64, 256) and shares the stack, and
+        the compiled kernels, of the (64, 256) blocks: MLP in / out matrices
+        are such pairs. Exact for Kronecker factors (each factor follows its
+        axis); a rule run on the stacked blocks sees them in that order.
     """
     shape = tuple(int(d) for d in shape)
     merged = shape
@@ -148,7 +156,17 @@ class BlockPlan:
     else:
       block = tuple(min(d, block_size) if r else d for d, r in zip(merged, rotated))
       counts = tuple(-(-d // b) if b else 1 for d, b in zip(merged, block))
-    return BlockPlan(shape, merged, block, counts, rotated)
+    order = tuple(sorted(range(len(block)), key=lambda i: block[i])) if canonical else ()
+    return BlockPlan(shape, merged, block, counts, rotated,
+                     () if order == tuple(range(len(block))) else order)
+
+  @property
+  def stacked_block(self) -> tuple[int, ...]:
+    return tuple(self.block[i] for i in self.order) if self.order else self.block
+
+  @property
+  def stacked_rotated(self) -> tuple[bool, ...]:
+    return tuple(self.rotated[i] for i in self.order) if self.order else self.rotated
 
   @property
   def nblocks(self) -> int:
@@ -163,19 +181,23 @@ class BlockPlan:
     return any(c * b != d for c, b, d in zip(self.counts, self.block, self.merged))
 
   def to_blocks(self, x: jax.Array) -> jax.Array:
-    """x (``shape``) -> blocks (nblocks, *block)."""
+    """x (``shape``) -> blocks (nblocks, *stacked_block)."""
     x = x.reshape(self.merged)
     if self.padded:
       x = jnp.pad(x, [(0, c * b - d) for c, b, d in zip(self.counts, self.block, self.merged)])
     n = len(self.merged)
     if all(c == 1 for c in self.counts):
-      return x.reshape((1,) + self.block)
-    x = x.reshape(tuple(v for cb in zip(self.counts, self.block) for v in cb))
-    x = x.transpose(tuple(range(0, 2 * n, 2)) + tuple(range(1, 2 * n, 2)))
-    return x.reshape((self.nblocks,) + self.block)
+      x = x.reshape((1,) + self.block)
+    else:
+      x = x.reshape(tuple(v for cb in zip(self.counts, self.block) for v in cb))
+      x = x.transpose(tuple(range(0, 2 * n, 2)) + tuple(range(1, 2 * n, 2)))
+      x = x.reshape((self.nblocks,) + self.block)
+    return x.transpose((0,) + tuple(1 + i for i in self.order)) if self.order else x
 
   def from_blocks(self, xb: jax.Array) -> jax.Array:
-    """blocks (nblocks, *block) -> x (``shape``)."""
+    """blocks (nblocks, *stacked_block) -> x (``shape``)."""
+    if self.order:
+      xb = xb.transpose((0,) + tuple(1 + int(i) for i in np.argsort(self.order)))
     n = len(self.merged)
     if all(c == 1 for c in self.counts):
       x = xb.reshape(self.block)
@@ -267,7 +289,8 @@ class BlockStacks:
     groups: dict[tuple, list[int]] = {}
     for i, (x, plan) in enumerate(zip(leaves, self.plans)):
       if plan.any_rotated:
-        groups.setdefault((plan.block, plan.rotated, jnp.dtype(jnp.result_type(x))), []).append(i)
+        groups.setdefault((plan.stacked_block, plan.stacked_rotated,
+                           jnp.dtype(jnp.result_type(x))), []).append(i)
     self.keys = sorted(groups, key=repr)
     self.members = [groups[k] for k in self.keys]
     used = [sum(self.plans[i].nblocks for i in m) for m in self.members]

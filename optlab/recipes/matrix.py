@@ -53,7 +53,7 @@ def _in_soap_basis(where: str, inner, learning_rate, weight_decay, mask, shampoo
   basis = in_eigenbasis(inner, precondition_frequency, shampoo_beta, max_precond_dim,
                         merge_dims=merge_dims, precondition_1d=precondition_1d,
                         block_multiple=block_multiple, axis_name=axis_name,
-                        compute_dtype=compute_dtype)
+                        compute_dtype=compute_dtype, canonical_order=True)
   return recipe_chain(where, basis, scale_by_learning_rate(learning_rate),
                       add_decayed_weights_after_step(weight_decay, _skip_first(learning_rate),
                                                      mask))
