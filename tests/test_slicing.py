@@ -52,6 +52,18 @@ def test_split_cuts_consecutive_pieces(axis):
     slicing.split(x, [5, 6], axis)
 
 
+def test_split_each_cuts_every_array_with_one_loop():
+  a, b = jnp.arange(12.0), jnp.arange(20.0).reshape(10, 2)
+  fn = jax.jit(lambda a, b: slicing.split_each([a, b], [[5, 7], [2, 3, 4]]))
+  got = fn(a, b)
+  for g, w in zip(got[0] + got[1], np.split(np.asarray(a), [5])
+                  + np.split(np.asarray(b), [2, 5, 9])[:-1]):
+    np.testing.assert_array_equal(np.asarray(g), w)
+  assert fn.lower(a, b).compile().as_text().count(" while(") == 1
+  with pytest.raises(ValueError, match="do not fit"):
+    slicing.split_each([a, b], [[5], [11]])
+
+
 def test_pieces_of_one_shape_share_one_kernel():
   # A static slice bakes its offset into its consumer's kernel: six pieces of one
   # shape would compile six kernels.

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["runtime_ints", "split"]
+__all__ = ["runtime_ints", "split", "split_each"]
 
 
 def runtime_ints(values: Sequence[int], probe: jax.Array) -> tuple:
@@ -49,10 +49,23 @@ def split(x: jax.Array, sizes: Sequence[int], axis: int = 0,
   """Consecutive pieces of `x` along `axis`, of `sizes` entries each, cut at
   offsets from `runtime_ints` (the sizes may leave a tail of `x` unused).
   `probe`: a float array for `runtime_ints` when `x` holds integers (default `x`)."""
-  sizes = [int(n) for n in sizes]
-  if sum(sizes) > x.shape[axis]:
-    raise ValueError(f"optlab: pieces of {sum(sizes)} entries do not fit in {x.shape[axis]}")
-  if x.size == 0:
-    return [jax.lax.slice_in_dim(x, 0, n, axis=axis) for n in sizes]
-  starts = runtime_ints(np.cumsum([0] + sizes[:-1]), x if probe is None else probe)
-  return [jax.lax.dynamic_slice_in_dim(x, s, n, axis=axis) for s, n in zip(starts, sizes)]
+  return split_each([x], [sizes], axis, probe)[0]
+
+
+def split_each(xs: Sequence[jax.Array], sizes: Sequence[Sequence[int]], axis: int = 0,
+               probe: Optional[jax.Array] = None) -> list[list[jax.Array]]:
+  """`split` of every array of `xs` by its own list of `sizes`, with one
+  `runtime_ints` for all their offsets: each call compiles a loop of its own
+  (~0.03 s of XLA:CPU compile time). `probe` defaults to the first
+  non-empty array of `xs`."""
+  sizes = [[int(n) for n in ns] for ns in sizes]
+  for x, ns in zip(xs, sizes):
+    if sum(ns) > x.shape[axis]:
+      raise ValueError(f"optlab: pieces of {sum(ns)} entries do not fit in {x.shape[axis]}")
+  if probe is None:
+    probe = next((x for x in xs if x.size), None)
+  if probe is None:  # nothing to cut
+    return [[jax.lax.slice_in_dim(x, 0, n, axis=axis) for n in ns] for x, ns in zip(xs, sizes)]
+  starts = iter(runtime_ints(np.concatenate([np.cumsum([0] + ns[:-1]) for ns in sizes]), probe))
+  return [[jax.lax.dynamic_slice_in_dim(x, next(starts), n, axis=axis) for n in ns]
+          for x, ns in zip(xs, sizes)]

@@ -326,8 +326,9 @@ class BlockStacks:
     own dtype (or `dtype`). One slice per leaf, the only per-leaf op, by
     `slicing.split`, so that the leaves of one shape share their kernels."""
     out = list(leaves)
-    for stacked, members in zip(stacks, self.members):
-      pieces = slicing.split(stacked, [self.plans[i].nblocks for i in members])
+    pieces_all = slicing.split_each(stacks, [[self.plans[i].nblocks for i in m]
+                                             for m in self.members])
+    for pieces, members in zip(pieces_all, self.members):
       for i, piece in zip(members, pieces):
         out[i] = self.plans[i].from_blocks(piece).astype(leaves[i].dtype if dtype is None
                                                          else dtype)
