@@ -71,8 +71,9 @@ def _stacked_updates(where: str, state: Any, updates: Any, make_plan, block_mult
 def _update_stats(stacks: linalg.BlockStacks, blocks: list, old: tuple, w_old: Any,
                   w_new: Any) -> tuple:
   """Per group and rotated dimension: w_old * old + w_new * (contraction of the blocks)."""
-  return tuple(tuple(clip_finite(w_old * s + w_new * linalg.outer_stats(gb, d))
-                     for s, d in zip(old[k], stacks.dims(k))) for k, gb in enumerate(blocks))
+  return tuple(tuple(clip_finite(w_old * s + w_new * n)
+                     for s, n in zip(old[k], linalg.outer_stats(gb, stacks.dims(k))))
+               for k, gb in enumerate(blocks))
 
 
 def _by_size(fn, *fields: tuple) -> tuple:

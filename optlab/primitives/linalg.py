@@ -210,24 +210,29 @@ class BlockPlan:
     return x.reshape(self.shape)
 
 
-def outer_stats(blocks: jax.Array, dim: int) -> jax.Array:
-  """Per block, the contraction of the block with itself over every axis but `dim`.
+def outer_stats(blocks: jax.Array, dims: Sequence[int]) -> list[jax.Array]:
+  """Per block and dimension d of `dims`, the contraction of the block with itself
+  over every axis but d.
 
-  blocks (K, b_0, ..., b_{n-1}) -> (K, b_dim, b_dim); for a matrix block G this
-  is G G^T (dim 0) or G^T G (dim 1). Saturated at the dtype's largest finite
-  value, so entries of 1e30 give finite statistics.
+  blocks (K, b_0, ..., b_{n-1}) -> one (K, b_d, b_d) per d; for a matrix block
+  G this is G G^T (d = 0) or G^T G (d = 1). Saturated at the dtype's largest
+  finite value, so entries of 1e30 give finite statistics.
   """
-  x = jnp.moveaxis(blocks, dim + 1, 1)
-  x = x.reshape(x.shape[0], x.shape[1], -1)
-  # Scaled by each block's largest entry, so that nothing overflows before the
-  # result is known to be out of range (then it saturates).
-  m = jnp.max(jnp.abs(x), axis=(1, 2), keepdims=True, initial=0)  # 0 for an empty block
-  m = jnp.where(m > 0, m, jnp.ones_like(m))
-  y = x / m
-  s = _mm(y, jnp.swapaxes(y, 1, 2))
-  top = jnp.finfo(s.dtype).max
-  s = jnp.where(s == 0, s, s * m * m)
-  return jnp.clip(s, -top, top)
+  # Scaled by each block's largest entry (found once for all dims), so that
+  # nothing overflows before the result is known to be out of range (then it
+  # saturates).
+  m = jnp.max(jnp.abs(blocks), axis=tuple(range(1, blocks.ndim)), initial=0)  # 0: empty block
+  m = jnp.where(m > 0, m, jnp.ones_like(m)).reshape((-1,) + (1,) * (blocks.ndim - 1))
+  y = blocks / m
+  m2 = (m * m).reshape(-1, 1, 1)
+  top = jnp.finfo(blocks.dtype).max
+  out = []
+  for d in dims:
+    x = jnp.moveaxis(y, d + 1, 1)
+    x = x.reshape(x.shape[0], x.shape[1], -1)
+    s = _mm(x, jnp.swapaxes(x, 1, 2))
+    out.append(jnp.clip(jnp.where(s == 0, s, s * m2), -top, top))
+  return out
 
 
 def permute(x: jax.Array, perm: jax.Array, axis: int) -> jax.Array:
