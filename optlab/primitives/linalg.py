@@ -45,11 +45,22 @@ def _mm(a: jax.Array, b: jax.Array, compute_dtype: Any = None) -> jax.Array:
   """a @ b: full float32 (``Precision.HIGHEST``), or with `compute_dtype` (e.g.
   bfloat16) inputs in that dtype and float32 accumulation, the MXU / tensor-core
   rate (see `check_compute_dtype`)."""
+  n = a.ndim
+  return _dot(a, b, ((n - 1,), (n - 2,)), tuple(range(n - 2)), compute_dtype)
+
+
+def _dot(a: jax.Array, b: jax.Array, contract: tuple, batch: tuple,
+         compute_dtype: Any = None) -> jax.Array:
+  """`lax.dot_general` of a and b over the axes `contract` (a's, b's), batched over
+  the leading axes `batch` of both, at the precision of `_mm`. The output's
+  axes are the batch axes, a's free axes, then b's: choosing the operand
+  order so that they come out in place spares XLA a transpose kernel."""
+  dims = (contract, (batch, batch))
   if compute_dtype is None:
-    return jnp.matmul(a, b, precision=HIGHEST)
+    return jax.lax.dot_general(a, b, dims, precision=HIGHEST)
   out = jnp.promote_types(a.dtype, b.dtype)
-  return jnp.matmul(a.astype(compute_dtype), b.astype(compute_dtype),
-                    preferred_element_type=jnp.float32).astype(out)
+  return jax.lax.dot_general(a.astype(compute_dtype), b.astype(compute_dtype), dims,
+                             preferred_element_type=jnp.float32).astype(out)
 
 
 def check_compute_dtype(where: str, compute_dtype: Any) -> Any:
@@ -227,10 +238,9 @@ def outer_stats(blocks: jax.Array, dims: Sequence[int]) -> list[jax.Array]:
   m2 = (m * m).reshape(-1, 1, 1)
   top = jnp.finfo(blocks.dtype).max
   out = []
-  for d in dims:
-    x = jnp.moveaxis(y, d + 1, 1)
-    x = x.reshape(x.shape[0], x.shape[1], -1)
-    s = _mm(x, jnp.swapaxes(x, 1, 2))
+  for d in dims:  # contracted over every other axis: no transpose of the blocks
+    other = tuple(i for i in range(1, y.ndim) if i != d + 1)
+    s = _dot(y, y, (other, other), (0,))
     out.append(jnp.clip(jnp.where(s == 0, s, s * m2), -top, top))
   return out
 
@@ -265,12 +275,11 @@ def apply_factors(blocks: jax.Array, mats: Sequence[Optional[jax.Array]],
   for dim, m in enumerate(mats):
     if m is None:
       continue
-    if transpose:
-      m = jnp.swapaxes(m, 1, 2)
-    y = jnp.moveaxis(x, dim + 1, -1)
-    shape = y.shape
-    y = _mm(y.reshape(shape[0], -1, shape[-1]), m, compute_dtype).reshape(shape)
-    x = jnp.moveaxis(y, -1, dim + 1)
+    k = 2 if transpose else 1  # the axis of m summed over
+    if dim == 0:  # m first: the new axis comes out first, in place
+      x = _dot(m, x, ((k,), (1,)), (0,), compute_dtype)
+    else:
+      x = jnp.moveaxis(_dot(x, m, ((dim + 1,), (k,)), (0,), compute_dtype), -1, dim + 1)
   return x
 
 
