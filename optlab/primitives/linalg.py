@@ -433,9 +433,15 @@ def by_size(fn, *args: Sequence[jax.Array]) -> list:
   return out
 
 
-def _finite(x: jax.Array) -> jax.Array:
-  """Per matrix of a batch (N, b, b): True where every entry is finite."""
-  return jnp.all(jnp.isfinite(x), axis=(-2, -1))
+def _finite(x: jax.Array, *vectors: jax.Array) -> jax.Array:
+  """Per matrix of a batch (N, b, b): True where every entry is finite, and every
+  entry of the `vectors` (N, b). As sums of x * 0 (NaN for an inf or a NaN):
+  a float sum compiles into far less XLA:CPU code than a boolean all (~0.05 s
+  per matrix size)."""
+  total = jnp.sum(x * 0, axis=(-2, -1))
+  for v in vectors:
+    total = total + jnp.sum(v * 0, axis=-1)
+  return total == 0
 
 
 def _choose(ok: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
@@ -501,7 +507,7 @@ def refresh_eigenbasis(stats: jax.Array, basis: jax.Array, first: Any = False
                         lambda: jnp.linalg.qr(sqp)[0])
 
   new = _per_matrix(one, (s, permute(sq, perm, -1)))
-  ok = _finite(new) & jnp.all(jnp.isfinite(est), axis=-1)
+  ok = _finite(new, est)
   return _choose(ok, new, q), jnp.where(ok[..., None], perm, identity)
 
 
@@ -527,7 +533,7 @@ def inverse_pth_root(stats: jax.Array, p: Any, eps: Any = 1e-6,
     damping = jnp.asarray(eps, dt)
   scale = jnp.power(w + damping, -1.0 / p).astype(dt)
   root = _mm(v * scale[..., None, :], jnp.swapaxes(v, -1, -2))
-  ok = _finite(root) & jnp.all(jnp.isfinite(w), axis=-1)
+  ok = _finite(root, w)
   fb = _eye_like(s) if fallback is None else fallback.astype(dt)
   return _choose(ok, root, fb)
 
