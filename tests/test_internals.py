@@ -102,6 +102,20 @@ def test_saturating_helpers_keep_nan_and_clamp_inf():
   np.testing.assert_array_equal(numerics.clip_finite(-x), f32([-1.0, -top, np.nan, -3e38]))
 
 
+def test_finiteness_tests_catch_inf_and_nan_under_jit():
+  big = jnp.asarray([3e38, -3e38, 1e-45], jnp.float32)  # finite extremes: no overflow
+  cases = [(big, True), (big.at[1].set(-jnp.inf), False), (big.at[0].set(jnp.nan), False),
+           (jnp.ones(3, jnp.bfloat16).at[2].set(jnp.inf), False), (jnp.arange(3), True)]
+  all_finite = jax.jit(numerics.all_finite)
+  for x, want in cases:
+    assert bool(all_finite(x)) is want and bool(all_finite({"a": big, "b": [x]})) is want
+  assert bool(all_finite({})) and bool(all_finite(jnp.zeros((0, 3))))
+  any_nan = jax.jit(numerics.any_nan)
+  assert not any_nan(big.at[0].set(jnp.inf)) and any_nan(big.at[2].set(jnp.nan))
+  per_row = jax.jit(lambda x: numerics.finite_sum(x, axis=1) == 0)
+  np.testing.assert_array_equal(per_row(jnp.stack([big, big.at[1].set(jnp.nan)])), [True, False])
+
+
 def _accumulator(form):
   """A minimal Adagrad-like transformation whose statistic saturates by `form`."""
   top = lambda v: jnp.finfo(v.dtype).max

@@ -15,6 +15,30 @@ import jax.numpy as jnp
 from optlab import _validate as V
 
 
+# ------------------------------------------------------------ finiteness tests
+def finite_sum(x: jax.Array, axis: Any = None) -> jax.Array:
+  """The sum of x * 0 over `axis` (all by default): 0 where every entry is
+  finite, NaN where one is an inf or a NaN.
+
+  The finiteness tests below are built on it instead of boolean reductions
+  (``jnp.all(jnp.isfinite(x))``): XLA:CPU compiles a boolean all-reduction
+  into reduce-window kernels, ~0.05 s of compile time per shape (a third of
+  SOAP's decomposition code), and a float sum into far less.
+  """
+  return jnp.sum(x * 0, axis=axis)
+
+
+def all_finite(*trees: Any) -> jax.Array:
+  """Whether every entry of every leaf of `trees` is finite (a scalar bool)."""
+  sums = [finite_sum(x).astype(jnp.float32) for x in jax.tree.leaves(trees)]
+  return sum(sums, jnp.float32(0)) == 0
+
+
+def any_nan(x: jax.Array) -> jax.Array:
+  """Whether any entry of x is NaN (a scalar bool), as a float count (see `finite_sum`)."""
+  return jnp.sum(jnp.isnan(x), dtype=jnp.float32) > 0
+
+
 # ------------------------------------------------------------------ saturation
 def saturate(x: jax.Array) -> jax.Array:
   """Clamps a non-negative statistic at the dtype's largest finite value (NaN stays).

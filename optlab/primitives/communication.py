@@ -31,7 +31,7 @@ import optax
 
 from optlab import _validate as V
 from optlab._src.dtypes import accumulation_dtype
-from optlab._src.numerics import safe_div, safe_square, saturate
+from optlab._src.numerics import any_nan, safe_div, safe_square, saturate
 from optlab._src.tree import statistics_zeros_like
 from optlab.primitives.basis import COUNT, LINEAR_MOMENT, LINEAR_STAT, SECOND_MOMENT, declare_state
 from optlab.primitives.normalize import tensor_norm
@@ -82,7 +82,7 @@ def _vote_leaf(d: jax.Array, axis_name: Optional[str], aggregate: str, abstain: 
     out = total / votes.shape[0]
   # A sign bit cannot carry NaN: one scalar flag per leaf (max over workers) keeps
   # a NaN direction visible, on every worker alike, instead of voting -1.
-  nan = jnp.any(jnp.isnan(flat)).astype(jnp.int32)
+  nan = any_nan(flat).astype(jnp.int32)
   nan = nan if axis_name is None else jax.lax.pmax(nan, axis_name)
   out = jnp.where(nan > 0, jnp.nan, out)
   return out.reshape(d.shape).astype(d.dtype)

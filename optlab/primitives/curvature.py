@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
-from optlab._src.numerics import (bias_correction, bound_gradient, one_minus_power, safe_div,
-                                  safe_square, saturate, tree_ema)
+from optlab._src.numerics import (all_finite, any_nan, bias_correction, bound_gradient,
+                                  one_minus_power, safe_div, safe_square, saturate, tree_ema)
 from optlab._src.packing import unpack
 from optlab._src.random import new_key
 from optlab._src.tree import pack_flat, tree_zeros_like
@@ -437,7 +437,7 @@ def _safe_matvec(a: jax.Array, v: jax.Array) -> jax.Array:
               for s in (jnp.max(jnp.abs(a), initial=0), jnp.max(jnp.abs(v), initial=0)))
     return ((a / sa) @ (v / sv)) * sa * sv
 
-  return jax.lax.cond(jnp.all(jnp.isfinite(plain)), lambda: plain, scaled)
+  return jax.lax.cond(all_finite(plain), lambda: plain, scaled)
 
 
 @declare_state(count=COUNT, grads=OPAQUE_STAT, gram=INVARIANT_STAT)
@@ -489,7 +489,7 @@ def scale_by_mfac(num_grads: int = 1024, damp: Any = 1e-5
     ihvp = (g - grads.T @ coef) / damp
     # The g / damp fallback is for an overflowing solve; a NaN gradient keeps its
     # NaN result, so that it shows in the update.
-    ok = jnp.all(jnp.isfinite(ihvp)) | jnp.any(jnp.isnan(g))
+    ok = all_finite(ihvp) | any_nan(g)
     ihvp = jnp.where(ok, ihvp, jnp.clip(g / damp, -top, top))
     return (_unflatten_like(ihvp, updates),
             MFACState(optax.safe_increment(state.count), grads, gram))

@@ -25,6 +25,7 @@ import optax
 
 from optlab import _validate as V
 from optlab import layer_stats as LS
+from optlab._src.numerics import all_finite, any_nan
 from optlab._src.tree import flat_dtype, flat_zeros, pack_flat, repack_flat, unpack_flat
 from optlab.primitives.basis import COUNT, OPAQUE_STAT, declare_state
 
@@ -234,7 +235,7 @@ def scale_by_gauss_newton(regularizer: Any = 1.0, loss: str = "softmax_cross_ent
     coef = jax.scipy.linalg.solve(system, jnp.matmul(m, g, precision=hi), assume_a="pos")
     d = (g - jnp.matmul(m.T, coef, precision=hi)) / regularizer
     top = jnp.finfo(dt).max
-    ok = jnp.all(jnp.isfinite(d)) | jnp.any(jnp.isnan(g))
+    ok = all_finite(d) | any_nan(g)
     d = jnp.where(ok, d, jnp.clip(g / regularizer, -top, top))
     parts = unpack_flat(d, [np.shape(x) for x in leaves])
     out = [jnp.clip(x, jnp.finfo(u.dtype).min, jnp.finfo(u.dtype).max).astype(u.dtype)

@@ -36,7 +36,7 @@ import optax
 from optlab import _validate as V
 from optlab import layer_stats as LS
 from optlab._src.dtypes import tree_accumulation_dtype
-from optlab._src.numerics import clip_finite, one_minus_power, value_at
+from optlab._src.numerics import all_finite, clip_finite, one_minus_power, value_at
 from optlab._src.tree import flat_zeros, saturating_vdot
 from optlab.primitives.basis import (COUNT, INVARIANT_STAT, NESTED, OPAQUE_STAT,
                                      declare_state)
@@ -76,10 +76,6 @@ def _eye(d: int, dtype: Any) -> jax.Array:
   return jnp.eye(d, dtype=dtype)
 
 
-def _all_finite(x: jax.Array) -> jax.Array:
-  return jnp.all(jnp.isfinite(x))
-
-
 def _sandwich(left: jax.Array, m: jax.Array, right: jax.Array) -> jax.Array:
   """left @ m @ right, finite: when the plain product overflows (huge entries of
   mixed sign sum to inf - inf = nan), it is recomputed from factors scaled to
@@ -93,7 +89,7 @@ def _sandwich(left: jax.Array, m: jax.Array, right: jax.Array) -> jax.Array:
     return clip_finite(unit[0] @ unit[1] @ unit[2] * clip_finite(total))
 
   # a NaN from the inputs stays NaN (it must show in the update)
-  keep = _all_finite(plain) | ~(_all_finite(left) & _all_finite(m) & _all_finite(right))
+  keep = all_finite(plain) | ~(all_finite(left) & all_finite(m) & all_finite(right))
   return jax.lax.cond(keep, lambda: plain, scaled)
 
 
@@ -121,8 +117,8 @@ def _covariances(layer: Any) -> tuple[jax.Array, jax.Array]:
     unit = LS.covariances(dataclasses.replace(layer, a=a / sa, g=g / sg))
     return tuple(clip_finite(clip_finite(f * s) * s) for f, s in zip(unit, (sa, sg)))
 
-  inputs_finite = _all_finite(layer.a) & _all_finite(layer.g)
-  keep = (_all_finite(plain[0]) & _all_finite(plain[1])) | ~inputs_finite
+  inputs_finite = all_finite(layer.a) & all_finite(layer.g)
+  keep = (all_finite(plain[0]) & all_finite(plain[1])) | ~inputs_finite
   return jax.lax.cond(keep, lambda: plain, scaled)
 
 
@@ -161,7 +157,7 @@ def _damped_inverses(a: jax.Array, g: jax.Array, damping: Any, has_bias: bool,
     chol = jnp.linalg.cholesky(f)
     inv = jax.scipy.linalg.cho_solve((chol, True), eye)
     inv = (inv + inv.T) / 2
-    return jnp.where(_all_finite(inv), inv, old)
+    return jnp.where(all_finite(inv), inv, old)
 
   return inverse(a, pi * root, prev[0]), inverse(g, root / pi, prev[1])
 
@@ -347,7 +343,7 @@ def _mkor_refresh(inv: tuple, resets: tuple, vectors: tuple, stat_decay: Any,
     eye = _eye(j.shape[0], j.dtype)
     reset = (1 - stabilization_factor) * j + stabilization_factor * eye
     rank1 = _sherman_morrison(j, vectors[i], stat_decay)
-    rank1 = jnp.where(_all_finite(rank1), rank1, eye)
+    rank1 = jnp.where(all_finite(rank1), rank1, eye)
     flagged = flags[i]
     out[i] = jnp.where(flagged, reset, rank1)
     flags[i] = jnp.zeros([], bool)

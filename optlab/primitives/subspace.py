@@ -66,7 +66,8 @@ import optax
 from optlab import _validate as V
 from optlab._src.dtypes import accumulation_dtype, tree_accumulation_dtype
 from optlab._src.packing import Empty, pack, pack_state, repack, unpack, unpack_state
-from optlab._src.numerics import bias_correction, clip_finite, safe_square, saturate
+from optlab._src.numerics import (all_finite, any_nan, bias_correction, clip_finite, safe_square,
+                                  saturate)
 from optlab._src.random import new_key
 from optlab._src.tree import flat_dtype, pack_flat, unpack_flat
 from optlab.primitives.basis import (COUNT, INVARIANT_STAT, NESTED, OPAQUE_STAT, declare_state,
@@ -725,7 +726,7 @@ def scale_by_natural_gradient(history: int = 20, damping: Any = 1e-3
                                   jax.nn.one_hot(slot, s, dtype=dt), assume_a="pos")
     out = (coef @ rows).reshape(g.shape)
     g32 = g.astype(dt)
-    ok = jnp.all(jnp.isfinite(out)) | jnp.any(jnp.isnan(g32))
+    ok = all_finite(out) | any_nan(g32)
     out = jnp.where(ok, out, g32 / (lam + saturate(jnp.sum(safe_square(g32)))))
     return clip_finite(out, g.dtype).astype(g.dtype), window
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _validate as V
-from optlab._src.numerics import one_minus_power
+from optlab._src.numerics import all_finite, one_minus_power
 from optlab._src.random import leaf_normals, new_key, split
 from optlab._src.tree import find_state, norms_and_cosine, require_state, unzip_tree
 from optlab.primitives.basis import COUNT, INVARIANT_STAT, LINEAR_STAT, NESTED, declare_state
@@ -35,11 +35,6 @@ class SkipNonFiniteState(NamedTuple):
   inner_state: Any
   skipped: jax.Array           # [], int32: steps skipped in a row
   total_skipped: jax.Array     # [], int32: steps skipped overall
-
-
-def _all_finite(tree: Any) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def skip_non_finite(inner: optax.GradientTransformation,
@@ -72,7 +67,7 @@ def skip_non_finite(inner: optax.GradientTransformation,
 
   def update(updates, state, params=None, **extra):
     new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra)
-    ok = jnp.logical_and(_all_finite(updates), _all_finite(new_updates))
+    ok = all_finite(updates, new_updates)
     if axis_name is not None:
       ok = jax.lax.pmin(ok.astype(jnp.int32), axis_name).astype(bool)
     if max_consecutive is not None:
