@@ -106,27 +106,24 @@ def main():
   ap.add_argument("--compare-label", default="the other version",
                   help="what --compare ran on (e.g. a commit)")
   ap.add_argument("--render", action="store_true",
-                  help="only rewrite STEM.md from STEM.json (with --compare, store it first)")
+                  help="only rewrite STEM.md from STEM.json (and store --compare in it)")
   args = ap.parse_args()
   out = Path(args.out)
   if args.render:
     res = json.loads(out.with_suffix(".json").read_text())
-    if args.compare:
-      other = json.loads(Path(args.compare).read_text())
-      res["compare"] = {"label": args.compare_label, "date": other["date"],
-                        "recipes": {k: {"ratio_process": v["ratio_process"],
-                                        "kernels": v["kernels"]}
-                                    for k, v in other["recipes"].items()}}
-      out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(res))
-    return
-  names = [r.name for r in optlab.catalog()]
-  if args.only:
-    unknown = sorted(set(args.only.split(",")) - set(names))
-    if unknown:
-      ap.error(f"unknown recipes {unknown}")
-    names = [n for n in names if n in args.only.split(",")]
-  res = run(names, args.layers)
+  else:
+    names = [r.name for r in optlab.catalog()]
+    if args.only:
+      unknown = sorted(set(args.only.split(",")) - set(names))
+      if unknown:
+        ap.error(f"unknown recipes {unknown}")
+      names = [n for n in names if n in args.only.split(",")]
+    res = run(names, args.layers)
+  if args.compare:
+    other = json.loads(Path(args.compare).read_text())
+    res["compare"] = {"label": args.compare_label, "date": other["date"],
+                      "recipes": {k: {"ratio_process": v["ratio_process"], "kernels": v["kernels"]}
+                                  for k, v in other["recipes"].items()}}
   out.parent.mkdir(parents=True, exist_ok=True)
   out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
   out.with_suffix(".md").write_text(markdown(res))
