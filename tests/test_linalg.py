@@ -172,11 +172,11 @@ def test_first_eigenbasis_descending_and_fallback():
   assert np.all(np.diff(lam) <= 1e-4 * lam.max())
   np.testing.assert_allclose(q.T @ q, np.eye(6), atol=1e-5)
   np.testing.assert_allclose(lam, np.sort(np.linalg.eigvalsh(s))[::-1], rtol=1e-5)
-  np.testing.assert_array_equal(perm[0], np.arange(6))
+  np.testing.assert_array_equal(perm[0], np.eye(6))
   nan, perm = linalg.refresh_eigenbasis(jnp.full((1, 3, 3), jnp.nan), 5 * jnp.ones((1, 3, 3)),
                                         True)
   np.testing.assert_array_equal(nan, 5 * np.ones((1, 3, 3)))
-  np.testing.assert_array_equal(perm[0], np.arange(3))
+  np.testing.assert_array_equal(perm[0], np.eye(3))
 
 
 def test_refresh_eigenbasis_orders_and_converges():
@@ -186,14 +186,18 @@ def test_refresh_eigenbasis_orders_and_converges():
   # Start from the true eigenvectors in the stored (unsorted) order: the
   # permutation sorts them by eigenvalue and the QR keeps them (up to sign).
   q, perm = linalg.refresh_eigenbasis(jnp.asarray(s[None]), jnp.asarray(v[None]))
-  np.testing.assert_array_equal(perm[0], [1, 2, 0, 3])
+  np.testing.assert_array_equal(perm[0], np.eye(4)[:, [1, 2, 0, 3]])  # Q[:, order] = Q @ perm
   np.testing.assert_allclose(np.abs(np.asarray(q[0])), np.abs(v[:, [1, 2, 0, 3]]), atol=1e-5)
   # Non-finite statistics keep the old basis and the identity permutation.
   q, perm = linalg.refresh_eigenbasis(jnp.full((1, 4, 4), jnp.inf), jnp.asarray(v[None]))
   np.testing.assert_allclose(q[0], v, atol=1e-7)
-  np.testing.assert_array_equal(perm[0], np.arange(4))
+  np.testing.assert_array_equal(perm[0], np.eye(4))
   q, perm = linalg.refresh_eigenbasis(jnp.zeros((1, 4, 4)), jnp.eye(4)[None])
   assert np.all(np.isfinite(np.asarray(q)))
+  # Tied estimates keep their index order (a stable descending sort)
+  _, perm = linalg.refresh_eigenbasis(jnp.diag(jnp.asarray([1.0, 3.0, 3.0, 0.5]))[None],
+                                      jnp.eye(4)[None])
+  np.testing.assert_array_equal(perm[0], np.eye(4)[:, [1, 2, 0, 3]])
 
 
 def test_permute_reorders_each_block_exactly():
@@ -204,7 +208,8 @@ def test_permute_reorders_each_block_exactly():
     shape = [3, 1, 1, 1]
     shape[axis] = n
     want = np.take_along_axis(x, perm.reshape(shape), axis=axis)
-    got = linalg.permute(jnp.asarray(x), jnp.asarray(perm), axis)
+    mats = np.stack([np.eye(n)[:, p] for p in perm])  # x @ mats[k] = x[..., perm[k]]
+    got = linalg.permute(jnp.asarray(x), jnp.asarray(mats, np.float32), axis)
     np.testing.assert_array_equal(np.asarray(got), want)
 
 

@@ -247,21 +247,20 @@ def outer_stats(blocks: jax.Array, dims: Sequence[int]) -> list[jax.Array]:
 
 
 def permute(x: jax.Array, perm: jax.Array, axis: int) -> jax.Array:
-  """Per leading block of `x` (K, ...), its entries along `axis` reordered by perm
-  (K, n): ``out[k, ..., i, ...] = x[k, ..., perm[k, i], ...]``.
+  """Per leading block of `x` (K, ...), its entries along `axis` reordered by the
+  0/1 permutation matrices perm (K, n, n) of `refresh_eigenbasis`:
+  ``out[k, ..., i, ...] = x[k, ..., j, ...]`` where ``perm[k, j, i] = 1``.
 
-  Computed as a product with the one-hot permutation matrices (exact: each
-  output is one entry times 1 plus zeros, at ``Precision.HIGHEST``), not a
-  gather: a batched gather compiles into large XLA:CPU kernels, one per shape,
-  and was ~10% of SOAP's compile time. The FLOPs (K n^2 per row of the other
-  axes) are those of one rotation of the same axis. Entries must be finite
-  (an inf would turn its row into NaN).
+  A product, not a gather (exact: each output is one entry times 1 plus
+  zeros, at ``Precision.HIGHEST``): a batched gather compiles into large
+  XLA:CPU kernels, one per shape, and was ~10% of SOAP's compile time. The
+  FLOPs (K n^2 per row of the other axes) are those of one rotation of the
+  same axis. Entries must be finite (an inf would turn its row into NaN).
   """
-  onehot = (perm[:, None, :] == jnp.arange(perm.shape[1])[None, :, None]).astype(x.dtype)
-  y = jnp.moveaxis(x, axis, -1)
-  shape = y.shape
-  y = _mm(y.reshape(shape[0], -1, shape[-1]), onehot).reshape(shape)
-  return jnp.moveaxis(y, -1, axis)
+  perm = perm.astype(x.dtype)
+  if axis == 1:
+    return _dot(perm, x, ((1,), (1,)), (0,))
+  return jnp.moveaxis(_dot(x, perm, ((axis,), (1,)), (0,)), -1, axis)
 
 
 def apply_factors(blocks: jax.Array, mats: Sequence[Optional[jax.Array]],
@@ -484,8 +483,11 @@ def refresh_eigenbasis(stats: jax.Array, basis: jax.Array, first: Any = False
   permutation. Both run in one per-matrix loop, so a compiled step holds one
   decomposition per matrix size, not two.
 
-  Returns (new basis, perm), where perm (N, b) is what the second-moment
-  statistics kept in the old basis must be re-ordered by (`permute`). Where
+  Returns (new basis, perm), where perm (N, b, b) is the permutation as 0/1
+  matrices, Q[:, order] = Q @ perm: what the second-moment statistics kept in
+  the old basis must be re-ordered by (`permute`). The order is found by
+  counting, for each column, the columns ranked before it (descending, ties
+  by index, as a stable sort), not by a sort: fewer compiled kernels. Where
   the result is not finite the old basis is kept with the identity
   permutation.
   """
@@ -493,18 +495,23 @@ def refresh_eigenbasis(stats: jax.Array, basis: jax.Array, first: Any = False
   s, q = stats.astype(dt), basis.astype(dt)
   sq = _mm(s, q)
   est = jnp.sum(q * sq, axis=-2)  # diag(Q^T S Q)
-  identity = jnp.broadcast_to(jnp.arange(s.shape[-1]), est.shape)
-  perm = jnp.where(first, identity, jnp.argsort(-est, axis=-1, stable=True))
-  tiny = jnp.asarray(1e-30, dt) * jnp.eye(s.shape[-1], dtype=dt)
+  b = s.shape[-1]
+  idx = jnp.arange(b)
+  ei, ej = est[..., :, None], est[..., None, :]
+  before = (ej > ei) | ((ej == ei) & (idx[None, :] < idx[:, None]))  # column j ranks before i
+  rank = jnp.sum(before.astype(dt), axis=-1)  # each column's place in the order
+  eye = _eye_like(s)
+  perm = jnp.where(first, eye, (rank[..., :, None] == idx.astype(dt)).astype(dt))
+  tiny = jnp.asarray(1e-30, dt) * eye[0]
 
-  def one(args):  # S Q[:, perm] is S Q with its columns permuted: no second product
+  def one(args):  # S Q[:, order] is S Q with its columns permuted: no second product
     s1, sqp = args
     return jax.lax.cond(first, lambda: jnp.linalg.eigh(s1 + tiny)[1][..., ::-1],
                         lambda: jnp.linalg.qr(sqp)[0])
 
-  new = _per_matrix(one, (s, permute(sq, perm, -1)))
+  new = _per_matrix(one, (s, _mm(sq, perm)))
   ok = _finite(new, est)
-  return _choose(ok, new, q), jnp.where(ok[..., None], perm, identity)
+  return _choose(ok, new, q), _choose(ok, perm, eye)
 
 
 def inverse_pth_root(stats: jax.Array, p: Any, eps: Any = 1e-6,
