@@ -188,8 +188,8 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
   `inner` runs vmapped over each stack: it sees every tensor on its own, in
   its merged shape (``merge_dims``; axes sorted with ``canonical_order``),
   so element-wise and per-tensor rules behave as on the unstacked tree; a
-  rule that couples tensors (a global norm) sees one tensor at a time. The other leaves reach `inner` together,
-  as a list.
+  rule that couples tensors (a global norm) sees one tensor at a time. The
+  other leaves reach `inner` together, as a list.
 
   Args:
     inner: any transformation whose state is declared with `declare_state`
