@@ -89,7 +89,7 @@ def _sandwich(left: jax.Array, m: jax.Array, right: jax.Array) -> jax.Array:
     return clip_finite(unit[0] @ unit[1] @ unit[2] * clip_finite(total))
 
   # a NaN from the inputs stays NaN (it must show in the update)
-  keep = all_finite(plain) | ~(all_finite(left) & all_finite(m) & all_finite(right))
+  keep = all_finite(plain) | ~all_finite(left, m, right)
   return jax.lax.cond(keep, lambda: plain, scaled)
 
 
@@ -117,8 +117,7 @@ def _covariances(layer: Any) -> tuple[jax.Array, jax.Array]:
     unit = LS.covariances(dataclasses.replace(layer, a=a / sa, g=g / sg))
     return tuple(clip_finite(clip_finite(f * s) * s) for f, s in zip(unit, (sa, sg)))
 
-  inputs_finite = all_finite(layer.a) & all_finite(layer.g)
-  keep = (all_finite(plain[0]) & all_finite(plain[1])) | ~inputs_finite
+  keep = all_finite(plain) | ~all_finite(layer.a, layer.g)
   return jax.lax.cond(keep, lambda: plain, scaled)
 
 
