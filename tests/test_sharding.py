@@ -80,9 +80,8 @@ def _decomposition_trip_counts(text):
     if "lapack" in body:
       return True
     seen.add(name)
-    called = re.findall(r"(?:calls|to_apply|_computation|computations)=\{?%?([\w.\-]+)", body)
-    called += re.findall(r", %([\w.\-]+)", " ".join(re.findall(r"computations=\{[^}]*\}", body)))
-    return any(calls_lapack(c, seen) for c in called if c not in seen)
+    called = {c for c in re.findall(r"%?([\w.\-]+)", body) if c in bodies} - seen
+    return any(calls_lapack(c, seen) for c in called)
 
   return [int(n) for body_name, n in re.findall(
       r'body=%?([\w.\-]+),.*?"known_trip_count":\{"n":"(\d+)"\}', text)
