@@ -148,15 +148,16 @@ def test_shampoo_state_shapes_and_blocking():
             "m": jax.ShapeDtypeStruct((300, 20), jnp.float32),
             "u": jax.ShapeDtypeStruct((1000,), jnp.float32)}
   state = jax.eval_shape(optlab.shampoo(1e-3, block_size=128).init, params)[0]
-  # m: (300, 20) -> 3 x 1 blocks of (128, 20), held as (20, 128) (axes sorted by
-  # size), one factor per dimension; u: 8 blocks of 128 (1000 padded to 1024).
+  # m: (300, 20) -> 3 x 1 blocks of (128, 20), kept in that orientation (no other
+  # block shares its stack), one factor per dimension; u: 8 blocks of 128 (1000
+  # padded to 1024).
   shapes = jax.tree.map(lambda x: x.shape, state.stats)
-  assert sorted(shapes) == sorted((((3, 20, 20), (3, 128, 128)), ((8, 128, 128),)))
+  assert sorted(shapes) == sorted((((3, 128, 128), (3, 20, 20)), ((8, 128, 128),)))
   assert jax.tree.map(lambda x: x.shape, state.roots) == shapes
   # block_multiple pads every stack to a multiple of that many blocks
   padded = jax.eval_shape(optlab.scale_by_shampoo(128, block_multiple=8).init, params)
   assert sorted(jax.tree.map(lambda x: x.shape, padded.stats)) == sorted(
-      (((8, 20, 20), (8, 128, 128)), ((8, 128, 128),)))
+      (((8, 128, 128), (8, 20, 20)), ((8, 128, 128),)))
 
 
 @pytest.mark.parametrize("name", ["soap", "shampoo"])

@@ -138,6 +138,32 @@ def test_unstacked_leaves_of_one_shape_share_one_kernel():
   assert len(per_leaf) == 1, hlo
 
 
+def test_canonical_stacks_keep_the_orientation_most_blocks_have():
+  # Blocks that match with their axes sorted share a stack; it keeps the
+  # orientation most of them have (ties: the sorted one), and a block alone
+  # in its stack (an embedding) is never transposed.
+  plan = lambda s: linalg.BlockPlan.make(s, max_dim=100, canonical=True)
+  cases = {((6, 4), (6, 4), (4, 6)): ((6, 4), [(), (), (1, 0)]),
+           ((4, 6), (6, 4)): ((4, 6), [(), (1, 0)]),
+           ((200, 8),): ((200, 8), [()]),
+           ((3, 5, 2), (3, 5, 2), (5, 2, 3)): ((3, 5, 2), [(), (), (2, 0, 1)])}
+  rng = np.random.default_rng(0)
+  for shapes, (block, orders) in cases.items():
+    leaves = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes]
+    stacks = linalg.BlockStacks(leaves, plan)
+    assert [stacks.block_shape(g) for g in range(len(stacks.keys))] == [block], shapes
+    assert [p.order for p in stacks.plans] == orders, shapes
+    for x, y in zip(leaves, stacks.unstack(stacks.stack(leaves), leaves)):
+      np.testing.assert_array_equal(y, x)
+  # each factor follows its axis: the transposed block's row factor is the
+  # stack's column factor
+  a = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((6, 4), (6, 4), (4, 6))]
+  stacks = linalg.BlockStacks(a, plan)
+  left, right = linalg.outer_stats(stacks.stack(a)[0], stacks.dims(0))
+  np.testing.assert_allclose(right[2], np.asarray(a[2]) @ np.asarray(a[2]).T, rtol=1e-5)
+  np.testing.assert_allclose(left[0], np.asarray(a[0]) @ np.asarray(a[0]).T, rtol=1e-5)
+
+
 # ------------------------------------------------------------ matrix functions
 def test_inverse_pth_root_matches_numpy():
   s = np.stack([_spd(5, 0), _spd(5, 1, rank=2)])  # the second is rank-deficient

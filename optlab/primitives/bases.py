@@ -214,13 +214,15 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
       ``jnp.bfloat16``: the rotations' inputs in that dtype, accumulated in
       float32 (`linalg.check_compute_dtype`); the factors and bases stay
       float32.
-    canonical_order: stack every block with its axes sorted by size
+    canonical_order: stack blocks that match with their axes sorted by size
       (`linalg.BlockPlan.make`'s ``canonical``): a (256, 64) matrix joins the
       (64, 256) stack, so the pair compiles once (~11% of SOAP's compile
-      time on a transformer tree). The rotation is the same; `inner` sees
-      such blocks transposed, which changes nothing for element-wise rules
-      and per-tensor norms (every SOAP recipe sets it) but does for rules
-      that treat rows and columns apart.
+      time on a transformer tree). A stack keeps the orientation most of its
+      blocks have, and a block alone in its stack (an embedding) keeps its
+      own. The rotation is the same; `inner` sees the other blocks
+      transposed, which changes nothing for element-wise rules and
+      per-tensor norms (every SOAP recipe sets it) but does for rules that
+      treat rows and columns apart.
   """
   V.check_range("in_eigenbasis", "precondition_frequency", precondition_frequency, 1)
   V.check_range("in_eigenbasis", "max_precond_dim", max_precond_dim, 1)

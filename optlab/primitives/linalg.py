@@ -23,6 +23,7 @@ can deadlock XLA's thread pool when several device programs run at once.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from typing import Any, Optional, Sequence
@@ -152,6 +153,8 @@ class BlockPlan:
         the compiled kernels, of the (64, 256) blocks: MLP in / out matrices
         are such pairs. Exact for Kronecker factors (each factor follows its
         axis); a rule run on the stacked blocks sees them in that order.
+        `BlockStacks` then keeps the orientation that most blocks of a stack
+        have, so that only the others are transposed.
     """
     shape = tuple(int(d) for d in shape)
     merged = shape
@@ -305,12 +308,32 @@ class BlockStacks:
       if plan.any_rotated:
         groups.setdefault((plan.stacked_block, plan.stacked_rotated,
                            jnp.dtype(jnp.result_type(x))), []).append(i)
+    for key, members in list(groups.items()):
+      groups[(*self._orient(members), key[2])] = groups.pop(key)
     self.keys = sorted(groups, key=repr)
     self.members = [groups[k] for k in self.keys]
     used = [sum(self.plans[i].nblocks for i in m) for m in self.members]
     self.n_blocks = [-(-n // multiple) * multiple for n in used]
     self.pad = [n - u for n, u in zip(self.n_blocks, used)]
     self.rest = [i for i, plan in enumerate(self.plans) if not plan.any_rotated]
+
+  def _orient(self, members: list[int]) -> tuple:
+    """Re-plans a stack of blocks that share their axes sorted by size (plans
+    with ``canonical``) in the orientation most of them have natively (ties:
+    the sorted one), so that only the others are transposed: an embedding
+    alone in its stack is not transposed at every step. Returns the stack's
+    (block, rotated)."""
+    native = lambda i: (self.plans[i].block, self.plans[i].rotated)
+    votes = collections.Counter(native(i) for i in members)
+    sorted_key = (self.plans[members[0]].stacked_block, self.plans[members[0]].stacked_rotated)
+    layout = max(votes, key=lambda k: (votes[k], k == sorted_key))
+    to_sorted = lambda i: self.plans[i].order or tuple(range(len(self.plans[i].block)))
+    target = np.argsort(to_sorted(next(i for i in members if native(i) == layout)))
+    for i in members:  # axes of i, in the layout's order
+      order = tuple(int(to_sorted(i)[j]) for j in target)
+      self.plans[i] = dataclasses.replace(
+          self.plans[i], order=() if order == tuple(range(len(order))) else order)
+    return layout
 
   def block_shape(self, g: int) -> tuple[int, ...]:
     return self.keys[g][0]
