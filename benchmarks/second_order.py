@@ -495,9 +495,10 @@ def _sharded_child(method: str, quick: bool):
     d = float(np.max(np.abs(x - y)))
     rel[path] = d / (float(np.max(np.abs(y))) + 1e-30)
     moved[path] = d / (float(np.max(np.abs(y - z))) + 1e-30)
-  # Square matrices and vectors: their Kronecker factors of random gradients have
-  # distinct eigenvalues; a wide matrix's G^T G is degenerate and SOAP's basis inside
-  # the degenerate subspace is whatever LAPACK returns (tests/test_sharding.py).
+  # Square matrices and vectors apart: their Kronecker factors of random gradients
+  # have distinct eigenvalues, while a wide matrix's G^T G is degenerate and SOAP's
+  # basis inside the degenerate subspace is whatever LAPACK returns for the exact
+  # bits it is given (equal only if each device computes its blocks as one device).
   nondeg = [k for k, z in zip(paths, p0) if z.ndim < 2 or z.shape[0] == z.shape[1]]
   worst = max(moved, key=moved.get)
   row.update({"max_rel_diff_params_after_3_steps": max(rel.values()),

@@ -58,12 +58,15 @@ def _factor_dtype(factors: tuple, leaves: list) -> Any:
   return tree_accumulation_dtype(leaves)
 
 
-def _stacked_updates(where: str, state: Any, updates: Any, make_plan, block_multiple: int):
-  """The updates' leaves, treedef, `BlockStacks`, factor dtype and stacked blocks (in
-  that dtype), after checking them against the state's layout."""
+def _stacked_updates(where: str, state: Any, updates: Any, make_plan, block_multiple: int,
+                     axis_name: Any):
+  """The updates' leaves, treedef, `BlockStacks` (split over `axis_name` when it is a
+  mesh), factor dtype and stacked blocks (in that dtype), after checking them
+  against the state's layout."""
   leaves, treedef = jax.tree.flatten(updates)
   check_layout(where, state.layout, updates)
-  stacks = linalg.BlockStacks(leaves, make_plan, block_multiple)
+  mesh = axis_name if isinstance(axis_name, jax.sharding.Mesh) else None
+  stacks = linalg.BlockStacks(leaves, make_plan, block_multiple, mesh)
   dtype = _factor_dtype(state.stats, leaves)
   return leaves, treedef, stacks, dtype, stacks.stack(leaves, dtype)
 
@@ -208,8 +211,8 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
       1/n of them and they are all-gathered (`linalg.split_over_axis`). Under
       jit over a mesh, the `jax.sharding.Mesh`: each device decomposes the
       blocks it holds (set ``block_multiple`` to the mesh's size and place
-      the state with `optlab.state_sharding`). None: every device computes
-      all.
+      the state with `optlab.state_sharding`), and the stacked blocks are
+      held split that way. None: every device computes all.
     compute_dtype: None (float32 rotations at full precision) or e.g.
       ``jnp.bfloat16``: the rotations' inputs in that dtype, accumulated in
       float32 (`linalg.check_compute_dtype`); the factors and bases stay
@@ -251,7 +254,7 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
     if _no_leaves(updates):
       return updates, state._replace(count=optax.safe_increment(state.count))
     leaves, treedef, stacks, dtype, g = _stacked_updates("in_eigenbasis", state, updates,
-                                                         make_plan, block_multiple)
+                                                         make_plan, block_multiple, axis_name)
     stats = _update_stats(stacks, g, state.stats, shampoo_beta, 1 - shampoo_beta)
     basis = state.basis
     rest_g = [leaves[i] for i in stacks.rest]
@@ -408,7 +411,7 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
   ``axis_name`` (pmap or shard_map, the state whole on every device), the
   devices of that axis share the inverse roots: each computes 1/n of them;
   with a `jax.sharding.Mesh` (jit), each computes those of the blocks it
-  holds.
+  holds, and the stacked blocks are held split that way.
   ``compute_dtype`` (e.g. ``jnp.bfloat16``) gives the preconditioning
   products inputs in that dtype, accumulated in float32; the statistics and
   roots stay float32.
@@ -465,7 +468,7 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
     if _no_leaves(updates):
       return updates, state._replace(count=optax.safe_increment(state.count))
     leaves, treedef, stacks, dtype, g = _stacked_updates("scale_by_shampoo", state, updates,
-                                                         make_plan, block_multiple)
+                                                         make_plan, block_multiple, axis_name)
     count = state.count
     w1, w2 = (b2, 1.0) if isinstance(b2, (int, float)) and b2 == 1 else (b2, 1 - b2)
     due = count % statistics_compute_steps == 0
