@@ -412,6 +412,24 @@ def bench_published(n: int, steps: int, repeats: int):
 
 # --------------------------------------------------------------- 4. sharded
 SHARDED_CHILD = "--sharded-child"
+COLLECTIVES = ("all-gather", "all-to-all", "collective-permute", "all-reduce", "reduce-scatter")
+
+
+def collective_mb(hlo: str) -> dict:
+  """Per collective op kind of a compiled SPMD program (per-device HLO text), the MB
+  its results hold on one device (every array of a tuple result): what the step
+  moves between devices."""
+  import numpy as np
+  width = lambda dt: 1 if dt == "pred" else int(re.sub(r"\D", "", dt) or 8) // 8  # f32: 4
+  hlo = re.sub(r"/\*index=\d+\*/", "", hlo)  # tuple position comments
+  out = {}
+  for op in COLLECTIVES:
+    nbytes = 0
+    for result in re.findall(r"= ([^=]*?) " + op + r"(?:-start)?\(", hlo):
+      for dt, dims in re.findall(r"([a-z]+\d*)\[([\d,]*)\]", result):
+        nbytes += int(np.prod([int(d) for d in dims.split(",") if d], dtype=np.int64)) * width(dt)
+    out[op] = nbytes / 1e6
+  return out
 
 
 def _sharded_child(method: str, quick: bool):
@@ -444,10 +462,11 @@ def _sharded_child(method: str, quick: bool):
   shampoo = optlab.shampoo(lr, block_multiple=8, axis_name=mesh)
   shampoo_how = "optlab.shampoo(block_multiple=8, axis_name=mesh)"
   txs = {"adamw": (optlab.adamw(lr), "optlab.adamw"), "soap": (soap, soap_how),
-         "shampoo": (shampoo, shampoo_how), "muon": (optlab.muon(0.02), "optlab.muon")}
+         "shampoo": (shampoo, shampoo_how),
+         "muon": (optlab.muon(0.02, axis_name=mesh), "optlab.muon(axis_name=mesh)")}
   # the one-device reference: the same method without the mesh
   refs = {"soap": optlab.soap(lr, block_multiple=8),
-          "shampoo": optlab.shampoo(lr, block_multiple=8)}
+          "shampoo": optlab.shampoo(lr, block_multiple=8), "muon": optlab.muon(0.02)}
   rng = np.random.default_rng(7)
   grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype) * 0.01, params)
            for _ in range(3)]
@@ -482,6 +501,9 @@ def _sharded_child(method: str, quick: bool):
   _block(q)
   print(f"{method}: 3 steps on one device, {time.perf_counter() - t0:.1f} s", flush=True)
   sharded = jax.jit(step)
+  row["collective_mb"] = collective_mb(
+      sharded.lower(p_sh, state, jax.device_put(grads[0], param_sh)).compile().as_text())
+  emit()
   p, s = p_sh, state
   for g in grads:
     p, s = sharded(p, s, jax.device_put(g, param_sh))
@@ -824,14 +846,16 @@ def markdown(res) -> str:
             f"{sh['timeout_s_per_method']:.0f} s. Params after 3 steps sharded vs on one "
             "device: the largest difference over a leaf, relative to the leaf's largest entry, "
             "and relative to how far the leaf moved in the 3 steps (all leaves / square "
-            "matrices and vectors only).", "",
+            "matrices and vectors only). Moved: the MB that the compiled step's collectives "
+            "(`collective_mb`) return on one device, by kind; no kind but a collective permute "
+            "of the blocks means that no device gathers a whole stack.", "",
             "| method | built as | state bytes | on device 0 | share | B/param | "
-            "rel. diff | diff / change (all; square + vectors) |",
-            "|---|---|---|---|---|---|---|---|"]
+            "rel. diff | diff / change (all; square + vectors) | moved per device (MB) |",
+            "|---|---|---|---|---|---|---|---|---|"]
       for k, v in sh["methods"].items():
         if "device0_share" not in v:
           L.append(f"| {k} | {v.get('built_as', '')} | error: `{v.get('error', '')[:300]}` "
-                   "| | | | | |")
+                   "| | | | | | |")
           continue
         if "max_rel_diff_params_after_3_steps" in v:
           rel = f"{v['max_rel_diff_params_after_3_steps']:.1e}"
@@ -839,9 +863,11 @@ def markdown(res) -> str:
                    f"{v['max_diff_over_param_change_square_and_vectors']:.1e}")
         else:
           rel, moved = "not measured", v.get("steps_error") or v.get("error", "")
+        comm = ", ".join(f"{op} {mb:.2f}" for op, mb in v.get("collective_mb", {}).items()
+                         if mb) or ("none" if "collective_mb" in v else "not measured")
         L.append(f"| {k} | {v['built_as']} | {v['state_bytes']:,} | {v['device0_bytes']:,} | "
                  f"{100 * v['device0_share']:.1f}% | {v['state_bytes_per_param']:.2f} | "
-                 f"{rel} | {moved} |")
+                 f"{rel} | {moved} | {comm} |")
   lm = res.get("lm")
   if lm:
     L += ["", f"## 5. Whole training step (forward, backward, update): lm-stdlib demo model "

@@ -60,6 +60,11 @@ def test_split_each_cuts_every_array_with_one_loop():
                   + np.split(np.asarray(b), [2, 5, 9])[:-1]):
     np.testing.assert_array_equal(np.asarray(g), w)
   assert fn.lower(a, b).compile().as_text().count(" while(") == 1
+  # static: the same pieces at constant offsets, no loop
+  static = jax.jit(lambda a, b: slicing.split_each([a, b], [[5, 7], [2, 3, 4]], static=True))
+  for g, w in zip(sum(static(a, b), []), sum(got, [])):
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+  assert " while(" not in static.lower(a, b).compile().as_text()
   with pytest.raises(ValueError, match="do not fit"):
     slicing.split_each([a, b], [[5], [11]])
 

@@ -53,19 +53,25 @@ def split(x: jax.Array, sizes: Sequence[int], axis: int = 0,
 
 
 def split_each(xs: Sequence[jax.Array], sizes: Sequence[Sequence[int]], axis: int = 0,
-               probe: Optional[jax.Array] = None) -> list[list[jax.Array]]:
+               probe: Optional[jax.Array] = None, *, static: bool = False
+               ) -> list[list[jax.Array]]:
   """`split` of every array of `xs` by its own list of `sizes`, with one
   `runtime_ints` for all their offsets: each call compiles a loop of its own
   (~0.03 s of XLA:CPU compile time). `probe` defaults to the first
-  non-empty array of `xs`."""
+  non-empty array of `xs`. With `static`, constant offsets instead (a kernel
+  per piece): for arrays split over a device mesh along `axis`, where XLA,
+  not knowing which device holds a piece at a run-time offset, gathers the
+  whole array onto every device."""
   sizes = [[int(n) for n in ns] for ns in sizes]
   for x, ns in zip(xs, sizes):
     if sum(ns) > x.shape[axis]:
       raise ValueError(f"optlab: pieces of {sum(ns)} entries do not fit in {x.shape[axis]}")
   if probe is None:
     probe = next((x for x in xs if x.size), None)
-  if probe is None:  # nothing to cut
-    return [[jax.lax.slice_in_dim(x, 0, n, axis=axis) for n in ns] for x, ns in zip(xs, sizes)]
-  starts = iter(runtime_ints(np.concatenate([np.cumsum([0] + ns[:-1]) for ns in sizes]), probe))
+  offsets = [np.cumsum([0] + ns[:-1]) for ns in sizes]
+  if static or probe is None:  # (probe None: nothing to cut)
+    return [[jax.lax.slice_in_dim(x, int(a), int(a) + n, axis=axis) for a, n in zip(off, ns)]
+            for x, ns, off in zip(xs, sizes, offsets)]
+  starts = iter(runtime_ints(np.concatenate(offsets), probe))
   return [[jax.lax.dynamic_slice_in_dim(x, next(starts), n, axis=axis) for n in ns]
           for x, ns in zip(xs, sizes)]

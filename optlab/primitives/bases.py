@@ -312,7 +312,8 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
 def scale_by_newton_schulz(ns_steps: int = 5,
                            ns_coeffs: tuple[float, float, float] = (3.4445, -4.7750, 2.0315),
                            eps: Any = 1e-7, consistent_rms: Optional[Any] = None,
-                           compute_dtype: Any = None) -> optax.GradientTransformationExtraArgs:
+                           compute_dtype: Any = None, axis_name: Any = None
+                           ) -> optax.GradientTransformationExtraArgs:
   """Orthogonalises each matrix update with Muon's quintic Newton-Schulz iteration.
 
   u <- s * NS(u) for every tensor of rank >= 2 (ranks > 2 are viewed as
@@ -326,7 +327,13 @@ def scale_by_newton_schulz(ns_steps: int = 5,
   batched iteration per shape, so compile time does not grow with the
   number of layers). ``compute_dtype`` (e.g. ``jnp.bfloat16``, as the
   official code) gives the iteration's products inputs in that dtype,
-  accumulated in float32.
+  accumulated in float32. ``axis_name``: under pmap (the updates whole on
+  every device), the axis whose devices share the iterations, each running
+  1/n of the matrices; under jit, a `jax.sharding.Mesh`: the stacks are split
+  over its devices on their matrix axis (padded with zero matrices to
+  divide), so that each device orthogonalises whole matrices. Without it,
+  matrices split FSDP-style across devices are gathered inside every
+  iteration (8-way FSDP, 146-leaf tree: 151 MB per device and step).
   """
   V.check_range("scale_by_newton_schulz", "ns_steps", ns_steps, 1)
   compute_dtype = linalg.check_compute_dtype("scale_by_newton_schulz", compute_dtype)
@@ -343,13 +350,20 @@ def scale_by_newton_schulz(ns_steps: int = 5,
     rotated = (len(shape) >= 2 and math.prod(shape) > 0,) * len(merged)
     return linalg.BlockPlan(tuple(shape), merged, merged, (1,) * len(merged), rotated)
 
+  mesh = axis_name if isinstance(axis_name, jax.sharding.Mesh) else None
+  # on a mesh the stacks are split on their matrix axis, which the batched
+  # iteration keeps: no shard_map needed
+  orthogonalise = linalg.split_over_axis(
+      lambda x: linalg.newton_schulz(x, ns_steps, ns_coeffs, eps, compute_dtype),
+      None if mesh is not None else axis_name)
+
   def update(updates, state, params=None, **extra):
     del params, extra
     leaves, treedef = jax.tree.flatten(updates)
-    stacks = linalg.BlockStacks(leaves, as_matrix)
+    stacks = linalg.BlockStacks(leaves, as_matrix, 1 if mesh is None else mesh.size, mesh)
     out = []
     for k, x in enumerate(stacks.stack(leaves)):
-      y = linalg.newton_schulz(x, ns_steps, ns_coeffs, eps, compute_dtype)
+      y = orthogonalise(x)
       out.append(scale(*stacks.block_shape(k)) * y.astype(accumulation_dtype(x.dtype)))
     return jax.tree.unflatten(treedef, stacks.unstack(out, leaves)), state
 

@@ -377,10 +377,14 @@ class BlockStacks:
               dtype: Any = None) -> list[Any]:
     """`leaves` with every stacked leaf replaced by its blocks from `stacks`, in its
     own dtype (or `dtype`). One slice per leaf, the only per-leaf op, by
-    `slicing.split`, so that the leaves of one shape share their kernels."""
+    `slicing.split`, so that the leaves of one shape share their kernels;
+    with a `mesh`, at constant offsets (`split_each`'s ``static``): at run-time
+    ones XLA gathered a whole stack onto every device (Shampoo, 8-way FSDP:
+    3.7 MB per device on a 26-leaf tree, as much as the stack)."""
     out = list(leaves)
     pieces_all = slicing.split_each(stacks, [[self.plans[i].nblocks for i in m]
-                                             for m in self.members])
+                                             for m in self.members],
+                                    static=self.mesh is not None)
     for pieces, members in zip(pieces_all, self.members):
       for i, piece in zip(members, pieces):
         out[i] = self.plans[i].from_blocks(piece).astype(leaves[i].dtype if dtype is None

@@ -447,7 +447,7 @@ def muon(learning_rate: Any, ns_coeffs: tuple = (3.4445, -4.7750, 2.0315), ns_st
          weight_decay_mask: Any = None, mu_dtype: Any = None, *, nesterov: bool = True,
          consistent_rms: Any = None, matrices: Any = None, adam_b1: Any = 0.9,
          adam_b2: Any = 0.95, adam_eps: Any = 1e-10, adam_weight_decay: Any = 0.0,
-         adam_learning_rate: Any = None, compute_dtype: Any = None):
+         adam_learning_rate: Any = None, compute_dtype: Any = None, axis_name: Any = None):
   """Muon: MomentUm Orthogonalized by Newton-Schulz (Keller Jordan, 2024; "Muon is
   Scalable for LLM Training", arXiv:2502.16982).
 
@@ -513,6 +513,11 @@ def muon(learning_rate: Any, ns_coeffs: tuple = (3.4445, -4.7750, 2.0315), ns_st
     compute_dtype: None (float32 Newton-Schulz products at full precision) or e.g.
       ``jnp.bfloat16``: their inputs in that dtype, accumulated in float32
       (as the official code's bfloat16; updates move by ~1e-2 relative).
+    axis_name: under pmap, the axis whose devices share the Newton-Schulz
+      iterations (each runs 1/n of the matrices); under jit, a
+      `jax.sharding.Mesh`: each device orthogonalises whole matrices of its
+      share instead of gathering FSDP-split ones (`scale_by_newton_schulz`);
+      None: every device computes all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
@@ -550,7 +555,8 @@ def muon(learning_rate: Any, ns_coeffs: tuple = (3.4445, -4.7750, 2.0315), ns_st
   body = _route({
       "matrix": optax.chain(
           scale_by_moments(ema(beta, debias=False, nesterov=nesterov, dtype=mu_dtype), None),
-          scale_by_newton_schulz(ns_steps, ns_coeffs, eps, consistent_rms, compute_dtype),
+          scale_by_newton_schulz(ns_steps, ns_coeffs, eps, consistent_rms, compute_dtype,
+                                 axis_name),
           add_decayed_weights(weight_decay, weight_decay_mask),
           scale_by_learning_rate(learning_rate)),
       "other": optax.chain(
