@@ -379,8 +379,8 @@ class BlockStacks:
     own dtype (or `dtype`). One slice per leaf, the only per-leaf op, by
     `slicing.split`, so that the leaves of one shape share their kernels;
     with a `mesh`, at constant offsets (`split_each`'s ``static``): at run-time
-    ones XLA gathered a whole stack onto every device (Shampoo, 8-way FSDP:
-    3.7 MB per device on a 26-leaf tree, as much as the stack)."""
+    ones XLA gathered a whole stack onto every device (Shampoo under 8-way
+    FSDP, 146-leaf tree: 19.4 MB per device and step)."""
     out = list(leaves)
     pieces_all = slicing.split_each(stacks, [[self.plans[i].nblocks for i in m]
                                              for m in self.members],
