@@ -66,6 +66,34 @@ def _device0_share(state):
   return held / total
 
 
+def _train_step(tx):
+  """A jitted step, update and apply_updates, with no output shardings (XLA
+  propagates them, as in a user's train step)."""
+  def run(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+  return jax.jit(run)
+
+
+def _placed(tx, params, shardings, mesh):
+  """The params and tx's state placed on the mesh (the state by `state_sharding`)."""
+  p_sh = jax.device_put(params, shardings)
+  state_sh = optlab.state_sharding(tx, params, mesh, param_shardings=shardings)
+  return p_sh, jax.jit(tx.init, out_shardings=state_sh)(p_sh)
+
+
+def _assert_sharded_matches_one_device(tx, ref, params, shardings, mesh, steps):
+  """`steps` train steps of tx on the mesh give the params of ref's on one device."""
+  sharded, single = _train_step(tx), _train_step(ref)
+  (p, s), (p1, s1) = _placed(tx, params, shardings, mesh), (params, ref.init(params))
+  for t in range(steps):
+    g = _grads(params, t)
+    p, s = sharded(p, s, jax.device_put(g, shardings))
+    p1, s1 = single(p1, s1, g)
+  for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(p1)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
 def _decomposition_trip_counts(text):
   """The trip counts of the compiled while loops whose body calls LAPACK, itself or
   through the computations it calls (the CPU per-matrix eigh / QR loop of
@@ -135,27 +163,10 @@ def test_soap_on_a_transformer_tree_matches_one_device(mesh):
   params = {"embed": w(256, 16), **{f"l{i}": {"qkv": w(16, 48), "o": w(16, 16), "f1": w(16, 64),
                                              "f2": w(64, 16), "n": jnp.ones(16)}
                                     for i in range(2)}}
-  shardings = _fsdp(mesh, params)
   soap = lambda **kw: optlab.soap(1e-3, block_multiple=8, precondition_frequency=2, **kw)
-  tx = soap(axis_name=mesh)
-  state_sh = optlab.state_sharding(tx, params, mesh, param_shardings=shardings)
-  p_sh = jax.device_put(params, shardings)
-  state = jax.jit(tx.init, out_shardings=state_sh)(p_sh)
-
-  def train_step(tx):
-    def run(p, s, g):
-      u, s = tx.update(g, s, p)
-      return optax.apply_updates(p, u), s
-    return jax.jit(run)
-
-  sharded, single = train_step(tx), train_step(soap())
-  s1, p1 = soap().init(params), params
-  for t in range(5):  # past two basis refreshes
-    g = _grads(params, t)
-    p_sh, state = sharded(p_sh, state, jax.device_put(g, shardings))
-    p1, s1 = single(p1, s1, g)
-  for a, b in zip(jax.tree.leaves(p_sh), jax.tree.leaves(p1)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  # 5 steps: past two basis refreshes
+  _assert_sharded_matches_one_device(soap(axis_name=mesh), soap(), params, _fsdp(mesh, params),
+                                     mesh, 5)
 
 
 @pytest.mark.parametrize("make", [_soap, _shampoo], ids=["soap", "shampoo"])
@@ -213,25 +224,16 @@ def test_muon_on_a_mesh_orthogonalises_whole_matrices(mesh):
   # FSDP-split matrices inside the iterations.
   params = _params()
   shardings = _fsdp(mesh, params)
-  p_sh = jax.device_put(params, shardings)
 
   def compiled(tx):
-    state = jax.jit(tx.init, out_shardings=optlab.state_sharding(tx, params, mesh))(p_sh)
-    step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
-        *tx.update(g, s, p)))
-    return step, state, step.lower(p_sh, state, p_sh).compile().as_text()
+    p, s = _placed(tx, params, shardings, mesh)
+    return _train_step(tx).lower(p, s, p).compile().as_text()
 
-  step, state, text = compiled(optlab.muon(0.02, axis_name=mesh))
+  text = compiled(optlab.muon(0.02, axis_name=mesh))
   assert "all-gather" not in text and "all-to-all" in text
-  assert "all-gather" in compiled(optlab.muon(0.02))[2]  # the check above can fail
-  single = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
-      *optlab.muon(0.02).update(g, s, p)))
-  p, p1, s1 = p_sh, params, optlab.muon(0.02).init(params)
-  for t in range(3):
-    p, state = step(p, state, jax.device_put(_grads(params, t), shardings))
-    p1, s1 = single(p1, s1, _grads(params, t))
-  for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(p1)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  assert "all-gather" in compiled(optlab.muon(0.02))  # the check above can fail
+  _assert_sharded_matches_one_device(optlab.muon(0.02, axis_name=mesh), optlab.muon(0.02),
+                                     params, shardings, mesh, 3)
 
 
 @pytest.mark.parametrize("name", ["soap", "shampoo", "muon"])
