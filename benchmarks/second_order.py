@@ -28,6 +28,12 @@ Sections (each a ratio against a baseline measured in the same process):
    over axis 0 and the state placed with `optlab.state_sharding`; and the
    largest relative difference of the params after 3 sharded steps against 3
    steps on one device.
+4b. meshes: in a subprocess per layout and method, a GPT-2-like tree on 8
+   host devices arranged as several meshes (one axis; 2 x 4 with FSDP rows
+   or tensor-parallel columns; 4 x 2 with both; 2 x 2 x 2): the state share of
+   one device, the MB each device moves per step, the SPMD partitioner's
+   full-rematerialization warnings, and the params after 3 steps against one
+   device's.
 5. lm: the whole training step (forward, backward, update) of the bench's
    ``lm-stdlib`` task (preset ``demo``, and the same model at 32x its batch)
    for soap and shampoo (preconditioning every 10 steps) against adamw,
@@ -57,11 +63,12 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SECTIONS = ("compile", "gemm", "published", "sharded", "lm", "digits")
+SECTIONS = ("compile", "gemm", "published", "sharded", "meshes", "lm", "digits")
 T0 = time.perf_counter()
 
 
@@ -95,15 +102,18 @@ def transformer_tree(layers: int, d: int):
   return p
 
 
-def gpt2_tree():
-  """GPT-2 small's parameter shapes (12 layers, d = 768, 50257-token vocabulary,
-  1024 positions, biases; 148 leaves), abstract: a tree the code was not tuned on."""
+def gpt2_tree(d: int = 768, layers: int = 12, vocab: int = 50257, positions: int = 1024,
+              seed: Optional[int] = None):
+  """GPT-2's parameter tree (defaults: GPT-2 small, 148 leaves, biases), abstract
+  (a tree the code was not tuned on) or, with a `seed`, random arrays."""
   import jax
   import jax.numpy as jnp
-  leaf = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
-  d = 768
-  p = {"wte": leaf(50257, d), "wpe": leaf(1024, d), "ln_f": {"g": leaf(d), "b": leaf(d)}}
-  for i in range(12):
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  leaf = lambda *s: (jax.ShapeDtypeStruct(s, jnp.float32) if seed is None else
+                     jnp.asarray(rng.normal(size=s) / np.sqrt(s[0]), jnp.float32))
+  p = {"wte": leaf(vocab, d), "wpe": leaf(positions, d), "ln_f": {"g": leaf(d), "b": leaf(d)}}
+  for i in range(layers):
     p[f"h{i:02d}"] = {
         "ln_1": {"g": leaf(d), "b": leaf(d)}, "ln_2": {"g": leaf(d), "b": leaf(d)},
         "attn": {"c_attn": {"w": leaf(d, 3 * d), "b": leaf(3 * d)},
@@ -570,6 +580,98 @@ def bench_sharded(quick: bool, timeout: float):
   return out
 
 
+# ------------------------------------------------------------------ 4b. meshes
+MESH_CHILD = "--mesh-child"
+# name: (mesh shape, axis names, the spec of a (rows, cols) matrix; vectors replicated)
+MESH_LAYOUTS = {
+    "8, fsdp rows": ((8,), ("fsdp",), lambda r, c: ("fsdp",) if r % 8 == 0 else ()),
+    "2 x 4, fsdp rows, data replicas": (
+        (2, 4), ("data", "fsdp"), lambda r, c: ("fsdp",) if r % 4 == 0 else ()),
+    "2 x 4, model columns": (
+        (2, 4), ("data", "model"), lambda r, c: (None, "model") if c % 4 == 0 else ()),
+    "4 x 2, fsdp rows + model columns": (
+        (4, 2), ("fsdp", "model"),
+        lambda r, c: ("fsdp", "model") if r % 4 == 0 and c % 2 == 0 else ()),
+    "2 x 2 x 2, data + fsdp rows + model columns": (
+        (2, 2, 2), ("data", "fsdp", "model"),
+        lambda r, c: ("fsdp", "model") if r % 2 == 0 and c % 2 == 0 else ()),
+}
+MESH_TREE = {"d": 128, "layers": 4, "vocab": 2048, "positions": 256}
+REMAT = "Involuntary full rematerialization"
+
+
+def _mesh_child(layout: str, method: str) -> dict:
+  """One method on one `MESH_LAYOUTS` layout (8 host devices): the state share of
+  device 0, what the compiled step moves per device (`collective_mb`) and the
+  params after 3 steps against one device's."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  import optlab
+  shape, names, spec = MESH_LAYOUTS[layout]
+  mesh = Mesh(np.array(jax.devices()[:8]).reshape(shape), names)
+  params = gpt2_tree(**MESH_TREE, seed=0)
+  shardings = jax.tree.map(lambda x: NamedSharding(mesh, P(*spec(*x.shape)) if x.ndim == 2
+                                                   else P()), params)
+  make = {"adamw": lambda **k: optlab.adamw(1e-3),
+          "soap": lambda **k: optlab.soap(1e-3, block_multiple=8, **k),
+          "shampoo": lambda **k: optlab.shampoo(1e-3, block_multiple=8, **k),
+          "muon": lambda **k: optlab.muon(0.02, **k)}[method]
+  tx, ref = make(axis_name=mesh), make()
+
+  def step(tx):
+    def run(p, s, g):
+      u, s = tx.update(g, s, p)
+      return optax.apply_updates(p, u), s
+    return jax.jit(run)
+
+  state_sh = optlab.state_sharding(tx, params, mesh, param_shardings=shardings)
+  p = jax.device_put(params, shardings)
+  s = jax.jit(tx.init, out_shardings=state_sh)(p)
+  dev0 = jax.devices()[0]
+  share = sum(q.data.nbytes for x in jax.tree.leaves(s) for q in x.addressable_shards
+              if q.device == dev0) / sum(x.nbytes for x in jax.tree.leaves(s))
+  rng = np.random.default_rng(7)
+  grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype) * 0.01, params)
+           for _ in range(3)]
+  sharded, single = step(tx), step(ref)
+  moved = collective_mb(sharded.lower(p, s, p).compile().as_text())
+  q, t = params, ref.init(params)
+  for g in grads:
+    p, s = sharded(p, s, jax.device_put(g, shardings))
+    q, t = single(q, t, g)
+  rel = max(float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-30))
+            for a, b in zip(jax.tree.leaves(jax.device_get(p)), jax.tree.leaves(q)))
+  return {"device0_share": share, "collective_mb": moved, "max_rel_diff_params_after_3_steps": rel,
+          "param_mb": sum(x.nbytes for x in jax.tree.leaves(params)) / 1e6}
+
+
+def bench_meshes(timeout: float):
+  """One subprocess per layout and method; counts the SPMD partitioner's
+  full-rematerialization warnings on its stderr."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+  env["JAX_PLATFORMS"] = "cpu"
+  out = {"tree": MESH_TREE, "layouts": {}}
+  for layout in MESH_LAYOUTS:
+    rows = out["layouts"][layout] = {}
+    for method in ("adamw", "soap", "shampoo", "muon"):
+      cmd = [sys.executable, str(Path(__file__).resolve()), MESH_CHILD, f"{layout}|{method}"]
+      try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+      except subprocess.TimeoutExpired:
+        rows[method] = {"error": f"ran past {timeout:.0f} s"}
+        continue
+      result = [line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+      rows[method] = (json.loads(result[-1]) if result else
+                      {"error": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"})
+      rows[method]["remat_warnings"] = done.stderr.count(REMAT)
+      log(f"  {layout} {method}: {json.dumps(rows[method])}")
+  return out
+
+
 # --------------------------------------------------------------------- 5. lm
 # The demo preset's batch (8 sequences of 64 tokens), and 32 times as many tokens per step.
 LM_BATCHES = (8, 256)
@@ -868,6 +970,32 @@ def markdown(res) -> str:
         L.append(f"| {k} | {v['built_as']} | {v['state_bytes']:,} | {v['device0_bytes']:,} | "
                  f"{100 * v['device0_share']:.1f}% | {v['state_bytes_per_param']:.2f} | "
                  f"{rel} | {moved} | {comm} |")
+  ms = res.get("meshes")
+  if ms:
+    t = ms["tree"]
+    L += ["", f"## 4b. Other meshes and param layouts: a GPT-2-like tree (d = {t['d']}, "
+          f"{t['layers']} layers, vocabulary {t['vocab']}, {t['positions']} positions, "
+          "biases), 8 host devices", "",
+          "Each layout splits the matrices as named (a matrix whose split axis does not divide "
+          "stays replicated; vectors are replicated); soap and shampoo are built with "
+          "`block_multiple=8, axis_name=mesh`, muon with `axis_name=mesh`, and the state is "
+          "placed by `optlab.state_sharding`. Remat: the SPMD partitioner's \"involuntary "
+          "full rematerialization\" warnings while compiling init and step (each one a tensor "
+          "replicated on every device, then cut). Moved: MB per device and step by "
+          "collective kind (`collective_mb`). Rel. diff: params after 3 steps against the "
+          "same method on one device, relative to the leaf's largest entry.", "",
+          "| layout | method | share on device 0 | rel. diff | remat | moved per device (MB) | "
+          "moved / params |", "|---|---|---|---|---|---|---|"]
+    for layout, rows in ms["layouts"].items():
+      for k, v in rows.items():
+        if "error" in v:
+          L.append(f"| {layout} | {k} | error: `{v['error'][:200]}` | | | | |")
+          continue
+        total = sum(v["collective_mb"].values())
+        comm = ", ".join(f"{op} {mb:.2f}" for op, mb in v["collective_mb"].items() if mb) or "none"
+        L.append(f"| {layout} | {k} | {100 * v['device0_share']:.1f}% | "
+                 f"{v['max_rel_diff_params_after_3_steps']:.1e} | {v['remat_warnings']} | {comm} | "
+                 f"{total / v['param_mb']:.2f}x |")
   lm = res.get("lm")
   if lm:
     L += ["", f"## 5. Whole training step (forward, backward, update): lm-stdlib demo model "
@@ -923,9 +1051,13 @@ def main():
   ap.add_argument("--render", action="store_true",
                   help="only rewrite the Markdown from the JSON (with --caveat, store it first)")
   ap.add_argument(SHARDED_CHILD, default=None, help=argparse.SUPPRESS)
+  ap.add_argument(MESH_CHILD, default=None, help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.sharded_child:
     print("RESULT " + json.dumps(_sharded_child(args.sharded_child, args.quick)), flush=True)
+    return
+  if args.mesh_child:
+    print("RESULT " + json.dumps(_mesh_child(*args.mesh_child.split("|"))), flush=True)
     return
   if args.render:
     path = ROOT / "benchmarks" / "results" / f"second_order{'_quick' if args.quick else ''}.json"
@@ -967,6 +1099,7 @@ def main():
       "gemm": lambda: bench_gemm(n, steps, repeats),
       "published": lambda: bench_published(128 if quick else 512, steps, repeats),
       "sharded": lambda: bench_sharded(quick, 60 if quick else 100),
+      "meshes": lambda: bench_meshes(120),
       "lm": lambda: bench_lm(10 if quick else 20, repeats),
       "digits": lambda: bench_digits(60 if quick else 250),
   }

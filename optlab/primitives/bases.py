@@ -58,6 +58,11 @@ def _factor_dtype(factors: tuple, leaves: list) -> Any:
   return tree_accumulation_dtype(leaves)
 
 
+def _mesh(axis_name: Any) -> Optional[jax.sharding.Mesh]:
+  """`axis_name` when it is a mesh (jit), else None (a pmap axis name, or none)."""
+  return axis_name if isinstance(axis_name, jax.sharding.Mesh) else None
+
+
 def _stacked_updates(where: str, state: Any, updates: Any, make_plan, block_multiple: int,
                      axis_name: Any):
   """The updates' leaves, treedef, `BlockStacks` (split over `axis_name` when it is a
@@ -65,8 +70,7 @@ def _stacked_updates(where: str, state: Any, updates: Any, make_plan, block_mult
   against the state's layout."""
   leaves, treedef = jax.tree.flatten(updates)
   check_layout(where, state.layout, updates)
-  mesh = axis_name if isinstance(axis_name, jax.sharding.Mesh) else None
-  stacks = linalg.BlockStacks(leaves, make_plan, block_multiple, mesh)
+  stacks = linalg.BlockStacks(leaves, make_plan, block_multiple, _mesh(axis_name))
   dtype = _factor_dtype(state.stats, leaves)
   return leaves, treedef, stacks, dtype, stacks.stack(leaves, dtype)
 
@@ -243,7 +247,7 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
       return EigenbasisState(jnp.zeros([], jnp.int32), _unstacked(), _unstacked(), _unstacked(),
                              _unstacked())
     leaves = jax.tree.leaves(params)
-    stacks = linalg.BlockStacks(leaves, make_plan, block_multiple)
+    stacks = linalg.BlockStacks(leaves, make_plan, block_multiple, _mesh(axis_name))
     dtype = tree_accumulation_dtype(leaves)
     blocks = tuple(jax.vmap(inner.init)(b) for b in stacks.stack(leaves))
     rest = inner.init([leaves[i] for i in stacks.rest])
@@ -350,7 +354,7 @@ def scale_by_newton_schulz(ns_steps: int = 5,
     rotated = (len(shape) >= 2 and math.prod(shape) > 0,) * len(merged)
     return linalg.BlockPlan(tuple(shape), merged, merged, (1,) * len(merged), rotated)
 
-  mesh = axis_name if isinstance(axis_name, jax.sharding.Mesh) else None
+  mesh = _mesh(axis_name)
   # on a mesh the stacks are split on their matrix axis, which the batched
   # iteration keeps: no shard_map needed
   orthogonalise = linalg.split_over_axis(

@@ -355,10 +355,20 @@ class BlockStacks:
     for g, members in enumerate(self.members):
       parts = [self.plans[i].to_blocks(leaves[i] if dtype is None else leaves[i].astype(dtype))
                for i in members]
+      if self.mesh is not None:  # a one-block leaf's size-1 block axis is not split: XLA
+        # otherwise pads it over a mesh axis, and cannot move that split later
+        parts = [self._constrain(x, 0) if x.shape[0] == 1 else x for x in parts]
       if self.pad[g]:
         parts.append(jnp.zeros((self.pad[g],) + self.block_shape(g), parts[0].dtype))
       out.append(self._on_mesh(parts[0] if len(parts) == 1 else jnp.concatenate(parts)))
     return out
+
+  def _constrain(self, x: jax.Array, k: int) -> jax.Array:
+    """x with its block axis split over the mesh's first k axes, the other axes
+    left to XLA."""
+    axes = self.mesh.axis_names[:k]
+    spec = P(axes or None, *(P.UNCONSTRAINED,) * (x.ndim - 1))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
   def _on_mesh(self, x: jax.Array) -> jax.Array:
     """With a `mesh`, x split on its block axis over all of the mesh's axes (where
@@ -367,11 +377,31 @@ class BlockStacks:
     split the stacks on another axis and summed the statistics across devices
     in another order, and SOAP's sharded updates drifted from one device's
     (4e-3 in 5 steps on a small transformer tree: wide matrices have no unique
-    eigenbasis). Each device now computes its blocks as one device does."""
+    eigenbasis). Each device now computes its blocks as one device does.
+
+    The split is reached one mesh axis at a time (each step an all-to-all or
+    a local slice): on a mesh of several axes XLA cannot move two at once and
+    replicated whole stacks instead ("involuntary full rematerialization").
+    On a 4 x 2 mesh with params split on rows and columns (second_order.py
+    section 4b), SOAP's step moved 8.7x the params per device, Muon's 8.1x;
+    now 4.0x and 1.8x, with no rematerialization."""
     if self.mesh is None or x.shape[0] % self.mesh.size:
       return x
+    for k in range(1, len(self.mesh.axis_names)):
+      x = self._constrain(x, k)
     return jax.lax.with_sharding_constraint(
         x, NamedSharding(self.mesh, P(self.mesh.axis_names)))
+
+  def _off_mesh(self, x: jax.Array) -> jax.Array:
+    """Before a stack is cut into leaves: `_on_mesh` undone one mesh axis at a
+    time, down to the first axis, which the constant-offset slices of `unstack`
+    handle as on a mesh of one axis (undoing it too, XLA gathered Shampoo's
+    multi-block stacks whole)."""
+    if self.mesh is None or x.shape[0] % self.mesh.size:
+      return x
+    for k in reversed(range(1, len(self.mesh.axis_names))):
+      x = self._constrain(x, k)
+    return x
 
   def unstack(self, stacks: Sequence[jax.Array], leaves: Sequence[Any],
               dtype: Any = None) -> list[Any]:
@@ -382,6 +412,7 @@ class BlockStacks:
     ones XLA gathered a whole stack onto every device (Shampoo under 8-way
     FSDP, 146-leaf tree: 19.4 MB per device and step)."""
     out = list(leaves)
+    stacks = [self._off_mesh(x) for x in stacks]
     pieces_all = slicing.split_each(stacks, [[self.plans[i].nblocks for i in m]
                                              for m in self.members],
                                     static=self.mesh is not None)
