@@ -1,6 +1,6 @@
 """Second-order benchmark (issue 14): SOAP / Shampoo / Muon, every figure a ratio from one run.
 
-    python benchmarks/second_order.py            # full run, <= 15 minutes on 2 CPU cores
+    python benchmarks/second_order.py            # full run (section meshes alone: ~10 minutes)
     python benchmarks/second_order.py --quick    # smaller sizes, a ~2-minute smoke run
     python benchmarks/second_order.py --only compile,gemm   # some sections
 
@@ -826,6 +826,16 @@ def goals(res) -> list:
       rows.append((f"one device holds <= 25% of {k}'s state under 8-way FSDP",
                    "not measured: " + (row.get("error") or sh.get("error") or "section not run"),
                    None))
+  layouts = res.get("meshes", {}).get("layouts", {})
+  for k in ("soap", "shampoo") if layouts else ():
+    got = [v[k] for v in layouts.values() if "device0_share" in v.get(k, {})]
+    share = max(v["device0_share"] for v in got) if got else None
+    diff = max(v["max_rel_diff_params_after_3_steps"] for v in got) if got else None
+    rows.append((f"(other meshes) on each of the {len(layouts)} layouts of section 4b, one device "
+                 f"holds <= 25% of {k}'s state and its updates equal one device's",
+                 f"{len(got)} of {len(layouts)} ran; largest share {100 * share:.1f}%, "
+                 f"largest rel. diff {diff:.1e}" if got else "not measured",
+                 bool(got) and len(got) == len(layouts) and share <= 0.25 and diff <= 1e-5))
   g = res.get("gemm", {}).get("methods", {}).get("soap")
   rows.append(("soap step >= 60% of GEMM throughput (4 x 1024^2)",
                "not measured" if not g else f"{100 * g['fraction_of_gemm']:.1f}%",
