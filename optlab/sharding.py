@@ -56,7 +56,9 @@ def state_sharding(tx: optax.GradientTransformation, params: Any, mesh: Mesh, *,
     params: the params (arrays, or `jax.ShapeDtypeStruct` leaves).
     mesh: the device mesh.
     axis: the mesh axis name (or names) the block axis is split over; None:
-      all of the mesh's axes.
+      all of the mesh's axes, as a recipe built with ``axis_name=mesh``
+      splits its stacks inside the step (with another split as the step's
+      out_shardings, the step gathers the state's stacks back every time).
     param_shardings: a tree shaped like `params` of `NamedSharding` or
       `PartitionSpec` leaves; None: taken from `params`.
 
