@@ -539,12 +539,18 @@ def _sharded_child(method: str, quick: bool):
   return res
 
 
-def bench_sharded(quick: bool, timeout: float):
-  """One subprocess per method, each stopped after `timeout` seconds (the state
-  share is reported before the steps run)."""
+def _eight_device_env() -> dict:
+  """The environment of a child process with 8 host CPU devices."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
   env["JAX_PLATFORMS"] = "cpu"
+  return env
+
+
+def bench_sharded(quick: bool, timeout: float):
+  """One subprocess per method, each stopped after `timeout` seconds (the state
+  share is reported before the steps run)."""
+  env = _eight_device_env()
   out = {"timeout_s_per_method": timeout, "methods": {}}
   for method in ("adamw", "soap", "shampoo", "muon"):
     cmd = [sys.executable, str(Path(__file__).resolve()), SHARDED_CHILD, method]
@@ -651,9 +657,7 @@ def _mesh_child(layout: str, method: str) -> dict:
 def bench_meshes(timeout: float):
   """One subprocess per layout and method; counts the SPMD partitioner's
   full-rematerialization warnings on its stderr."""
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-  env["JAX_PLATFORMS"] = "cpu"
+  env = _eight_device_env()
   out = {"tree": MESH_TREE, "layouts": {}}
   for layout in MESH_LAYOUTS:
     rows = out["layouts"][layout] = {}

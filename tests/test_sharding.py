@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 import optlab
 
@@ -267,6 +267,21 @@ def test_a_two_axis_mesh_with_column_split_params(method):
   param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
   assert _gathered_bytes(text) < 0.05 * param_bytes, (_gathered_bytes(text), param_bytes)
   _assert_sharded_matches_one_device(tx, make(), params, shardings, mesh2, 3)
+
+
+@pytest.mark.parametrize("make", [lambda m: optlab.soap(1e-3, axis_name=m),
+                                  lambda m: optlab.shampoo(1e-3, axis_name=m),
+                                  lambda m: optlab.muon(0.02, axis_name=m)],
+                         ids=["soap", "shampoo", "muon"])
+def test_a_mesh_with_explicit_axes_is_refused(make):
+  # The stacks are placed with sharding constraints that leave some dimensions
+  # unconstrained, which explicit sharding does not accept: refused by name, at
+  # construction, instead of a JAX error inside the first step.
+  explicit = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("a", "b"),
+                  axis_types=(AxisType.Explicit, AxisType.Auto))
+  with pytest.raises(ValueError, match=r"axis_name must be a mesh of Auto axes.*\['a'\]"):
+    make(explicit)
+  make(Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("a", "b")))  # Auto: accepted
 
 
 @pytest.mark.parametrize("name", ["soap", "shampoo", "muon"])

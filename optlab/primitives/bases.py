@@ -216,7 +216,8 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
       jit over a mesh, the `jax.sharding.Mesh`: each device decomposes the
       blocks it holds (set ``block_multiple`` to the mesh's size and place
       the state with `optlab.state_sharding`), and the stacked blocks are
-      held split that way. None: every device computes all.
+      held split that way (its axes ``AxisType.Auto``, `Mesh`'s default;
+      `linalg.check_axis_name`). None: every device computes all.
     compute_dtype: None (float32 rotations at full precision) or e.g.
       ``jnp.bfloat16``: the rotations' inputs in that dtype, accumulated in
       float32 (`linalg.check_compute_dtype`); the factors and bases stay
@@ -236,6 +237,7 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
   V.check_range("in_eigenbasis", "block_multiple", block_multiple, 1)
   V.check_decay("in_eigenbasis", "shampoo_beta", shampoo_beta)
   compute_dtype = linalg.check_compute_dtype("in_eigenbasis", compute_dtype)
+  linalg.check_axis_name("in_eigenbasis", axis_name)
   inner = optax.with_extra_args_support(inner)
   make_plan = lambda shape: linalg.BlockPlan.make(
       shape, max_dim=max_precond_dim, merge=merge_dims, min_ndim=1 if precondition_1d else 2,
@@ -335,12 +337,14 @@ def scale_by_newton_schulz(ns_steps: int = 5,
   every device), the axis whose devices share the iterations, each running
   1/n of the matrices; under jit, a `jax.sharding.Mesh`: the stacks are split
   over its devices on their matrix axis (padded with zero matrices to
-  divide), so that each device orthogonalises whole matrices. Without it,
+  divide), so that each device orthogonalises whole matrices (a mesh of
+  ``AxisType.Auto`` axes, `linalg.check_axis_name`). Without it,
   matrices split FSDP-style across devices are gathered inside every
   iteration (8-way FSDP, 146-leaf tree: 151 MB per device and step).
   """
   V.check_range("scale_by_newton_schulz", "ns_steps", ns_steps, 1)
   compute_dtype = linalg.check_compute_dtype("scale_by_newton_schulz", compute_dtype)
+  linalg.check_axis_name("scale_by_newton_schulz", axis_name)
   V.check_nonneg("scale_by_newton_schulz", "eps", eps)
 
   def scale(fan_in, fan_out):
@@ -428,8 +432,8 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
   number of devices `optlab.state_sharding` splits the state over). With
   ``axis_name`` (pmap or shard_map, the state whole on every device), the
   devices of that axis share the inverse roots: each computes 1/n of them;
-  with a `jax.sharding.Mesh` (jit), each computes those of the blocks it
-  holds, and the stacked blocks are held split that way.
+  with a `jax.sharding.Mesh` of ``AxisType.Auto`` axes (jit), each computes
+  those of the blocks it holds, and the stacked blocks are held split that way.
   ``compute_dtype`` (e.g. ``jnp.bfloat16``) gives the preconditioning
   products inputs in that dtype, accumulated in float32; the statistics and
   roots stay float32.
@@ -444,6 +448,7 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
   V.check_nonneg(where, "diagonal_eps", diagonal_eps)
   V.check_range(where, "block_multiple", block_multiple, 1)
   compute_dtype = linalg.check_compute_dtype(where, compute_dtype)
+  linalg.check_axis_name(where, axis_name)
 
   def make_plan(shape):
     plan = linalg.BlockPlan.make(shape, merge=True, merge_limit=block_size,

@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from optlab.primitives.normalize import tensor_norm
 from optlab._src import slicing
@@ -84,6 +84,19 @@ def check_compute_dtype(where: str, compute_dtype: Any) -> Any:
     raise ValueError(f"optlab.{where}: compute_dtype must be None or a floating dtype of at "
                      f"most 32 bits (e.g. jnp.bfloat16), got {compute_dtype!r}")
   return dt
+
+
+def check_axis_name(where: str, axis_name: Any) -> Any:
+  """The `axis_name` option of the matrix methods: None, a pmap axis name, or a
+  `Mesh` whose axes are all ``AxisType.Auto`` (`Mesh`'s default): on a mesh
+  the stacks are placed by sharding constraints with unconstrained dimensions
+  (`BlockStacks`), which explicit sharding does not accept."""
+  if isinstance(axis_name, Mesh):
+    other = [a for a, t in zip(axis_name.axis_names, axis_name.axis_types) if t != AxisType.Auto]
+    if other:
+      raise ValueError(f"optlab.{where}: axis_name must be a mesh of Auto axes "
+                       f"(jax.sharding.AxisType.Auto), but its axes {other} are not")
+  return axis_name
 
 
 # -------------------------------------------------------------------- blocking
