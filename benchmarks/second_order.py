@@ -156,19 +156,33 @@ def distinct_fusions(hlo: str) -> tuple[int, int]:
   return len({norm(bodies[c]) for c in set(called) if c in bodies}), len(called)
 
 
-def compile_step(tx, params) -> dict:
-  """Lowers and compiles one step of `tx` (update + apply_updates) on abstract
-  `params`: process and wall seconds, and the compiled step's `distinct_fusions`."""
-  import jax
+def train_step(tx):
+  """One training step of `tx` as a function of (params, state, grads): update,
+  then apply_updates."""
   import optax
-  state = jax.eval_shape(tx.init, params)
 
   def step(p, s, g):
     u, s = tx.update(g, s, p)
     return optax.apply_updates(p, u), s
 
+  return step
+
+
+def device0_bytes(state) -> tuple[int, int]:
+  """(bytes of a placed `state` on the first device, bytes of the whole state)."""
+  import jax
+  dev0, leaves = jax.devices()[0], jax.tree.leaves(state)
+  held = sum(s.data.nbytes for x in leaves for s in x.addressable_shards if s.device == dev0)
+  return held, sum(x.nbytes for x in leaves)
+
+
+def compile_step(tx, params) -> dict:
+  """Lowers and compiles one step of `tx` (update + apply_updates) on abstract
+  `params`: process and wall seconds, and the compiled step's `distinct_fusions`."""
+  import jax
+  state = jax.eval_shape(tx.init, params)
   c0, w0 = time.process_time(), time.perf_counter()
-  compiled = jax.jit(step).lower(params, state, params).compile()
+  compiled = jax.jit(train_step(tx)).lower(params, state, params).compile()
   row = {"process_s": time.process_time() - c0, "wall_s": time.perf_counter() - w0}
   row["kernels"], row["fusions"] = distinct_fusions(compiled.as_text())
   return row
@@ -450,7 +464,6 @@ def _sharded_child(method: str, quick: bool):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  import optax
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
   import optlab
   devices = jax.devices()
@@ -489,28 +502,20 @@ def _sharded_child(method: str, quick: bool):
   shardings = optlab.state_sharding(tx, params, mesh, param_shardings=param_sh)
   p_sh = jax.device_put(params, param_sh)
   state = jax.jit(tx.init, out_shardings=shardings)(p_sh)
-  total = sum(x.nbytes for x in jax.tree.leaves(state))
+  on0, total = device0_bytes(state)
   dev0 = devices[0]
-  on0 = sum(s.data.nbytes for x in jax.tree.leaves(state) for s in x.addressable_shards
-            if s.device == dev0)
   row.update({"state_bytes": int(total), "device0_bytes": int(on0), "device0_share": on0 / total,
               "state_bytes_per_param": optlab.state_bytes(tx, params).per_param})
   print(f"{method}: state placed, {time.perf_counter() - t0:.1f} s", flush=True)
   emit()
-
-  def step(p, s, g):
-    u, s = tx.update(g, s, p)
-    return optax.apply_updates(p, u), s
-
   ref = refs.get(method, tx)
-  single = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
-      *ref.update(g, s, p)))
+  single = jax.jit(train_step(ref))
   q, t = jax.device_put(params, dev0), jax.device_put(ref.init(params), dev0)
   for g in grads:
     q, t = single(q, t, jax.device_put(g, dev0))
   _block(q)
   print(f"{method}: 3 steps on one device, {time.perf_counter() - t0:.1f} s", flush=True)
-  sharded = jax.jit(step)
+  sharded = jax.jit(train_step(tx))
   row["collective_mb"] = collective_mb(
       sharded.lower(p_sh, state, jax.device_put(grads[0], param_sh)).compile().as_text())
   emit()
@@ -613,7 +618,6 @@ def _mesh_child(layout: str, method: str) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  import optax
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
   import optlab
   shape, names, spec = MESH_LAYOUTS[layout]
@@ -626,23 +630,14 @@ def _mesh_child(layout: str, method: str) -> dict:
           "shampoo": lambda **k: optlab.shampoo(1e-3, block_multiple=8, **k),
           "muon": lambda **k: optlab.muon(0.02, **k)}[method]
   tx, ref = make(axis_name=mesh), make()
-
-  def step(tx):
-    def run(p, s, g):
-      u, s = tx.update(g, s, p)
-      return optax.apply_updates(p, u), s
-    return jax.jit(run)
-
   state_sh = optlab.state_sharding(tx, params, mesh, param_shardings=shardings)
   p = jax.device_put(params, shardings)
   s = jax.jit(tx.init, out_shardings=state_sh)(p)
-  dev0 = jax.devices()[0]
-  share = sum(q.data.nbytes for x in jax.tree.leaves(s) for q in x.addressable_shards
-              if q.device == dev0) / sum(x.nbytes for x in jax.tree.leaves(s))
+  held, total = device0_bytes(s)
   rng = np.random.default_rng(7)
   grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype) * 0.01, params)
            for _ in range(3)]
-  sharded, single = step(tx), step(ref)
+  sharded, single = jax.jit(train_step(tx)), jax.jit(train_step(ref))
   moved = collective_mb(sharded.lower(p, s, p).compile().as_text())
   q, t = params, ref.init(params)
   for g in grads:
@@ -650,7 +645,7 @@ def _mesh_child(layout: str, method: str) -> dict:
     q, t = single(q, t, g)
   rel = max(float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-30))
             for a, b in zip(jax.tree.leaves(jax.device_get(p)), jax.tree.leaves(q)))
-  return {"device0_share": share, "collective_mb": moved, "max_rel_diff_params_after_3_steps": rel,
+  return {"device0_share": held / total, "collective_mb": moved, "max_rel_diff_params_after_3_steps": rel,
           "param_mb": sum(x.nbytes for x in jax.tree.leaves(params)) / 1e6}
 
 

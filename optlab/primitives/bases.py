@@ -58,19 +58,14 @@ def _factor_dtype(factors: tuple, leaves: list) -> Any:
   return tree_accumulation_dtype(leaves)
 
 
-def _mesh(axis_name: Any) -> Optional[jax.sharding.Mesh]:
-  """`axis_name` when it is a mesh (jit), else None (a pmap axis name, or none)."""
-  return axis_name if isinstance(axis_name, jax.sharding.Mesh) else None
-
-
 def _stacked_updates(where: str, state: Any, updates: Any, make_plan, block_multiple: int,
-                     axis_name: Any):
-  """The updates' leaves, treedef, `BlockStacks` (split over `axis_name` when it is a
-  mesh), factor dtype and stacked blocks (in that dtype), after checking them
-  against the state's layout."""
+                     mesh: Optional[jax.sharding.Mesh]):
+  """The updates' leaves, treedef, `BlockStacks` (split over `mesh`, if any), factor
+  dtype and stacked blocks (in that dtype), after checking them against the
+  state's layout."""
   leaves, treedef = jax.tree.flatten(updates)
   check_layout(where, state.layout, updates)
-  stacks = linalg.BlockStacks(leaves, make_plan, block_multiple, _mesh(axis_name))
+  stacks = linalg.BlockStacks(leaves, make_plan, block_multiple, mesh)
   dtype = _factor_dtype(state.stats, leaves)
   return leaves, treedef, stacks, dtype, stacks.stack(leaves, dtype)
 
@@ -237,7 +232,7 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
   V.check_range("in_eigenbasis", "block_multiple", block_multiple, 1)
   V.check_decay("in_eigenbasis", "shampoo_beta", shampoo_beta)
   compute_dtype = linalg.check_compute_dtype("in_eigenbasis", compute_dtype)
-  linalg.check_axis_name("in_eigenbasis", axis_name)
+  mesh = linalg.check_axis_name("in_eigenbasis", axis_name)
   inner = optax.with_extra_args_support(inner)
   make_plan = lambda shape: linalg.BlockPlan.make(
       shape, max_dim=max_precond_dim, merge=merge_dims, min_ndim=1 if precondition_1d else 2,
@@ -249,7 +244,7 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
       return EigenbasisState(jnp.zeros([], jnp.int32), _unstacked(), _unstacked(), _unstacked(),
                              _unstacked())
     leaves = jax.tree.leaves(params)
-    stacks = linalg.BlockStacks(leaves, make_plan, block_multiple, _mesh(axis_name))
+    stacks = linalg.BlockStacks(leaves, make_plan, block_multiple, mesh)
     dtype = tree_accumulation_dtype(leaves)
     blocks = tuple(jax.vmap(inner.init)(b) for b in stacks.stack(leaves))
     rest = inner.init([leaves[i] for i in stacks.rest])
@@ -260,7 +255,7 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
     if _no_leaves(updates):
       return updates, state._replace(count=optax.safe_increment(state.count))
     leaves, treedef, stacks, dtype, g = _stacked_updates("in_eigenbasis", state, updates,
-                                                         make_plan, block_multiple, axis_name)
+                                                         make_plan, block_multiple, mesh)
     stats = _update_stats(stacks, g, state.stats, shampoo_beta, 1 - shampoo_beta)
     basis = state.basis
     rest_g = [leaves[i] for i in stacks.rest]
@@ -344,7 +339,7 @@ def scale_by_newton_schulz(ns_steps: int = 5,
   """
   V.check_range("scale_by_newton_schulz", "ns_steps", ns_steps, 1)
   compute_dtype = linalg.check_compute_dtype("scale_by_newton_schulz", compute_dtype)
-  linalg.check_axis_name("scale_by_newton_schulz", axis_name)
+  mesh = linalg.check_axis_name("scale_by_newton_schulz", axis_name)
   V.check_nonneg("scale_by_newton_schulz", "eps", eps)
 
   def scale(fan_in, fan_out):
@@ -358,7 +353,6 @@ def scale_by_newton_schulz(ns_steps: int = 5,
     rotated = (len(shape) >= 2 and math.prod(shape) > 0,) * len(merged)
     return linalg.BlockPlan(tuple(shape), merged, merged, (1,) * len(merged), rotated)
 
-  mesh = _mesh(axis_name)
   # on a mesh the stacks are split on their matrix axis, which the batched
   # iteration keeps: no shard_map needed
   orthogonalise = linalg.split_over_axis(
@@ -448,7 +442,7 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
   V.check_nonneg(where, "diagonal_eps", diagonal_eps)
   V.check_range(where, "block_multiple", block_multiple, 1)
   compute_dtype = linalg.check_compute_dtype(where, compute_dtype)
-  linalg.check_axis_name(where, axis_name)
+  mesh = linalg.check_axis_name(where, axis_name)
 
   def make_plan(shape):
     plan = linalg.BlockPlan.make(shape, merge=True, merge_limit=block_size,
@@ -491,7 +485,7 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
     if _no_leaves(updates):
       return updates, state._replace(count=optax.safe_increment(state.count))
     leaves, treedef, stacks, dtype, g = _stacked_updates("scale_by_shampoo", state, updates,
-                                                         make_plan, block_multiple, axis_name)
+                                                         make_plan, block_multiple, mesh)
     count = state.count
     w1, w2 = (b2, 1.0) if isinstance(b2, (int, float)) and b2 == 1 else (b2, 1 - b2)
     due = count % statistics_compute_steps == 0

@@ -86,16 +86,18 @@ def check_compute_dtype(where: str, compute_dtype: Any) -> Any:
   return dt
 
 
-def check_axis_name(where: str, axis_name: Any) -> Any:
+def check_axis_name(where: str, axis_name: Any) -> Optional[Mesh]:
   """The `axis_name` option of the matrix methods: None, a pmap axis name, or a
   `Mesh` whose axes are all ``AxisType.Auto`` (`Mesh`'s default): on a mesh
   the stacks are placed by sharding constraints with unconstrained dimensions
-  (`BlockStacks`), which explicit sharding does not accept."""
-  if isinstance(axis_name, Mesh):
-    other = [a for a, t in zip(axis_name.axis_names, axis_name.axis_types) if t != AxisType.Auto]
-    if other:
-      raise ValueError(f"optlab.{where}: axis_name must be a mesh of Auto axes "
-                       f"(jax.sharding.AxisType.Auto), but its axes {other} are not")
+  (`BlockStacks`), which explicit sharding does not accept. Returns the mesh
+  (jit), or None (a pmap axis, or none)."""
+  if not isinstance(axis_name, Mesh):
+    return None
+  other = [a for a, t in zip(axis_name.axis_names, axis_name.axis_types) if t != AxisType.Auto]
+  if other:
+    raise ValueError(f"optlab.{where}: axis_name must be a mesh of Auto axes "
+                     f"(jax.sharding.AxisType.Auto), but its axes {other} are not")
   return axis_name
 
 
