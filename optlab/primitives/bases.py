@@ -78,10 +78,10 @@ def _update_stats(stacks: linalg.BlockStacks, blocks: list, old: tuple, w_old: A
                for k, gb in enumerate(blocks))
 
 
-def _by_size(fn, *fields: tuple, static: bool = False) -> tuple:
+def _by_size(fn, *fields: tuple) -> tuple:
   """`linalg.by_size` over factor fields (per group, per dimension), nested back alike."""
   flat = [[f for group in field for f in group] for field in fields]
-  it = iter(linalg.by_size(fn, *flat, static=static))
+  it = iter(linalg.by_size(fn, *flat))
   return tuple(tuple(next(it) for _ in group) for group in fields[0])
 
 
@@ -171,8 +171,7 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
   eigenvectors Q_i. Each step, as the official SOAP code (nikhilvyas/SOAP):
 
   1. the first call only accumulates the factors and sets Q_i = eigh(L_i)
-     (descending eigenvalues); its update is zero and `inner`'s state is
-     left as it was;
+     (descending eigenvalues); its update is zero and `inner` is not called;
   2. later calls rotate the gradient in, G' = G x_i Q_i^T (Q_L^T G Q_R for a
      matrix), run `inner` on G' (and on the params rotated the same way),
      rotate its update back, U = U' x_i Q_i, then update the factors with G;
@@ -263,10 +262,14 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
     p_leaves = None if params is None else treedef.flatten_up_to(params)
     typed = lambda blocks: [b.astype(k[2]) for b, k in zip(blocks, stacks.keys)]
 
+    def first(_):
+      zeros = [jnp.zeros_like(b) for b in g]
+      return zeros, jax.tree.map(jnp.zeros_like, rest_g), state.inner_state
+
     def refresh(args):
       inner_state, old = args
       pairs = _by_size(split(lambda s, q: linalg.refresh_eigenbasis(s, q, state.count == 0)),
-                       stats, old, static=mesh is not None)
+                       stats, old)
       new = tuple(tuple(q.astype(dtype) for q, _ in pk) for pk in pairs)
       blocks = tuple(rebase_state(bs, _EigenChange(stacks.dims(k), stacks.with_factors(k, old[k]),
                                                    stacks.with_factors(k, new[k]),
@@ -274,7 +277,7 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
                      for k, bs in enumerate(inner_state.blocks))
       return inner_state._replace(blocks=blocks), new
 
-    def step():
+    def step(_):
       inner_state = state.inner_state
       rot_g = typed(_rotate(stacks, basis, g, False, compute_dtype))
       if p_leaves is None:
@@ -293,13 +296,7 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
       u = _rotate(stacks, basis, outs, True, compute_dtype)
       return u, rest_u, StackedInnerState(tuple(blocks), rest)
 
-    # The first call's update is zero and leaves `inner`'s state alone: selects that
-    # fuse into the step's own kernels (a cond compiled a zero kernel per shape).
-    first = state.count == 0
-    u, rest_u, inner_state = step()
-    u, rest_u = jax.tree.map(lambda x: jnp.where(first, jnp.zeros_like(x), x), (u, rest_u))
-    inner_state = jax.tree.map(lambda new, old: jnp.where(first, old, new), inner_state,
-                               state.inner_state)
+    u, rest_u, inner_state = jax.lax.cond(state.count == 0, first, step, None)
     due = state.count % precondition_frequency == 0  # state.count = inner steps done now
     inner_state, new = jax.lax.cond(due, refresh, lambda a: a, (inner_state, basis))
     out = stacks.unstack(u, leaves)
@@ -500,8 +497,7 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
 
     def compute_roots(roots):
       root = lambda s, r, p: linalg.inverse_pth_root(s, p, matrix_eps, r).astype(dtype)
-      return _by_size(linalg.split_over_axis(root, axis_name), stats, roots, exps,
-                      static=mesh is not None)
+      return _by_size(linalg.split_over_axis(root, axis_name), stats, roots, exps)
 
     roots = jax.lax.cond(count % preconditioning_compute_steps == 0, compute_roots,
                          lambda r: r, state.roots)

@@ -498,7 +498,7 @@ def split_over_axis(fn, axis_name: Any):
   return run
 
 
-def by_size(fn, *args: Sequence[jax.Array], static: bool = False) -> list:
+def by_size(fn, *args: Sequence[jax.Array]) -> list:
   """``fn(*entries)`` for every entry i of the lists `args`, one call per matrix size.
 
   Entry i of each list is a stack with a leading axis of the same length
@@ -506,32 +506,26 @@ def by_size(fn, *args: Sequence[jax.Array], static: bool = False) -> list:
   concatenated, so that a decomposition is compiled once per distinct size
   (a CPU decomposition is a loop that costs ~0.1 s of compile time each),
   and the results are cut back into one per entry (a tuple where `fn`
-  returns one), at offsets learnt at run time (`slicing.split_each`: the
-  entries of one shape share their kernels), or with `static` at constant
-  ones (stacks split over a mesh on their leading axis).
+  returns one).
   """
   sizes: dict[int, list[int]] = {}
   for i, x in enumerate(args[0]):
     sizes.setdefault(x.shape[-1], []).append(i)
   out: list = [None] * len(args[0])
   for idx in sizes.values():
-    if len(idx) == 1:
-      out[idx[0]] = fn(*(a[idx[0]] for a in args))
-      continue
-    res = fn(*(jnp.concatenate([a[i] for i in idx]) for a in args))
-    counts = [args[0][i].shape[0] for i in idx]
-    parts, treedef = jax.tree.flatten(res)
-    pieces = slicing.split_each(parts, [counts] * len(parts), static=static)
-    for j, i in enumerate(idx):
-      out[i] = jax.tree.unflatten(treedef, [p[j] for p in pieces])
+    joined = [a[idx[0]] if len(idx) == 1 else jnp.concatenate([a[i] for i in idx]) for a in args]
+    res, start = fn(*joined), 0
+    for i in idx:
+      k = args[0][i].shape[0]
+      out[i] = jax.tree.map(lambda r, s=start, k=k: r[s:s + k], res)
+      start += k
   return out
 
 
 def _finite(x: jax.Array, *vectors: jax.Array) -> jax.Array:
   """Per matrix of a batch (N, b, b): True where every entry is finite, and every
-  entry of the `vectors` (N, b) (`finite_sum`; the vectors broadcast into the
-  matrices' sum, one reduction, one compiled kernel)."""
-  return finite_sum(sum((v[..., None, :] * 0 for v in vectors), x), (-2, -1)) == 0
+  entry of the `vectors` (N, b) (`finite_sum`)."""
+  return sum((finite_sum(v, -1) for v in vectors), finite_sum(x, (-2, -1))) == 0
 
 
 def _choose(ok: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
@@ -597,10 +591,10 @@ def refresh_eigenbasis(stats: jax.Array, basis: jax.Array, first: Any = False
   rank = jnp.sum(before.astype(dt), axis=-1)  # each column's place in the order
   eye = _eye_like(s)
   perm = jnp.where(first, eye, (rank[..., :, None] == idx.astype(dt)).astype(dt))
+  tiny = jnp.asarray(1e-30, dt) * eye[0]
 
   def one(args):  # S Q[:, order] is S Q with its columns permuted: no second product
     s1, sqp = args
-    tiny = jnp.where(idx[:, None] == idx, jnp.asarray(1e-30, dt), 0)  # 1e-30 I, fused in
     return jax.lax.cond(first, lambda: jnp.linalg.eigh(s1 + tiny)[1][..., ::-1],
                         lambda: jnp.linalg.qr(sqp)[0])
 
