@@ -11,7 +11,7 @@ Sections (each a ratio against a baseline measured in the same process):
    transformer-like tree (24 layers of qkv (d, 3d), o (d, d), f1 (d, 4d),
    f2 (4d, d), two norms; an embedding (256, d) and a final norm; d = 64), a
    602-leaf one (100 layers) and GPT-2 small's shapes (148 leaves, a held-out
-   tree); ``time.process_time()`` and wall time, best of 2, each repeat with a
+   tree); ``time.process_time()`` and wall time, best of 3, each repeat with a
    fresh optimizer and step function (no cache hit).
 2. gemm: this machine's float32 GEMM rate (jitted ``a @ b`` at 1024^2,
    ``Precision.HIGHEST``, best of several) against the FLOP rate that soap's
@@ -198,7 +198,7 @@ def bench_compile(quick: bool):
   if not quick:
     trees.update({"602 leaves": lambda: abstract(transformer_tree(100, 64)),
                   "GPT-2 small shapes": gpt2_tree})
-  repeats = 1 if quick else 2
+  repeats = 1 if quick else 3
   out = {}
   for label, make in trees.items():
     params = make()
