@@ -29,7 +29,7 @@ def _params():
 
 def _grads(params, t):
   rng = np.random.default_rng(10 + t)
-  return jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+  return jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
 
 
 def _soap(multiple, **kw):
@@ -91,7 +91,8 @@ def _assert_sharded_matches_one_device(tx, ref, params, shardings, mesh, steps):
     p, s = sharded(p, s, jax.device_put(g, shardings))
     p1, s1 = single(p1, s1, g)
   for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(p1)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                               rtol=1e-5, atol=1e-6)
 
 
 def _decomposition_trip_counts(text):
@@ -267,6 +268,28 @@ def test_a_two_axis_mesh_with_column_split_params(method):
   param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
   assert _gathered_bytes(text) < 0.05 * param_bytes, (_gathered_bytes(text), param_bytes)
   _assert_sharded_matches_one_device(tx, make(), params, shardings, mesh2, 3)
+
+
+@pytest.mark.parametrize("method", ["soap", "shampoo", "muon"])
+def test_unusual_leaves_on_a_three_axis_mesh_match_one_device(method):
+  # What the transformer trees lack: a conv kernel (rank 4), sizes that divide
+  # nothing (37 x 12), a scan-stacked (layers, d, d) leaf, bfloat16 params and a
+  # scalar, on a 2 x 2 x 2 mesh with the leaves split on their rows over its last
+  # axis where that divides. Each device's blocks are computed whole, so the
+  # sharded steps equal one device's.
+  mesh3 = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), ("x", "y", "z"))
+  rng = np.random.default_rng(3)
+  w = lambda *s, dt=jnp.float32: jnp.asarray(rng.normal(size=s) / np.sqrt(s[0]), dt)
+  params = {"conv": w(3, 3, 4, 8), "odd": w(37, 12), "stacked": w(2, 8, 8),
+            "bf16": w(16, 24, dt=jnp.bfloat16), "scale": jnp.ones(()), "bias": jnp.zeros(12)}
+  shardings = jax.tree.map(lambda p: NamedSharding(
+      mesh3, P("z") if p.ndim >= 2 and p.shape[0] % 2 == 0 else P()), params)
+  make = {"soap": lambda **kw: optlab.soap(1e-3, block_multiple=8, precondition_frequency=2,
+                                           **kw),
+          "shampoo": lambda **kw: optlab.shampoo(1e-3, block_multiple=8,
+                                                 start_preconditioning_step=1, **kw),
+          "muon": lambda **kw: optlab.muon(0.02, **kw)}[method]
+  _assert_sharded_matches_one_device(make(axis_name=mesh3), make(), params, shardings, mesh3, 3)
 
 
 @pytest.mark.parametrize("make", [lambda m: optlab.soap(1e-3, axis_name=m),
