@@ -165,6 +165,26 @@ def test_canonical_stacks_keep_the_orientation_most_blocks_have():
 
 
 # ------------------------------------------------------------ matrix functions
+@pytest.mark.parametrize("groups", [1, 2, 4, 3])  # 3 divides neither stack: end to end
+def test_by_size_gives_each_entry_its_own_result(groups):
+  # Entries of one size are joined (interleaved in `groups` chunks) for one call,
+  # and each gets back the result of its own matrices, in order.
+  rng = _rng(4)
+  xs = [jnp.asarray(rng.normal(size=s)) for s in [(4, 3, 3), (8, 5, 5), (8, 3, 3), (4, 3, 3)]]
+  calls = []
+
+  def fn(x, y):
+    calls.append(x.shape)
+    return x @ x + y, jnp.trace(x, axis1=1, axis2=2)
+
+  out = linalg.by_size(fn, xs, [2 * x for x in xs], groups=groups)
+  assert sorted(calls) == [(8, 5, 5), (16, 3, 3)]
+  for x, (a, t) in zip(xs, out):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(x @ x + 2 * x), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(t), np.trace(np.asarray(x), axis1=1, axis2=2),
+                               rtol=1e-6)
+
+
 def test_inverse_pth_root_matches_numpy():
   s = np.stack([_spd(5, 0), _spd(5, 1, rank=2)])  # the second is rank-deficient
   with jax.enable_x64(True):

@@ -78,10 +78,11 @@ def _update_stats(stacks: linalg.BlockStacks, blocks: list, old: tuple, w_old: A
                for k, gb in enumerate(blocks))
 
 
-def _by_size(fn, *fields: tuple) -> tuple:
-  """`linalg.by_size` over factor fields (per group, per dimension), nested back alike."""
+def _by_size(fn, mesh: Optional[jax.sharding.Mesh], *fields: tuple) -> tuple:
+  """`linalg.by_size` over factor fields (per group, per dimension), nested back
+  alike; on a `mesh`, joined where the blocks lie (``groups``)."""
   flat = [[f for group in field for f in group] for field in fields]
-  it = iter(linalg.by_size(fn, *flat))
+  it = iter(linalg.by_size(fn, *flat, groups=1 if mesh is None else mesh.size))
   return tuple(tuple(next(it) for _ in group) for group in fields[0])
 
 
@@ -269,7 +270,7 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
     def refresh(args):
       inner_state, old = args
       pairs = _by_size(split(lambda s, q: linalg.refresh_eigenbasis(s, q, state.count == 0)),
-                       stats, old)
+                       mesh, stats, old)
       new = tuple(tuple(q.astype(dtype) for q, _ in pk) for pk in pairs)
       blocks = tuple(rebase_state(bs, _EigenChange(stacks.dims(k), stacks.with_factors(k, old[k]),
                                                    stacks.with_factors(k, new[k]),
@@ -497,7 +498,7 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
 
     def compute_roots(roots):
       root = lambda s, r, p: linalg.inverse_pth_root(s, p, matrix_eps, r).astype(dtype)
-      return _by_size(linalg.split_over_axis(root, axis_name), stats, roots, exps)
+      return _by_size(linalg.split_over_axis(root, axis_name), mesh, stats, roots, exps)
 
     roots = jax.lax.cond(count % preconditioning_compute_steps == 0, compute_roots,
                          lambda r: r, state.roots)
