@@ -170,18 +170,24 @@ def test_soap_on_a_transformer_tree_matches_one_device(mesh):
                                      mesh, 5)
 
 
-@pytest.mark.parametrize("make", [_soap, _shampoo], ids=["soap", "shampoo"])
-def test_no_device_gathers_a_whole_stack(make, mesh):
-  # Under a mesh the leaves are cut out of their stacks at constant offsets: at
-  # run-time ones XLA cannot tell which device holds a piece and all-gathers the
-  # whole stack onto every device (it did for Shampoo's preconditioned blocks).
+def _fsdp_update_text(make, mesh) -> str:
+  """The compiled update of make(8, axis_name=mesh) on `_params()` split FSDP-style,
+  its state placed by `state_sharding`."""
   params = _params()
   shardings = _fsdp(mesh, params)
   tx = make(8, axis_name=mesh)
   state_sh = optlab.state_sharding(tx, params, mesh, param_shardings=shardings)
   state = jax.eval_shape(tx.init, params)
-  text = jax.jit(lambda g, s, p: tx.update(g, s, p), in_shardings=(shardings, state_sh, shardings),
+  return jax.jit(lambda g, s, p: tx.update(g, s, p), in_shardings=(shardings, state_sh, shardings),
                  out_shardings=(shardings, state_sh)).lower(params, state, params).compile().as_text()
+
+
+@pytest.mark.parametrize("make", [_soap, _shampoo], ids=["soap", "shampoo"])
+def test_no_device_gathers_a_whole_stack(make, mesh):
+  # Under a mesh the leaves are cut out of their stacks at constant offsets: at
+  # run-time ones XLA cannot tell which device holds a piece and all-gathers the
+  # whole stack onto every device (it did for Shampoo's preconditioned blocks).
+  text = _fsdp_update_text(make, mesh)
   assert "all-to-all" in text  # blocks do move between devices (FSDP rows -> block split)
   assert "all-gather" not in text, re.findall(r"\n[^\n]*all-gather\([^\n]*", text)[:3]
 
@@ -191,13 +197,7 @@ def test_the_refresh_moves_no_block_between_devices(mesh):
   # where they lie on the mesh. Joined end to end, the blocks of the second stack
   # moved to other devices and back at every refresh: 24 collective permutes and 24
   # all-to-alls in this step (now 6 all-to-alls, the FSDP rows onto the block axis).
-  params = _params()
-  shardings = _fsdp(mesh, params)
-  tx = _soap(8, axis_name=mesh)
-  state_sh = optlab.state_sharding(tx, params, mesh, param_shardings=shardings)
-  state = jax.eval_shape(tx.init, params)
-  text = jax.jit(lambda g, s, p: tx.update(g, s, p), in_shardings=(shardings, state_sh, shardings),
-                 out_shardings=(shardings, state_sh)).lower(params, state, params).compile().as_text()
+  text = _fsdp_update_text(_soap, mesh)
   assert "collective-permute" not in text
   assert len(re.findall(r"all-to-all(?:-start)?\(", text)) <= 6
 
