@@ -735,8 +735,7 @@ def sweep_until_interior(run, grid: list, max_rates: int) -> tuple[dict, bool]:
   on as many more points of the 1-3-10 grid as it has, past whichever edge holds
   the lowest final loss (a diverged run counts as the worst), until neither
   edge holds it (rates tied at the lowest loss all count) or `max_rates` were
-  tried. Returns
-  ({rate: curve}, whether the best is interior)."""
+  tried. Returns ({rate: curve}, whether the best is interior)."""
   import numpy as np
   curves: dict = {}
   batch = list(grid)
