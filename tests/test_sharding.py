@@ -48,6 +48,15 @@ def _shampoo(multiple, **kw):
                      optax.scale(-1e-2))
 
 
+# The recipes as the mesh tests build them (with or without axis_name): 8 devices,
+# a refresh every 2 steps, Shampoo preconditioning from step 1.
+RECIPES = {"soap": lambda **kw: optlab.soap(1e-3, block_multiple=8, precondition_frequency=2,
+                                            **kw),
+           "shampoo": lambda **kw: optlab.shampoo(1e-3, block_multiple=8,
+                                                  start_preconditioning_step=1, **kw),
+           "muon": lambda **kw: optlab.muon(0.02, **kw)}
+
+
 @pytest.fixture(scope="module")
 def mesh():
   return Mesh(np.array(jax.devices()[:8]), ("d",))
@@ -164,7 +173,7 @@ def test_soap_on_a_transformer_tree_matches_one_device(mesh):
   params = {"embed": w(256, 16), **{f"l{i}": {"qkv": w(16, 48), "o": w(16, 16), "f1": w(16, 64),
                                              "f2": w(64, 16), "n": jnp.ones(16)}
                                     for i in range(2)}}
-  soap = lambda **kw: optlab.soap(1e-3, block_multiple=8, precondition_frequency=2, **kw)
+  soap = RECIPES["soap"]
   # 5 steps: past two basis refreshes
   _assert_sharded_matches_one_device(soap(axis_name=mesh), soap(), params, _fsdp(mesh, params),
                                      mesh, 5)
@@ -275,9 +284,7 @@ def test_a_two_axis_mesh_with_column_split_params(method):
                                     for i in range(2)}}
   shardings = jax.tree.map(lambda p: NamedSharding(mesh2, P(None, "model") if p.ndim == 2
                                                    else P()), params)
-  make = {"soap": lambda **kw: optlab.soap(1e-3, block_multiple=8, precondition_frequency=2,
-                                           **kw),
-          "muon": lambda **kw: optlab.muon(0.02, **kw)}[method]
+  make = RECIPES[method]
   tx = make(axis_name=mesh2)
   p, s = _placed(tx, params, shardings, mesh2)
   text = _train_step(tx).lower(p, s, p).compile().as_text()
@@ -300,11 +307,7 @@ def test_unusual_leaves_on_a_three_axis_mesh_match_one_device(method):
             "bf16": w(16, 24, dt=jnp.bfloat16), "scale": jnp.ones(()), "bias": jnp.zeros(12)}
   shardings = jax.tree.map(lambda p: NamedSharding(
       mesh3, P("z") if p.ndim >= 2 and p.shape[0] % 2 == 0 else P()), params)
-  make = {"soap": lambda **kw: optlab.soap(1e-3, block_multiple=8, precondition_frequency=2,
-                                           **kw),
-          "shampoo": lambda **kw: optlab.shampoo(1e-3, block_multiple=8,
-                                                 start_preconditioning_step=1, **kw),
-          "muon": lambda **kw: optlab.muon(0.02, **kw)}[method]
+  make = RECIPES[method]
   _assert_sharded_matches_one_device(make(axis_name=mesh3), make(), params, shardings, mesh3, 3)
 
 
