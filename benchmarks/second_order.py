@@ -544,38 +544,40 @@ def _sharded_child(method: str, quick: bool):
   return res
 
 
-def _eight_device_env() -> dict:
-  """The environment of a child process with 8 host CPU devices."""
+def _run_child(args: list, timeout: float) -> tuple[list, list, str, int, bool]:
+  """This script run with `args` in a child process with 8 host CPU devices,
+  killed after `timeout` seconds: (its RESULT payloads, its other stdout lines,
+  its stderr, its exit code, whether it was killed)."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
   env["JAX_PLATFORMS"] = "cpu"
-  return env
+  cmd = [sys.executable, str(Path(__file__).resolve()), *args]
+  with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        text=True) as proc:
+    try:
+      stdout, stderr = proc.communicate(timeout=timeout)
+      timed_out = False
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      stdout, stderr = proc.communicate()
+      timed_out = True
+  lines = stdout.splitlines()
+  results = [json.loads(line[7:]) for line in lines if line.startswith("RESULT ")]
+  others = [line for line in lines if not line.startswith("RESULT ")]
+  return results, others, stderr, proc.returncode, timed_out
 
 
 def bench_sharded(quick: bool, timeout: float):
   """One subprocess per method, each stopped after `timeout` seconds (the state
   share is reported before the steps run)."""
-  env = _eight_device_env()
   out = {"timeout_s_per_method": timeout, "methods": {}}
   for method in ("adamw", "soap", "shampoo", "muon"):
-    cmd = [sys.executable, str(Path(__file__).resolve()), SHARDED_CHILD, method]
-    cmd += ["--quick"] if quick else []
-    with open(os.devnull, "w") as null, subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=null, text=True) as proc:
-      lines, timed_out = [], False
-      try:
-        stdout, _ = proc.communicate(timeout=timeout)
-      except subprocess.TimeoutExpired:
-        proc.kill()
-        stdout, _ = proc.communicate()
-        timed_out = True
-    lines = stdout.splitlines()
-    for line in lines:
-      if not line.startswith("RESULT "):
-        log("  |", line)
-    results = [json.loads(line[7:]) for line in lines if line.startswith("RESULT ")]
+    results, others, _, code, timed_out = _run_child(
+        [SHARDED_CHILD, method] + (["--quick"] if quick else []), timeout)
+    for line in others:
+      log("  |", line)
     if not results:
-      out["methods"][method] = {"error": f"subprocess exited {proc.returncode}"
+      out["methods"][method] = {"error": f"subprocess exited {code}"
                                          + (f" or ran past {timeout:.0f} s" if timed_out else "")}
       continue
     last = results[-1]
@@ -585,7 +587,7 @@ def bench_sharded(quick: bool, timeout: float):
       row["error"] = last["error"]
     elif "max_rel_diff_params_after_3_steps" not in row:
       row["steps_error"] = (f"the 3 steps did not finish within {timeout:.0f} s (killed)"
-                            if timed_out else f"the steps failed (exit {proc.returncode})")
+                            if timed_out else f"the steps failed (exit {code})")
     out["methods"][method] = row
     log(f"  sharded {method}: {json.dumps(row)}")
   return out
@@ -652,21 +654,18 @@ def _mesh_child(layout: str, method: str) -> dict:
 def bench_meshes(timeout: float):
   """One subprocess per layout and method; counts the SPMD partitioner's
   full-rematerialization warnings on its stderr."""
-  env = _eight_device_env()
   out = {"tree": MESH_TREE, "layouts": {}}
   for layout in MESH_LAYOUTS:
     rows = out["layouts"][layout] = {}
     for method in ("adamw", "soap", "shampoo", "muon"):
-      cmd = [sys.executable, str(Path(__file__).resolve()), MESH_CHILD, f"{layout}|{method}"]
-      try:
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-      except subprocess.TimeoutExpired:
+      results, _, stderr, code, timed_out = _run_child([MESH_CHILD, f"{layout}|{method}"],
+                                                       timeout)
+      if timed_out:
         rows[method] = {"error": f"ran past {timeout:.0f} s"}
         continue
-      result = [line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-      rows[method] = (json.loads(result[-1]) if result else
-                      {"error": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"})
-      rows[method]["remat_warnings"] = done.stderr.count(REMAT)
+      rows[method] = (results[-1] if results else
+                      {"error": f"exit {code}: {stderr.strip()[-300:]}"})
+      rows[method]["remat_warnings"] = stderr.count(REMAT)
       log(f"  {layout} {method}: {json.dumps(rows[method])}")
   return out
 
@@ -730,12 +729,18 @@ def next_rate(lr: float, up: bool) -> float:
   return float(f"{lr * factor[round(lr / 10 ** e), up]:.2g}")
 
 
+def final_loss(curve) -> float:
+  """A loss curve's last value; a diverged run (NaN) counts as the worst."""
+  import numpy as np
+  return float(np.nan_to_num(curve[-1], nan=np.inf))
+
+
 def sweep_until_interior(run, grid: list, max_rates: int) -> tuple[dict, bool]:
   """Final-loss curves of `run(rates)` (one curve per rate), on `grid` and then
   on as many more points of the 1-3-10 grid as it has, past whichever edge holds
-  the lowest final loss (a diverged run counts as the worst), until neither
-  edge holds it (rates tied at the lowest loss all count) or `max_rates` were
-  tried. Returns ({rate: curve}, whether the best is interior)."""
+  the lowest `final_loss`, until neither edge holds it (rates tied at the lowest
+  loss all count) or `max_rates` were tried. Returns ({rate: curve}, whether the
+  best is interior)."""
   import numpy as np
   curves: dict = {}
   batch = list(grid)
@@ -743,7 +748,7 @@ def sweep_until_interior(run, grid: list, max_rates: int) -> tuple[dict, bool]:
     c = np.asarray(run(batch))
     curves.update({lr: c[i] for i, lr in enumerate(batch)})
     rates = sorted(curves)
-    final = [np.nan_to_num(curves[lr][-1], nan=np.inf) for lr in rates]
+    final = [final_loss(curves[lr]) for lr in rates]
     best = [lr for lr, f in zip(rates, final) if f == min(final)]  # ties: a plateau
     if rates[0] not in best and rates[-1] not in best:
       return curves, True
@@ -797,9 +802,8 @@ def bench_digits(steps: int, max_rates: int = 12):
         lambda rates: sweep(jnp.asarray(rates, jnp.float32)), lrs[name], max_rates)
     log(f"digits {name}: {len(curves[name])} rates, interior {interior[name]}, "
         f"{time.perf_counter() - t:.1f} s")
-  final = lambda c: float(np.nan_to_num(c[-1], nan=np.inf))
-  best_adam_lr = min(curves["adamw"], key=lambda lr: final(curves["adamw"][lr]))
-  target = final(curves["adamw"][best_adam_lr])
+  best_adam_lr = min(curves["adamw"], key=lambda lr: final_loss(curves["adamw"][lr]))
+  target = final_loss(curves["adamw"][best_adam_lr])
   adam_steps = int(np.argmax(curves["adamw"][best_adam_lr] <= target)) + 1
   out = {"target_loss": target, "adamw_best_lr": best_adam_lr, "steps_budget": steps,
          "max_rates": max_rates, "methods": {}}
@@ -808,7 +812,7 @@ def bench_digits(steps: int, max_rates: int = 12):
     for lr in sorted(by_lr):
       c = by_lr[lr]
       hit = np.nonzero(c <= target)[0]
-      rows[str(lr)] = {"final_loss": final(c),
+      rows[str(lr)] = {"final_loss": final_loss(c),
                        "steps_to_target": int(hit[0]) + 1 if hit.size else None}
     reached = [r["steps_to_target"] for r in rows.values() if r["steps_to_target"]]
     best = min(reached) if reached else None
