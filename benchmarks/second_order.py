@@ -123,6 +123,45 @@ def gpt2_tree(d: int = 768, layers: int = 12, vocab: int = 50257, positions: int
   return p
 
 
+def _abstract(*shape):
+  import jax
+  import jax.numpy as jnp
+  return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def resnet18_tree():
+  """ResNet-18's conv kernels (HWIO), batch-norm scales and biases and 1000-way head,
+  abstract: rank-4 leaves and 8 factor sizes (1, 3, 7, 64 ... 512, 1000)."""
+  p, cin = {"stem": _abstract(7, 7, 3, 64), "head": {"w": _abstract(512, 1000), "b": _abstract(1000)}}, 64
+  for i, c in enumerate((64, 128, 256, 512)):
+    for j in range(2):
+      first = cin if j == 0 else c
+      block = {"conv1": _abstract(3, 3, first, c), "conv2": _abstract(3, 3, c, c),
+               "bn1": {"g": _abstract(c), "b": _abstract(c)}, "bn2": {"g": _abstract(c), "b": _abstract(c)}}
+      if first != c:
+        block["down"] = _abstract(1, 1, first, c)
+      p[f"stage{i}_{j}"] = block
+    cin = c
+  return p
+
+
+def llama_tree(d: int = 512, layers: int = 8, ff: int = 1376, vocab: int = 32000):
+  """A LLaMA-like decoder, abstract: untied embedding and output, q/k/v/o, a SwiGLU
+  MLP (gate, up, down) and two RMS-norm scales per layer, no biases."""
+  p = {"embed": _abstract(vocab, d), "unembed": _abstract(d, vocab), "norm": _abstract(d)}
+  for i in range(layers):
+    p[f"layer{i}"] = {**{k: _abstract(d, d) for k in ("q", "k", "v", "o")},
+                      "gate": _abstract(d, ff), "up": _abstract(d, ff), "down": _abstract(ff, d),
+                      "attn_norm": _abstract(d), "mlp_norm": _abstract(d)}
+  return p
+
+
+def mlp_tree(sizes=(64, 128, 128, 10)):
+  """A small MLP (the digits task's shape), abstract: weights and biases."""
+  return {f"dense{i}": {"w": _abstract(a, b), "b": _abstract(b)}
+          for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))}
+
+
 def square_tree(n: int, seed: int = 1):
   """4 matrices n x n and 4 vectors of n."""
   import jax.numpy as jnp
@@ -188,16 +227,31 @@ def compile_step(tx, params) -> dict:
   return row
 
 
+# trees the code was not tuned on (section 1's last rows and the held-out goals)
+HELD_OUT_TREES = {
+    "GPT-2 small shapes": gpt2_tree,
+    "LLaMA-like, d 512, 8 layers": llama_tree,
+    "transformer-like, d 128, 12 layers": lambda: jax_abstract(transformer_tree(12, 128)),
+    "ResNet-18 conv shapes": resnet18_tree,
+    "MLP 64-128-128-10": mlp_tree,
+}
+
+
+def jax_abstract(tree):
+  """`tree`'s leaves as abstract shapes (nothing to compute to compile)."""
+  import jax
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
 def bench_compile(quick: bool):
   import jax
   import optlab
   builders = {"adamw": lambda: optlab.adamw(1e-3), "soap": lambda: optlab.soap(1e-3),
               "shampoo": lambda: optlab.shampoo(1e-3), "muon": lambda: optlab.muon(0.02)}
-  abstract = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), t)
-  trees = {"146 leaves": lambda: abstract(transformer_tree(24, 64))}
+  trees = {"146 leaves": lambda: jax_abstract(transformer_tree(24, 64))}
   if not quick:
-    trees.update({"602 leaves": lambda: abstract(transformer_tree(100, 64)),
-                  "GPT-2 small shapes": gpt2_tree})
+    trees.update({"602 leaves": lambda: jax_abstract(transformer_tree(100, 64)),
+                  **HELD_OUT_TREES})
   repeats = 1 if quick else 3
   out = {}
   for label, make in trees.items():
@@ -850,11 +904,15 @@ def goals(res) -> list:
                    f"{r:.2f}x", r <= 2.0))
   else:
     rows.append(("compile time <= 2x adamw on the 146-leaf tree", "not measured", None))
-  held_out = res.get("compile", {}).get("trees", {}).get("GPT-2 small shapes")
+  trees = res.get("compile", {}).get("trees", {})
+  held_out = {t: trees[t] for t in HELD_OUT_TREES if t in trees}
   for k in ("soap", "shampoo", "muon") if held_out else ():
-    r = held_out["methods"][k]["ratio_process"]
-    rows.append((f"(held-out tree) {k} compile time <= 2x adamw on GPT-2 small's shapes "
-                 "(process time)", f"{r:.2f}x", r <= 2.0))
+    ratios = {t: v["methods"][k]["ratio_process"] for t, v in held_out.items()}
+    ok = sum(r <= 2.0 for r in ratios.values())
+    rows.append((f"(held-out trees) {k} compile time <= 2x adamw on each of the "
+                 f"{len(ratios)} trees of section 1 the code was not tuned on (process time)",
+                 f"{ok} of {len(ratios)}; " + ", ".join(f"{t} {r:.2f}x" for t, r in ratios.items()),
+                 ok == len(ratios)))
   sb = res.get("state_bytes_per_param")
   rows.append(("muon state <= 4.1 bytes/param (optlab.state_bytes, 146-leaf tree)",
                "not measured" if sb is None else f"{sb['muon']:.2f} B/param",
@@ -932,9 +990,15 @@ def markdown(res) -> str:
           "(an MLP's (64, 256) and (256, 64) matrices), in the orientation most of them "
           "have; SOAP's first basis (eigh) and its refresh (power iteration and QR) share "
           "one per-matrix loop per size. The first two trees are transformer-like with d = "
-          "64 (see `transformer_tree`); the third, GPT-2 small's shapes (`gpt2_tree`: d = "
-          "768, 4 factor sizes, 5 stacks and 3 vector shapes), is a tree the code was not "
-          "tuned on.", "",
+          "64 (see `transformer_tree`); the others (`HELD_OUT_TREES`) are trees the code was "
+          "not tuned on: GPT-2 small's shapes (`gpt2_tree`: d = 768, 4 factor sizes, 5 "
+          "stacks and 3 vector shapes), a LLaMA-like decoder, the same transformer at d = "
+          "128, ResNet-18's conv kernels (rank 4, factor sizes 1 to 1000) and a small MLP. "
+          "SOAP compiles a per-matrix decomposition loop (eigh for the first basis, QR for "
+          "the refresh) with its layout copies, ranking and fallbacks for each distinct "
+          "factor size, and AdamW about 3 kernels per leaf shape, so the ratio grows with "
+          "the distinct factor sizes (8 in ResNet-18) and with a small AdamW baseline "
+          "(the MLP).", "",
           "| tree | method | process s | wall s | ratio vs adamw (process) | ratio (wall) "
           "| kernels (of fusions) |",
           "|---|---|---|---|---|---|---|"]

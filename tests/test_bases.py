@@ -63,6 +63,23 @@ def test_soap_merge_dims_matches_official():
   harness.assert_trajectories_close(got, want, 1e-7, 1e-10, "soap merge_dims")
 
 
+@pytest.mark.parametrize("precondition_1d", [False, True])
+def test_size_one_dims_without_a_factor_match_official(precondition_1d):
+  # The official code keeps a 1 x 1 factor for every dimension of size 1; here
+  # such a dimension has none. (Every other factor is full rank at the first
+  # eigh, as `_problem` needs.)
+  shapes = {"cube": (1, 4, 4), "mid": (5, 1, 5), "conv": (1, 1, 3, 3), "one": (1,), "a": (3, 3)}
+  params, grad_fn = _problem(shapes, seed=3)
+  kw = {"learning_rate": 0.05, "precondition_frequency": 2, "precondition_1d": precondition_1d}
+  want = ref.soap(params, grad_fn, 9, **kw)
+  with jax.enable_x64(True):
+    got = harness.run_jax(optlab.soap(**kw), params, grad_fn, 9)
+    state = optlab.soap(**kw).init(jax.tree.map(jnp.asarray, params))
+  harness.assert_trajectories_close(got, want, 1e-7, 1e-10, f"soap size-1 dims {kw}")
+  factors = jax.tree.leaves(state[0].stats)
+  assert factors and all(f.shape[-1] > 1 for f in factors)
+
+
 @pytest.mark.parametrize("name", ["soap_lion", "soap_adopt", "soap_ademamix", "soap_laprop"])
 def test_soap_variants_match_reference_with_full_rotation(name):
   params, grad_fn = _problem({"a": (4, 4), "c": (3, 2, 3)}, seed=2)

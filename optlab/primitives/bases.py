@@ -184,7 +184,9 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
      eigenvalues were.
 
   Dimensions larger than `max_precond_dim` stay unrotated and get no factor;
-  1-d tensors get none unless `precondition_1d`; scalars never do. No n x n
+  1-d tensors get none unless `precondition_1d`; scalars never do. Nor do
+  dimensions of size 1, where the official code keeps a 1 x 1 factor: its
+  basis is +-1 and cancels exactly between the rotations in and out. No n x n
   matrix is allocated for a dimension that is not rotated.
 
   The tensors with a factor are stacked by shape (see the module doc), and
@@ -235,10 +237,16 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
   compute_dtype = linalg.check_compute_dtype("in_eigenbasis", compute_dtype)
   mesh = linalg.check_axis_name("in_eigenbasis", axis_name)
   inner = optax.with_extra_args_support(inner)
-  make_plan = lambda shape: linalg.BlockPlan.make(
-      shape, max_dim=max_precond_dim, merge=merge_dims, min_ndim=1 if precondition_1d else 2,
-      canonical=canonical_order)
   split = lambda fn: linalg.split_over_axis(fn, axis_name)
+
+  def make_plan(shape):
+    plan = linalg.BlockPlan.make(shape, max_dim=max_precond_dim, merge=merge_dims,
+                                 min_ndim=1 if precondition_1d else 2, canonical=canonical_order)
+    # A dimension of size 1 gets no factor: its basis is +-1, applied on the way in
+    # and out (and to the momentum at a refresh), which cancels exactly; skipping
+    # it spares a decomposition loop of 1 x 1 matrices (1x1 convs, (1, d) leaves).
+    return dataclasses.replace(plan, rotated=tuple(r and d > 1 for r, d in
+                                                   zip(plan.rotated, plan.merged)))
 
   def init(params):
     if _no_leaves(params):
