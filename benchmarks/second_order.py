@@ -30,7 +30,8 @@ Sections (each a ratio against a baseline measured in the same process):
    steps on one device.
 4b. meshes: in a subprocess per layout and method, a GPT-2-like tree on 8
    host devices arranged as several meshes (one axis; 2 x 4 with FSDP rows
-   or tensor-parallel columns; 4 x 2 with both; 2 x 2 x 2): the state share of
+   over one axis or both, or tensor-parallel columns; 4 x 2 with rows and
+   columns; 2 x 2 x 2): the state share of
    one device, the MB each device moves per step, the SPMD partitioner's
    full-rematerialization warnings, and the params after 3 steps against one
    device's.
@@ -656,6 +657,8 @@ MESH_LAYOUTS = {
     "8, fsdp rows": ((8,), ("fsdp",), lambda r, c: ("fsdp",) if r % 8 == 0 else ()),
     "2 x 4, fsdp rows, data replicas": (
         (2, 4), ("data", "fsdp"), lambda r, c: ("fsdp",) if r % 4 == 0 else ()),
+    "2 x 4, fsdp rows over both axes": (
+        (2, 4), ("data", "fsdp"), lambda r, c: (("data", "fsdp"),) if r % 8 == 0 else ()),
     "2 x 4, model columns": (
         (2, 4), ("data", "model"), lambda r, c: (None, "model") if c % 4 == 0 else ()),
     "4 x 2, fsdp rows + model columns": (
