@@ -103,15 +103,20 @@ def transformer_tree(layers: int, d: int):
   return p
 
 
+def _abstract(*shape):
+  import jax
+  import jax.numpy as jnp
+  return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
 def gpt2_tree(d: int = 768, layers: int = 12, vocab: int = 50257, positions: int = 1024,
               seed: Optional[int] = None):
   """GPT-2's parameter tree (defaults: GPT-2 small, 148 leaves, biases), abstract
   (a tree the code was not tuned on) or, with a `seed`, random arrays."""
-  import jax
   import jax.numpy as jnp
   import numpy as np
   rng = np.random.default_rng(seed)
-  leaf = lambda *s: (jax.ShapeDtypeStruct(s, jnp.float32) if seed is None else
+  leaf = lambda *s: (_abstract(*s) if seed is None else
                      jnp.asarray(rng.normal(size=s) / np.sqrt(s[0]), jnp.float32))
   p = {"wte": leaf(vocab, d), "wpe": leaf(positions, d), "ln_f": {"g": leaf(d), "b": leaf(d)}}
   for i in range(layers):
@@ -122,12 +127,6 @@ def gpt2_tree(d: int = 768, layers: int = 12, vocab: int = 50257, positions: int
         "mlp": {"c_fc": {"w": leaf(d, 4 * d), "b": leaf(4 * d)},
                 "c_proj": {"w": leaf(4 * d, d), "b": leaf(d)}}}
   return p
-
-
-def _abstract(*shape):
-  import jax
-  import jax.numpy as jnp
-  return jax.ShapeDtypeStruct(shape, jnp.float32)
 
 
 def resnet18_tree():
