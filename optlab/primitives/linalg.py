@@ -691,11 +691,10 @@ def newton_schulz(x: jax.Array, steps: int = 5,
     g = _mm(y, jnp.swapaxes(y, -1, -2), compute_dtype)
     return a * y + _mm(b * g + c * _mm(g, g, compute_dtype), y, compute_dtype)
 
-  if isinstance(steps, int):
-    for i in range(steps):
-      y = body(i, y)
-  else:  # a traced step count (optax.inject_hyperparams)
-    y = jax.lax.fori_loop(0, steps, body, y)
+  # A loop, even for a Python int: XLA compiles the body's kernels once per
+  # matrix shape instead of `steps` times (Muon on a 64-128-128-10 MLP: 74 -> 55
+  # kernels, compile 1.05 -> 0.71 s); a traced count (inject_hyperparams) works too.
+  y = jax.lax.fori_loop(0, steps, body, y)
   if not wide:
     y = jnp.swapaxes(y, -1, -2)
   return y.astype(x.dtype)
