@@ -198,6 +198,36 @@ def test_inverse_pth_root_matches_numpy():
     np.testing.assert_allclose(exact @ exact @ s[0], np.eye(5), atol=1e-8)
 
 
+@pytest.mark.parametrize("eps", [1e-6, 0.0])
+def test_by_size_common_pads_to_one_size_with_the_same_roots(eps):
+  """Shampoo's roots with ``common``: every size zero-padded to the largest and
+  computed in one call (one decomposition loop), each cut back, equal to the
+  roots computed at their own size: with a ridge, for rank-deficient statistics
+  too (zero eigenvalues tied with the padding's); undamped (eps 0), for
+  full-rank ones, where the padding's zero eigenvalues must not turn into inf
+  (and the fallback). (An undamped singular root is ill-posed: it follows the
+  rounding of its zero eigenvalues.)"""
+  rank = (lambda r: r) if eps else (lambda r: None)
+  stacks = [np.stack([_spd(3, 0), _spd(3, 1, rank=rank(1))]), _spd(5, 2, rank=rank(3))[None],
+            np.stack([_spd(8, 3), _spd(8, 4), _spd(8, 5, rank=rank(6))])]
+  prev = [np.broadcast_to(7 * np.eye(s.shape[-1]), s.shape) for s in stacks]
+  calls = []
+
+  def fn(s, r):
+    calls.append(s.shape)
+    return linalg.inverse_pth_root(s, 4, eps, r)
+
+  with jax.enable_x64(True):
+    got = linalg.by_size(fn, [jnp.asarray(s) for s in stacks], [jnp.asarray(r) for r in prev],
+                         common=True)
+    assert calls == [(6, 8, 8)]
+    for s, r, g in zip(stacks, prev, got):
+      assert g.shape == s.shape
+      want = linalg.inverse_pth_root(jnp.asarray(s), 4, eps, jnp.asarray(r))
+      np.testing.assert_allclose(g, want, rtol=1e-7, atol=1e-9)
+      assert not np.any(np.all(np.isclose(g, r), axis=(1, 2)))  # no fallback taken
+
+
 def test_inverse_pth_root_never_nan():
   bad = jnp.stack([jnp.zeros((3, 3)), jnp.full((3, 3), jnp.nan), jnp.full((3, 3), 3e38)])
   prev = jnp.broadcast_to(2 * jnp.eye(3), (3, 3, 3))

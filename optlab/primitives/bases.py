@@ -78,11 +78,12 @@ def _update_stats(stacks: linalg.BlockStacks, blocks: list, old: tuple, w_old: A
                for k, gb in enumerate(blocks))
 
 
-def _by_size(fn, mesh: Optional[jax.sharding.Mesh], *fields: tuple) -> tuple:
+def _by_size(fn, mesh: Optional[jax.sharding.Mesh], *fields: tuple, common: bool = False
+             ) -> tuple:
   """`linalg.by_size` over factor fields (per group, per dimension), nested back
   alike; on a `mesh`, joined where the blocks lie (``groups``)."""
   flat = [[f for group in field for f in group] for field in fields]
-  it = iter(linalg.by_size(fn, *flat, groups=1 if mesh is None else mesh.size))
+  it = iter(linalg.by_size(fn, *flat, groups=1 if mesh is None else mesh.size, common=common))
   return tuple(tuple(next(it) for _ in group) for group in fields[0])
 
 
@@ -417,7 +418,10 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
   2. every `preconditioning_compute_steps` steps, P_i = (L_i + eps I)^(-1/p),
      p = 2k (or `exponent_override`), eps = matrix_eps * max(lambda_max,
      1e-6), by eigh (`linalg.inverse_pth_root`; a failed root keeps the
-     previous one);
+     previous one); the statistics of every size are zero-padded to the
+     largest, as distributed Shampoo pads them to one size, so that one
+     decomposition loop serves all (`linalg.by_size`'s ``common``; the
+     padding changes no root);
   3. the preconditioned direction S = G x_i P_i, block by block;
   4. grafting: the direction D of `graft_type` ("sgd": G; "adagrad":
      G / (sqrt(sum G^2) + diagonal_eps); "rmsprop": G / (sqrt(EMA_b2 G^2) +
@@ -506,7 +510,8 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
 
     def compute_roots(roots):
       root = lambda s, r, p: linalg.inverse_pth_root(s, p, matrix_eps, r).astype(dtype)
-      return _by_size(linalg.split_over_axis(root, axis_name), mesh, stats, roots, exps)
+      return _by_size(linalg.split_over_axis(root, axis_name), mesh, stats, roots, exps,
+                      common=True)
 
     roots = jax.lax.cond(count % preconditioning_compute_steps == 0, compute_roots,
                          lambda r: r, state.roots)
