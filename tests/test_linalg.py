@@ -200,15 +200,18 @@ def test_inverse_pth_root_matches_numpy():
 
 @pytest.mark.parametrize("eps", [1e-6, 0.0])
 def test_by_size_common_pads_to_one_size_with_the_same_roots(eps):
-  """Shampoo's roots with ``common``: every size zero-padded to the largest and
-  computed in one call (one decomposition loop), each cut back, equal to the
-  roots computed at their own size: with a ridge, for rank-deficient statistics
-  too (zero eigenvalues tied with the padding's); undamped (eps 0), for
-  full-rank ones, where the padding's zero eigenvalues must not turn into inf
-  (and the fallback). (An undamped singular root is ill-posed: it follows the
-  rounding of its zero eigenvalues.)"""
+  """Shampoo's roots with ``common``: every size padded to the largest, [[S, 0],
+  [0, 1e-6 I]], computed in one call (one decomposition loop) and cut back,
+  equal the roots computed at their own size: with a ridge relative to the
+  largest eigenvalue (which a padding eigenvalue at the ridge's floor does
+  not move), for rank-deficient statistics too and for ones whose largest
+  eigenvalue is below the padding's; undamped (eps 0), for full-rank ones
+  (zero padding would give inf there, and the fallback). (An undamped
+  singular root is ill-posed: it follows the rounding of its zero
+  eigenvalues.)"""
   rank = (lambda r: r) if eps else (lambda r: None)
-  stacks = [np.stack([_spd(3, 0), _spd(3, 1, rank=rank(1))]), _spd(5, 2, rank=rank(3))[None],
+  stacks = [np.stack([_spd(3, 0), 1e-9 * _spd(3, 1, rank=rank(1))]),
+            _spd(5, 2, rank=rank(3))[None],
             np.stack([_spd(8, 3), _spd(8, 4), _spd(8, 5, rank=rank(6))])]
   prev = [np.broadcast_to(7 * np.eye(s.shape[-1]), s.shape) for s in stacks]
   calls = []
@@ -219,7 +222,7 @@ def test_by_size_common_pads_to_one_size_with_the_same_roots(eps):
 
   with jax.enable_x64(True):
     got = linalg.by_size(fn, [jnp.asarray(s) for s in stacks], [jnp.asarray(r) for r in prev],
-                         common=True)
+                         common=1e-6)
     assert calls == [(6, 8, 8)]
     for s, r, g in zip(stacks, prev, got):
       assert g.shape == s.shape

@@ -78,8 +78,8 @@ def _update_stats(stacks: linalg.BlockStacks, blocks: list, old: tuple, w_old: A
                for k, gb in enumerate(blocks))
 
 
-def _by_size(fn, mesh: Optional[jax.sharding.Mesh], *fields: tuple, common: bool = False
-             ) -> tuple:
+def _by_size(fn, mesh: Optional[jax.sharding.Mesh], *fields: tuple,
+             common: Optional[float] = None) -> tuple:
   """`linalg.by_size` over factor fields (per group, per dimension), nested back
   alike; on a `mesh`, joined where the blocks lie (``groups``)."""
   flat = [[f for group in field for f in group] for field in fields]
@@ -418,7 +418,7 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
   2. every `preconditioning_compute_steps` steps, P_i = (L_i + eps I)^(-1/p),
      p = 2k (or `exponent_override`), eps = matrix_eps * max(lambda_max,
      1e-6), by eigh (`linalg.inverse_pth_root`; a failed root keeps the
-     previous one); the statistics of every size are zero-padded to the
+     previous one); the statistics of every size are padded to the
      largest, as distributed Shampoo pads them to one size, so that one
      decomposition loop serves all (`linalg.by_size`'s ``common``; the
      padding changes no root);
@@ -510,8 +510,9 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
 
     def compute_roots(roots):
       root = lambda s, r, p: linalg.inverse_pth_root(s, p, matrix_eps, r).astype(dtype)
+      # padding eigenvalue 1e-6, inverse_pth_root's floor: it moves no ridge
       return _by_size(linalg.split_over_axis(root, axis_name), mesh, stats, roots, exps,
-                      common=True)
+                      common=1e-6)
 
     roots = jax.lax.cond(count % preconditioning_compute_steps == 0, compute_roots,
                          lambda r: r, state.roots)

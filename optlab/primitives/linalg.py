@@ -499,7 +499,8 @@ def split_over_axis(fn, axis_name: Any):
   return run
 
 
-def by_size(fn, *args: Sequence[jax.Array], groups: int = 1, common: bool = False) -> list:
+def by_size(fn, *args: Sequence[jax.Array], groups: int = 1,
+            common: Optional[float] = None) -> list:
   """``fn(*entries)`` for every entry i of the lists `args`, one call per matrix size.
 
   Entry i of each list is a stack with a leading axis of the same length
@@ -518,18 +519,25 @@ def by_size(fn, *args: Sequence[jax.Array], groups: int = 1, common: bool = Fals
   per step than now). Stacks whose length it does not divide are joined end
   to end.
 
-  `common`: the matrices of every entry are zero-padded to the largest size
-  first, [[M, 0], [0, 0]], so that one call covers all sizes, and each result
-  is cut back to its entry's size: for a matrix function `fn`, whose value at
-  a block-diagonal matrix is block-diagonal (one decomposition loop instead of
-  one per size, as distributed Shampoo pads its statistics to one size).
+  `common` (a number c): the matrices of every entry are padded to the
+  largest size first, [[M, 0], [0, c I]], so that one call covers all sizes,
+  and each result is cut back to its entry's size: for a matrix function
+  `fn`, whose value at a block-diagonal matrix is block-diagonal (one
+  decomposition loop instead of one per size, as distributed Shampoo pads
+  its statistics to one size).
   """
-  if common and args[0]:
+  if common is not None and args[0]:
     top = max(x.shape[-1] for x in args[0])
-    grow = lambda a: a if a.ndim < 3 or a.shape[-1] == top else jnp.pad(
-        a, ((0, 0),) * (a.ndim - 2) + ((0, top - a.shape[-2]), (0, top - a.shape[-1])))
+
+    def grow(a):
+      if a.ndim < 3 or a.shape[-1] == top:
+        return a
+      k = top - a.shape[-1]
+      pad = jnp.pad(a, ((0, 0),) * (a.ndim - 2) + ((0, k), (0, k)))
+      return pad + jnp.diag(jnp.arange(top) >= top - k).astype(a.dtype) * common
+
     out = by_size(fn, *([grow(a) for a in arg] for arg in args), groups=groups)
-    return [jax.tree.map(lambda y, b=x.shape[-1]: y[..., :b, :b], o)
+    return [o if x.shape[-1] == top else jax.tree.map(lambda y, b=x.shape[-1]: y[..., :b, :b], o)
             for o, x in zip(out, args[0])]
   sizes: dict[int, list[int]] = {}
   for i, x in enumerate(args[0]):
@@ -655,9 +663,8 @@ def inverse_pth_root(stats: jax.Array, p: Any, eps: Any = 1e-6,
   matrix). damping = eps * max(lambda_max, floor) when `relative`
   (distributed Shampoo's ``matrix_inverse_pth_root`` ridge, floor 1e-6),
   else eps. Eigenvalues are clipped at
-  0 first (round-off can make them slightly negative); one that is still 0
-  after damping (eps 0) gets 0, as in distributed Shampoo's eigh root, not
-  inf. Matrices whose result is not finite get `fallback` (default: identity).
+  0 first (round-off can make them slightly negative). Matrices whose result
+  is not finite get `fallback` (default: identity).
   """
   dt = accumulation_dtype(stats.dtype)
   s = stats.astype(dt)
@@ -667,7 +674,7 @@ def inverse_pth_root(stats: jax.Array, p: Any, eps: Any = 1e-6,
     damping = eps * jnp.maximum(jnp.max(w, axis=-1, keepdims=True), floor)
   else:
     damping = jnp.asarray(eps, dt)
-  scale = jnp.where(w + damping > 0, jnp.power(w + damping, -1.0 / p), 0).astype(dt)
+  scale = jnp.power(w + damping, -1.0 / p).astype(dt)
   root = _mm(v * scale[..., None, :], jnp.swapaxes(v, -1, -2))
   ok = _finite(root, w)
   fb = _eye_like(s) if fallback is None else fallback.astype(dt)
