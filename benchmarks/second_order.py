@@ -40,7 +40,9 @@ Sections (each a ratio against a baseline measured in the same process):
    for soap and shampoo (preconditioning every 10 steps) against adamw,
    amortised over 20 steps, with the FLOP floor of SOAP's ratio.
 6. digits: steps to AdamW's final loss on the digits MLP (tests/problems.py),
-   full batch, each method's learning rate swept until its best is interior.
+   full batch, each method's learning rate tuned (optlab.bench.tuning.tune)
+   until its best is interior, AdamW's by final loss, the others' by steps to
+   AdamW's final loss.
 
 Step times are wall-clock seconds (XLA uses both cores, so process time would
 add them up); the methods of one section are timed in turns (A, B, C, A, B, C,
@@ -780,104 +782,90 @@ def bench_lm(steps: int, repeats: int, batches=LM_BATCHES):
 
 
 # ------------------------------------------------------------------ 6. digits
-def next_rate(lr: float, up: bool) -> float:
-  """The neighbour of `lr` (1 or 3 times a power of 10) on the 1-3-10 grid."""
-  e = math.floor(math.log10(lr) + 1e-9)
-  factor = {(1, True): 3, (3, True): 10 / 3, (1, False): 0.3, (3, False): 1 / 3}
-  return float(f"{lr * factor[round(lr / 10 ** e), up]:.2g}")
-
-
 def final_loss(curve) -> float:
   """A loss curve's last value; a diverged run (NaN) counts as the worst."""
   import numpy as np
   return float(np.nan_to_num(curve[-1], nan=np.inf))
 
 
-def sweep_until_interior(run, grid: list, max_rates: int) -> tuple[dict, bool]:
-  """Final-loss curves of `run(rates)` (one curve per rate), on `grid` and then
-  on as many more points of the 1-3-10 grid as it has, past whichever edge holds
-  the lowest `final_loss`, until neither edge holds it (rates tied at the lowest
-  loss all count) or `max_rates` were tried. Returns ({rate: curve}, whether the
-  best is interior)."""
+def steps_to(curve, target: float):
+  """The first step (1-based) at which `curve` is at or below `target`, or None."""
   import numpy as np
-  curves: dict = {}
-  batch = list(grid)
-  while True:
-    c = np.asarray(run(batch))
-    curves.update({lr: c[i] for i, lr in enumerate(batch)})
-    rates = sorted(curves)
-    final = [final_loss(curves[lr]) for lr in rates]
-    best = [lr for lr, f in zip(rates, final) if f == min(final)]  # ties: a plateau
-    if rates[0] not in best and rates[-1] not in best:
-      return curves, True
-    if len(rates) + len(grid) > max_rates:
-      return curves, False
-    up = rates[-1] in best
-    edge, batch = rates[-1] if up else rates[0], []
-    for _ in grid:
-      edge = next_rate(edge, up)
-      batch.append(edge)
+  hit = np.nonzero(np.asarray(curve) <= target)[0]
+  return int(hit[0]) + 1 if hit.size else None
 
 
-def bench_digits(steps: int, max_rates: int = 12):
+def bench_digits(steps: int, budget: int = 12):
   """Each method is built with learning rate 1 and its updates multiplied by
-  the swept rate inside one jitted lax.map over the rates (one compile per
-  method). With weight decay 0 every update here is linear in the learning
-  rate (muon: adam_learning_rate = lr / 3 too), so this is the same as
-  building the method at each rate. Each method starts from a 4-point grid and
-  is extended 4 rates at a time until its best rate is interior
-  (`sweep_until_interior`), the same budget of `max_rates` for all."""
+  the rate inside one jitted run (one compile per method). With weight decay 0
+  every update here is linear in the learning rate (muon: adam_learning_rate =
+  lr / 3 too), so this is the same as building the method at each rate. Every
+  rate is tuned by `optlab.bench.tuning.tune` with the same budget of runs:
+  AdamW's by its final loss, which sets the target; each other method's by its
+  steps to that target (a run that misses it counts `steps` + 1), ties broken
+  by the final loss, so that the reported rate is the one tuned for the
+  reported measure."""
   import jax
   import jax.numpy as jnp
   import numpy as np
   import optax
   import optlab
+  from optlab.bench.tuning import Trial, tune
   from tests import problems
-  lrs = {"adamw": [1e-3, 3e-3, 1e-2, 3e-2], "soap": [1e-3, 3e-3, 1e-2, 3e-2],
-         "shampoo": [0.01, 0.03, 0.1, 0.3], "muon": [0.003, 0.01, 0.03, 0.1]}
+  starts = {"adamw": 1e-2, "soap": 1e-2, "shampoo": 0.1, "muon": 0.03}
   build = {"adamw": lambda: optlab.adamw(1.0, weight_decay=0.0),
            "soap": lambda: optlab.soap(1.0, weight_decay=0.0),
            "shampoo": lambda: optlab.shampoo(1.0),
            "muon": lambda: optlab.muon(1.0, adam_learning_rate=1.0 / 3)}
   params, loss, _, _ = problems.TASKS["digits"]()
-  curves, interior = {}, {}
-  for name, mk in build.items():
-    tx = mk()
+  start_loss = float(loss(params))
+
+  def tuned(name, score):
+    tx = build[name]()
 
     @jax.jit
-    def sweep(rates, tx=tx):
-      def train(lr):
-        def body(carry, _):
-          p, s = carry
-          u, s = tx.update(jax.grad(loss)(p), s, p)
-          p = optax.apply_updates(p, jax.tree.map(lambda x: lr * x, u))
-          return (p, s), loss(p)
-        return jax.lax.scan(body, (params, tx.init(params)), None, length=steps)[1]
-      return jax.lax.map(train, rates)
+    def train(lr):
+      def body(carry, _):
+        p, s = carry
+        u, s = tx.update(jax.grad(loss)(p), s, p)
+        p = optax.apply_updates(p, jax.tree.map(lambda x: lr * x, u))
+        return (p, s), loss(p)
+      return jax.lax.scan(body, (params, tx.init(params)), None, length=steps)[1]
+
+    curves = {}
+
+    def evaluate(hp):
+      c = np.asarray(train(jnp.float32(hp["learning_rate"])))
+      curves[hp["learning_rate"]] = c
+      end = final_loss(c)
+      status = "ok" if np.isfinite(end) and end < start_loss else (
+          "diverged" if not np.isfinite(end) else "failed")
+      return Trial(hp, score(c) if status == "ok" else float("inf"), status, end)
 
     t = time.perf_counter()
-    curves[name], interior[name] = sweep_until_interior(
-        lambda rates: sweep(jnp.asarray(rates, jnp.float32)), lrs[name], max_rates)
-    log(f"digits {name}: {len(curves[name])} rates, interior {interior[name]}, "
-        f"{time.perf_counter() - t:.1f} s")
-  best_adam_lr = min(curves["adamw"], key=lambda lr: final_loss(curves["adamw"][lr]))
-  target = final_loss(curves["adamw"][best_adam_lr])
-  adam_steps = int(np.argmax(curves["adamw"][best_adam_lr] <= target)) + 1
+    res = tune(evaluate, {"learning_rate": starts[name]}, ("learning_rate",), budget)
+    log(f"digits {name}: {res['runs']} rates, best {res['hparams']['learning_rate']:.3g}, "
+        f"interior {res['interior']}, {time.perf_counter() - t:.1f} s")
+    return res, curves
+
+  adam, adam_curves = tuned("adamw", final_loss)
+  best_adam_lr = adam["hparams"]["learning_rate"]
+  target = final_loss(adam_curves[best_adam_lr])
+  adam_steps = steps_to(adam_curves[best_adam_lr], target)
+  by_steps = lambda c: ((steps_to(c, target) or steps + 1)
+                        + final_loss(c) / (final_loss(c) + target))
+  runs = {"adamw": (adam, adam_curves), **{k: tuned(k, by_steps) for k in build if k != "adamw"}}
   out = {"target_loss": target, "adamw_best_lr": best_adam_lr, "steps_budget": steps,
-         "max_rates": max_rates, "methods": {}}
-  for name, by_lr in curves.items():
-    rows = {}
-    for lr in sorted(by_lr):
-      c = by_lr[lr]
-      hit = np.nonzero(c <= target)[0]
-      rows[str(lr)] = {"final_loss": final_loss(c),
-                       "steps_to_target": int(hit[0]) + 1 if hit.size else None}
-    reached = [r["steps_to_target"] for r in rows.values() if r["steps_to_target"]]
-    best = min(reached) if reached else None
-    claim = best is not None and interior[name] and interior["adamw"]
-    out["methods"][name] = {"by_lr": rows, "best_steps_to_target": best,
-                            "interior": interior[name],
-                            "ratio_vs_adamw": best / adam_steps if claim else None}
+         "budget": budget, "methods": {}}
+  for name, (res, curves) in runs.items():
+    lr = res["hparams"]["learning_rate"]
+    best = steps_to(curves[lr], target)
+    claim = best is not None and res["interior"] and adam["interior"]
+    out["methods"][name] = {
+        "by_lr": {f"{r:.3g}": {"final_loss": final_loss(c), "steps_to_target": steps_to(c, target)}
+                  for r, c in sorted(curves.items())},
+        "best_lr": lr, "best_steps_to_target": best, "interior": res["interior"],
+        "note": res["note"], "ratio_vs_adamw": best / adam_steps if claim else None}
   return out
 
 
@@ -1142,19 +1130,21 @@ def markdown(res) -> str:
   if dg:
     L += ["", f"## 6. Steps to AdamW's final loss on the digits MLP (full batch, "
           f"{dg['steps_budget']} steps; target {dg['target_loss']:.2e} = AdamW lr "
-          f"{dg['adamw_best_lr']})", "",
-          f"Each method starts from a 4-point grid and is extended 4 rates at a time past "
-          f"the edge holding its lowest final loss, until that rate is interior or "
-          f"{dg.get('max_rates', 12)} rates were tried, the same budget for all. A ratio "
-          "is only given where both that method's and AdamW's best rate are interior.", "",
-          "| method | best steps to target | ratio vs adamw | best lr interior | "
-          "final loss by lr |", "|---|---|---|---|---|"]
+          f"{dg['adamw_best_lr']:.3g})", "",
+          f"Each learning rate is tuned by `optlab.bench.tuning.tune` (half-decade steps "
+          f"from a start, until the best has worse neighbours on both sides, or "
+          f"{dg['budget']} runs), the same budget for all: AdamW's by its final loss, "
+          "which sets the target, every other method's by its steps to that target (ties "
+          "broken by the final loss). A ratio is only given where both that method's and "
+          "AdamW's best rate are interior.", "",
+          "| method | best lr | steps to target | ratio vs adamw | best lr interior | "
+          "final loss (steps to target) by lr |", "|---|---|---|---|---|---|"]
     for k, v in dg["methods"].items():
-      finals = ", ".join(f"{lr}: {r['final_loss']:.2e}" for lr, r in v["by_lr"].items())
-      best = min(v["by_lr"], key=lambda lr: v["by_lr"][lr]["final_loss"])
-      inside = "yes" if v.get("interior") else f"no ({best} at the edge)"
-      L.append(f"| {k} | {v['best_steps_to_target']} | {_fmt(v['ratio_vs_adamw'])} | "
-               f"{inside} | {finals} |")
+      runs = ", ".join(f"{lr}: {r['final_loss']:.2e} ({r['steps_to_target'] or '-'})"
+                       for lr, r in v["by_lr"].items())
+      inside = "yes" if v["interior"] else f"no ({v['note']})"
+      L.append(f"| {k} | {v['best_lr']:.3g} | {v['best_steps_to_target'] or '-'} | "
+               f"{_fmt(v['ratio_vs_adamw'])} | {inside} | {runs} |")
   if res.get("section_errors"):
     L += ["", "## Sections that failed", ""]
     L += [f"- {k}: `{v}`" for k, v in res["section_errors"].items()]
