@@ -628,7 +628,10 @@ def shampoo(learning_rate: Any, block_size: Optional[int] = None, b1: Any = 0.9,
   second, diagonal momentum for the grafting direction when graft_type is not
   sgd and switches buffers at start_preconditioning_step; with sgd grafting it
   shares one buffer, as here); blocks are zero-padded to block_size, which
-  gives the same preconditioned values as its smaller last blocks; no
+  gives the same preconditioned values as its smaller last blocks; the
+  statistics are padded to one size for the roots as in distributed Shampoo,
+  but with eigenvalue 1e-6 instead of 1, so that the padding does not raise
+  the ridge of a block whose largest eigenvalue is below 1; no
   moving-average momentum, gradient clipping, quantisation or pjit sharding of
   the statistics.
 
