@@ -838,8 +838,7 @@ def bench_digits(steps: int, budget: int = 12):
       c = np.asarray(train(jnp.float32(hp["learning_rate"])))
       curves[hp["learning_rate"]] = c
       end = final_loss(c)
-      status = "ok" if np.isfinite(end) and end < start_loss else (
-          "diverged" if not np.isfinite(end) else "failed")
+      status = "diverged" if not np.isfinite(end) else "ok" if end < start_loss else "failed"
       return Trial(hp, score(c) if status == "ok" else float("inf"), status, end)
 
     t = time.perf_counter()
@@ -983,8 +982,8 @@ def markdown(res) -> str:
           "have; SOAP's first basis (eigh) and its refresh (power iteration and QR) share "
           "one per-matrix loop per size; Shampoo pads every statistic to the largest size "
           "for its roots (one loop for all sizes, as distributed Shampoo), and Muon's "
-          "Newton-Schulz iteration is one loop body. The first two trees are transformer-like with d = "
-          "64 (see `transformer_tree`); the others (`HELD_OUT_TREES`) are trees the code was "
+          "Newton-Schulz iteration is one loop body. The first two trees are "
+          "transformer-like with d = 64 (see `transformer_tree`); the others (`HELD_OUT_TREES`) are trees the code was "
           "not tuned on: GPT-2 small's shapes (`gpt2_tree`: d = 768, 4 factor sizes, 5 "
           "stacks and 3 vector shapes), a LLaMA-like decoder, the same transformer at d = "
           "128, ResNet-18's conv kernels (rank 4, factor sizes 3 to 1000) and a small MLP. "
