@@ -323,6 +323,8 @@ def test_newton_schulz_orthogonalises():
   np.testing.assert_allclose(tall, y.T, rtol=1e-5, atol=1e-5)
   batch = linalg.newton_schulz(jnp.asarray(np.stack([g, 2 * g]), jnp.float32))
   np.testing.assert_allclose(batch[1], y, rtol=1e-4, atol=1e-5)
+  batch = linalg.newton_schulz(jnp.asarray(np.stack([g.T, 2 * g.T]), jnp.float32))
+  np.testing.assert_allclose(batch[1], y.T, rtol=1e-4, atol=1e-5)
 
 
 def test_newton_schulz_one_step_by_hand():
