@@ -510,9 +510,8 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
 
     def compute_roots(roots):
       root = lambda s, r, p: linalg.inverse_pth_root(s, p, matrix_eps, r).astype(dtype)
-      # padding eigenvalue 1e-6, inverse_pth_root's floor: it moves no ridge
       return _by_size(linalg.split_over_axis(root, axis_name), mesh, stats, roots, exps,
-                      common=1e-6)
+                      common=linalg.RIDGE_FLOOR)
 
     roots = jax.lax.cond(count % preconditioning_compute_steps == 0, compute_roots,
                          lambda r: r, state.roots)

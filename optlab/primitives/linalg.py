@@ -41,6 +41,9 @@ from optlab._src.numerics import finite_sum
 __all__ = ["inverse_pth_root", "newton_schulz"]
 
 HIGHEST = jax.lax.Precision.HIGHEST
+# `inverse_pth_root`'s floor under the largest eigenvalue in its relative ridge
+# (distributed Shampoo's); a padding eigenvalue at most this moves no ridge.
+RIDGE_FLOOR = 1e-6
 
 
 def _mm(a: jax.Array, b: jax.Array, compute_dtype: Any = None) -> jax.Array:
@@ -656,7 +659,7 @@ def refresh_eigenbasis(stats: jax.Array, basis: jax.Array, first: Any = False
 
 def inverse_pth_root(stats: jax.Array, p: Any, eps: Any = 1e-6,
                      fallback: Optional[jax.Array] = None, *, relative: bool = True,
-                     floor: float = 1e-6) -> jax.Array:
+                     floor: float = RIDGE_FLOOR) -> jax.Array:
   """(S + damping I)^(-1/p) for symmetric PSD `stats` (N, b, b), via eigh.
 
   `p` is a number or an array broadcasting against (N, 1) (one exponent per
