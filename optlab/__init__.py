@@ -18,7 +18,7 @@ from optlab._registry import Recipe
 from optlab.catalog import catalog, get_recipe, held_out
 from optlab.layer_stats import (LayerStats, capture_layer_stats, capture_linen, capture_nnx,
                                 conv_patches)
-from optlab.sharding import state_sharding
+from optlab.sharding import MeshRoute, mesh_route, state_sharding
 from optlab.primitives.bases import (EigenbasisState, StackedInnerState, in_eigenbasis,
                                      scale_by_newton_schulz, ShampooState, scale_by_shampoo)
 from optlab.primitives.basis import (LINEAR, SECOND, INVARIANT, OPAQUE, NESTED, MOMENT, ANCHOR,
@@ -133,6 +133,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     'LayerStats',
+    'MeshRoute',
     'Recipe',
     'capture_layer_stats',
     'capture_linen',
@@ -141,6 +142,7 @@ __all__ = [
     'conv_patches',
     'get_recipe',
     'held_out',
+    'mesh_route',
     'recipe_chain',
     'state_sharding',
     'federated',

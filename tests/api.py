@@ -37,11 +37,12 @@ from optlab._registry import Recipe
 from optlab.catalog import catalog, get_recipe, held_out
 from optlab.layer_stats import (LayerStats, capture_layer_stats, capture_linen, capture_nnx,
                                 conv_patches)
-from optlab.sharding import state_sharding
+from optlab.sharding import MeshRoute, mesh_route, state_sharding
 '''
 
-FIXED = ["LayerStats", "Recipe", "capture_layer_stats", "capture_linen", "capture_nnx",
-         "catalog", "conv_patches", "get_recipe", "held_out", "recipe_chain", "state_sharding"]
+FIXED = ["LayerStats", "MeshRoute", "Recipe", "capture_layer_stats", "capture_linen",
+         "capture_nnx", "catalog", "conv_patches", "get_recipe", "held_out", "mesh_route",
+         "recipe_chain", "state_sharding"]
 SUBMODULES = ["federated", "rules", "schedules"]
 
 

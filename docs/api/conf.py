@@ -188,8 +188,9 @@ def _write_pages() -> set[str]:
       placed.update(names)
   index += _toc("Primitives", pages)
 
-  core = ["Recipe", "recipe_chain", "catalog", "held_out", "get_recipe", "state_sharding"]
-  lines = _heading("The catalogue, recipe_chain and state_sharding")
+  core = ["Recipe", "recipe_chain", "catalog", "held_out", "get_recipe", "state_sharding",
+          "mesh_route", "MeshRoute"]
+  lines = _heading("The catalogue, recipe_chain, state_sharding and mesh_route")
   lines += [".. currentmodule:: optlab", ""]
   for name in core:
     lines += _directive("optlab", name)

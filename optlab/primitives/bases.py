@@ -59,13 +59,13 @@ def _factor_dtype(factors: tuple, leaves: list) -> Any:
 
 
 def _stacked_updates(where: str, state: Any, updates: Any, make_plan, block_multiple: int,
-                     mesh: Optional[jax.sharding.Mesh]):
-  """The updates' leaves, treedef, `BlockStacks` (split over `mesh`, if any), factor
+                     route: Optional[linalg.MeshRoute]):
+  """The updates' leaves, treedef, `BlockStacks` (split over `route`, if any), factor
   dtype and stacked blocks (in that dtype), after checking them against the
   state's layout."""
   leaves, treedef = jax.tree.flatten(updates)
   check_layout(where, state.layout, updates)
-  stacks = linalg.BlockStacks(leaves, make_plan, block_multiple, mesh)
+  stacks = linalg.BlockStacks(leaves, make_plan, block_multiple, route)
   dtype = _factor_dtype(state.stats, leaves)
   return leaves, treedef, stacks, dtype, stacks.stack(leaves, dtype)
 
@@ -78,12 +78,12 @@ def _update_stats(stacks: linalg.BlockStacks, blocks: list, old: tuple, w_old: A
                for k, gb in enumerate(blocks))
 
 
-def _by_size(fn, mesh: Optional[jax.sharding.Mesh], *fields: tuple,
+def _by_size(fn, route: Optional[linalg.MeshRoute], *fields: tuple,
              common: Optional[float] = None) -> tuple:
   """`linalg.by_size` over factor fields (per group, per dimension), nested back
-  alike; on a `mesh`, joined where the blocks lie (``groups``)."""
+  alike; on a mesh (`route`), joined where the blocks lie (``groups``)."""
   flat = [[f for group in field for f in group] for field in fields]
-  it = iter(linalg.by_size(fn, *flat, groups=1 if mesh is None else mesh.size, common=common))
+  it = iter(linalg.by_size(fn, *flat, groups=1 if route is None else route.size, common=common))
   return tuple(tuple(next(it) for _ in group) for group in fields[0])
 
 
@@ -212,11 +212,13 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
     axis_name: under pmap (or shard_map) with the state whole on every
       device, the axis whose devices share the decompositions: each computes
       1/n of them and they are all-gathered (`linalg.split_over_axis`). Under
-      jit over a mesh, the `jax.sharding.Mesh`: each device decomposes the
-      blocks it holds (set ``block_multiple`` to the mesh's size and place
-      the state with `optlab.state_sharding`), and the stacked blocks are
-      held split that way (its axes ``AxisType.Auto``, `Mesh`'s default;
-      `linalg.check_axis_name`). None: every device computes all.
+      jit over a mesh, the `jax.sharding.Mesh`, or its `optlab.mesh_route`
+      (the route the blocks take onto it, from the params' shardings): each
+      device decomposes the blocks it holds (set ``block_multiple`` to the
+      mesh's size and place the state with `optlab.state_sharding`), and the
+      stacked blocks are held split that way (its axes ``AxisType.Auto``,
+      `Mesh`'s default; `linalg.check_axis_name`). None: every device
+      computes all.
     compute_dtype: None (float32 rotations at full precision) or e.g.
       ``jnp.bfloat16``: the rotations' inputs in that dtype, accumulated in
       float32 (`linalg.check_compute_dtype`); the factors and bases stay
@@ -236,7 +238,7 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
   V.check_range("in_eigenbasis", "block_multiple", block_multiple, 1)
   V.check_decay("in_eigenbasis", "shampoo_beta", shampoo_beta)
   compute_dtype = linalg.check_compute_dtype("in_eigenbasis", compute_dtype)
-  mesh = linalg.check_axis_name("in_eigenbasis", axis_name)
+  route = linalg.check_axis_name("in_eigenbasis", axis_name)
   inner = optax.with_extra_args_support(inner)
   split = lambda fn: linalg.split_over_axis(fn, axis_name)
 
@@ -254,7 +256,7 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
       return EigenbasisState(jnp.zeros([], jnp.int32), _unstacked(), _unstacked(), _unstacked(),
                              _unstacked())
     leaves = jax.tree.leaves(params)
-    stacks = linalg.BlockStacks(leaves, make_plan, block_multiple, mesh)
+    stacks = linalg.BlockStacks(leaves, make_plan, block_multiple, route)
     dtype = tree_accumulation_dtype(leaves)
     blocks = tuple(jax.vmap(inner.init)(b) for b in stacks.stack(leaves))
     rest = inner.init([leaves[i] for i in stacks.rest])
@@ -265,7 +267,7 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
     if _no_leaves(updates):
       return updates, state._replace(count=optax.safe_increment(state.count))
     leaves, treedef, stacks, dtype, g = _stacked_updates("in_eigenbasis", state, updates,
-                                                         make_plan, block_multiple, mesh)
+                                                         make_plan, block_multiple, route)
     stats = _update_stats(stacks, g, state.stats, shampoo_beta, 1 - shampoo_beta)
     basis = state.basis
     rest_g = [leaves[i] for i in stacks.rest]
@@ -279,7 +281,7 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
     def refresh(args):
       inner_state, old = args
       pairs = _by_size(split(lambda s, q: linalg.refresh_eigenbasis(s, q, state.count == 0)),
-                       mesh, stats, old)
+                       route, stats, old)
       new = tuple(tuple(q.astype(dtype) for q, _ in pk) for pk in pairs)
       blocks = tuple(rebase_state(bs, _EigenChange(stacks.dims(k), stacks.with_factors(k, old[k]),
                                                    stacks.with_factors(k, new[k]),
@@ -340,16 +342,17 @@ def scale_by_newton_schulz(ns_steps: int = 5,
   official code) gives the iteration's products inputs in that dtype,
   accumulated in float32. ``axis_name``: under pmap (the updates whole on
   every device), the axis whose devices share the iterations, each running
-  1/n of the matrices; under jit, a `jax.sharding.Mesh`: the stacks are split
-  over its devices on their matrix axis (padded with zero matrices to
-  divide), so that each device orthogonalises whole matrices (a mesh of
-  ``AxisType.Auto`` axes, `linalg.check_axis_name`). Without it,
+  1/n of the matrices; under jit, a `jax.sharding.Mesh` (or its
+  `optlab.mesh_route`): the stacks are split over its devices on their
+  matrix axis (padded with zero matrices to divide), so that each device
+  orthogonalises whole matrices (a mesh of ``AxisType.Auto`` axes,
+  `linalg.check_axis_name`). Without it,
   matrices split FSDP-style across devices are gathered inside every
   iteration (8-way FSDP, 146-leaf tree: 151 MB per device and step).
   """
   V.check_range("scale_by_newton_schulz", "ns_steps", ns_steps, 1)
   compute_dtype = linalg.check_compute_dtype("scale_by_newton_schulz", compute_dtype)
-  mesh = linalg.check_axis_name("scale_by_newton_schulz", axis_name)
+  route = linalg.check_axis_name("scale_by_newton_schulz", axis_name)
   V.check_nonneg("scale_by_newton_schulz", "eps", eps)
 
   def scale(fan_in, fan_out):
@@ -367,12 +370,12 @@ def scale_by_newton_schulz(ns_steps: int = 5,
   # iteration keeps: no shard_map needed
   orthogonalise = linalg.split_over_axis(
       lambda x: linalg.newton_schulz(x, ns_steps, ns_coeffs, eps, compute_dtype),
-      None if mesh is not None else axis_name)
+      None if route is not None else axis_name)
 
   def update(updates, state, params=None, **extra):
     del params, extra
     leaves, treedef = jax.tree.flatten(updates)
-    stacks = linalg.BlockStacks(leaves, as_matrix, 1 if mesh is None else mesh.size, mesh)
+    stacks = linalg.BlockStacks(leaves, as_matrix, 1 if route is None else route.size, route)
     out = []
     for k, x in enumerate(stacks.stack(leaves)):
       y = orthogonalise(x)
@@ -439,8 +442,9 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
   number of devices `optlab.state_sharding` splits the state over). With
   ``axis_name`` (pmap or shard_map, the state whole on every device), the
   devices of that axis share the inverse roots: each computes 1/n of them;
-  with a `jax.sharding.Mesh` of ``AxisType.Auto`` axes (jit), each computes
-  those of the blocks it holds, and the stacked blocks are held split that way.
+  with a `jax.sharding.Mesh` of ``AxisType.Auto`` axes (jit), or its
+  `optlab.mesh_route`, each computes those of the blocks it holds, and the
+  stacked blocks are held split that way.
   ``compute_dtype`` (e.g. ``jnp.bfloat16``) gives the preconditioning
   products inputs in that dtype, accumulated in float32; the statistics and
   roots stay float32.
@@ -455,7 +459,7 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
   V.check_nonneg(where, "diagonal_eps", diagonal_eps)
   V.check_range(where, "block_multiple", block_multiple, 1)
   compute_dtype = linalg.check_compute_dtype(where, compute_dtype)
-  mesh = linalg.check_axis_name(where, axis_name)
+  route = linalg.check_axis_name(where, axis_name)
 
   def make_plan(shape):
     plan = linalg.BlockPlan.make(shape, merge=True, merge_limit=block_size,
@@ -498,7 +502,7 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
     if _no_leaves(updates):
       return updates, state._replace(count=optax.safe_increment(state.count))
     leaves, treedef, stacks, dtype, g = _stacked_updates("scale_by_shampoo", state, updates,
-                                                         make_plan, block_multiple, mesh)
+                                                         make_plan, block_multiple, route)
     count = state.count
     w1, w2 = (b2, 1.0) if isinstance(b2, (int, float)) and b2 == 1 else (b2, 1 - b2)
     due = count % statistics_compute_steps == 0
@@ -510,7 +514,7 @@ def scale_by_shampoo(block_size: int = 128, b2: Any = 0.999, matrix_eps: Any = 1
 
     def compute_roots(roots):
       root = lambda s, r, p: linalg.inverse_pth_root(s, p, matrix_eps, r).astype(dtype)
-      return _by_size(linalg.split_over_axis(root, axis_name), mesh, stats, roots, exps,
+      return _by_size(linalg.split_over_axis(root, axis_name), route, stats, roots, exps,
                       common=linalg.RIDGE_FLOOR)
 
     roots = jax.lax.cond(count % preconditioning_compute_steps == 0, compute_roots,

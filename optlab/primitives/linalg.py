@@ -34,6 +34,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from optlab.primitives.normalize import tensor_norm
+from optlab.sharding import MeshRoute
 from optlab._src import slicing
 from optlab._src.dtypes import accumulation_dtype
 from optlab._src.numerics import finite_sum
@@ -89,15 +90,19 @@ def check_compute_dtype(where: str, compute_dtype: Any) -> Any:
   return dt
 
 
-def check_axis_name(where: str, axis_name: Any) -> Optional[Mesh]:
-  """The `axis_name` option of the matrix methods: None, a pmap axis name, or a
-  `Mesh` whose axes are all ``AxisType.Auto`` (`Mesh`'s default): on a mesh
-  the stacks are placed by sharding constraints with unconstrained dimensions
-  (`BlockStacks`), which explicit sharding does not accept. Returns the mesh
-  (jit), or None (a pmap axis, or none)."""
-  if not isinstance(axis_name, Mesh):
+def check_axis_name(where: str, axis_name: Any) -> Optional[MeshRoute]:
+  """The `axis_name` option of the matrix methods: None, a pmap axis name, a
+  `Mesh` or a `MeshRoute` (`optlab.mesh_route`), the mesh's axes all
+  ``AxisType.Auto`` (`Mesh`'s default): on a mesh the stacks are placed by
+  sharding constraints with unconstrained dimensions (`BlockStacks`), which
+  explicit sharding does not accept. Returns the route (jit; a bare mesh
+  takes its axes one at a time), or None (a pmap axis, or none)."""
+  if isinstance(axis_name, Mesh):
+    axis_name = MeshRoute(axis_name, tuple((a,) for a in axis_name.axis_names))
+  if not isinstance(axis_name, MeshRoute):
     return None
-  other = [a for a, t in zip(axis_name.axis_names, axis_name.axis_types) if t != AxisType.Auto]
+  mesh = axis_name.mesh
+  other = [a for a, t in zip(mesh.axis_names, mesh.axis_types) if t != AxisType.Auto]
   if other:
     raise ValueError(f"optlab.{where}: axis_name must be a mesh of Auto axes "
                      f"(jax.sharding.AxisType.Auto), but its axes {other} are not")
@@ -321,8 +326,13 @@ class BlockStacks:
   """
 
   def __init__(self, leaves: Sequence[Any], make_plan, multiple: int = 1,
-               mesh: Optional[Mesh] = None):
-    self.mesh = mesh
+               route: Optional[MeshRoute] = None):
+    self.mesh = None if route is None else route.mesh
+    # the block axis's splits on the way to all of the mesh's axes (`_on_mesh`)
+    self.hops = [] if route is None else [
+        sum(route.groups[:k + 1], ()) for k in range(len(route.groups))]
+    if self.hops and self.hops[-1] == tuple(self.mesh.axis_names):
+      self.hops.pop()
     self.plans = [make_plan(tuple(jnp.shape(x))) for x in leaves]
     groups: dict[tuple, list[int]] = {}
     for i, (x, plan) in enumerate(zip(leaves, self.plans)):
@@ -375,16 +385,15 @@ class BlockStacks:
                for i in members]
       if self.mesh is not None:  # a one-block leaf's size-1 block axis is not split: XLA
         # otherwise pads it over a mesh axis, and cannot move that split later
-        parts = [self._constrain(x, 0) if x.shape[0] == 1 else x for x in parts]
+        parts = [self._constrain(x, ()) if x.shape[0] == 1 else x for x in parts]
       if self.pad[g]:
         parts.append(jnp.zeros((self.pad[g],) + self.block_shape(g), parts[0].dtype))
       out.append(self._on_mesh(parts[0] if len(parts) == 1 else jnp.concatenate(parts)))
     return out
 
-  def _constrain(self, x: jax.Array, k: int) -> jax.Array:
-    """x with its block axis split over the mesh's first k axes, the other axes
-    left to XLA."""
-    axes = self.mesh.axis_names[:k]
+  def _constrain(self, x: jax.Array, axes: tuple) -> jax.Array:
+    """x with its block axis split over the mesh axes `axes`, the other axes left
+    to XLA."""
     spec = P(axes or None, *(P.UNCONSTRAINED,) * (x.ndim - 1))
     return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
@@ -397,29 +406,31 @@ class BlockStacks:
     (4e-3 in 5 steps on a small transformer tree: wide matrices have no unique
     eigenbasis). Each device now computes its blocks as one device does.
 
-    The split is reached one mesh axis at a time (each step an all-to-all or
-    a local slice): on a mesh of several axes XLA cannot move two at once and
-    replicated whole stacks instead ("involuntary full rematerialization").
-    On a 4 x 2 mesh with params split on rows and columns (second_order.py
-    section 4b), SOAP's step moved 8.7x the params per device, Muon's 8.1x;
-    one axis at a time, 4.0x and 1.8x, with no rematerialization (SOAP 1.9x
-    since `by_size` also joins the factors where they lie)."""
+    The split is reached one group of the route's axes at a time (`hops`; each
+    step an all-to-all or a local slice): XLA cannot move two groups at once
+    and replicated whole stacks instead ("involuntary full
+    rematerialization"). On a 4 x 2 mesh with params split on rows and
+    columns (second_order.py section 4b), SOAP's step moved 8.7x the params
+    per device, Muon's 8.1x; one axis at a time, 4.0x and 1.8x, with no
+    rematerialization (SOAP 1.9x since `by_size` also joins the factors where
+    they lie). Params split over two axes jointly need them as one group
+    (`optlab.mesh_route`)."""
     if self.mesh is None or x.shape[0] % self.mesh.size:
       return x
-    for k in range(1, len(self.mesh.axis_names)):
-      x = self._constrain(x, k)
+    for axes in self.hops:
+      x = self._constrain(x, axes)
     return jax.lax.with_sharding_constraint(
         x, NamedSharding(self.mesh, P(self.mesh.axis_names)))
 
   def _off_mesh(self, x: jax.Array) -> jax.Array:
-    """Before a stack is cut into leaves: `_on_mesh` undone one mesh axis at a
-    time, down to the first axis, which the constant-offset slices of `unstack`
-    handle as on a mesh of one axis (undoing it too, XLA gathered Shampoo's
-    multi-block stacks whole)."""
+    """Before a stack is cut into leaves: `_on_mesh` undone one hop at a time,
+    down to the first, which the constant-offset slices of `unstack` handle as
+    on a mesh of one axis (undoing it too, XLA gathered Shampoo's multi-block
+    stacks whole)."""
     if self.mesh is None or x.shape[0] % self.mesh.size:
       return x
-    for k in reversed(range(1, len(self.mesh.axis_names))):
-      x = self._constrain(x, k)
+    for axes in reversed(self.hops):
+      x = self._constrain(x, axes)
     return x
 
   def unstack(self, stacks: Sequence[jax.Array], leaves: Sequence[Any],
@@ -469,7 +480,7 @@ def split_over_axis(fn, axis_name: Any):
   of the N matrices (the stacks are padded with copies of their first matrix
   to a multiple of n), and the results are all-gathered: distributed
   Shampoo's split of the refresh work, for states held whole on every
-  device. A `jax.sharding.Mesh` (under jit): `fn` runs in a `jax.shard_map`
+  device. A `jax.sharding.Mesh` (under jit; a `MeshRoute`: its mesh): `fn` runs in a `jax.shard_map`
   over all its axes, on the blocks each device holds (the stacks split on
   their block axis, as `optlab.state_sharding` places them; N must divide,
   see ``block_multiple``). XLA's partitioner would otherwise gather the
@@ -477,6 +488,8 @@ def split_over_axis(fn, axis_name: Any):
   """
   if axis_name is None:
     return fn
+  if isinstance(axis_name, MeshRoute):
+    axis_name = axis_name.mesh
   if isinstance(axis_name, Mesh):  # jit over a mesh: each device its own stacked blocks
     spec = P(axis_name.axis_names)
 

@@ -130,8 +130,10 @@ def soap(learning_rate: Any, b1: Any = 0.95, b2: Any = 0.95, shampoo_beta: Any =
       this many blocks (the devices `optlab.state_sharding` splits the state
       over), an int >= 1.
     axis_name: under pmap, the axis whose devices share the basis refreshes
-      (each computes 1/n of them); under jit, a `jax.sharding.Mesh`: each
-      device refreshes the blocks it holds; None: every device computes all.
+      (each computes 1/n of them); under jit, a `jax.sharding.Mesh` (or
+      `optlab.mesh_route` of it, for params split over several mesh axes
+      jointly): each device refreshes the blocks it holds; None: every
+      device computes all.
     compute_dtype: None (float32 rotations at full precision) or e.g.
       ``jnp.bfloat16``: their inputs in that dtype, accumulated in float32
       (the statistics stay float32; updates move by ~1e-2 relative).
@@ -217,8 +219,10 @@ def soap_lion(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.99, weight_decay: A
       this many blocks (the devices `optlab.state_sharding` splits the state
       over), an int >= 1.
     axis_name: under pmap, the axis whose devices share the basis refreshes
-      (each computes 1/n of them); under jit, a `jax.sharding.Mesh`: each
-      device refreshes the blocks it holds; None: every device computes all.
+      (each computes 1/n of them); under jit, a `jax.sharding.Mesh` (or
+      `optlab.mesh_route` of it, for params split over several mesh axes
+      jointly): each device refreshes the blocks it holds; None: every
+      device computes all.
     compute_dtype: None (float32 rotations at full precision) or e.g.
       ``jnp.bfloat16``: their inputs in that dtype, accumulated in float32
       (the statistics stay float32; updates move by ~1e-2 relative).
@@ -274,8 +278,10 @@ def soap_adopt(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.9999, eps: Any = 1
       this many blocks (the devices `optlab.state_sharding` splits the state
       over), an int >= 1.
     axis_name: under pmap, the axis whose devices share the basis refreshes
-      (each computes 1/n of them); under jit, a `jax.sharding.Mesh`: each
-      device refreshes the blocks it holds; None: every device computes all.
+      (each computes 1/n of them); under jit, a `jax.sharding.Mesh` (or
+      `optlab.mesh_route` of it, for params split over several mesh axes
+      jointly): each device refreshes the blocks it holds; None: every
+      device computes all.
     compute_dtype: None (float32 rotations at full precision) or e.g.
       ``jnp.bfloat16``: their inputs in that dtype, accumulated in float32
       (the statistics stay float32; updates move by ~1e-2 relative).
@@ -340,8 +346,10 @@ def soap_ademamix(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, b3: Any = 
       this many blocks (the devices `optlab.state_sharding` splits the state
       over), an int >= 1.
     axis_name: under pmap, the axis whose devices share the basis refreshes
-      (each computes 1/n of them); under jit, a `jax.sharding.Mesh`: each
-      device refreshes the blocks it holds; None: every device computes all.
+      (each computes 1/n of them); under jit, a `jax.sharding.Mesh` (or
+      `optlab.mesh_route` of it, for params split over several mesh axes
+      jointly): each device refreshes the blocks it holds; None: every
+      device computes all.
     compute_dtype: None (float32 rotations at full precision) or e.g.
       ``jnp.bfloat16``: their inputs in that dtype, accumulated in float32
       (the statistics stay float32; updates move by ~1e-2 relative).
@@ -404,8 +412,10 @@ def soap_laprop(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1
       this many blocks (the devices `optlab.state_sharding` splits the state
       over), an int >= 1.
     axis_name: under pmap, the axis whose devices share the basis refreshes
-      (each computes 1/n of them); under jit, a `jax.sharding.Mesh`: each
-      device refreshes the blocks it holds; None: every device computes all.
+      (each computes 1/n of them); under jit, a `jax.sharding.Mesh` (or
+      `optlab.mesh_route` of it, for params split over several mesh axes
+      jointly): each device refreshes the blocks it holds; None: every
+      device computes all.
     compute_dtype: None (float32 rotations at full precision) or e.g.
       ``jnp.bfloat16``: their inputs in that dtype, accumulated in float32
       (the statistics stay float32; updates move by ~1e-2 relative).
@@ -515,9 +525,10 @@ def muon(learning_rate: Any, ns_coeffs: tuple = (3.4445, -4.7750, 2.0315), ns_st
       (as the official code's bfloat16; updates move by ~1e-2 relative).
     axis_name: under pmap, the axis whose devices share the Newton-Schulz
       iterations (each runs 1/n of the matrices); under jit, a
-      `jax.sharding.Mesh`: each device orthogonalises whole matrices of its
-      share instead of gathering FSDP-split ones (`scale_by_newton_schulz`);
-      None: every device computes all.
+      `jax.sharding.Mesh` (or `optlab.mesh_route` of it, for params split
+      over several mesh axes jointly): each device orthogonalises whole
+      matrices of its share instead of gathering FSDP-split ones
+      (`scale_by_newton_schulz`); None: every device computes all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs
@@ -668,9 +679,10 @@ def shampoo(learning_rate: Any, block_size: Optional[int] = None, b1: Any = 0.9,
       this many blocks (the devices `optlab.state_sharding` splits the state
       over), an int >= 1.
     axis_name: under pmap, the axis whose devices share the inverse roots
-      (each computes 1/n of them); under jit, a `jax.sharding.Mesh`: each
-      device computes those of the blocks it holds; None: every device
-      computes all.
+      (each computes 1/n of them); under jit, a `jax.sharding.Mesh` (or
+      `optlab.mesh_route` of it, for params split over several mesh axes
+      jointly): each device computes those of the blocks it holds; None:
+      every device computes all.
     compute_dtype: None (float32 preconditioning products at full precision) or e.g.
       ``jnp.bfloat16``: their inputs in that dtype, accumulated in float32
       (the statistics stay float32; updates move by ~1e-2 relative).
