@@ -480,10 +480,10 @@ def split_over_axis(fn, axis_name: Any):
   of the N matrices (the stacks are padded with copies of their first matrix
   to a multiple of n), and the results are all-gathered: distributed
   Shampoo's split of the refresh work, for states held whole on every
-  device. A `jax.sharding.Mesh` (under jit; a `MeshRoute`: its mesh): `fn` runs in a `jax.shard_map`
-  over all its axes, on the blocks each device holds (the stacks split on
-  their block axis, as `optlab.state_sharding` places them; N must divide,
-  see ``block_multiple``). XLA's partitioner would otherwise gather the
+  device. A `jax.sharding.Mesh` (under jit; a `MeshRoute`: its mesh): `fn`
+  runs in a `jax.shard_map` over all its axes, on the blocks each device
+  holds (the stacks split on their block axis, as `optlab.state_sharding`
+  places them; N must divide, see ``block_multiple``). XLA's partitioner would otherwise gather the
   stacks into the CPU per-matrix loop on every device. None: `fn` itself.
   """
   if axis_name is None:
