@@ -309,8 +309,9 @@ def test_mesh_route_groups_the_axes_that_split_one_dimension():
   assert route(P(P.UNCONSTRAINED, ("y", "z"))) == (("x",), ("y", "z"))
   # rows on z, columns on x: separate groups, in the mesh's order
   assert route(P("z", "x"), NamedSharding(mesh3, P(None, "y"))) == (("x",), ("y",), ("z",))
-  # groups that share an axis are merged; a group keeps its params' axis order
-  assert route(P(("z", "y")), P(("x", "y"))) == (("z", "y", "x"),)
+  # groups that share an axis are merged, and every group is in the mesh's order
+  assert route(P(("z", "y")), P(("x", "y"))) == (("x", "y", "z"),)
+  assert route(P("z"), P(("z", "y"))) == (("x",), ("y", "z"))
   with pytest.raises(ValueError, match="mesh_route: param_shardings names axis 'w'"):
     route(P("w"))
   with pytest.raises(TypeError, match="mesh_route: param_shardings holds 3"):
