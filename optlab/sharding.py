@@ -150,12 +150,13 @@ def mesh_route(mesh: Mesh, param_shardings: Any = None) -> MeshRoute:
   one axis at a time). Groups and the axes in each are taken in the mesh's
   order, the order of the state's split: a group in another order makes
   the last hop permute the blocks (rows split over ``("data", "fsdp")`` for
-  one param and over ``"fsdp"`` for the others, one group ordered ``("fsdp",
-  "data")``: 17 rematerialization warnings and 2.7x the bytes moved). Without `param_shardings` every axis is its own group:
-  what ``axis_name=mesh`` does. On a 2 x 4 mesh with GPT-2-like params split
-  by rows over both axes, SOAP's step gathered 5.7x the params per device
-  with ``axis_name=mesh`` and moves 0.9x with this route (second_order.py
-  section 4b).
+  one param and over ``"fsdp"`` for the others, one group ordered
+  ``("fsdp", "data")``: 17 rematerialization warnings and 2.7x the bytes
+  moved). Without `param_shardings` every axis is its own group: what
+  ``axis_name=mesh`` does. On a 2 x 4 mesh with GPT-2-like params split by
+  rows over both axes, SOAP's step gathered 5.7x the params per device with
+  ``axis_name=mesh`` and moves 0.9x with this route (second_order.py section
+  4b).
 
   Args:
     mesh: the device mesh (its axes ``AxisType.Auto``).
