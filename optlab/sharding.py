@@ -42,7 +42,8 @@ def _as_sharding(mesh: Mesh, value: Any) -> NamedSharding:
       mesh, _spec_of("state_sharding", value))
 
 
-def state_sharding(tx: optax.GradientTransformation, params: Any, mesh: Mesh, *,
+def state_sharding(tx: optax.GradientTransformation, params: Any,
+                   mesh: Union[Mesh, "MeshRoute"], *,
                    axis: Optional[Union[str, Sequence[str]]] = None,
                    param_shardings: Any = None) -> Any:
   """The `NamedSharding` of every leaf of ``tx.init(params)`` on `mesh`.
@@ -64,7 +65,7 @@ def state_sharding(tx: optax.GradientTransformation, params: Any, mesh: Mesh, *,
   Args:
     tx: the optimizer.
     params: the params (arrays, or `jax.ShapeDtypeStruct` leaves).
-    mesh: the device mesh.
+    mesh: the device mesh, or a `MeshRoute` (its mesh).
     axis: the mesh axis name (or names) the block axis is split over; None:
       all of the mesh's axes, as a recipe built with ``axis_name=mesh``
       splits its stacks inside the step (with another split as the step's
@@ -84,6 +85,8 @@ def state_sharding(tx: optax.GradientTransformation, params: Any, mesh: Mesh, *,
     >>> shardings = optlab.state_sharding(tx, params, mesh)
     >>> state = jax.jit(tx.init, out_shardings=shardings)(params)
   """
+  if isinstance(mesh, MeshRoute):
+    mesh = mesh.mesh
   names = mesh.axis_names if axis is None else (axis,) if isinstance(axis, str) else tuple(axis)
   unknown = [a for a in names if a not in mesh.shape]
   if unknown:

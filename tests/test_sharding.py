@@ -333,7 +333,10 @@ def test_params_split_over_two_axes_jointly_move_without_gathering(method):
   shardings = jax.tree.map(lambda p: NamedSharding(
       mesh2, P(("data", "fsdp")) if p.shape[0] % 8 == 0 else P()), params)
   make = RECIPES[method]
-  tx = make(axis_name=optlab.mesh_route(mesh2, shardings))
+  route = optlab.mesh_route(mesh2, shardings)
+  tx = make(axis_name=route)
+  assert optlab.state_sharding(tx, params, route, param_shardings=shardings) == \
+      optlab.state_sharding(tx, params, mesh2, param_shardings=shardings)
 
   def gathered(tx):
     p, s = _placed(tx, params, shardings, mesh2)
