@@ -34,7 +34,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from optlab.primitives.normalize import tensor_norm
-from optlab.sharding import MeshRoute
+from optlab.sharding import MeshRoute, mesh_route
 from optlab._src import slicing
 from optlab._src.dtypes import accumulation_dtype
 from optlab._src.numerics import finite_sum
@@ -98,7 +98,7 @@ def check_axis_name(where: str, axis_name: Any) -> Optional[MeshRoute]:
   explicit sharding does not accept. Returns the route (jit; a bare mesh
   takes its axes one at a time), or None (a pmap axis, or none)."""
   if isinstance(axis_name, Mesh):
-    axis_name = MeshRoute(axis_name, tuple((a,) for a in axis_name.axis_names))
+    axis_name = mesh_route(axis_name)
   if not isinstance(axis_name, MeshRoute):
     return None
   mesh = axis_name.mesh
