@@ -35,6 +35,10 @@ Sections (each a ratio against a baseline measured in the same process):
    one device, the MB each device moves per step, the SPMD partitioner's
    full-rematerialization warnings, and the params after 3 steps against one
    device's.
+4c. layouts: the same on random trees and layouts (`random_layout`: ranks 0
+   to 4, odd sizes, dimensions split over one mesh axis, two jointly or
+   none), 10 of them, to see that the shares and the equality with one
+   device hold beyond the layouts tuned for.
 5. lm: the whole training step (forward, backward, update) of the bench's
    ``lm-stdlib`` task (preset ``demo``, and the same model at 32x its batch)
    for soap and shampoo (preconditioning every 10 steps) against adamw,
@@ -71,7 +75,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SECTIONS = ("compile", "gemm", "published", "sharded", "meshes", "lm", "digits")
+SECTIONS = ("compile", "gemm", "published", "sharded", "meshes", "layouts", "lm", "digits")
 T0 = time.perf_counter()
 
 
@@ -682,26 +686,46 @@ def _mesh_child(layout: str, method: str) -> dict:
   device 0, what the compiled step moves per device (`collective_mb`) and the
   params after 3 steps against one device's."""
   import jax
-  import jax.numpy as jnp
   import numpy as np
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-  import optlab
   shape, names, spec = MESH_LAYOUTS[layout]
   mesh = Mesh(np.array(jax.devices()[:8]).reshape(shape), names)
   params = gpt2_tree(**MESH_TREE, seed=0)
   shardings = jax.tree.map(lambda x: NamedSharding(mesh, P(*spec(*x.shape)) if x.ndim == 2
                                                    else P()), params)
-  make = {"adamw": lambda **k: optlab.adamw(1e-3),
-          "soap": lambda **k: optlab.soap(1e-3, block_multiple=8, **k),
-          "shampoo": lambda **k: optlab.shampoo(1e-3, block_multiple=8, **k),
-          "muon": lambda **k: optlab.muon(0.02, **k)}[method]
+  state, route, moved, rel = _on_mesh_vs_one_device(method, mesh, params, shardings,
+                                                    np.random.default_rng(7))
+  held, total = device0_bytes(state)
+  return {"device0_share": held / total, "collective_mb": moved,
+          "max_rel_diff_params_after_3_steps": rel,
+          "param_mb": sum(x.nbytes for x in jax.tree.leaves(params)) / 1e6,
+          "route": [list(g) for g in route.groups]}
+
+
+def _mesh_method(method: str, **kw):
+  """A method of sections 4b and 4c, with `kw` (``axis_name``; adamw takes none)."""
+  import optlab
+  return {"adamw": lambda: optlab.adamw(1e-3),
+          "soap": lambda: optlab.soap(1e-3, block_multiple=8, **kw),
+          "shampoo": lambda: optlab.shampoo(1e-3, block_multiple=8, **kw),
+          "muon": lambda: optlab.muon(0.02, **kw)}[method]()
+
+
+def _on_mesh_vs_one_device(method: str, mesh, params, shardings, rng) -> tuple:
+  """`_mesh_method(method)` with ``axis_name=optlab.mesh_route(mesh, shardings)``, its
+  state placed by `optlab.state_sharding`: (that initial state, the route, the MB
+  its compiled step moves per device by collective kind, and the largest
+  difference of the params after 3 steps on gradients drawn from `rng` from one
+  device's, relative to the leaf's largest entry)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optlab
   route = optlab.mesh_route(mesh, shardings)  # the stacks' route from the params' split
-  tx, ref = make(axis_name=route), make()
+  tx, ref = _mesh_method(method, axis_name=route), _mesh_method(method)
   state_sh = optlab.state_sharding(tx, params, mesh, param_shardings=shardings)
   p = jax.device_put(params, shardings)
-  s = jax.jit(tx.init, out_shardings=state_sh)(p)
-  held, total = device0_bytes(s)
-  rng = np.random.default_rng(7)
+  s = state = jax.jit(tx.init, out_shardings=state_sh)(p)
   grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype) * 0.01, params)
            for _ in range(3)]
   sharded, single = jax.jit(train_step(tx)), jax.jit(train_step(ref))
@@ -710,11 +734,9 @@ def _mesh_child(layout: str, method: str) -> dict:
   for g in grads:
     p, s = sharded(p, s, jax.device_put(g, shardings))
     q, t = single(q, t, g)
-  rel = max(float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-30))
+  rel = max(float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-30)) if b.size else 0.0
             for a, b in zip(jax.tree.leaves(jax.device_get(p)), jax.tree.leaves(q)))
-  return {"device0_share": held / total, "collective_mb": moved, "max_rel_diff_params_after_3_steps": rel,
-          "param_mb": sum(x.nbytes for x in jax.tree.leaves(params)) / 1e6,
-          "route": [list(g) for g in route.groups]}
+  return state, route, moved, rel
 
 
 def bench_meshes(timeout: float):
@@ -733,6 +755,90 @@ def bench_meshes(timeout: float):
                       {"error": f"exit {code}: {stderr.strip()[-300:]}"})
       rows[method]["remat_warnings"] = stderr.count(REMAT)
       log(f"  {layout} {method}: {json.dumps(rows[method])}")
+  return out
+
+
+# ---------------------------------------------------------- 4c. random layouts
+LAYOUT_CHILD = "--layout-child"
+LAYOUT_SEEDS = 10
+LAYOUT_MESHES = (((8,), ("a",)), ((2, 4), ("a", "b")), ((4, 2), ("a", "b")),
+                 ((2, 2, 2), ("a", "b", "c")), ((1, 8), ("a", "b")))
+LAYOUT_SIZES = (1, 3, 4, 7, 8, 13, 16, 24, 32, 48, 64, 96, 100, 128, 200, 256)
+
+
+def random_layout(seed: int):
+  """A tree and a layout nobody tuned for: 4 to 13 leaves of rank 0 to 4 with
+  dimensions drawn from `LAYOUT_SIZES` (at most 200,000 entries a leaf), on mesh
+  ``LAYOUT_MESHES[seed % 5]``; each dimension is left whole (30%), or split over
+  one unused mesh axis that divides it, or two jointly, or none, drawn alike.
+  Returns (mesh shape, axis names, {leaf: shape}, {leaf: spec entries})."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  shape, names = LAYOUT_MESHES[seed % len(LAYOUT_MESHES)]
+  size = dict(zip(names, shape))
+  shapes, specs = {}, {}
+  for i in range(int(rng.integers(4, 14))):
+    rank = int(rng.choice([0, 1, 1, 2, 2, 2, 3, 4]))
+    dims = tuple(int(rng.choice(LAYOUT_SIZES)) for _ in range(rank))
+    while math.prod(dims) > 200_000:
+      dims = tuple(int(rng.choice(LAYOUT_SIZES)) for _ in range(rank))
+    spec, used = [], set()
+    for d in dims:
+      free = [a for a in names if a not in used]
+      options = [None] + [a for a in free if d % size[a] == 0]
+      if len(free) >= 2 and d % (size[free[0]] * size[free[1]]) == 0:
+        options.append((free[0], free[1]))
+      pick = options[int(rng.integers(len(options)))] if rng.random() < 0.7 else None
+      spec.append(pick)
+      used.update(pick if isinstance(pick, tuple) else (pick,) if pick else ())
+    shapes[f"l{i}"], specs[f"l{i}"] = dims, spec
+  return shape, names, shapes, specs
+
+
+def _layout_child(seed: str, method: str) -> dict:
+  """One method on `random_layout(seed)` (8 host devices): the shares of device 0
+  (the whole state, its stacked factors, and the params themselves, which any
+  param-shaped state follows), what the step moves, and the params after 3 steps
+  against one device's."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  shape, names, shapes, specs = random_layout(int(seed))
+  mesh = Mesh(np.array(jax.devices()[:8]).reshape(shape), names)
+  rng = np.random.default_rng(int(seed) + 1000)
+  params = {k: jnp.asarray(rng.normal(size=s) / 4, jnp.float32) for k, s in shapes.items()}
+  shardings = {k: NamedSharding(mesh, P(*specs[k])) for k in params}
+  state, _, moved, rel = _on_mesh_vs_one_device(method, mesh, params, shardings, rng)
+  held, total = device0_bytes(state)
+  f_held, f_total = device0_bytes([x for path, x in jax.tree_util.tree_leaves_with_path(state)
+                                   if re.search(r"\.(stats|basis|roots)\b",
+                                                jax.tree_util.keystr(path))])
+  p_held, p_total = device0_bytes(jax.device_put(params, shardings))
+  return {"mesh": list(shape), "leaves": len(shapes), "device0_share": held / total,
+          "factor_share": f_held / f_total if f_total else None,
+          "param_share": p_held / p_total, "collective_mb": moved,
+          "param_mb": p_total / 1e6, "max_rel_diff_params_after_3_steps": rel}
+
+
+def bench_layouts(timeout: float, seeds: int = LAYOUT_SEEDS):
+  """One subprocess per random layout and method."""
+  out = {"seeds": seeds, "layouts": {}}
+  for seed in range(seeds):
+    shape, names, shapes, specs = random_layout(seed)
+    rows = out["layouts"][str(seed)] = {
+        "mesh": " x ".join(map(str, shape)),
+        "leaves": {k: [list(shapes[k]), [list(a) if isinstance(a, tuple) else a for a in specs[k]]]
+                   for k in shapes}, "methods": {}}
+    for method in ("soap", "shampoo", "muon"):
+      results, _, stderr, code, timed_out = _run_child([LAYOUT_CHILD, f"{seed}|{method}"],
+                                                       timeout)
+      row = (results[-1] if results else
+             {"error": f"ran past {timeout:.0f} s" if timed_out else
+              f"exit {code}: {stderr.strip()[-300:]}"})
+      row["remat_warnings"] = stderr.count(REMAT)
+      rows["methods"][method] = row
+      log(f"  layout {seed} {method}: {json.dumps(row)}")
   return out
 
 
@@ -934,6 +1040,17 @@ def goals(res) -> list:
                  f"{len(got)} of {len(layouts)} ran; largest share {100 * share:.1f}%, "
                  f"largest rel. diff {diff:.1e}" if got else "not measured",
                  bool(got) and len(got) == len(layouts) and share <= 0.25 and diff <= 1e-5))
+  drawn = res.get("layouts", {}).get("layouts", {})
+  for k in ("soap", "shampoo") if drawn else ():
+    got = [v["methods"][k] for v in drawn.values() if "factor_share" in v["methods"].get(k, {})]
+    share = max((v["factor_share"] for v in got), default=None)
+    diff = max((v["max_rel_diff_params_after_3_steps"] for v in got), default=None)
+    rows.append((f"(random layouts) on each of the {len(drawn)} random trees and layouts of "
+                 f"section 4c, one device holds <= 25% of {k}'s Kronecker factors and its "
+                 "updates equal one device's",
+                 f"{len(got)} of {len(drawn)} ran; largest share {100 * share:.1f}%, "
+                 f"largest rel. diff {diff:.1e}" if got else "not measured",
+                 bool(got) and len(got) == len(drawn) and share <= 0.25 and diff <= 1e-5))
   g = res.get("gemm", {}).get("methods", {}).get("soap")
   rows.append(("soap step >= 60% of GEMM throughput (4 x 1024^2)",
                "not measured" if not g else f"{100 * g['fraction_of_gemm']:.1f}%",
@@ -1120,6 +1237,39 @@ def markdown(res) -> str:
         L.append(f"| {layout} | {k} | {100 * v['device0_share']:.1f}% | "
                  f"{v['max_rel_diff_params_after_3_steps']:.1e} | {v['remat_warnings']} | {comm} | "
                  f"{total / v['param_mb']:.2f}x |")
+  lay = res.get("layouts")
+  if lay:
+    L += ["", f"## 4c. Random trees and layouts ({lay['seeds']} drawn by `random_layout`), "
+          "8 host devices", "",
+          "Each tree has 4 to 13 leaves of rank 0 to 4 (dimensions 1 to 256, primes among "
+          "them), on a mesh of 8, 2 x 4, 4 x 2, 2 x 2 x 2 or 1 x 8 devices; each dimension "
+          "is split over a mesh axis that divides it, or two jointly, or left whole, at "
+          "random (specs below, one entry per dimension). Built and placed as in section "
+          "4b (`mesh_route`, `state_sharding`, soap and shampoo with `block_multiple=8`). "
+          "Shares on device 0: of the whole state, of the Kronecker factors (`stats`, "
+          "`basis`, `roots`), and of the params themselves, which any param-shaped state "
+          "(momentum, Adam's moments of the unrotated leaves) follows. Rel. diff: params "
+          "after 3 steps against one device's. The trees are small and most stacks hold "
+          "one real block and 7 zero ones (`block_multiple=8`), so where XLA replicates a "
+          "stack (the remat warnings) it moves the padding too.", "",
+          "| seed | mesh | method | share: state | factors | params | rel. diff | remat | "
+          "moved per device (MB) | moved / params |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for seed, v in lay["layouts"].items():
+      for k, r in v["methods"].items():
+        if "error" in r:
+          L.append(f"| {seed} | {v['mesh']} | {k} | error: `{r['error'][:200]}` | | | | | | |")
+          continue
+        comm = ", ".join(f"{op} {mb:.2f}" for op, mb in r["collective_mb"].items() if mb)
+        fs = "-" if r["factor_share"] is None else f"{100 * r['factor_share']:.1f}%"
+        L.append(f"| {seed} | {v['mesh']} | {k} | {100 * r['device0_share']:.1f}% | {fs} | "
+                 f"{100 * r['param_share']:.1f}% | {r['max_rel_diff_params_after_3_steps']:.1e} | "
+                 f"{r['remat_warnings']} | {comm or 'none'} | "
+                 f"{sum(r['collective_mb'].values()) / r['param_mb']:.2f}x |")
+    L += ["", "The trees (leaf: shape, spec):", ""]
+    for seed, v in lay["layouts"].items():
+      leaves = "; ".join(f"{name} {tuple(shape)} {spec}" for name, (shape, spec)
+                         in v["leaves"].items())
+      L.append(f"- seed {seed}, mesh {v['mesh']}: {leaves}")
   lm = res.get("lm")
   if lm:
     L += ["", f"## 5. Whole training step (forward, backward, update): lm-stdlib demo model "
@@ -1177,12 +1327,16 @@ def main():
                   help="only rewrite the Markdown from the JSON (with --caveat, store it first)")
   ap.add_argument(SHARDED_CHILD, default=None, help=argparse.SUPPRESS)
   ap.add_argument(MESH_CHILD, default=None, help=argparse.SUPPRESS)
+  ap.add_argument(LAYOUT_CHILD, default=None, help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.sharded_child:
     print("RESULT " + json.dumps(_sharded_child(args.sharded_child, args.quick)), flush=True)
     return
   if args.mesh_child:
     print("RESULT " + json.dumps(_mesh_child(*args.mesh_child.split("|"))), flush=True)
+    return
+  if args.layout_child:
+    print("RESULT " + json.dumps(_layout_child(*args.layout_child.split("|"))), flush=True)
     return
   if args.render:
     path = ROOT / "benchmarks" / "results" / f"second_order{'_quick' if args.quick else ''}.json"
@@ -1225,6 +1379,7 @@ def main():
       "published": lambda: bench_published(128 if quick else 512, steps, repeats),
       "sharded": lambda: bench_sharded(quick, 60 if quick else 100),
       "meshes": lambda: bench_meshes(120),
+      "layouts": lambda: bench_layouts(120, 3 if quick else LAYOUT_SEEDS),
       "lm": lambda: bench_lm(10 if quick else 20, repeats),
       "digits": lambda: bench_digits(60 if quick else 250),
   }

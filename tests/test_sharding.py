@@ -353,18 +353,30 @@ def test_params_split_over_two_axes_jointly_move_without_gathering(method):
 def test_unusual_leaves_on_a_three_axis_mesh_match_one_device(method):
   # What the transformer trees lack: a conv kernel (rank 4), sizes that divide
   # nothing (37 x 12), a scan-stacked (layers, d, d) leaf, bfloat16 params and a
-  # scalar, on a 2 x 2 x 2 mesh with the leaves split on their rows over its last
-  # axis where that divides. Each device's blocks are computed whole, so the
-  # sharded steps equal one device's.
+  # scalar, on a 2 x 2 x 2 mesh, split the ways section 4c of second_order.py
+  # draws at random: rows, columns, an inner dimension of a rank-3 leaf, the
+  # output channels over two axes jointly. Each device's blocks are computed
+  # whole, so the sharded steps equal one device's, and each holds 1/8 of the
+  # stacked factors.
   mesh3 = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), ("x", "y", "z"))
   rng = np.random.default_rng(3)
   w = lambda *s, dt=jnp.float32: jnp.asarray(rng.normal(size=s) / np.sqrt(s[0]), dt)
   params = {"conv": w(3, 3, 4, 8), "odd": w(37, 12), "stacked": w(2, 8, 8),
             "bf16": w(16, 24, dt=jnp.bfloat16), "scale": jnp.ones(()), "bias": jnp.zeros(12)}
-  shardings = jax.tree.map(lambda p: NamedSharding(
-      mesh3, P("z") if p.ndim >= 2 and p.shape[0] % 2 == 0 else P()), params)
+  specs = {"conv": P(None, None, None, ("x", "y")), "odd": P(None, "z"),
+           "stacked": P(None, "y"), "bf16": P("z", "x"), "scale": P(), "bias": P()}
+  shardings = {k: NamedSharding(mesh3, specs[k]) for k in params}
+  route = optlab.mesh_route(mesh3, shardings)
+  assert route.groups == (("x", "y"), ("z",))
   make = RECIPES[method]
-  _assert_sharded_matches_one_device(make(axis_name=mesh3), make(), params, shardings, mesh3, 3)
+  tx = make(axis_name=route)
+  _assert_sharded_matches_one_device(tx, make(), params, shardings, mesh3, 3)
+  _, state = _placed(tx, params, shardings, mesh3)
+  factors = [x for path, x in jax.tree_util.tree_leaves_with_path(state)
+             if re.search(r"\.(stats|basis|roots)\b", jax.tree_util.keystr(path))]
+  assert bool(factors) == (method != "muon")
+  if factors:
+    assert _device0_share(factors) == pytest.approx(1 / 8)
 
 
 @pytest.mark.parametrize("make", [lambda m: optlab.soap(1e-3, axis_name=m),
