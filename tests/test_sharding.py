@@ -322,6 +322,50 @@ def test_mesh_route_groups_the_axes_that_split_one_dimension():
     optlab.MeshRoute(mesh3, (("x", "y"), ("y", "z")))
 
 
+def test_a_route_knows_the_specs_of_its_params_and_their_masked_parts():
+  mesh2 = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("a", "b"))
+  specs = {"w": P(("a", "b"), None), "v": {"x": P(None, "b"), "n": P()}}
+  route = optlab.mesh_route(mesh2, jax.tree.map(lambda s: NamedSharding(mesh2, s), specs,
+                                                is_leaf=lambda s: isinstance(s, P)))
+  params = {"w": jnp.ones((8, 2)), "v": {"x": jnp.ones((2, 4)), "n": jnp.ones(3)}}
+  assert route.specs_of(params) == [P(), P(None, "b"), P(("a", "b"), None)]  # v.n, v.x, w
+  masked = {"w": jnp.ones((8, 2)), "v": {"x": optax.MaskedNode(), "n": jnp.ones(3)}}
+  assert route.specs_of(masked) == [P(), P(("a", "b"), None)]
+  assert route.specs_of([jnp.ones(3)]) is None  # another tree: the groups serve it
+  assert route.specs_of({"w": 1, "v": 2}) is None
+  assert optlab.mesh_route(mesh2).specs_of(params) is None
+  assert optlab.MeshRoute(mesh2, route.groups).specs_of(params) is None
+
+
+@pytest.mark.parametrize("method", ["soap", "shampoo", "muon"])
+def test_each_stack_takes_the_route_of_its_own_leaves(method):
+  # One leaf's rows split over both axes jointly make the tree's route one hop
+  # over ("a", "b"); a leaf split on its rows over "b" and its columns over "a"
+  # cannot reach that split in one hop, and XLA replicated its padded stack
+  # (section 4c's seed 1: SOAP gathered 17x these params per device and step).
+  # Its own route takes the axes one at a time.
+  mesh2 = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("a", "b"))
+  rng = np.random.default_rng(5)
+  params = {"w": jnp.asarray(rng.normal(size=(100, 256)) / 10, jnp.float32),
+            "v": jnp.asarray(rng.normal(size=(48, 24)) / 7, jnp.float32)}
+  shardings = {"w": NamedSharding(mesh2, P("b", "a")),
+               "v": NamedSharding(mesh2, P(("a", "b"), None))}
+  route = optlab.mesh_route(mesh2, shardings)
+  assert route.groups == (("a", "b"),)
+  make = RECIPES[method]
+
+  def gathered(route):
+    tx = make(axis_name=route)
+    p, s = _placed(tx, params, shardings, mesh2)
+    return _gathered_bytes(_train_step(tx).lower(p, s, p).compile().as_text())
+
+  param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+  assert gathered(route) < 0.05 * param_bytes
+  if method != "muon":  # Muon's whole matrices reach the one-hop split without a gather
+    assert gathered(optlab.MeshRoute(mesh2, route.groups)) > param_bytes
+  _assert_sharded_matches_one_device(make(axis_name=route), make(), params, shardings, mesh2, 3)
+
+
 @pytest.mark.parametrize("method", ["soap", "shampoo", "muon"])
 def test_params_split_over_two_axes_jointly_move_without_gathering(method):
   # FSDP over a whole 2 x 4 mesh, rows split P(("data", "fsdp")): with

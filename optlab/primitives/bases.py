@@ -65,9 +65,14 @@ def _stacked_updates(where: str, state: Any, updates: Any, make_plan, block_mult
   state's layout."""
   leaves, treedef = jax.tree.flatten(updates)
   check_layout(where, state.layout, updates)
-  stacks = linalg.BlockStacks(leaves, make_plan, block_multiple, route)
+  stacks = linalg.BlockStacks(leaves, make_plan, block_multiple, route, _specs(route, updates))
   dtype = _factor_dtype(state.stats, leaves)
   return leaves, treedef, stacks, dtype, stacks.stack(leaves, dtype)
+
+
+def _specs(route: Optional[linalg.MeshRoute], tree: Any) -> Optional[list]:
+  """The leaves' specs of `tree` that `route` knows (`MeshRoute.specs_of`), or None."""
+  return None if route is None else route.specs_of(tree)
 
 
 def _update_stats(stacks: linalg.BlockStacks, blocks: list, old: tuple, w_old: Any,
@@ -256,7 +261,7 @@ def in_eigenbasis(inner: optax.GradientTransformation, precondition_frequency: i
       return EigenbasisState(jnp.zeros([], jnp.int32), _unstacked(), _unstacked(), _unstacked(),
                              _unstacked())
     leaves = jax.tree.leaves(params)
-    stacks = linalg.BlockStacks(leaves, make_plan, block_multiple, route)
+    stacks = linalg.BlockStacks(leaves, make_plan, block_multiple, route, _specs(route, params))
     dtype = tree_accumulation_dtype(leaves)
     blocks = tuple(jax.vmap(inner.init)(b) for b in stacks.stack(leaves))
     rest = inner.init([leaves[i] for i in stacks.rest])
@@ -375,7 +380,8 @@ def scale_by_newton_schulz(ns_steps: int = 5,
   def update(updates, state, params=None, **extra):
     del params, extra
     leaves, treedef = jax.tree.flatten(updates)
-    stacks = linalg.BlockStacks(leaves, as_matrix, 1 if route is None else route.size, route)
+    stacks = linalg.BlockStacks(leaves, as_matrix, 1 if route is None else route.size, route,
+                                _specs(route, updates))
     out = []
     for k, x in enumerate(stacks.stack(leaves)):
       y = orthogonalise(x)

@@ -323,16 +323,15 @@ class BlockStacks:
   axis that `optlab.state_sharding` splits over devices (with a `mesh`, the
   stacks are constrained to that split). Leaves without a factor are listed
   in ``rest``.
+
+  With a `route`, each stack moves onto the mesh by the route of its own
+  leaves, read from `specs` (their `PartitionSpec`s, from
+  ``route.specs_of(tree)``), or by the route's ``groups`` where they are None.
   """
 
   def __init__(self, leaves: Sequence[Any], make_plan, multiple: int = 1,
-               route: Optional[MeshRoute] = None):
+               route: Optional[MeshRoute] = None, specs: Optional[Sequence[Any]] = None):
     self.mesh = None if route is None else route.mesh
-    # the block axis's splits on the way to all of the mesh's axes (`_on_mesh`)
-    self.hops = [] if route is None else [
-        sum(route.groups[:k + 1], ()) for k in range(len(route.groups))]
-    if self.hops and self.hops[-1] == tuple(self.mesh.axis_names):
-      self.hops.pop()
     self.plans = [make_plan(tuple(jnp.shape(x))) for x in leaves]
     groups: dict[tuple, list[int]] = {}
     for i, (x, plan) in enumerate(zip(leaves, self.plans)):
@@ -347,6 +346,16 @@ class BlockStacks:
     self.n_blocks = [-(-n // multiple) * multiple for n in used]
     self.pad = [n - u for n, u in zip(self.n_blocks, used)]
     self.rest = [i for i, plan in enumerate(self.plans) if not plan.any_rotated]
+    # per group, its block axis's splits on the way to all of the mesh's axes (`_on_mesh`)
+    self.hops = [[] if route is None else self._hops(
+        route if specs is None else mesh_route(route.mesh, [specs[i] for i in m]))
+                 for m in self.members]
+
+  def _hops(self, route: MeshRoute) -> list[tuple]:
+    """The splits over ``groups[0]``, ``groups[0] + groups[1]``, ..., but the last
+    (all of the mesh's axes, in its order), which `_on_mesh` ends with."""
+    hops = [sum(route.groups[:k + 1], ()) for k in range(len(route.groups))]
+    return hops[:-1] if hops and hops[-1] == tuple(self.mesh.axis_names) else hops
 
   def _orient(self, members: list[int]) -> tuple:
     """Re-plans a stack of blocks that share their axes sorted by size (plans
@@ -388,7 +397,7 @@ class BlockStacks:
         parts = [self._constrain(x, ()) if x.shape[0] == 1 else x for x in parts]
       if self.pad[g]:
         parts.append(jnp.zeros((self.pad[g],) + self.block_shape(g), parts[0].dtype))
-      out.append(self._on_mesh(parts[0] if len(parts) == 1 else jnp.concatenate(parts)))
+      out.append(self._on_mesh(parts[0] if len(parts) == 1 else jnp.concatenate(parts), g))
     return out
 
   def _constrain(self, x: jax.Array, axes: tuple) -> jax.Array:
@@ -397,9 +406,9 @@ class BlockStacks:
     spec = P(axes or None, *(P.UNCONSTRAINED,) * (x.ndim - 1))
     return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
-  def _on_mesh(self, x: jax.Array) -> jax.Array:
-    """With a `mesh`, x split on its block axis over all of the mesh's axes (where
-    they divide it), as `optlab.state_sharding` places the state. Said, not left
+  def _on_mesh(self, x: jax.Array, g: int) -> jax.Array:
+    """With a `mesh`, stack g's blocks x split on their block axis over all of the
+    mesh's axes (where they divide it), as `optlab.state_sharding` places the state. Said, not left
     to XLA's propagation: in a train step jitted without output shardings, XLA
     split the stacks on another axis and summed the statistics across devices
     in another order, and SOAP's sharded updates drifted from one device's
@@ -417,19 +426,19 @@ class BlockStacks:
     (`optlab.mesh_route`)."""
     if self.mesh is None or x.shape[0] % self.mesh.size:
       return x
-    for axes in self.hops:
+    for axes in self.hops[g]:
       x = self._constrain(x, axes)
     return jax.lax.with_sharding_constraint(
         x, NamedSharding(self.mesh, P(self.mesh.axis_names)))
 
-  def _off_mesh(self, x: jax.Array) -> jax.Array:
+  def _off_mesh(self, x: jax.Array, g: int) -> jax.Array:
     """Before a stack is cut into leaves: `_on_mesh` undone one hop at a time,
     down to the first, which the constant-offset slices of `unstack` handle as
     on a mesh of one axis (undoing it too, XLA gathered Shampoo's multi-block
     stacks whole)."""
     if self.mesh is None or x.shape[0] % self.mesh.size:
       return x
-    for axes in reversed(self.hops):
+    for axes in reversed(self.hops[g]):
       x = self._constrain(x, axes)
     return x
 
@@ -442,7 +451,7 @@ class BlockStacks:
     ones XLA gathered a whole stack onto every device (Shampoo under 8-way
     FSDP, 146-leaf tree: 19.4 MB per device and step)."""
     out = list(leaves)
-    stacks = [self._off_mesh(x) for x in stacks]
+    stacks = [self._off_mesh(x, g) for g, x in enumerate(stacks)]
     pieces_all = slicing.split_each(stacks, [[self.plans[i].nblocks for i in m]
                                              for m in self.members],
                                     static=self.mesh is not None)
