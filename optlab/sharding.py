@@ -187,10 +187,10 @@ def mesh_route(mesh: Mesh, param_shardings: Any = None) -> MeshRoute:
   The route also keeps each param's spec (`MeshRoute.specs_of`), and each
   stack of blocks takes the groups read from its own leaves alone: one
   leaf split jointly no longer makes every stack hop over both axes at once
-  (on section 4c's random layouts, the rematerialization warnings went from
-  up to 19 per step to none). That needs the transformation to see the
-  params' tree, or a part of it masked with `optax.MaskedNode`; on any other
-  tree the groups above serve every stack.
+  (SOAP on the random layouts of second_order.py section 4c: from up to 19
+  rematerialization warnings per compiled step to none). That needs the
+  transformation to see the params' tree, or a part of it masked with
+  `optax.MaskedNode`; on any other tree the groups above serve every stack.
 
   Args:
     mesh: the device mesh (its axes ``AxisType.Auto``).
