@@ -337,6 +337,19 @@ def test_a_route_knows_the_specs_of_its_params_and_their_masked_parts():
   assert optlab.MeshRoute(mesh2, route.groups).specs_of(params) is None
 
 
+def test_a_stack_hops_over_each_group_of_axes_but_size_one_ones():
+  from optlab.primitives import linalg
+  plan = lambda shape: linalg.BlockPlan.make(shape)
+  hops = lambda shape, names, specs=None: linalg.BlockStacks(
+      [jnp.ones((8, 8))], plan, 8, optlab.mesh_route(
+          Mesh(np.array(jax.devices()[:8]).reshape(shape), names)), specs).hops
+  assert hops((2, 4), ("a", "b")) == [[("a",)]]  # then all of the mesh's axes
+  assert hops((2, 2, 2), ("a", "b", "c")) == [[("a",), ("a", "b")]]
+  assert hops((2, 2, 2), ("a", "b", "c"), [P(("b", "c"))]) == [[("a",)]]
+  assert hops((1, 8), ("a", "b")) == [[]]  # a split over "a" alone splits nothing
+  assert hops((8, 1), ("a", "b")) == [[]]
+
+
 @pytest.mark.parametrize("method", ["soap", "shampoo", "muon"])
 def test_each_stack_takes_the_route_of_its_own_leaves(method):
   # One leaf's rows split over both axes jointly make the tree's route one hop

@@ -352,17 +352,17 @@ class BlockStacks:
                  for m in self.members]
 
   def _hops(self, route: MeshRoute) -> list[tuple]:
-    """The splits over ``groups[0]``, ``groups[0] + groups[1]``, ..., but the last
-    (all of the mesh's axes, in its order), which `_on_mesh` ends with, and those
-    that add only axes of size 1: a split over them splits nothing, but it let
-    XLA re-split the other dimensions (a 1 x 8 mesh's random layouts in
+    """The splits over ``groups[0]``, ``groups[0] + groups[1]``, ..., but those
+    over all of the mesh's devices, the split `_on_mesh` ends with, and those
+    that add only axes of size 1: a split over them splits nothing more, but it
+    let XLA re-split the other dimensions (a 1 x 8 mesh's random layouts in
     second_order.py section 4c: SOAP moved 3.7x and 3.9x the params instead of
     2.0x)."""
     hops, size = [], 1
     for k in range(len(route.groups)):
       axes = sum(route.groups[:k + 1], ())
       n = math.prod(self.mesh.shape[a] for a in axes)
-      if n > size and axes != tuple(self.mesh.axis_names):
+      if size < n < self.mesh.size:
         hops.append(axes)
       size = n
     return hops
