@@ -435,12 +435,13 @@ class BlockStacks:
 
   def _on_mesh(self, x: jax.Array, g: int) -> jax.Array:
     """With a `mesh`, stack g's blocks x split on their block axis over all of the
-    mesh's axes (where they divide it), as `optlab.state_sharding` places the state. Said, not left
-    to XLA's propagation: in a train step jitted without output shardings, XLA
-    split the stacks on another axis and summed the statistics across devices
-    in another order, and SOAP's sharded updates drifted from one device's
-    (4e-3 in 5 steps on a small transformer tree: wide matrices have no unique
-    eigenbasis). Each device now computes its blocks as one device does.
+    mesh's axes (where they divide it), as `optlab.state_sharding` places the
+    state. Said, not left to XLA's propagation: in a train step jitted without
+    output shardings, XLA split the stacks on another axis and summed the
+    statistics across devices in another order, and SOAP's sharded updates
+    drifted from one device's (4e-3 in 5 steps on a small transformer tree:
+    wide matrices have no unique eigenbasis). Each device now computes its
+    blocks as one device does.
 
     The split is reached one group of the route's axes at a time (`hops`; each
     step an all-to-all or a local slice): XLA cannot move two groups at once
