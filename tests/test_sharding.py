@@ -91,6 +91,12 @@ def _placed(tx, params, shardings, mesh):
   return p_sh, jax.jit(tx.init, out_shardings=state_sh)(p_sh)
 
 
+def _step_text(tx, params, shardings, mesh):
+  """The compiled train step of tx, its state placed by `_placed`, as HLO text."""
+  p, s = _placed(tx, params, shardings, mesh)
+  return _train_step(tx).lower(p, s, p).compile().as_text()
+
+
 def _assert_sharded_matches_one_device(tx, ref, params, shardings, mesh, steps):
   """`steps` train steps of tx on the mesh give the params of ref's on one device."""
   sharded, single = _train_step(tx), _train_step(ref)
@@ -252,8 +258,7 @@ def test_muon_on_a_mesh_orthogonalises_whole_matrices(mesh):
   shardings = _fsdp(mesh, params)
 
   def compiled(tx):
-    p, s = _placed(tx, params, shardings, mesh)
-    return _train_step(tx).lower(p, s, p).compile().as_text()
+    return _step_text(tx, params, shardings, mesh)
 
   text = compiled(optlab.muon(0.02, axis_name=mesh))
   assert "all-gather" not in text and "all-to-all" in text
@@ -291,8 +296,7 @@ def test_a_two_axis_mesh_with_column_split_params(method):
                                                    else P()), params)
   make = RECIPES[method]
   tx = make(axis_name=mesh2)
-  p, s = _placed(tx, params, shardings, mesh2)
-  text = _train_step(tx).lower(p, s, p).compile().as_text()
+  text = _step_text(tx, params, shardings, mesh2)
   param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
   assert _gathered_bytes(text) < 0.05 * param_bytes, (_gathered_bytes(text), param_bytes)
   _assert_sharded_matches_one_device(tx, make(), params, shardings, mesh2, 3)
@@ -354,8 +358,7 @@ def test_replicated_params_are_cut_into_the_stacks_where_they_lie(mesh, method):
 
   def all_to_all_bytes(route):
     tx = make(axis_name=route)
-    p, s = _placed(tx, params, shardings, mesh)
-    return _collective_bytes(_train_step(tx).lower(p, s, p).compile().as_text(), "all-to-all")
+    return _collective_bytes(_step_text(tx, params, shardings, mesh), "all-to-all")
 
   assert all_to_all_bytes(optlab.mesh_route(mesh, shardings)) == 0
   assert all_to_all_bytes(optlab.mesh_route(mesh)) > 0  # without the specs
@@ -395,8 +398,7 @@ def test_each_stack_takes_the_route_of_its_own_leaves(method):
 
   def gathered(route):
     tx = make(axis_name=route)
-    p, s = _placed(tx, params, shardings, mesh2)
-    return _gathered_bytes(_train_step(tx).lower(p, s, p).compile().as_text())
+    return _gathered_bytes(_step_text(tx, params, shardings, mesh2))
 
   param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
   assert gathered(route) < 0.05 * param_bytes
@@ -422,8 +424,7 @@ def test_params_split_over_two_axes_jointly_move_without_gathering(method):
       optlab.state_sharding(tx, params, mesh2, param_shardings=shardings)
 
   def gathered(tx):
-    p, s = _placed(tx, params, shardings, mesh2)
-    return _gathered_bytes(_train_step(tx).lower(p, s, p).compile().as_text())
+    return _gathered_bytes(_step_text(tx, params, shardings, mesh2))
 
   param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
   routed = gathered(tx)
