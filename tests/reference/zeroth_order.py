@@ -20,6 +20,7 @@ gradient at the midpoint: f(a) - f(b) = <grad f((a + b) / 2), a - b>.
 """
 
 
+import functools
 import zlib
 
 import numpy as np
@@ -36,21 +37,39 @@ def _copy(p):
   return {k: np.array(v, dtype=np.float64, copy=True) for k, v in p.items()}
 
 
+@functools.lru_cache(maxsize=None)
+def _drawer(kind, leaves, seed, depth):
+  """One compiled function (key path...) -> every leaf's draw, at -O1 as the
+  compared steps are (tests/harness.py REFERENCE_XLA): the draws of a sample
+  taken one eager op at a time cost ~20 dispatches each (QuZO's reference took
+  15 s); the numbers are the same."""
+  import jax
+  import jax.numpy as jnp
+  draw = {"normal": jax.random.normal, "uniform": jax.random.uniform}[kind]
+  ids = [np.uint32(zlib.crc32(f"['{name}']".encode())) for name, _ in leaves]
+
+  def draws(*path):
+    key = jax.random.key(seed)
+    for data in path:
+      key = jax.random.fold_in(key, data)
+    return [draw(jax.random.fold_in(key, i), shape, jnp.float32)
+            for i, (_, shape) in zip(ids, leaves)]
+
+  return jax.jit(draws, compiler_options={"xla_backend_optimization_level": 1})
+
+
+def _draws(kind, seed, params, *path):
+  """`kind` ("normal" or "uniform") float32 draws, one array per leaf, from the key
+  fold_in(...fold_in(key(seed), path[0])..., path[-1]) folded with the leaf's crc32."""
+  leaves = tuple((name, np.shape(v)) for name, v in params.items())
+  out = _drawer(kind, leaves, seed, len(path))(*(np.uint32(x) for x in path))
+  return {name: np.asarray(x, np.float64) for (name, _), x in zip(leaves, out)}
+
+
 def _normals(seed, t, s, params, *more):
   """The documented draws: one standard normal array per leaf, keyed by its name
   (`more`: further fold_in's of the sample key, for methods with several draws)."""
-  import jax
-  import jax.numpy as jnp
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), t), s)
-  for extra in more:
-    key = jax.random.fold_in(key, extra)
-  leaf_key = lambda name: jax.random.fold_in(key, np.uint32(zlib.crc32(f"['{name}']".encode())))
-  # drawn at -O1, as the compared steps are (tests/harness.py REFERENCE_XLA)
-  normal = jax.jit(jax.random.normal, static_argnums=(1, 2),
-                   compiler_options={"xla_backend_optimization_level": 1})
-  return {name: np.asarray(normal(leaf_key(name), np.shape(params[name]), jnp.float32),
-                           dtype=np.float64)
-          for name in params}
+  return _draws("normal", seed, params, t, s, *more)
 
 
 def _loss_diff(grad_fn, a, b, t):
@@ -219,12 +238,7 @@ def deepzero(params, grad_fn, steps, *, learning_rate, mu=5e-3, sparsity=0.0, ma
 def _uniforms(seed, t, s, sub, params):
   """The documented stochastic-rounding uniforms: per leaf,
   uniform(fold_in(fold_in(sample key, sub), crc32("['name']")), shape, float32)."""
-  import jax
-  import jax.numpy as jnp
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), t), s), sub)
-  return {name: np.asarray(jax.random.uniform(
-      jax.random.fold_in(key, np.uint32(zlib.crc32(f"['{name}']".encode()))), np.shape(v),
-      jnp.float32), dtype=np.float64) for name, v in params.items()}
+  return _draws("uniform", seed, params, t, s, sub)
 
 
 def _quantize(x, r, bits):
