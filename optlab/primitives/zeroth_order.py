@@ -142,8 +142,8 @@ def spsa_gradient(obj_fn: ObjFn, params: Any, key: jax.Array, eps: Any = 1e-3,
                   n_samples: int = 1, *, mask: Any = None,
                   point_fn: Optional[Callable[[Any, jax.Array, int], Any]] = None,
                   direction_fn: Optional[Callable[[jax.Array], Any]] = None,
-                  weight_fn: Optional[Callable[[jax.Array, Any], Any]] = None
-                  ) -> tuple[Any, jax.Array]:
+                  weight_fn: Optional[Callable[[jax.Array, Any], Any]] = None,
+                  mean_direction: bool = False) -> tuple:
   """The two-point SPSA estimate of grad obj_fn(params), as MeZO computes it.
 
   For each sample s: z_s = the perturbation drawn from ``zo_sample_key(key, s)``
@@ -175,6 +175,9 @@ def spsa_gradient(obj_fn: ObjFn, params: Any, key: jax.Array, eps: Any = 1e-3,
     weight_fn: optional ``(sample_key, z) -> tree``: the vector that c_s
       multiplies in the estimate, in place of z_s (ZO-AdaMU divides z_s by
       its second-moment term); regenerated like z_s.
+    mean_direction: also return mean_s z_s (accumulation dtype) as a third
+      output, summed in the first pass, which draws the z_s anyway (ZO-AdaMU's
+      new momentum; one more param-sized buffer, no more draws).
   """
   V.check_range("spsa_gradient", "n_samples", n_samples, 1)
   if direction_fn is None:
@@ -184,8 +187,9 @@ def spsa_gradient(obj_fn: ObjFn, params: Any, key: jax.Array, eps: Any = 1e-3,
     direction_fn = lambda k: jax.tree.map(
         lambda z, m: jnp.where(m, z, jnp.zeros_like(z)), raw_direction(k), mask)
   point_fn = point_fn or (lambda p, k, side: p)
+  acc = lambda p: jnp.zeros(jnp.shape(p), accumulation_dtype(jnp.result_type(p)))
 
-  def projected(_, s):
+  def projected(total, s):
     k = zo_sample_key(key, s)
     z = direction_fn(k)
     f_plus = _scalar_f32(obj_fn(point_fn(_axpy(eps, z, params), k, 0)))
@@ -194,12 +198,13 @@ def spsa_gradient(obj_fn: ObjFn, params: Any, key: jax.Array, eps: Any = 1e-3,
     base, z, f_plus = jax.lax.optimization_barrier((params, z, f_plus))
     f_minus = _scalar_f32(obj_fn(point_fn(_axpy(-eps, z, base), k, 1)))
     c = (f_plus - f_minus) / (2 * eps)
-    return None, (c, 0.5 * (f_plus + f_minus))
+    if total is not None:
+      total = jax.tree.map(lambda a, x: a + x.astype(a.dtype), total, z)
+    return total, (c, 0.5 * (f_plus + f_minus))
 
-  _, (c, f) = jax.lax.scan(projected, None, jnp.arange(n_samples))
+  total = jax.tree.map(acc, params) if mean_direction else None
+  total, (c, f) = jax.lax.scan(projected, total, jnp.arange(n_samples))
   loss = jnp.mean(f)
-
-  acc = lambda p: jnp.zeros(jnp.shape(p), accumulation_dtype(jnp.result_type(p)))
 
   def accumulate(s, g):
     k = zo_sample_key(key, s)
@@ -211,6 +216,8 @@ def spsa_gradient(obj_fn: ObjFn, params: Any, key: jax.Array, eps: Any = 1e-3,
   else:
     g = jax.lax.fori_loop(0, n_samples, accumulate, jax.tree.map(acc, params))
     g = jax.tree.map(lambda a: a / n_samples, g)
+  if mean_direction:
+    return g, loss, jax.tree.map(lambda a: a / n_samples, total)
   return g, loss
 
 
@@ -371,16 +378,10 @@ def scale_by_zo_adamu(eps: Any = 1e-3, alpha: Any = 0.5, b1: Any = 0.9, b2: Any 
           lambda zi, x, y: zi.astype(x.dtype) * jax.lax.rsqrt(
               jnp.square(w2 * x * x + (1 - w2) * y * y) + sigma), mix(z1, z2), z1, z2)
 
-    g, loss = spsa_gradient(obj_fn, params, step_key, eps, n_samples,
-                            direction_fn=direction, weight_fn=weight)
-    if n_samples == 1:
-      new_m = direction(zo_sample_key(step_key, 0))
-    else:
-      total = jax.lax.fori_loop(
-          0, n_samples, lambda s, acc: jax.tree.map(
-              lambda a_, d: a_ + d.astype(a_.dtype), acc, direction(zo_sample_key(step_key, s))),
-          jax.tree.map(lambda p: jnp.zeros(p.shape, accumulation_dtype(p.dtype)), params))
-      new_m = jax.tree.map(lambda x, p: (x / n_samples).astype(p.dtype), total, params)
+    g, loss, mean_m = spsa_gradient(obj_fn, params, step_key, eps, n_samples,
+                                    direction_fn=direction, weight_fn=weight,
+                                    mean_direction=True)
+    new_m = jax.tree.map(lambda x, p: x.astype(p.dtype), mean_m, params)
     new_state = ZoAdaMUState(optax.safe_increment(state.count), state.key,
                              loss.astype(jnp.float32), new_m)
     return cast_like(g, updates), new_state
