@@ -75,6 +75,23 @@ def test_key_schedule_is_the_documented_one():
     np.testing.assert_allclose(np.asarray(got[k_]), want[k_], rtol=2e-3, atol=1e-5)
 
 
+def test_mean_direction_is_the_mean_of_the_documented_draws_and_leaves_the_estimate():
+  """`mean_direction=True` adds mean_s z_s, summed in the first pass, and changes
+  nothing else: the estimate and loss equal those of the call without it."""
+  params = {"a": jnp.array([0.3, -0.2, 1.0]), "b": jnp.array([[0.5, 2.0]])}
+  f = lambda p: jnp.sum(p["a"] ** 3) + jnp.sum(jnp.sin(p["b"]))
+  key, n = Z.zo_step_key(Z.zo_new_key(7), 2), 3
+  est, loss = jax.jit(lambda p: Z.spsa_gradient(f, p, key, 0.01, n))(params)
+  est2, loss2, mean = jax.jit(
+      lambda p: Z.spsa_gradient(f, p, key, 0.01, n, mean_direction=True))(params)
+  draws = [Z.zo_normals(Z.zo_sample_key(key, s), params) for s in range(n)]
+  for name in params:
+    np.testing.assert_array_equal(np.asarray(est2[name]), np.asarray(est[name]))
+    want = np.mean([np.asarray(d[name], np.float64) for d in draws], axis=0)
+    np.testing.assert_allclose(np.asarray(mean[name]), want, rtol=1e-6, atol=1e-7)
+  assert float(loss2) == float(loss)
+
+
 def test_incoming_gradient_is_ignored_and_dtype_kept():
   params = {"x": jnp.ones(D, jnp.bfloat16)}
   tx = optlab.mezo(0.1)
