@@ -39,6 +39,7 @@ LEARNING_RATES = {"cautious_lion_chain": 1e-2}
 """
 
 
+@pytest.mark.slow  # every built-in task built: loss, gradient and metrics (~7 s)
 def test_every_task_builds_trains_and_evaluates():
   assert set(TINY) <= set(bench.TASKS)
   for name, options in TINY.items():

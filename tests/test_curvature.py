@@ -172,6 +172,7 @@ STRESS = {
 }
 
 
+@pytest.mark.slow  # five curvature recipes, 3 steps op by op each (~4-7 s a stress)
 @pytest.mark.parametrize("name", sorted(STRESS))
 def test_no_nan_on_extreme_gradients_and_curvature(name):
   g = STRESS[name]()

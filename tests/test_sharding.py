@@ -167,6 +167,7 @@ def test_one_device_holds_an_eighth_and_updates_match(make, mesh):
     assert x.sharding.is_equivalent_to(want, x.ndim)
 
 
+@pytest.mark.slow  # SOAP on a transformer-like tree, on 8 devices and on one (~8 s)
 def test_soap_on_a_transformer_tree_matches_one_device(mesh):
   # Wide matrices have a degenerate G^T G, whose eigenbasis is arbitrary inside the
   # degenerate subspace: SOAP matches one device only if every device computes each

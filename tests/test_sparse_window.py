@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import optlab
 from optlab.primitives import sparse_window as S
@@ -57,6 +58,7 @@ def test_error_feedback_and_window_statistics():
   assert u["w"][0] == 0.0
 
 
+@pytest.mark.slow  # four MicroAdam steps run op by op, not jitted (~7 s)
 def test_zero_and_huge_gradients_stay_finite():
   params = {"w": jnp.zeros((4, 3)), "s": jnp.zeros(())}
   tx = optlab.microadam(0.1, topk_block_size=4, quant_block_size=5)
