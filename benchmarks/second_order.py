@@ -1004,8 +1004,9 @@ def _fmt(x, spec=".2f"):
 
 
 def _spread(m: dict) -> str:
-  """' (rounds: lowest-highest)': the ratio of each round of section 1, where recorded."""
-  r = m.get("round_ratios") or []
+  """' (rounds: lowest-highest)': the ratios of single rounds of section 1, where it had more
+  than one."""
+  r = m["round_ratios"]
   return f" (rounds: {min(r):.2f}-{max(r):.2f}x)" if len(r) > 1 else ""
 
 
@@ -1110,7 +1111,7 @@ def markdown(res) -> str:
     L.append(f"| {goal} | {fig} | {'n/a' if met is None else ('met' if met else 'not met')} |")
   c = res.get("compile")
   if c:
-    rounds = {t: v.get("repeats", c.get("repeats")) for t, v in c["trees"].items()}
+    rounds = {t: v["repeats"] for t, v in c["trees"].items()}
     L += ["", "## 1. Compile time of one step (update + apply_updates, lowered and compiled), "
           "best of the rounds (" + ", ".join(f"{n} on {t}" for t, n in rounds.items()) + ")", "",
           "Each round compiles the four methods in turn. The ratio of the bests is the "
